@@ -1,0 +1,68 @@
+"""Two-view SSL augmentation done in batches on the training device with kornia.
+
+The MoCo-v2-style symmetric pipeline of METHOD.md §9: RandomResizedCrop(size, scale (0.2, 1)),
+ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, RandomGrayscale p = 0.2, GaussianBlur (sigma in
+[0.1, 2]) with p = 0.5 only for ImageNet-size inputs (>= 96 px; none on CIFAR), horizontal flip,
+Normalize. Every image of the batch gets its own random parameters; each call draws a new view.
+Input: images in [0, 1] (``load_split(..., normalized=False)``) on any device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+BLUR_MIN_SIZE = 96
+
+
+class SSLAugment(nn.Module):
+    """One random SSL view of a batch per call.
+
+    Args:
+        image_size: output side in pixels (crops are resized to it).
+        mean / std: per-channel normalisation applied last.
+        blur: apply Gaussian blur with p = 0.5; None = only when ``image_size >= 96``.
+        scale: RandomResizedCrop area range.
+
+    Examples:
+        >>> aug = SSLAugment(16, (0.5,) * 3, (0.25,) * 3)
+        >>> aug(torch.rand(4, 3, 16, 16)).shape
+        torch.Size([4, 3, 16, 16])
+    """
+
+    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 blur: bool | None = None, scale: tuple[float, float] = (0.2, 1.0)) -> None:
+        super().__init__()
+        import kornia.augmentation as K  # heavy; imported only where augmentation is built
+
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size!r}")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {scale!r}")
+        self.image_size = int(image_size)
+        self.blur = self.image_size >= BLUR_MIN_SIZE if blur is None else bool(blur)
+        ops: list[nn.Module] = [
+            K.RandomResizedCrop((self.image_size, self.image_size), scale=tuple(scale)),
+            K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+            K.RandomGrayscale(p=0.2),
+        ]
+        if self.blur:
+            kernel = max(3, int(0.1 * self.image_size) // 2 * 2 + 1)  # ~10 % of the side, odd
+            ops.append(K.RandomGaussianBlur((kernel, kernel), sigma=(0.1, 2.0), p=0.5))
+        ops += [
+            K.RandomHorizontalFlip(),
+            K.Normalize(mean=torch.tensor(mean, dtype=torch.float32), std=torch.tensor(std, dtype=torch.float32)),
+        ]
+        self.ops = nn.Sequential(*ops)
+
+    @torch.no_grad()
+    def forward(self, x01: Tensor) -> Tensor:
+        """Args: x01: ``(N, 3, H, W)`` float images in [0, 1]. Returns: one normalised view ``(N, 3, S, S)``."""
+        if x01.dim() != 4 or x01.shape[1] != 3:
+            raise ValueError(f"expected a (N, 3, H, W) batch, got shape {tuple(x01.shape)}")
+        return self.ops(x01.float())
+
+
+def two_views(aug: SSLAugment, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Two independent views of the same batch (the symmetric SSL pair)."""
+    return aug(x), aug(x)

@@ -1,0 +1,1 @@
+"""The ``us3l`` command line: one thin typer module per command."""
