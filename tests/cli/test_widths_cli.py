@@ -53,3 +53,10 @@ def test_help_lists_every_command():
     res = runner.invoke(app, ["--help"])
     for cmd in ("train", "eval", "export", "bench", "widths"):
         assert cmd in res.output
+
+
+def test_cli_import_is_light():
+    # `us3l --help` must stay instant: no command module may import torch/onnx/... at module level.
+    code = "import sys, us3l_deploy.cli.main; heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'matplotlib', 'kornia', 'sklearn') if m in sys.modules]; print(heavy)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
