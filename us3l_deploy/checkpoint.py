@@ -13,7 +13,6 @@ import hashlib
 import os
 import pickle
 import platform
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError
+from .files import atomic_open
 from .width import DEFAULT_WIDTH_RANGE, format_width, round_width
 
 FORMAT_VERSION = 1
@@ -200,16 +200,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> str:
         raise CheckpointError(f"cannot create directory {path.parent}: {exc.strerror}") from None
     ckpt.content_hash = state_hash(ckpt.model)
     ckpt.versions = library_versions()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(to_plain(ckpt.to_dict()), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        torch.save(to_plain(ckpt.to_dict()), fh)
     return ckpt.content_hash
 
 
