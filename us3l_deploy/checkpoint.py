@@ -222,12 +222,13 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Weights only load failed" in first or "Unsupported global" in str(exc):
+        if "unsupported global" in str(exc).lower() or "unsupported class" in str(exc).lower():
             raise CheckpointError(
                 f"checkpoint {path} contains objects that would execute code on load; refused (only tensors and plain data are allowed)"
             ) from None
         raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({first[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError, KeyError,
+            IndexError, UnicodeDecodeError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:120]})") from None
     if not isinstance(data, dict) or data.get("magic") != MAGIC:

@@ -29,7 +29,11 @@ class WidthProfile:
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass over conv and linear layers (batch 1 normalised)."""
+    """Multiply-accumulates of one forward pass over conv and linear layers, per image.
+
+    Parameter-free products (attention ``q @ k^T`` and ``attn @ v`` in the ViT) are not counted;
+    for CNNs conv + linear layers are the whole cost.
+    """
     total = 0
 
     def conv_hook(m: nn.Conv2d, inputs, output) -> None:

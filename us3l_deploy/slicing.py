@@ -22,12 +22,6 @@ STANDARD_LEAVES = (
 )
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
 def channel_config(model: nn.Module, width: float, divisor: int = DEFAULT_DIVISOR) -> dict[str, int]:
     """Active output channels of every slimmable conv/linear layer at ``width`` (name -> count).
 
@@ -65,10 +59,10 @@ def slice_to_width(model: nn.Module, width: float, divisor: int = DEFAULT_DIVISO
     """
     channels = channel_config(model, width, divisor)
     with use_width(model, width, divisor):
-        static = copy.deepcopy(model)
-        for name, module in list(static.named_modules()):
-            if isinstance(module, Slimmable):
-                _set_submodule(static, name, module.to_static())
+        # Pre-seeding deepcopy's memo swaps each slimmable layer for its plain equivalent during
+        # the copy, so the full-size tensors of those layers are never duplicated.
+        memo = {id(m): m.to_static() for m in model.modules() if isinstance(m, Slimmable)}
+        static = copy.deepcopy(model, memo)
     static.eval()
     static.width, static.divisor, static.channels = round_width(width), int(divisor), channels
     for p in static.parameters():
@@ -82,15 +76,17 @@ def is_static(module: nn.Module) -> bool:
 
 
 def find_aliases(model: nn.Module, widths: list[float], divisor: int = DEFAULT_DIVISOR) -> dict[float, float]:
-    """Map each width to the first width (in the given order) with an identical channel configuration.
+    """Map each width to the first width (in the given order) that slices to the identical network.
 
-    Widths that map to themselves are distinct networks; others are aliases (the channel rule
-    is many-to-one, so neighbouring widths often slice to the same network).
+    Two widths are aliases when every slimmable layer has the same active (input, output)
+    channels — inputs count too, since some layers (the ViT's linears) slim only their input.
+    Widths that map to themselves are distinct networks.
     """
     seen: dict[tuple, float] = {}
     out: dict[float, float] = {}
     for w in widths:
-        key = tuple(sorted(channel_config(model, w, divisor).items()))
+        with use_width(model, w, divisor):
+            key = tuple((name, m.active_channels()) for name, m in model.named_modules() if isinstance(m, Slimmable))
         out[round_width(w)] = seen.setdefault(key, round_width(w))
     return out
 

@@ -101,3 +101,11 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint(ckpt, target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plain_text_file_is_called_corrupt_not_dangerous(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world\n" * 10)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(text)
+    assert "corrupt" in str(info.value) and "execute" not in str(info.value)
