@@ -9,6 +9,8 @@ one artifact and are measured once.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -42,9 +44,36 @@ class ModelSource:
 
     def key(self) -> str:
         """Stable identity of the source (checkpoint file hash or architecture name)."""
+        return self._identity
+
+    @functools.cached_property
+    def _identity(self) -> str:  # hashed once per source object (frozen dataclasses allow cached_property)
         if self.checkpoint is not None:
             return "ckpt:" + sha256_file(self.checkpoint)
         return f"arch:{self.arch}"
+
+    def slimmable(self) -> Any:
+        """The slimmable network (checkpoint weights, or a fresh architecture)."""
+        if self.checkpoint is not None:
+            from us3l_deploy.checkpoint import load_checkpoint
+
+            return load_checkpoint(self.checkpoint).build_model().eval()
+        from us3l_deploy.models import get_model
+
+        return get_model(self.arch).eval()
+
+    def width_info(self) -> tuple[float, float, list[float]]:
+        """``(min width, max width, ladder)``; the ladder is the checkpoint's BN-bank widths (or empty)."""
+        if self.checkpoint is not None:
+            from us3l_deploy.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(self.checkpoint)
+            lo, hi = ckpt.width_range
+            return float(lo), float(hi), sorted(round_width(w) for w in ckpt.bank_widths())
+        from us3l_deploy.models import get_model
+
+        lo, hi = get_model(self.arch).width_range
+        return float(lo), float(hi), []
 
     def build_static(self, width: float) -> Any:
         """The plain ``nn.Module`` at ``width`` (for in-process runners such as ``torch``)."""
@@ -123,14 +152,22 @@ def _export(source: ModelSource, widths: list[float], out_dir: Path, precision: 
         from exporters import ExportConfig, export
     except ImportError as exc:
         raise BackendUnavailableError(f"the ONNX exporter is not available ({exc}); install us3l-deploy fully") from None
-    cfg = ExportConfig(checkpoint=source.checkpoint, arch=source.arch, widths=list(widths), format="onnx",
-                       out_dir=out_dir, batch=None, snap=source.snap, precision=precision)
+    extra = {}
+    if source.arch is not None:
+        # Untrained network for latency planning: BN statistics and parity on random data do not
+        # change latency, so keep those steps minimal (checkpoints get the exporter's defaults).
+        known = {f.name for f in dataclasses.fields(ExportConfig)}
+        extra = {k: v for k, v in (("bn_images", 32), ("parity_images", 2)) if k in known}
+    cfg = ExportConfig(checkpoint=str(source.checkpoint) if source.checkpoint else None, arch=source.arch,
+                       widths=tuple(widths), format="onnx", out_dir=str(out_dir), batch=None, snap=source.snap,
+                       precision=precision, **extra)
     result = export(cfg, progress=progress)
     records = []
     for art in result.artifacts:
         records.append({
             "width": round_width(art.width), "path": str(Path(art.path).resolve()), "sha256": art.sha256,
-            "input_shape": list(art.input_shape), "channels": art.channels, "macs": art.macs,
+            "input_shape": [d if isinstance(d, int) else 1 for d in art.input_shape],  # "batch" when dynamic
+            "channels": art.channels, "macs": art.macs,
             "params": art.params, "aliases": [round_width(a) for a in art.aliases],
             "precision": art.precision, "stamp": _file_stamp(Path(art.path)),
         })
@@ -156,7 +193,7 @@ def prepare_artifacts(source: ModelSource, widths: Sequence[float], out_dir: Pat
     Raises:
         BackendUnavailableError: the exporter package is missing.
     """
-    source_key = source.key()
+    source_key = source.key()  # file hash of a checkpoint: computed once per call
     wanted = [round_width(w) for w in widths]
     records: dict[float, dict] = {}
     missing: list[float] = []

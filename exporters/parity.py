@@ -1,10 +1,12 @@
 """The parity gate: an exported artifact must reproduce the slimmable PyTorch model.
 
 The reference is the *slimmable* model run under ``use_width(model, w, divisor)`` (not the
-static slice), so the gate checks slicing and export together. Errors are element-wise:
-an element passes when ``|out - ref| <= atol + rtol * |ref|`` (numpy ``allclose``). The record
-also states the *minimum required tolerance* (Polygraphy's idea): the smallest ``atol`` that
-would pass with ``rtol=0`` and the smallest ``rtol`` that would pass with ``atol=0``.
+static slice), so the gate checks slicing and export together. The criterion is relative to the
+output's scale: the artifact passes when ``max |out - ref| <= atol + rtol * max |ref|``. (Feature
+vectors have many near-zero entries after ReLU/pooling, where a per-element relative error is
+meaningless, while absolute float32 noise grows with the feature scale.) The record also states
+the *minimum required tolerance* (Polygraphy's idea): the smallest ``atol`` that would pass with
+``rtol=0`` and the smallest ``rtol`` that would pass with ``atol=0``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import numpy as np
 from us3l_deploy.errors import ParityError
 
 # Default tolerances per precision (atol, rtol). FP32 graphs differ from PyTorch only by
-# summation order (~1e-7 on unit-scale features); reduced precisions get looser defaults.
-DEFAULT_TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2), "int8": (2.5e-1, 2.5e-1)}
+# summation order and BN folding: ~1e-6 on unit-scale features, up to ~2e-4 on deep untrained
+# ResNet-50 features (scale ~3) where folding multiplies near-dead channels by up to 1/sqrt(eps).
+# Reduced precisions get looser defaults.
+DEFAULT_TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class ParityRecord:
     max_abs_err: float
     mean_abs_err: float
     max_rel_err: float
+    output_scale: float
     min_required_atol: float
     min_required_rtol: float
     atol: float
@@ -53,15 +58,14 @@ def compare(reference: np.ndarray, output: np.ndarray, atol: float, rtol: float,
     if ref.shape != out.shape:
         raise ParityError(f"{runtime} output has shape {out.shape}, PyTorch gives {ref.shape}")
     diff = np.abs(out - ref)
-    mag = np.abs(ref)
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
     finite = bool(np.isfinite(out).all())
     max_abs = float(diff.max()) if diff.size and finite else float("inf")
-    rel = diff / np.maximum(mag, np.finfo(np.float32).tiny)
-    max_rel = float(rel.max()) if rel.size and finite else float("inf")
-    passed = finite and bool(np.all(diff <= atol + rtol * mag))
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    passed = finite and max_abs <= atol + rtol * scale
     return ParityRecord(runtime=runtime, inputs=inputs, num_images=int(ref.shape[0]) if ref.ndim else 1,
                         max_abs_err=max_abs, mean_abs_err=float(diff.mean()) if diff.size and finite else float("inf"),
-                        max_rel_err=max_rel, min_required_atol=max_abs, min_required_rtol=max_rel,
+                        max_rel_err=max_rel, output_scale=scale, min_required_atol=max_abs, min_required_rtol=max_rel,
                         atol=float(atol), rtol=float(rtol), passed=passed)
 
 

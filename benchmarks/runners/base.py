@@ -22,14 +22,30 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from us3l_deploy.errors import ConfigError, US3LError, unknown_name
+from us3l_deploy.errors import ConfigError, US3LError
 
 from ..artifacts import BenchArtifact
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[str], None]
-SweepResult = dict[tuple[int, int], list[float]]  # (artifact index, batch) -> raw times in ms
+Point = tuple[int, int]  # (artifact index, batch)
+
+
+@dataclass
+class SweepResult:
+    """Raw results of a sweep.
+
+    Attributes:
+        times: ``{(artifact index, batch): raw per-run latencies in ms}``.
+        extras: ``{(artifact index, batch): {name: values}}`` side measurements per round
+            (e.g. ``power_mw`` from tegrastats, ``compute_ms`` from trtexec, ``fallback`` summaries).
+        environment: facts about the target gathered while measuring.
+    """
+
+    times: dict[Point, list[float]] = field(default_factory=dict)
+    extras: dict[Point, dict[str, list]] = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,22 @@ class Runner(ABC):
         self.options = options or RunnerOptions()
         self.is_active = False
         self._warmed: set[int] = set()
+        self.extras: dict[int, dict[str, list]] = {}  # batch -> side measurements, appended per round
+
+    def add_extra(self, batch: int, name: str, value: Any) -> None:
+        """Record a side measurement of the current round (power, GPU compute time...)."""
+        self.extras.setdefault(batch, {}).setdefault(name, []).append(value)
+
+    @classmethod
+    def check_available(cls, options: RunnerOptions) -> None:
+        """Raise :class:`BackendUnavailableError` early (before any export) if the backend is missing."""
+
+    @classmethod
+    def environment(cls, options: RunnerOptions) -> dict:
+        """Facts about where this runner measures (versions, host); part of the device fingerprint."""
+        from ..environment import local_environment
+
+        return local_environment(cls.name)
 
     def __enter__(self) -> Runner:
         self.activate()
@@ -146,9 +178,9 @@ class Runner(ABC):
         first (or right after the widest); raw timings of all rounds are concatenated.
 
         Returns:
-            ``{(artifact index, batch): raw per-run latencies in ms}``.
+            The :class:`SweepResult` (raw times per (artifact index, batch) and side measurements).
         """
-        result: SweepResult = {(i, b): [] for i in range(len(artifacts)) for b in batches}
+        result = SweepResult(times={(i, b): [] for i in range(len(artifacts)) for b in batches})
         with contextlib.ExitStack() as stack:
             runners = []
             for art in artifacts:
@@ -160,9 +192,12 @@ class Runner(ABC):
                 order = [(r + k) % n for k in range(n)]
                 for batch in batches:
                     for i in order:
-                        result[(i, batch)].extend(runners[i].measure(batch, timing))
+                        result.times[(i, batch)].extend(runners[i].measure(batch, timing))
                         if on_step:
                             on_step(f"round {r + 1}/{timing.rounds}")
+            for i, runner in enumerate(runners):
+                for batch, extra in runner.extras.items():
+                    result.extras[(i, batch)] = extra
         return result
 
 
@@ -215,7 +250,8 @@ class LocalRunner(Runner):
                 raise US3LError(f"input {name!r} has shape {tuple(arr.shape)}; the model expects {want}")
         return self._infer(self._to_native(feed))
 
-    def _native_feed(self, batch: int) -> Any:
+    def native_feed(self, batch: int) -> Any:
+        """The validated, backend-native random feed at ``batch`` (built once, outside timing)."""
         if batch not in self._feeds:
             feed = self.make_feed(batch)
             self.infer(feed)  # validation and the very first (slow) run, outside any timing
@@ -230,7 +266,7 @@ class LocalRunner(Runner):
 
     def measure(self, batch: int, timing: TimingConfig) -> list[float]:
         """One round: warm up (full the first time this shape is seen), then time runs."""
-        feed = self._native_feed(batch)
+        feed = self.native_feed(batch)
         self._spin(feed, timing.warmup_ms if batch not in self._warmed else timing.rewarm_ms)
         self._warmed.add(batch)
         infer, clock, gap = self._infer, time.perf_counter, timing.idle_gap_ms / 1e3
@@ -250,46 +286,3 @@ class LocalRunner(Runner):
             if gap:
                 time.sleep(gap)
         return times
-
-
-_RUNNERS: dict[str, type[Runner]] = {}
-
-
-def register_runner(name: str) -> Callable[[type[Runner]], type[Runner]]:
-    """Class decorator registering a :class:`Runner` under ``name``.
-
-    Raises:
-        ValueError: ``name`` is already registered.
-    """
-
-    def decorator(cls: type[Runner]) -> type[Runner]:
-        if name in _RUNNERS:
-            raise ValueError(f"a runner is already registered under the name {name!r}")
-        cls.name = name
-        _RUNNERS[name] = cls
-        return cls
-
-    return decorator
-
-
-def _load_builtin() -> None:
-    from . import onnxruntime_runner, tensorrt_runner, torch_runner, trtexec_runner  # noqa: F401
-    from ..remote import agent_runner  # noqa: F401
-
-
-def list_runners() -> list[str]:
-    """Sorted names of all registered runners."""
-    _load_builtin()
-    return sorted(_RUNNERS)
-
-
-def get_runner(name: str) -> type[Runner]:
-    """The runner class registered under ``name``.
-
-    Raises:
-        UnknownNameError: unknown runner (the message lists the valid ones).
-    """
-    _load_builtin()
-    if name not in _RUNNERS:
-        raise unknown_name("runner", name, list(_RUNNERS))
-    return _RUNNERS[name]

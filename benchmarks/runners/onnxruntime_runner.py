@@ -1,4 +1,5 @@
-"""ONNX Runtime runner: CPU EP, or CUDA / TensorRT EPs when the installed build has them."""
+"""ONNX Runtime runner: CPU EP, or (``device="cuda"``) the TensorRT and CUDA EPs when the installed
+build has them (``extra["ort_tensorrt"] = False`` skips the TensorRT EP)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 
 from us3l_deploy.errors import BackendUnavailableError, ConfigError
 
-from .base import LocalRunner, register_runner
+from .base import LocalRunner, RunnerOptions
+from .registry import register_runner
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,20 @@ class OnnxRuntimeRunner(LocalRunner):
         >>> #     times = r.measure(1, TimingConfig(duration_s=0.2))
     """
 
+    @classmethod
+    def check_available(cls, options: RunnerOptions) -> None:
+        if options.precision != "fp32":
+            raise ConfigError(f"the onnxruntime runner measures the fp32 ONNX; precision {options.precision!r} "
+                              "applies to the tensorrt and trtexec runners")
+        ort = import_onnxruntime()
+        providers_for(options.device, ort.get_available_providers(), options.precision)
+
     def _activate(self) -> None:
         if self.artifact.path is None:
             raise ConfigError("the onnxruntime runner needs an ONNX artifact")
         opts = self.options
         self._sess = make_session(str(self.artifact.path), opts.device, opts.threads, opts.precision,
-                                  bool(opts.extra.get("ort_tensorrt", False)))
+                                  bool(opts.extra.get("ort_tensorrt", True)))
         self._specs = {}
         for inp in self._sess.get_inputs():
             dtype = _ORT_DTYPES.get(inp.type)

@@ -15,7 +15,8 @@ import numpy as np
 
 from us3l_deploy.errors import BackendUnavailableError, ConfigError, ExportError
 
-from .base import LocalRunner, register_runner
+from .base import LocalRunner, RunnerOptions
+from .registry import register_runner
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ def builder_precision_flags(precision: str, major: int) -> list[str]:
 class TensorRTRunner(LocalRunner):
     """Builds an engine from the ONNX artifact with one optimisation profile (batch 1..max) and
     times ``execute_async_v3`` followed by a stream synchronise."""
+
+    @classmethod
+    def check_available(cls, options: RunnerOptions) -> None:
+        import_tensorrt()
 
     def _activate(self) -> None:
         trt = import_tensorrt()

@@ -8,7 +8,8 @@ import numpy as np
 
 from us3l_deploy.errors import BackendUnavailableError, ConfigError
 
-from .base import LocalRunner, register_runner
+from .base import LocalRunner, RunnerOptions
+from .registry import register_runner
 
 
 @register_runner("torch")
@@ -17,6 +18,13 @@ class TorchRunner(LocalRunner):
 
     ``threads`` sets ``torch.set_num_threads`` while active (restored on deactivate).
     """
+
+    @classmethod
+    def check_available(cls, options: RunnerOptions) -> None:
+        import torch
+
+        if options.device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("torch reports no CUDA device here; use --device cpu")
 
     def _activate(self) -> None:
         import torch
