@@ -6,11 +6,11 @@ All pure functions over report rows (dicts with ``width``, ``<metric>_ms`` and o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
-from us3l_deploy.errors import ConfigError
+from us3l_deploy.accuracy import read_accuracy
+from us3l_deploy.errors import ConfigError, DataError
 from us3l_deploy.width import format_width, round_width
 
 from .stats import METRICS
@@ -25,24 +25,14 @@ def load_accuracy(path: Path) -> dict[float, dict]:
         ``{width: {"accuracy": value, "metric": "linear"|"knn"|..., **raw}}`` (linear preferred over k-NN).
 
     Raises:
-        ConfigError: unreadable, not JSON, or rows without ``width`` and an accuracy value.
+        DataError: unreadable, not JSON, or rows without ``width`` and an accuracy value.
     """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read accuracy table {path} ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"accuracy table {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
-    rows = data.get("results") if isinstance(data, dict) else data
-    if not isinstance(rows, list):
-        raise ConfigError(f"accuracy table {path} has no 'results' list")
+    rows = read_accuracy(path)
     table: dict[float, dict] = {}
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or "width" not in row:
-            raise ConfigError(f"accuracy table {path}: row {i} has no 'width'")
         metric = next((k for k in ACCURACY_KEYS if isinstance(row.get(k), (int, float))), None)
         if metric is None:
-            raise ConfigError(f"accuracy table {path}: row {i} has none of {', '.join(ACCURACY_KEYS)}")
+            raise DataError(f"accuracy table {path}: row {i} has none of {', '.join(ACCURACY_KEYS)}")
         table[round_width(row["width"])] = {**row, "accuracy": float(row[metric]), "metric": metric}
     return table
 

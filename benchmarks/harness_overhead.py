@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.atomic import atomic_write_text
+from us3l_deploy.files import atomic_write_text
 
 
 def overhead(out: Path, width: float, blocks: int, runs: int, threads: int | None) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from us3l_deploy.width import format_width
 
-from .atomic import atomic_write_text
+from us3l_deploy.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 LUT_VERSION = 1

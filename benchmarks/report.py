@@ -14,7 +14,7 @@ from typing import Any
 
 from us3l_deploy.width import format_width
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from us3l_deploy.files import atomic_write_bytes, atomic_write_text
 
 CSV_COLUMNS = ("width", "aliases", "channels", "macs", "params", "accuracy", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
                "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "n", "throughput", "batch", "runner", "device",

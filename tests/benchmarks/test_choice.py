@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.search import width_grid
 from benchmarks.choice import accuracy_for, bisect_widest, choose, distinct_configs, load_accuracy, pareto_front
-from us3l_deploy.errors import ConfigError
+from us3l_deploy.errors import ConfigError, DataError
 from us3l_deploy.width import channels_at
 
 ROWS = [  # latency grows with width; accuracy saturates (0.75 is dominated by 0.5: slower and worse)
@@ -99,7 +99,7 @@ def test_accuracy_table_formats(tmp_path):
 def test_accuracy_table_errors(tmp_path, content, msg):
     path = tmp_path / "a.json"
     path.write_text(content)
-    with pytest.raises(ConfigError, match=msg):
+    with pytest.raises(DataError, match=msg):
         load_accuracy(path)
 
 
