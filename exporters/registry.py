@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from us3l_deploy.errors import unknown_name
-
-_EXPORTERS: dict[str, type[Exporter]] = {}
+from us3l_deploy.registry import Registry
 
 
 @dataclass
@@ -86,32 +84,26 @@ class Exporter(ABC):
         """A function running the written artifact on a float32 NCHW batch (for the parity gate)."""
 
 
+def _load_builtin() -> None:
+    # Importing the format modules registers them; they import their heavy backends lazily.
+    from . import onnx_exporter, torchscript_exporter, trt_exporter  # noqa: F401
+
+
+_EXPORTERS: Registry[type[Exporter]] = Registry("export format", _load_builtin)
+
+
 def register_exporter(name: str) -> Callable[[type[Exporter]], type[Exporter]]:
     """Class decorator registering an :class:`Exporter` under ``name``.
 
     Raises:
         ValueError: ``name`` is already registered.
     """
-
-    def decorator(cls: type[Exporter]) -> type[Exporter]:
-        if name in _EXPORTERS:
-            raise ValueError(f"an exporter is already registered under the name {name!r}")
-        cls.name = name
-        _EXPORTERS[name] = cls
-        return cls
-
-    return decorator
-
-
-def _load_builtin() -> None:
-    # Importing the format modules registers them; they import their heavy backends lazily.
-    from . import onnx_exporter, torchscript_exporter, trt_exporter  # noqa: F401
+    return _EXPORTERS.register(name)
 
 
 def list_exporters() -> list[str]:
     """Sorted names of the registered formats."""
-    _load_builtin()
-    return sorted(_EXPORTERS)
+    return _EXPORTERS.names()
 
 
 def get_exporter(name: str) -> Exporter:
@@ -124,7 +116,4 @@ def get_exporter(name: str) -> Exporter:
         >>> get_exporter("onnx").suffix
         '.onnx'
     """
-    _load_builtin()
-    if name not in _EXPORTERS:
-        raise unknown_name("export format", name, list(_EXPORTERS))
-    return _EXPORTERS[name]()
+    return _EXPORTERS.get(name)()

@@ -28,13 +28,6 @@ ARCHS = [a for a in list_models() if "vit" not in a]
 SIZES = {"us_resnet18": 64, "us_resnet50": 64, "us_mobilenet_v2": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Correctness, not speed: one intra-op thread avoids oversubscribing a shared 2-core runner."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _widths(arch: str) -> list[float]:

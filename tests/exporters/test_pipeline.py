@@ -21,13 +21,6 @@ ARCH = "us_resnet_mini"
 LADDER = "0.25:0.5:0.05"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Correctness, not speed: one intra-op thread avoids oversubscribing a shared 2-core runner."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _groups(widths, divisor=8):

@@ -29,13 +29,6 @@ KEYS_DIR = Path(__file__).resolve().parents[3] / "shared" / "docs" / "reference-
 ARCH = "us_resnet18_cifar"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Correctness, not speed: one intra-op thread avoids oversubscribing a shared 2-core runner."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("arch", SUPPORTED)

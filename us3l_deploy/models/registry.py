@@ -6,10 +6,17 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError
+from ..registry import Registry
 from .base import SlimmableNet
 
-_MODELS: dict[str, Callable[..., SlimmableNet]] = {}
+
+def _load_builtin() -> None:
+    # Importing the architecture modules registers them (done lazily to avoid import cycles).
+    from . import mobilenet_v2, resnet, vit  # noqa: F401
+
+
+_MODELS: Registry[Callable[..., SlimmableNet]] = Registry("architecture", _load_builtin)
 
 
 def register_model(name: str) -> Callable[[Callable[..., SlimmableNet]], Callable[..., SlimmableNet]]:
@@ -18,20 +25,12 @@ def register_model(name: str) -> Callable[[Callable[..., SlimmableNet]], Callabl
     Raises:
         ValueError: ``name`` is already registered.
     """
-
-    def decorator(fn: Callable[..., SlimmableNet]) -> Callable[..., SlimmableNet]:
-        if name in _MODELS:
-            raise ValueError(f"an architecture is already registered under the name {name!r}")
-        _MODELS[name] = fn
-        return fn
-
-    return decorator
+    return _MODELS.register(name)
 
 
 def list_models() -> list[str]:
     """Sorted names of all registered architectures."""
-    _load_builtin()
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def get_model(name: str, **kwargs: Any) -> SlimmableNet:
@@ -49,10 +48,7 @@ def get_model(name: str, **kwargs: Any) -> SlimmableNet:
         >>> net.arch, net.max_feature_dim
         ('us_resnet18_cifar', 512)
     """
-    _load_builtin()
-    if name not in _MODELS:
-        raise unknown_name("architecture", name, list(_MODELS))
-    fn = _MODELS[name]
+    fn = _MODELS.get(name)
     sig = inspect.signature(fn)
     unknown = sorted(set(kwargs) - set(sig.parameters))
     if unknown:
@@ -66,12 +62,3 @@ def get_model(name: str, **kwargs: Any) -> SlimmableNet:
     model.arch_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in bound.arguments.items()}
     return model
 
-
-def _load_builtin() -> None:
-    # Importing the architecture modules registers them (done lazily to avoid import cycles).
-    from . import mobilenet_v2, resnet  # noqa: F401
-
-    try:  # the ViT lives with the trainer's work but registers here when present
-        from . import vit  # noqa: F401
-    except ImportError:
-        pass
