@@ -39,7 +39,7 @@ class SSLAugment(nn.Module):
             raise ValueError(f"image_size must be >= 1, got {image_size!r}")
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {scale!r}")
-        self.image_size = int(image_size)
+        self.image_size, self.scale = int(image_size), (float(scale[0]), float(scale[1]))
         self.blur = self.image_size >= BLUR_MIN_SIZE if blur is None else bool(blur)
         ops: list[nn.Module] = [
             K.RandomResizedCrop((self.image_size, self.image_size), scale=tuple(scale)),

@@ -25,7 +25,7 @@ RESUME_IGNORED = ("resume", "out_dir", "device", "log_interval", "fail_on_collap
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything one ``us3l train`` run needs.
+    """Everything one ``us3l train`` run needs; the defaults are the fast digits recipe.
 
     Attributes are grouped as: model, data, method, optimisation, widths, EMA, distillation,
     group regularisation, runtime. ``group_reg_lambda=None`` means ``weight_decay / 2`` (the
@@ -35,14 +35,14 @@ class TrainConfig:
     # model
     arch: str = "us_resnet_mini"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    proj_hidden_dim: int = 2048
-    proj_out_dim: int = 256
-    pred_hidden_dim: int = 2048
+    proj_hidden_dim: int = 256
+    proj_out_dim: int = 64
+    pred_hidden_dim: int = 256
     # data
     data: str = "digits"
     data_root: str | None = None
     image_size: int | None = None  # None: the dataset's default size
-    crop_scale_min: float = 0.2
+    crop_scale_min: float = 0.3
     blur: bool | None = None  # None: the augmentation's own default (on for ImageNet-size inputs)
     # method
     method: str = "us3l"  # "us3l" | "naive" (US-Net + online SimCLR) | "single" (one width, plain SSL)
@@ -50,9 +50,9 @@ class TrainConfig:
     temperature: float | None = None  # None: 0.5 (SimCLR) / 0.2 (MoCo v3); unused by BYOL
     single_width: float = 1.0
     # optimisation
-    epochs: int = 100
-    batch_size: int = 128  # per process
-    lr: float = 0.5
+    epochs: int = 12
+    batch_size: int = 32  # per process
+    lr: float = 0.1
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -64,7 +64,7 @@ class TrainConfig:
     width_max: float = 1.0
     num_widths: int = 3
     sandwich: bool = True
-    schedule: str = "A"  # dynamic sampling "A" or "" (plain sampling from epoch 0)
+    schedule: str = ""  # dynamic sampling "A" or "" (plain sandwich from epoch 0)
     # EMA teacher
     ema_momentum: float = 0.99
     ema_cosine: bool = False  # cosine schedule ema_momentum -> 1.0 (MoCo v3)

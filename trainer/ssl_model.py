@@ -31,6 +31,8 @@ from us3l_deploy.errors import ConfigError
 from us3l_deploy.layers import USConv2d, USLinear
 from us3l_deploy.models import get_model
 
+from .ema import deactivate_requires_grad
+
 
 class Encoder(nn.Module):
     """Backbone followed by projector (the unit the EMA teacher copies)."""
@@ -77,6 +79,8 @@ class SSLModel(nn.Module):
 
     Examples:
         >>> from us3l_deploy.models import get_model
+
+from .ema import deactivate_requires_grad
         >>> m = SSLModel(get_model("us_resnet_mini"), "simclr_momentum", "us3l", 64, 32, 64)
         >>> q1, q2, _ = m(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), width=0.5, head="aux")
         >>> q1.shape
@@ -99,8 +103,7 @@ class SSLModel(nn.Module):
         if method == "naive":
             self.teacher = None  # online-vs-online SimCLR: no momentum network
         else:
-            self.teacher = Encoder(copy.deepcopy(self.backbone), copy.deepcopy(self.projector))
-            self.teacher.requires_grad_(False)
+            self.teacher = deactivate_requires_grad(Encoder(copy.deepcopy(self.backbone), copy.deepcopy(self.projector)))
 
     def online_encoder(self) -> Encoder:
         """A view (not a copy) of the online backbone + projector, parameter order = teacher's."""
@@ -133,10 +136,11 @@ class SSLModel(nn.Module):
             ``"feats"``: per distilled layer a ``(f1, f2)`` pair already mapped by ``proj_conv``.
         """
         extras: dict = {}
-        with use_width(self._slimmed(), width), self._capture(self.backbone) as feats:
+        names = self.distill_layers if head == "aux" else ()  # only sub-networks distill features
+        with use_width(self._slimmed(), width), self._capture(self.backbone, names) as feats:
             z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
-            if self.proj_conv is not None:
-                extras["feats"] = [tuple(self.proj_conv[_key(n)](f) for f in feats[n]) for n in self.distill_layers]
+            if names:
+                extras["feats"] = [tuple(self.proj_conv[_key(n)](f) for f in feats[n]) for n in names]
         if head == "predictor":
             z1, z2 = self.predictor(z1), self.predictor(z2)
         elif head == "aux":
@@ -156,19 +160,20 @@ class SSLModel(nn.Module):
         """
         if self.teacher is None:
             raise ConfigError("this model has no teacher (method 'naive')")
-        with use_width(self.teacher, self.teacher_width), self._capture(self.teacher.backbone) as feats:
+        capture = self._capture(self.teacher.backbone, self.distill_layers)
+        with use_width(self.teacher, self.teacher_width), capture as feats:
             k1, k2 = self.teacher(x1), self.teacher(x2)
         return k1, k2, [tuple(feats[n]) for n in self.distill_layers]
 
     @contextlib.contextmanager
-    def _capture(self, backbone: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
-        """Collect the outputs of ``distill_layers`` (one entry per forward call) while inside.
+    def _capture(self, backbone: nn.Module, names: tuple[str, ...]) -> Iterator[dict[str, list[torch.Tensor]]]:
+        """Collect the outputs of the ``names`` layers (one entry per forward call) while inside.
 
         Outputs are cloned: a BN followed by an in-place ReLU would otherwise be overwritten.
         """
-        store: dict[str, list[torch.Tensor]] = {n: [] for n in self.distill_layers}
+        store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         handles = [_find(backbone, n).register_forward_hook(lambda _m, _i, out, n=n: store[n].append(out.clone()))
-                   for n in self.distill_layers]
+                   for n in names]
         try:
             yield store
         finally:

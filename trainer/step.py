@@ -53,8 +53,9 @@ class Losses:
     feature: nn.Module | None = None
 
 
-def build_losses(method: str, ssl: str, temperature: float, feature_distill: bool = False) -> Losses:
-    """Pick the loss modules for ``method`` × ``ssl``."""
+def build_losses(method: str, ssl: str, temperature: float, feature_distill: bool = False,
+                 distributed: bool = False) -> Losses:
+    """Pick the loss modules for ``method`` × ``ssl`` (MoCo v3 gathers keys across ranks under DDP)."""
     if method == "naive":
         return Losses(base=InfoNCELoss(temperature=temperature))
     if ssl == "simclr_momentum":
@@ -62,7 +63,7 @@ def build_losses(method: str, ssl: str, temperature: float, feature_distill: boo
     elif ssl == "byol":
         base = CosineSimilarityLoss()
     else:
-        base = MoCoV3Loss(temperature=temperature)
+        base = MoCoV3Loss(temperature=temperature, gather_distributed=distributed)
     if method == "single":
         return Losses(base=base)
     distill = base if ssl == "mocov3" else CosineSimilarityLoss()  # METHOD §12: MoCo v3 sub-nets reuse it

@@ -205,6 +205,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 encode bytes this way
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -221,7 +222,8 @@ def _read_cifar_file(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarr
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
     except Exception as exc:  # any unpickling failure means "not a CIFAR file"
-        raise DataError(f"{path} is not a CIFAR python-pickle batch ({type(exc).__name__}: {str(exc)[:80]}); expected {expected}") from None
+        reason = " ".join(str(exc).split())[:80]
+        raise DataError(f"{path} is not a CIFAR python-pickle batch ({type(exc).__name__}: {reason}); expected {expected}") from None
     if not isinstance(data, dict) or b"data" not in data or label_key not in data:
         keys = sorted(k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in data) if isinstance(data, dict) else type(data).__name__
         raise DataError(f"{path} is malformed (found {keys}); expected {expected}")

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         for col in ("width", "aliases", "channels", "MMACs", "Mparams", "max err"):
             table.add_column(col, no_wrap=col != "channels")
         table.add_column("file", overflow="fold")
-        table.add_column("")
+        table.add_column("note")
         for a in result.artifacts:
             table.add_row(f"{a.width:g}", ",".join(f"{x:g}" for x in a.aliases), _channels_summary(a.channels),
                           f"{a.macs / 1e6:.1f}", f"{a.params / 1e6:.2f}", f"{a.parity['max_abs_err']:.2e}", a.path.name,

@@ -146,6 +146,8 @@ class USViT(SlimmableNet):
             self.patch_embed.bias.requires_grad_(False)
 
     def forward_features(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != (self.input_size, self.input_size):  # the position embedding fixes the grid
+            raise ValueError(f"{self.arch or 'USViT'} was built for {self.input_size}px inputs, got {tuple(x.shape[-2:])}")
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))
