@@ -28,8 +28,6 @@ ARCHS = [a for a in list_models() if "vit" not in a]
 SIZES = {"us_resnet18": 64, "us_resnet50": 64, "us_mobilenet_v2": 64}
 
 
-
-
 def _widths(arch: str) -> list[float]:
     with torch.device("meta"):
         lo = get_model(arch).width_range[0]

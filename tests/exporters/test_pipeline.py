@@ -21,8 +21,6 @@ ARCH = "us_resnet_mini"
 LADDER = "0.25:0.5:0.05"
 
 
-
-
 def _groups(widths, divisor=8):
     with torch.device("meta"):
         net = get_model(ARCH)

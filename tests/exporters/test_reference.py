@@ -29,8 +29,6 @@ KEYS_DIR = Path(__file__).resolve().parents[3] / "shared" / "docs" / "reference-
 ARCH = "us_resnet18_cifar"
 
 
-
-
 @pytest.mark.parametrize("arch", SUPPORTED)
 def test_our_keys_match_the_reference_layout(arch):
     path = KEYS_DIR / f"{arch}.keys.txt"
