@@ -123,7 +123,7 @@ def default_run(out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=get_recipe("digits").batch_size, help="default: the digits recipe's")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")

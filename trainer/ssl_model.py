@@ -79,8 +79,6 @@ class SSLModel(nn.Module):
 
     Examples:
         >>> from us3l_deploy.models import get_model
-
-from .ema import deactivate_requires_grad
         >>> m = SSLModel(get_model("us_resnet_mini"), "simclr_momentum", "us3l", 64, 32, 64)
         >>> q1, q2, _ = m(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), width=0.5, head="aux")
         >>> q1.shape
