@@ -32,7 +32,7 @@ from torch import nn
 from us3l_deploy.accuracy import ACCURACY_FILE, read_accuracy, read_accuracy_file, write_accuracy  # noqa: F401
 from us3l_deploy.bn import bn_stats, calibrate_bn
 from us3l_deploy.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from us3l_deploy.data import DatasetSpec, load_split, num_classes
+from us3l_deploy.data import DatasetSpec, default_image_size, load_split, num_classes
 from us3l_deploy.errors import ConfigError, DataError, unknown_name
 from us3l_deploy.width import DEFAULT_DIVISOR, parse_widths, round_width
 
@@ -78,11 +78,12 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     probe = _linear_cfg(linear)
     widths = parse_widths(list(widths), *ckpt.width_range)
     spec = dataset if dataset is not None else _checkpoint_dataset(ckpt)
-    train_x, train_y = load_split(spec, "train")
-    test_x, test_y = load_split(spec, "test")
+    size = default_image_size(spec)  # CIFAR stays 32 px in memory; batches are resized on the fly
+    train_x, train_y = load_split(spec, "train", resize=False)
+    test_x, test_y = load_split(spec, "test", resize=False)
     n_classes = num_classes(spec)
     k = knn_k if knn_k is not None else (200 if len(train_x) >= 10_000 else 20)
-    calib = _batches(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))], batch_size)
+    calib = _batches(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))], batch_size, size)
     model = ckpt.build_model().to(device)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     rows = []
@@ -95,8 +96,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
                 ckpt.add_bn_stats(w, bn_stats(model, w, divisor))
         if progress:
             progress(w, "evaluate")
-        f_train = extract_features(model, train_x, w, batch_size, device, divisor)
-        f_test = extract_features(model, test_x, w, batch_size, device, divisor)
+        f_train = extract_features(model, train_x, w, batch_size, device, divisor, size)
+        f_test = extract_features(model, test_x, w, batch_size, device, divisor, size)
         row: dict[str, Any] = {"width": round_width(w), "feature_dim": int(model.feature_dim(w, divisor))}
         if method in ("knn", "both"):
             row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)

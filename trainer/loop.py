@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from us3l_deploy.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from us3l_deploy.data import DatasetSpec, dataset_stats, default_image_size, load_split
+from us3l_deploy.data import DatasetSpec, dataset_stats, default_image_size, load_split, resize_images
 from us3l_deploy.errors import CheckpointError, ConfigError, DataError
 
 from . import runtime
@@ -57,16 +57,18 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.out_dir = Path(cfg.out_dir)
         self.spec = DatasetSpec(cfg.data, cfg.data_root, cfg.image_size)
-        self.images01, _ = load_split(self.spec, "train", normalized=False)
-        held_out, _ = load_split(self.spec, "test", normalized=True)
-        self.held_out = held_out[: cfg.collapse_batch].to(self.device)
+        size = default_image_size(self.spec)
+        # Native resolution in memory; the random resized crop produces `size` (CIFAR at 224 px
+        # would otherwise hold ~30 GB).
+        self.images01, _ = load_split(self.spec, "train", normalized=False, resize=False)
+        held_out, _ = load_split(self.spec, "test", normalized=True, resize=False)
+        self.held_out = resize_images(held_out[: cfg.collapse_batch], size).to(self.device)
         self.steps_per_epoch = len(self.images01) // self.dist.world // cfg.batch_size
         if self.steps_per_epoch < 1:
             raise DataError(f"{len(self.images01)} training images cannot fill one batch of {cfg.batch_size} "
                             f"per process on {self.dist.world} process(es); lower --batch-size")
         if cfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
-        size = default_image_size(self.spec)
         mean, std = dataset_stats(self.spec)
         runtime.seed_everything(cfg.seed)  # same initial weights on every rank
         self.augment = SSLAugment(size, mean, std, blur=cfg.blur, scale=(cfg.crop_scale_min, 1.0)).to(self.device)

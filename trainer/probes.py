@@ -58,13 +58,33 @@ def _linear_cfg(linear: LinearProbeConfig | str) -> LinearProbeConfig:
     return LINEAR_PRESETS[linear]
 
 
-def _batches(x: Tensor, batch_size: int) -> list[Tensor]:
+def _batches(x: Tensor, batch_size: int, size: int | None = None) -> "list[Tensor] | _Resized":
+    """Views of ``batch_size`` images, resized to ``size`` when given (lazily, one batch at a time)."""
+    if size is not None:
+        return _Resized(x, batch_size, size)
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+
+
+class _Resized:
+    """A re-iterable sequence of batches resized on access (keeps upsampled sets out of memory)."""
+
+    def __init__(self, x: Tensor, batch_size: int, size: int) -> None:
+        self.x, self.batch_size, self.size = x, batch_size, size
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        from us3l_deploy.data import resize_images
+
+        for i in range(0, len(self.x), self.batch_size):
+            yield resize_images(self.x[i:i + self.batch_size], self.size)
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, images: Tensor, width: float, batch_size: int = 256,
-                     device: str | torch.device = "cpu", divisor: int = DEFAULT_DIVISOR) -> Tensor:
+                     device: str | torch.device = "cpu", divisor: int = DEFAULT_DIVISOR,
+                     size: int | None = None) -> Tensor:
     """Eval-mode backbone features of ``images`` at ``width``.
 
     Args:
@@ -72,13 +92,14 @@ def extract_features(model: nn.Module, images: Tensor, width: float, batch_size:
         images: normalised ``(N, 3, S, S)`` images.
         width / divisor: the width to run at and its channel divisor.
         batch_size / device: inference batching and device.
+        size: resize each batch to this square size first (None: use the images as they are).
 
     Returns:
         ``(N, feature_dim(width))`` float32 features on the CPU.
     """
     model.eval()
     with use_width(model, width, divisor):
-        out = [model(b.to(device, non_blocking=True)).float().cpu() for b in _batches(images, batch_size)]
+        out = [model(b.to(device, non_blocking=True)).float().cpu() for b in _batches(images, batch_size, size)]
     return torch.cat(out)
 
 

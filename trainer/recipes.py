@@ -9,26 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from us3l_deploy.errors import unknown_name
+from us3l_deploy.registry import Registry
 
 from .config import TrainConfig
 
-_RECIPES: dict[str, Callable[[], TrainConfig]] = {}
-
-
-def _recipe(name: str) -> Callable[[Callable[[], TrainConfig]], Callable[[], TrainConfig]]:
-    def decorator(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
-        if name in _RECIPES:
-            raise ValueError(f"a recipe is already registered under the name {name!r}")
-        _RECIPES[name] = fn
-        return fn
-
-    return decorator
+_RECIPES: Registry[Callable[[], TrainConfig]] = Registry("recipe")
+_recipe = _RECIPES.register
 
 
 def list_recipes() -> list[str]:
     """Sorted recipe names."""
-    return sorted(_RECIPES)
+    return _RECIPES.names()
 
 
 def get_recipe(name: str) -> TrainConfig:
@@ -41,14 +32,12 @@ def get_recipe(name: str) -> TrainConfig:
         >>> get_recipe("cifar100_r18_simclr").lr
         0.5
     """
-    if name not in _RECIPES:
-        raise unknown_name("recipe", name, list(_RECIPES))
-    return _RECIPES[name]()
+    return _RECIPES.get(name)()
 
 
 def recipe_doc(name: str) -> str:
     """First line of the recipe's docstring (for listings)."""
-    fn = _RECIPES[name]
+    fn = _RECIPES.get(name)
     return (fn.__doc__ or "").strip().splitlines()[0]
 
 

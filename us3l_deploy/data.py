@@ -111,13 +111,25 @@ def num_classes(spec: DatasetSpec) -> int:
     return 10
 
 
-def load_split(spec: DatasetSpec, split: str, normalized: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize of an NCHW batch to ``size`` x ``size``; no-op if already there."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
+               resize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a whole split into memory.
 
     Args:
         spec: the dataset.
         split: ``"train"`` or ``"test"`` (``"val"`` is an alias of ``"test"``).
         normalized: subtract the dataset mean and divide by its std; else values in [0, 1].
+        resize: bring CIFAR / image-folder images to the spec's image size now. ``False`` keeps
+            CIFAR at its stored 32 px so that upsampled recipes (CIFAR at 224 px, 30 GB if resized
+            up front) resize per batch with :func:`resize_images` instead. Digits are always
+            returned at the spec's size (they are tiny).
 
     Returns:
         ``(images, labels)``: float32 ``(N, 3, S, S)`` and int64 ``(N,)``; fresh tensors per call.
@@ -142,8 +154,8 @@ def load_split(spec: DatasetSpec, split: str, normalized: bool = True) -> tuple[
         else:
             raw, labels_np = _cifar_split(root, spec.name, split)
         x = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+        if resize and x.shape[-1] != size:
+            x = resize_images(x, size).clamp_(0, 1)
         y = torch.from_numpy(labels_np).long()
     if normalized:
         mean, std = dataset_stats(spec)

@@ -140,3 +140,22 @@ def test_imagefolder(tmp_path):
     with pytest.raises(DataError) as exc:
         load_split(DatasetSpec("imagefolder", str(tmp_path), image_size=7), "test")
     assert "val/" in _one_line(exc)
+
+
+def test_upsampled_cifar_stays_native_until_batches_are_resized(tmp_path):
+    # CIFAR at 224 px (the ViT recipe) must not be materialised up front (~30 GB for 50k images).
+    from trainer.probes import _batches
+    from us3l_deploy.data import resize_images
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for i in range(1, 6):
+        _write_batch(root / f"data_batch_{i}", 2, seed=i)
+    _write_batch(root / "test_batch", 2, seed=9)
+    spec = DatasetSpec("cifar10", str(root), image_size=64)
+    native, _ = load_split(spec, "train", resize=False)
+    resized, _ = load_split(spec, "train")
+    assert native.shape == (10, 3, 32, 32) and resized.shape == (10, 3, 64, 64)
+    lazy = list(_batches(native, 4, size=64))
+    assert [b.shape[0] for b in lazy] == [4, 4, 2] and lazy[0].shape[-1] == 64
+    torch.testing.assert_close(torch.cat(lazy), resize_images(native, 64))
