@@ -164,15 +164,17 @@ class CalibrationSet:
         elif self._spec() is not None:
             from us3l_deploy.data import load_split
 
-            x, _ = load_split(self._spec(), "train")
+            x, _ = load_split(self._spec(), "train", resize=False)  # native size; resize the subset only
             what = f"dataset {self._spec().name}"
         else:  # untrained networks, or parity inputs of a checkpoint whose bank covers the width
             x = torch.randn(RANDOM_IMAGES, self.in_chans, self.input_size, self.input_size, generator=gen)
             what = "random images"
-        x = _resize(x, self.input_size, self.in_chans, what)
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise DataError(f"{what} has shape {tuple(x.shape)}; valid: float images N x {self.in_chans} x H x W")
         if len(x) == 0:
             raise DataError(f"{what} holds no images")
-        x = x[torch.randperm(len(x), generator=gen)[: self.limit]].contiguous()
+        x = x[torch.randperm(len(x), generator=gen)[: self.limit]]
+        x = _resize(x, self.input_size, self.in_chans, what)
         self._cache["x"] = x
         return x
 
