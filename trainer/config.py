@@ -50,7 +50,7 @@ class TrainConfig:
     temperature: float | None = None  # None: 0.5 (SimCLR) / 0.2 (MoCo v3); unused by BYOL
     single_width: float = 1.0
     # optimisation
-    epochs: int = 15
+    epochs: int = 13
     batch_size: int = 32  # per process
     lr: float = 0.1
     optimizer: str = "sgd"

@@ -46,7 +46,7 @@ def recipe_doc(name: str) -> str:
 
 @_recipe("digits")
 def digits() -> TrainConfig:
-    """Fast CPU default: us_resnet_mini on scikit-learn digits (16 px), SimCLR-momentum US3L, 15 ep, 32, lr 0.1."""
+    """Fast CPU default: us_resnet_mini on scikit-learn digits (16 px), SimCLR-momentum US3L, 13 ep, 32, lr 0.1."""
     # Small batches give more SGD steps in the ~3-minute CPU budget; plain sandwich from epoch 0
     # (schedule A would leave the sub-networks untrained for a quarter of a very short run).
     return TrainConfig()
