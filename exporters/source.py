@@ -87,9 +87,8 @@ def _check_input_size(model: nn.Module, size: int) -> None:
                           f"{str(exc).splitlines()[0][:120]}") from None
 
 
-def _resize(x: torch.Tensor, size: int, channels: int, what: str) -> torch.Tensor:
-    if x.ndim != 4 or x.shape[1] != channels:
-        raise DataError(f"{what} has shape {tuple(x.shape)}; valid: float images N x {channels} x H x W")
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of already validated NCHW images to ``size`` x ``size`` (float32, contiguous)."""
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.float().contiguous()
@@ -174,7 +173,7 @@ class CalibrationSet:
         if len(x) == 0:
             raise DataError(f"{what} holds no images")
         x = x[torch.randperm(len(x), generator=gen)[: self.limit]]
-        x = _resize(x, self.input_size, self.in_chans, what)
+        x = _resize(x, self.input_size)
         self._cache["x"] = x
         return x
 

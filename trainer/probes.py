@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from us3l_deploy.context import use_width
+from us3l_deploy.data import resize_images
 from us3l_deploy.errors import unknown_name
 from us3l_deploy.width import DEFAULT_DIVISOR
 
@@ -75,8 +76,6 @@ class _Resized:
         return (len(self.x) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        from us3l_deploy.data import resize_images
-
         for i in range(0, len(self.x), self.batch_size):
             yield resize_images(self.x[i:i + self.batch_size], self.size)
 
