@@ -61,9 +61,10 @@ def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | Non
                    key=lambda r: r["width"])
     has_acc = any(r.get("accuracy") is not None for r in first)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ys = [r["accuracy"] if has_acc else r["width"] for r in first]
-    ax1.plot([r[key] for r in first], ys, "o-", color="tab:blue")
-    for r, y in zip(first, ys):
+    shown = [r for r in first if r.get("accuracy") is not None] if has_acc else first  # widths never evaluated: right panel only
+    ys = [r["accuracy"] if has_acc else r["width"] for r in shown]
+    ax1.plot([r[key] for r in shown], ys, "o-", color="tab:blue")
+    for r, y in zip(shown, ys):
         ax1.annotate(format_width(r["width"]), (r[key], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if chosen:
         cy = chosen.get("accuracy") if has_acc else chosen["width"]

@@ -40,7 +40,7 @@ from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, artifact
 from .onnx_exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from .parity import DEFAULT_TOLERANCE, compare, enforce
 from .registry import Exporter, ExportRequest, get_exporter
-from .source import CalibrationSet, Network, bn_plan, file_digest, load_head, load_network, prepare_bn
+from .source import CalibrationSet, Network, bn_plan, check_input_size, file_digest, load_head, load_network, prepare_bn
 
 log = logging.getLogger(__name__)
 
@@ -241,12 +241,14 @@ class _Run:
         return self.cfg.timing_cache or str(self.staging.dir / self.timing_name)
 
 
-def export(cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
+def export(cfg: ExportConfig, progress: Progress | None = None, network: Network | None = None) -> ExportResult:
     """Export every requested width of a checkpoint (or an untrained architecture).
 
     Args:
         cfg: the export configuration.
         progress: optional callback ``progress(done, total, message)``.
+        network: an already loaded network (the Python API's in-memory model, whose BN bank may
+            hold calibrations not yet saved); ``cfg.checkpoint`` then only names the artifacts.
 
     Returns:
         The artifacts, one per distinct channel configuration, in the order of ``cfg.widths``.
@@ -264,18 +266,23 @@ def export(cfg: ExportConfig, progress: Progress | None = None) -> ExportResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _export(cfg, progress)
+        return _export(cfg, progress, network)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _export(cfg: ExportConfig, progress: Progress | None) -> ExportResult:
+def _export(cfg: ExportConfig, progress: Progress | None, network: Network | None) -> ExportResult:
     t0 = time.perf_counter()
     exporter = get_exporter(cfg.format)
     if cfg.precision not in exporter.precisions:
         raise ConfigError(f"format {cfg.format} cannot produce {cfg.precision}; valid: {', '.join(exporter.precisions)}")
     exporter.check_available(cfg.precision)
-    net = load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.input_size)
+    if network is None:
+        net = load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.input_size)
+    else:
+        net = network
+        if cfg.input_size and int(cfg.input_size) != net.model.input_size:
+            check_input_size(net.model, int(cfg.input_size))
     widths = parse_widths(cfg.widths, *net.model.width_range)
     log.info("Exporting %s at %d width(s) as %s %s", net.arch, len(widths), cfg.format, cfg.precision)
     groups: dict[float, _Group] = {}

@@ -64,7 +64,7 @@ def load_network(checkpoint: str | None, arch: str | None, seed: int = 0, input_
             raise ConfigError(f"--arch {arch} contradicts the checkpoint's architecture {ckpt.arch}; drop --arch")
         model = ckpt.build_model().eval()
         if input_size and int(input_size) != model.input_size:
-            _check_input_size(model, int(input_size))
+            check_input_size(model, int(input_size))
         return Network(model, ckpt.arch, dict(ckpt.arch_kwargs), ckpt.content_hash, str(Path(checkpoint).resolve()),
                        ckpt.method, ckpt.method == "untrained", ckpt)
     if not arch:
@@ -77,7 +77,7 @@ def load_network(checkpoint: str | None, arch: str | None, seed: int = 0, input_
     return Network(model, arch, dict(model.arch_kwargs), f"untrained:{arch}:seed{seed}", None, "untrained", True)
 
 
-def _check_input_size(model: nn.Module, size: int) -> None:
+def check_input_size(model: nn.Module, size: int) -> None:
     """Refuse an input size the architecture cannot run (e.g. a ViT's fixed position embedding)."""
     try:
         with torch.no_grad(), use_width(model, model.width_range[0]):

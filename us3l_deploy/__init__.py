@@ -1,8 +1,17 @@
-"""us3l-deploy core: universally slimmable layers, models, the width context, slicing, BN
-calibration, checkpoints and profiling.
+"""us3l-deploy: one universally slimmable self-supervised checkpoint -> any width -> ONNX /
+TensorRT -> the width that fits a device's latency budget.
 
-Public names are re-exported lazily so that ``import us3l_deploy`` (and ``us3l --help``) does
-not import torch.
+The Python API mirrors the command line (one code path: the CLI calls these functions)::
+
+    import us3l_deploy as us3l
+    run = us3l.train(epochs=2, out_dir="runs/demo")      # -> TrainResult
+    acc = us3l.evaluate(run.checkpoint)                  # -> EvalResult
+    model = us3l.load(run.checkpoint)                    # -> SlimmableModel (.widths/.calibrate/.slice/.export)
+    rep = us3l.bench(run.checkpoint, budget_ms=2.0)      # -> BenchResult (.chosen)
+
+The core underneath (slimmable layers, models, the width context, slicing, BN calibration,
+checkpoints, profiling) is public too. Every name is re-exported lazily, so ``import
+us3l_deploy`` (and ``us3l --help``) does not import torch.
 
 Examples:
     >>> import torch
@@ -21,6 +30,27 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    # the Python API (us3l_deploy.api): one function per CLI command, typed results
+    "load": "api",
+    "train": "api",
+    "evaluate": "api",
+    "widths": "api",
+    "export": "api",
+    "bench": "api",
+    "import_reference": "api",
+    "SlimmableModel": "api",
+    "TrainResult": "api",
+    "EvalResult": "api",
+    "WidthAccuracy": "api",
+    "WidthInfo": "api",
+    "BenchResult": "api",
+    "LatencyRow": "api",
+    "Choice": "api",
+    "CollapseScore": "api",
+    "TrainConfig": "api",
+    "ExportResult": "api",
+    "Artifact": "api",
+    # the core
     "US3LError": "errors",
     "channels_at": "width",
     "make_divisible": "width",

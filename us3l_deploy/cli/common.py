@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from ..errors import US3LError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,6 +39,14 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+EXAMPLE_PREFIX = "Example: "
+
+
+def example(command_line: str) -> str:
+    """The epilog of a command's ``--help``: one real invocation (tests parse it against the CLI)."""
+    return EXAMPLE_PREFIX + command_line
+
+
 def setup_logging(verbose: bool) -> None:
     """Route library logging through rich (INFO with --verbose, WARNING otherwise)."""
     from rich.logging import RichHandler
@@ -48,7 +59,7 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def make_progress(transient: bool = False):
+def make_progress(transient: bool = False) -> Progress:
     """A rich progress bar with description, bar, count, elapsed and remaining time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -7,23 +7,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import user_errors
+from .common import example, user_errors
+
+EXAMPLE = "us3l import checkpoint_0199.pth.tar --out r18.pt --arch us_resnet18_cifar"
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("import")
+    @app.command("import", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        source: Annotated[Path, typer.Argument(help="Reference checkpoint (*.pth.tar with state_dict).")],
+        source: Annotated[Path, typer.Argument(help="Reference checkpoint (*.pth.tar with a state_dict).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Our checkpoint to write (atomically).")],
-        arch: Annotated[Optional[str], typer.Option(help="Architecture (default: detected from key shapes).")] = None,
-        calibrated_width: Annotated[Optional[float], typer.Option(help="Width the file's BN statistics were calibrated at.")] = None,
+        arch: Annotated[Optional[str], typer.Option(help="Architecture.  [default: detected from the key shapes]")] = None,
+        calibrated_width: Annotated[Optional[float], typer.Option(help="Width in [0.25, 1.0] the file's BN statistics were calibrated at (they join the BN bank).")] = None,
     ) -> None:
-        """Import a reference US3L checkpoint (online encoder; momentum encoder, predictors and projector dropped)."""
-        from exporters import ImportConfig, import_reference
+        """Import a reference US3L checkpoint (the online encoder; momentum encoder, projector and predictors dropped)."""
+        from ..api import import_reference
 
         from .common import console
 
-        ckpt = import_reference(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
-        bank = ", ".join(f"{w:g}" for w in ckpt.bank_widths()) or "none (export will recalibrate: pass --calib-data)"
-        console.print(f"imported {ckpt.arch} from {source} -> {out} (BN statistics for widths: {bank})")
+        model = import_reference(source, out, arch=arch, calibrated_width=calibrated_width)
+        bank = ", ".join(f"{w:g}" for w in model.calibrated_widths()) or "none (export will recalibrate: pass --calib-data)"
+        console.print(f"imported {model.arch} from {source} -> {out} (BN statistics for widths: {bank})")

@@ -16,8 +16,10 @@ app = typer.Typer(
     name="us3l",
     help="One universally slimmable SSL checkpoint -> any width -> ONNX/TensorRT -> the width that fits your device.",
     no_args_is_help=True,
+    epilog="Example: us3l train && us3l eval runs/us3l/checkpoint.pt && us3l bench runs/us3l/checkpoint.pt --budget-ms 2",
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, make_progress, user_errors
+from .common import console, example, make_progress, user_errors
+
+if TYPE_CHECKING:
+    from ..api import TrainResult
+
+EXAMPLE = "us3l train --epochs 5 --out runs/digits5"
 
 
 class Method(str, Enum):
@@ -28,78 +33,79 @@ class SSL(str, Enum):
     mocov3 = "mocov3"
 
 
-def _summary(ckpt_path: Path) -> None:
-    import json
-
+def render(result: TrainResult) -> None:
+    """The collapse table of the last epoch and the loss/throughput line."""
     from rich.table import Table
 
     from ..width import format_width
 
-    metrics = ckpt_path.parent / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-    if not records:
+    if not result.history:
         return
-    last = records[-1]
-    table = Table(title=f"training summary (epoch {last['epoch']})")
+    table = Table(title=f"training summary (epoch {result.epochs})")
     for col in ("width", "std*sqrt(d)", "effective rank", "collapsed"):
         table.add_column(col, justify="right")
-    for s in last.get("collapse", []):
-        table.add_row(format_width(s["width"]), f"{s['std_ratio']:.3f}", f"{s['eff_rank']:.1f}",
-                      "[red]yes[/]" if s["collapsed"] else "no")
+    for s in result.collapse:
+        table.add_row(format_width(s.width), f"{s.std_ratio:.3f}", f"{s.eff_rank:.1f}",
+                      "[red]yes[/]" if s.collapsed else "no")
     console.print(table)
-    console.print(f"loss (max width) {last.get('loss_base', float('nan')):.4f}, "
-                  f"sub-width loss {last.get('loss_distill', float('nan')):.4f}, "
-                  f"{last.get('images_per_s', 0):.0f} img/s, {sum(r.get('epoch_time_s', 0) for r in records):.0f}s of training")
+    nan = float("nan")
+    console.print(f"loss (max width) {result.loss if result.loss is not None else nan:.4f}, "
+                  f"sub-width loss {result.distill_loss if result.distill_loss is not None else nan:.4f}, "
+                  f"{result.images_per_s or 0:.0f} img/s, {result.seconds:.0f}s of training")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train")
+    @app.command("train", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        recipe: Annotated[str, typer.Option(help="Preset name (digits, cifar100_r18_simclr, imagenet_r50_byol, ...).")] = "digits",
-        arch: Annotated[str | None, typer.Option(help="Backbone architecture (registry name).")] = None,
-        data: Annotated[str | None, typer.Option(help="Dataset: digits, cifar10, cifar100, imagefolder.")] = None,
-        data_root: Annotated[Path | None, typer.Option(help="Dataset folder (all but digits).")] = None,
-        image_size: Annotated[int | None, typer.Option(help="Input resolution (default: the dataset's).")] = None,
-        epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-        batch_size: Annotated[int | None, typer.Option(help="Batch size per process.")] = None,
-        lr: Annotated[float | None, typer.Option(help="Base learning rate (cosine per epoch).")] = None,
-        method: Annotated[Method | None, typer.Option(help="us3l, naive (US-Net + SimCLR) or single (one width).")] = None,
-        ssl: Annotated[SSL | None, typer.Option(help="SSL objective of the max network.")] = None,
-        width: Annotated[float | None, typer.Option(help="The width trained by --method single.")] = None,
+        recipe: Annotated[str, typer.Option(help="Preset: digits (CPU default) or a paper recipe; see --list-recipes.")] = "digits",
+        arch: Annotated[str | None, typer.Option(help="Backbone architecture name.  [default: the recipe's]")] = None,
+        data: Annotated[str | None, typer.Option(help="Dataset: digits, cifar10, cifar100 or imagefolder.  [default: the recipe's]")] = None,
+        data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles or train/ + val/ class folders); not for digits.")] = None,
+        image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's: 16 digits, 32 CIFAR, 224 folders]")] = None,
+        epochs: Annotated[int | None, typer.Option(help="Training epochs.  [default: the recipe's; digits 13]")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="Images per batch per process (global = this x processes).  [default: the recipe's]")] = None,
+        lr: Annotated[float | None, typer.Option(help="Base learning rate, cosine-decayed per epoch.  [default: the recipe's]")] = None,
+        method: Annotated[Method | None, typer.Option(help="us3l, naive (US-Net + SimCLR) or single (one width).  [default: us3l]")] = None,
+        ssl: Annotated[SSL | None, typer.Option(help="SSL loss of the full-width network.  [default: the recipe's]")] = None,
+        width: Annotated[float | None, typer.Option(help="Width trained by --method single, in [0.25, 1.0].  [default: 1.0]")] = None,
         accumulate: Annotated[bool | None, typer.Option("--accumulate/--step-per-width",
-                                                        help="One optimizer step per iteration instead of per width.")] = None,
-        out: Annotated[Path, typer.Option(help="Output folder (checkpoint.pt, metrics.jsonl, tb/).")] = Path("runs/us3l"),
-        resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt (same options).")] = False,
-        device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-        amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).")] = None,
-        fail_on_collapse: Annotated[bool, typer.Option(help="Stop when the representation collapses.")] = False,
-        seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-        max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap iterations per epoch (smoke runs).")] = None,
+                                                        help="One optimizer step per iteration, or one per sampled width.  [default: per width]")] = None,
+        out: Annotated[Path, typer.Option(help="Output folder for checkpoint.pt, metrics.jsonl and tb/.")] = Path("runs/us3l"),
+        resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the same options.")] = False,
+        device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.  [default: auto]")] = None,
+        amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).  [default: the recipe's]")] = None,
+        fail_on_collapse: Annotated[bool, typer.Option(help="Stop with exit code 2 when a width's representation collapses.")] = False,
+        seed: Annotated[int | None, typer.Option(help="Random seed.  [default: 100]")] = None,
+        max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap iterations per epoch (smoke runs).  [default: no cap]")] = None,
         list_recipes_: Annotated[bool, typer.Option("--list-recipes", help="List the presets and exit.")] = False,
     ) -> None:
-        """Train one universally slimmable network with US3L (or a baseline) and write its checkpoint."""
-        from trainer.recipes import get_recipe, list_recipes, recipe_doc
+        """Train one universally slimmable network with US3L (or a baseline) and write its checkpoint.
+
+        Without options: the embedded digits default (a few minutes on a laptop CPU).
+
+        Multi-GPU or multi-node: torchrun --nproc_per_node=N -m us3l_deploy.cli.main train ...
+        """
+        from ..api import train
 
         if list_recipes_:
+            from trainer.recipes import list_recipes, recipe_doc
+
             for name in list_recipes():
                 console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
             return
-        cfg = get_recipe(recipe).replace(
-            arch=arch, data=data, data_root=str(data_root) if data_root else None, image_size=image_size,
-            epochs=epochs, batch_size=batch_size, lr=lr, method=method.value if method else None,
-            ssl=ssl.value if ssl else None, single_width=width, accumulate=accumulate, out_dir=str(out),
-            resume=resume, device=device, amp=amp, fail_on_collapse=fail_on_collapse or None, seed=seed,
-            max_steps_per_epoch=max_steps_per_epoch,
-        )
-        from trainer.loop import train
-
         with make_progress() as bar:
-            task = bar.add_task(f"{cfg.method} {cfg.arch} on {cfg.data}", total=None, status="starting")
+            task = bar.add_task(f"training ({recipe})", total=None, status="starting")
 
-            def progress(done: int, total: int, status: str) -> None:
+            def progress(done: int, total: int | None, status: str) -> None:
                 bar.update(task, completed=done, total=total, status=status)
 
-            path = train(cfg, progress)
-        _summary(path)
-        console.print(f"checkpoint: {path}")
+            result = train(
+                recipe=recipe, progress=progress, arch=arch, data=data,
+                data_root=str(data_root) if data_root else None, image_size=image_size, epochs=epochs,
+                batch_size=batch_size, lr=lr, method=method.value if method else None, ssl=ssl.value if ssl else None,
+                single_width=width, accumulate=accumulate, out_dir=str(out), resume=resume, device=device, amp=amp,
+                fail_on_collapse=fail_on_collapse or None, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
+            )
+        render(result)
+        console.print(f"checkpoint: {result.checkpoint}")
