@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     def command(
         checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint; its accuracy.json is joined (omit it and give --arch).",
                                                              exists=True, dir_okay=False)] = None,
-        arch: Annotated[Optional[str], typer.Option(help="Untrained architecture, for latency planning (latency does not depend on weights).")] = None,
+        arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (latency does not depend on weights).  [default: the checkpoint's]")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, jetson, or a profile name from us3l-devices.toml.")] = "cpu",
         devices_file: Annotated[Optional[Path], typer.Option(help="Device profiles TOML.  [default: ./us3l-devices.toml, then ~/.config/us3l/devices.toml]")] = None,
         widths: Annotated[Optional[str], typer.Option(help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: the checkpoint's calibrated widths, else 0.25:1.0:0.25]")] = None,
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[Optional[Precision], typer.Option(help="Inference precision.  [default: the device's]")] = None,
         threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads.  [default: the device's, else the runtime's]")] = None,
         duration: Annotated[float, typer.Option(help="Timed seconds per width and batch size.")] = 1.0,
-        iterations: Annotated[Optional[int], typer.Option(help="Fixed timed runs per width and batch size (overrides --duration).")] = None,
+        iterations: Annotated[Optional[int], typer.Option(help="Fixed timed runs per width and batch size (overrides --duration).  [default: time-based, --duration]")] = None,
         warmup_ms: Annotated[float, typer.Option(help="Warm-up per input shape, in milliseconds.")] = 200.0,
         rounds: Annotated[int, typer.Option(help="Interleaved rounds over all widths (spreads drift and thermal effects).")] = 5,
         idle_gap_ms: Annotated[float, typer.Option(help="Idle gap between runs in milliseconds (duty-cycle latency).")] = 0.0,

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def command(
         checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file (omit it and give --arch for an untrained network).")] = None,
-        arch: Annotated[Optional[str], typer.Option(help="Untrained architecture, for latency planning (random weights).")] = None,
+        arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (random weights).  [default: the checkpoint's]")] = None,
         width: Annotated[str, typer.Option("--width", "-w", help="Width 0.35, a list 0.25,0.5 or a range 0.25:1.0:0.05.")] = "1.0",
         fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, trt (TensorRT engine, needs a GPU) or torchscript.")] = "onnx",
         out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created only when every width passed).")] = Path("exports"),
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         calib_data: Annotated[Optional[str], typer.Option(help="BN/INT8 calibration images: .npy/.pt N x C x H x W, or a dataset name[:root].  [default: the checkpoint's training data]")] = None,
         tolerance: Annotated[Optional[float], typer.Option(help="Parity gate absolute tolerance.  [default: per precision; fp32 1e-4]")] = None,
         rtol: Annotated[Optional[float], typer.Option(help="Parity gate relative tolerance (times max |reference|).  [default: per precision]")] = None,
-        include_head: Annotated[Optional[Path], typer.Option(help="Linear probe .pt with weight and bias, appended after the features.")] = None,
+        include_head: Annotated[Optional[Path], typer.Option(help="Linear probe .pt with weight and bias, appended after the features.  [default: none, features only]")] = None,
         input_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.  [default: the architecture's]")] = None,
         name: Annotated[Optional[str], typer.Option(help="Artifact file-name prefix.  [default: checkpoint stem or arch]")] = None,
         simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxsim.")] = True,

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         source: Annotated[Path, typer.Argument(help="Reference checkpoint (*.pth.tar with a state_dict).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Our checkpoint to write (atomically).")],
         arch: Annotated[Optional[str], typer.Option(help="Architecture.  [default: detected from the key shapes]")] = None,
-        calibrated_width: Annotated[Optional[float], typer.Option(help="Width in [0.25, 1.0] the file's BN statistics were calibrated at (they join the BN bank).")] = None,
+        calibrated_width: Annotated[Optional[float], typer.Option(help="Width in [0.25, 1.0] the file's BN statistics were calibrated at (they join the BN bank).  [default: none, export recalibrates]")] = None,
     ) -> None:
         """Import a reference US3L checkpoint (the online encoder; momentum encoder, projector and predictors dropped)."""
         from ..api import import_reference
