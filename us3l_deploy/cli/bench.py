@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         warmup_ms: Annotated[float, typer.Option(help="Warm-up per input shape, in milliseconds.")] = 200.0,
         rounds: Annotated[int, typer.Option(help="Interleaved rounds over all widths (spreads drift and thermal effects).")] = 5,
         idle_gap_ms: Annotated[float, typer.Option(help="Idle gap between runs in milliseconds (duty-cycle latency).")] = 0.0,
-        budget_ms: Annotated[Optional[float], typer.Option(help="Latency budget in milliseconds: choose the most accurate width within it.")] = None,
+        budget_ms: Annotated[Optional[float], typer.Option(help="Latency budget in milliseconds: choose the most accurate width within it.  [default: none, measure only]")] = None,
         metric: Annotated[Metric, typer.Option(help="Latency statistic the budget applies to.")] = Metric.p95,
         search: Annotated[bool, typer.Option(help="Bisect the continuous width range for the widest width within --budget-ms.")] = False,
         accuracy: Annotated[Optional[Path], typer.Option(help="Accuracy table.  [default: accuracy.json beside the checkpoint]",
