@@ -25,9 +25,22 @@ Examples:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names resolve lazily below
+    from .api import (Artifact, BenchResult, Choice, CollapseScore, EvalResult, ExportResult, LatencyRow,
+                      SlimmableModel, TrainConfig, TrainResult, WidthAccuracy, WidthInfo, bench, evaluate, export,
+                      import_reference, load, train, widths)
+    from .bn import bn_stats, calibrate_bn, load_bn_stats
+    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from .context import model_width, use_width
+    from .errors import US3LError
+    from .models import get_model, list_models, register_model
+    from .profile import profile_width
+    from .slicing import channel_config, find_aliases, slice_to_width
+    from .width import channels_at, format_width, make_divisible, parse_widths
 
 _EXPORTS = {
     # the Python API (us3l_deploy.api): one function per CLI command, typed results
