@@ -23,7 +23,7 @@ from .lut import LatencyTable, default_cache_path
 from .remote.executor import make_executor
 from .report import CSV_COLUMNS, write_csv, write_json, write_plot
 from .runners import RunnerOptions, TimingConfig, get_runner
-from .choice import accuracy_for, choose, load_accuracy, pareto_front
+from .choice import accuracy_for, accuracy_mismatch, choose, load_accuracy, pareto_front
 from .sweep import MeasureContext, ProgressFn, measure_rows
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,14 @@ def _version_tuple(text: str | None) -> tuple[int, ...] | None:
         raise ConfigError(f"trt_version {text!r} is invalid; valid: '10.3.0'") from None
 
 
-def _width_info(source: ModelSource, table: LatencyTable, force: bool) -> tuple[float, float, list[float]]:
-    """Width range and ladder of the source, remembered in the lookup table (a cached run then
-    never imports torch)."""
+def _width_info(source: ModelSource, table: LatencyTable, force: bool) -> dict:
+    """``{"lo", "hi", "ladder", "hash"}`` of the source (:meth:`ModelSource.width_info`), remembered
+    in the lookup table so a cached run never imports torch."""
     key = source.key()
     info = None if force else table.sources.get(key)
-    if info is None:
-        lo, hi, ladder = source.width_info()
-        info = table.sources[key] = {"lo": lo, "hi": hi, "ladder": ladder}
-    return float(info["lo"]), float(info["hi"]), [float(w) for w in info["ladder"]]
+    if info is None or "hash" not in info:
+        info = table.sources[key] = source.width_info()
+    return info
 
 
 def _config_dict(cfg: BenchConfig, widths: list[float]) -> dict:
@@ -107,7 +106,8 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn | None = None) -> BenchResu
     source = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap)
     out_dir = cfg.out_dir or DEFAULT_OUT
     table = LatencyTable(cfg.lut or (out_dir / "lut.json" if cfg.out_dir else default_cache_path()))
-    lo, hi, ladder = _width_info(source, table, cfg.force)
+    info = _width_info(source, table, cfg.force)
+    lo, hi, ladder = float(info["lo"]), float(info["hi"]), [float(w) for w in info["ladder"]]
     widths = parse_widths(cfg.widths, lo, hi) if cfg.widths else (ladder or parse_widths("0.25:1.0:0.25", lo, hi))
     timing = TimingConfig(warmup_ms=cfg.warmup_ms, duration_s=cfg.duration_s, iterations=cfg.iterations,
                           rounds=cfg.rounds, idle_gap_ms=cfg.idle_gap_ms)
@@ -153,17 +153,22 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn | None = None) -> BenchResu
                 except Exception as exc:  # never mask the measurement's own error
                     log.warning("could not restore power mode %s: %s", original, exc)
     return _finish(cfg, profile, runner_name, precision, threads, env, fp, widths, rows, search_out,
-                   out_dir, started)
+                   out_dir, started, info.get("hash"))
 
 
 def _finish(cfg: BenchConfig, profile: DeviceProfile, runner_name: str, precision: str, threads: int | None,
             env: dict, fp: str, widths: list[float], rows: list[dict], search_out: dict | None, out_dir: Path,
-            started: float) -> BenchResult:
+            started: float, checkpoint_hash: str | None = None) -> BenchResult:
     acc_path = cfg.accuracy
     if acc_path is None and cfg.checkpoint is not None:
         candidate = Path(cfg.checkpoint).with_name("accuracy.json")
         acc_path = candidate if candidate.is_file() else None
-    acc = load_accuracy(acc_path) if acc_path else {}
+    acc: dict = {}
+    acc_note = accuracy_mismatch(acc_path, checkpoint_hash, cfg.snap) if acc_path else None
+    if acc_note:
+        log.info("%s", acc_note)  # returned in report["accuracy_note"]; the CLI prints it
+    elif acc_path:
+        acc = load_accuracy(acc_path)
     if search_out:
         seen = {(r["width"], r["batch"], r.get("power_mode")) for r in rows}
         rows += [r for r in search_out["probes"] if (r["width"], r["batch"], r.get("power_mode")) not in seen]
@@ -178,7 +183,8 @@ def _finish(cfg: BenchConfig, profile: DeviceProfile, runner_name: str, precisio
         "schema": "us3l-bench/1", "device": profile.name, "runner": runner_name, "precision": precision,
         "threads": threads, "fingerprint": fp, "environment": env,
         "source": {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "arch": cfg.arch},
-        "accuracy_file": str(acc_path) if acc_path else None, "config": _config_dict(cfg, widths),
+        "accuracy_file": str(acc_path) if acc_path else None, "accuracy_note": acc_note,
+        "config": _config_dict(cfg, widths),
         "results": rows, "pareto_widths": [primary[i]["width"] for i in pareto_front(primary, cfg.metric)],
     }
     if cfg.budget_ms is not None:

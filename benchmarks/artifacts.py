@@ -62,18 +62,20 @@ class ModelSource:
 
         return get_model(self.arch).eval()
 
-    def width_info(self) -> tuple[float, float, list[float]]:
-        """``(min width, max width, ladder)``; the ladder is the checkpoint's BN-bank widths (or empty)."""
+    def width_info(self) -> dict:
+        """``{"lo", "hi", "ladder", "hash"}``: the width range, the checkpoint's BN-bank widths (the
+        default ladder; empty for an architecture) and the checkpoint's content hash (``None``)."""
         if self.checkpoint is not None:
             from us3l_deploy.checkpoint import load_checkpoint
 
             ckpt = load_checkpoint(self.checkpoint)
             lo, hi = ckpt.width_range
-            return float(lo), float(hi), sorted(round_width(w) for w in ckpt.bank_widths())
+            return {"lo": float(lo), "hi": float(hi), "ladder": sorted(round_width(w) for w in ckpt.bank_widths()),
+                    "hash": ckpt.content_hash}
         from us3l_deploy.models import get_model
 
         lo, hi = get_model(self.arch).width_range
-        return float(lo), float(hi), []
+        return {"lo": float(lo), "hi": float(hi), "ladder": [], "hash": None}
 
     def build_static(self, width: float) -> Any:
         """The plain ``nn.Module`` at ``width`` (for in-process runners such as ``torch``)."""

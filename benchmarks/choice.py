@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
-from us3l_deploy.accuracy import read_accuracy
+from us3l_deploy.accuracy import read_accuracy, read_accuracy_file
 from us3l_deploy.errors import ConfigError, DataError
-from us3l_deploy.width import format_width, round_width
+from us3l_deploy.width import DEFAULT_DIVISOR, format_width, round_width
 
 from .stats import METRICS
 
@@ -35,6 +35,28 @@ def load_accuracy(path: Path) -> dict[float, dict]:
             raise DataError(f"accuracy table {path}: row {i} has none of {', '.join(ACCURACY_KEYS)}")
         table[round_width(row["width"])] = {**row, "accuracy": float(row[metric]), "metric": metric}
     return table
+
+
+def accuracy_mismatch(path: Path, checkpoint_hash: str | None, divisor: int) -> str | None:
+    """Why the accuracy table at ``path`` does not describe the benchmarked networks, or ``None``.
+
+    Two cases are refused: a table measured on another checkpoint (its recorded content hash
+    differs: accuracies from before a retrain), and a table of the method's divisor-8 networks
+    joined to snapped (``--snap 16|32``) networks, which have other channel counts.
+
+    Raises:
+        DataError: unreadable or malformed table.
+    """
+    data = read_accuracy_file(path)
+    recorded = data.get("checkpoint")
+    if checkpoint_hash and recorded and recorded != checkpoint_hash:
+        return (f"accuracy table {path} was measured on another checkpoint (hash {str(recorded)[:12]}, this one "
+                f"{checkpoint_hash[:12]}); its accuracies are not joined: rerun 'us3l eval' on this checkpoint")
+    measured = int((data.get("protocol") or {}).get("divisor", DEFAULT_DIVISOR))
+    if measured != divisor:
+        return (f"accuracy table {path} describes divisor-{measured} networks, not the --snap {divisor} ones measured "
+                f"here (other channel counts); its accuracies are not joined")
+    return None
 
 
 def accuracy_for(width: float, aliases: Sequence[float], table: dict[float, dict]) -> dict | None:

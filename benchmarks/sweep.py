@@ -48,8 +48,12 @@ class MeasureContext:
         """Lookup-table key of ``art`` at ``batch`` (the power mode is part of the device state)."""
         fp = self.fingerprint if self.power_mode is None else f"{self.fingerprint}@mode{self.power_mode}"
         key = point_key(fp, self.runner_name, art.sha256, batch, self.options.precision, self.options.threads)
-        # Idle-gap (duty-cycle) latency is a different quantity from back-to-back latency.
-        return f"{key}|gap{self.timing.idle_gap_ms:g}" if self.timing.idle_gap_ms else key
+        # A point is reused only by a run with the same methodology: a quick '--iterations 3' point
+        # must not stand in for a careful one. Idle-gap (duty-cycle) latency is another quantity.
+        t = self.timing
+        effort = f"i{t.iterations}" if t.iterations else f"d{t.duration_s:g}"
+        key = f"{key}|{effort}r{t.rounds}w{t.warmup_ms:g}"
+        return f"{key}|gap{t.idle_gap_ms:g}" if t.idle_gap_ms else key
 
 
 def _point(times: list[float], extras: dict, batch: int) -> dict:

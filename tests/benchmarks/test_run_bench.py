@@ -29,13 +29,18 @@ def test_cached_rerun_reuses_artifacts_and_points(tmp_path, fixture_exporter):
     assert [r["p50_ms"] for r in second["results"]] == [r["p50_ms"] for r in first["results"]]
     lut = json.loads((out / "lut.json").read_text())
     key = next(iter(lut["points"]))
-    fp, runner, sha, batch, precision, threads = key.split("|")
+    fp, runner, sha, batch, precision, threads, timing = key.split("|")
     assert (fp, runner, batch, precision, threads) == (first["fingerprint"], "onnxruntime", "1", "fp32", "1")
+    assert timing == "d0.05r2w10"  # methodology: duration, rounds, warm-up
     assert sha in {r["sha256"] for r in first["results"]}
     forced = run_bench(BenchConfig(**TINY, out_dir=out, force=True)).report
     assert len(fixture_exporter) == 2 and not any(r["cached"] for r in forced["results"])
     other_threads = run_bench(BenchConfig(**{**TINY, "threads": 2}, out_dir=out)).report
     assert not any(r["cached"] for r in other_threads["results"])  # threads is part of the key
+    quick = run_bench(BenchConfig(**{**TINY, "iterations": 3, "rounds": 1}, out_dir=out)).report
+    assert not any(r["cached"] for r in quick["results"])  # a quick run does not reuse careful points...
+    careful = run_bench(BenchConfig(**TINY, out_dir=out)).report
+    assert all(r["cached"] for r in careful["results"])  # ...nor stand in for them later
 
 
 def test_reports_accuracy_join_and_choice(tmp_path, fixture_exporter):
@@ -121,3 +126,34 @@ def test_checkpoint_ladder_accuracy_beside_it_and_torch_runner(tmp_path, fixture
     assert report["config"]["widths_resolved"] == [0.25, 0.5, 1.0]
     assert report["accuracy_file"] == str(tmp_path / "accuracy.json")
     assert report["runner"] == "torch" and report["chosen"]["width"] == 0.5
+
+
+def _bench_checkpoint(tmp_path):
+    from us3l_deploy.bn import bn_stats
+    from us3l_deploy.checkpoint import Checkpoint, save_checkpoint
+    from us3l_deploy.models import get_model
+
+    net = get_model("us_resnet_mini")
+    ckpt = Checkpoint.from_model(net, method="untrained")
+    for w in (0.25, 1.0):
+        ckpt.add_bn_stats(w, bn_stats(net, w))
+    path = tmp_path / "mini.pt"
+    return path, save_checkpoint(ckpt, path)
+
+
+@pytest.mark.parametrize("case", ["current", "stale", "snapped"])
+def test_accuracy_join_refuses_stale_or_other_divisor_tables(tmp_path, fixture_exporter, case):
+    path, content_hash = _bench_checkpoint(tmp_path)
+    recorded = "0" * 64 if case == "stale" else content_hash
+    (tmp_path / "accuracy.json").write_text(json.dumps({
+        "checkpoint": recorded, "protocol": {"method": "knn", "divisor": 8},
+        "results": [{"width": 0.25, "knn": 0.9}, {"width": 1.0, "knn": 0.8}]}))
+    snap = 16 if case == "snapped" else 8
+    report = run_bench(BenchConfig(checkpoint=path, threads=1, iterations=3, rounds=1, warmup_ms=1, snap=snap,
+                                   budget_ms=1000.0, out_dir=tmp_path / "out", plot=False)).report
+    accuracies = [r["accuracy"] for r in report["results"]]
+    if case == "current":
+        assert report["accuracy_note"] is None and accuracies == [0.9, 0.8] and report["chosen"]["width"] == 0.25
+        return
+    assert accuracies == [None, None] and "(no accuracy table)" in report["choice"]["reason"]
+    assert ("another checkpoint" if case == "stale" else "divisor-8") in report["accuracy_note"]

@@ -225,6 +225,8 @@ class BenchResult:
         pareto_widths: widths on the accuracy/latency Pareto front (first batch size).
         chosen: the choice for ``budget_ms`` (``None`` without a budget or when nothing fits;
             ``reason`` then says why and names the fastest width).
+        accuracy_note: why an accuracy table was not joined (measured on another checkpoint, or
+            for other channel counts than ``--snap``), else ``None``.
         report / files: the full ``report.json`` content and the files written
             (``report``, ``csv``, ``plot``).
     """
@@ -239,6 +241,7 @@ class BenchResult:
     metric: str
     chosen: Choice | None
     reason: str | None
+    accuracy_note: str | None
     report: dict[str, Any] = field(repr=False)
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -256,7 +259,8 @@ class BenchResult:
         return cls(device=report["device"], runner=report["runner"], precision=report["precision"],
                    threads=report.get("threads"), results=tuple(LatencyRow.from_record(r) for r in report["results"]),
                    pareto_widths=tuple(float(w) for w in report.get("pareto_widths", [])), budget_ms=budget,
-                   metric=metric, chosen=pick, reason=choice.get("reason"), report=report, files=dict(files))
+                   metric=metric, chosen=pick, reason=choice.get("reason"), accuracy_note=report.get("accuracy_note"),
+                   report=report, files=dict(files))
 
     def latency(self, width: float, metric: str | None = None, batch: int | None = None) -> float | None:
         """Measured ``metric`` latency (default: the run's metric) of ``width`` at ``batch`` (default: the first).

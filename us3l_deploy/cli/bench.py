@@ -32,11 +32,15 @@ class Precision(str, Enum):
 
 def render(result: BenchResult) -> None:
     """The latency table, the files written and the choice line."""
+    from rich.markup import escape
+
     from benchmarks.report import render_table
 
     from ..width import format_width
 
     console.print(render_table(result.report))
+    if result.accuracy_note:
+        console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
     files = result.files
     console.print(f"report: {files['report']}  csv: {files['csv']}" + (f"  plot: {files['plot']}" if "plot" in files else ""))
     if result.budget_ms is None:
