@@ -131,7 +131,8 @@ class Trainer:
         log.info("saved %s (epoch %d)", self.checkpoint_path, epoch)
 
     def _restore(self) -> None:
-        if not self.checkpoint_path.is_file():
+        found = resume_visibility(runtime.gather_objects(self.dist, self.checkpoint_path.is_file()), self.checkpoint_path)
+        if not found:
             log.warning("--resume: no checkpoint in %s, starting from scratch", self.out_dir)
             return
         ckpt = load_checkpoint(self.checkpoint_path)
@@ -237,6 +238,22 @@ class Trainer:
         return {"epoch": epoch + 1, "lr": lr, "steps": self.steps_per_epoch, "global_step": self.global_step,
                 "widths_per_iter": n_widths / self.steps_per_epoch, **shown,
                 "images_per_s": images / elapsed, "epoch_time_s": elapsed}
+
+
+def resume_visibility(seen: list[bool], path: Path) -> bool:
+    """Whether every rank can resume from ``path`` (``seen[r]``: rank r sees the file).
+
+    Raises:
+        ConfigError: some ranks see it and others do not (``--out`` is not on a shared file
+            system): they would silently train from different states.
+    """
+    if all(seen):
+        return True
+    if any(seen):
+        missing = ", ".join(str(r) for r, s in enumerate(seen) if not s)
+        raise ConfigError(f"--resume: rank(s) {missing} cannot see {path}; with several nodes, --out must be a "
+                          "folder every node shares (NFS or similar) so all ranks resume from the same state")
+    return False
 
 
 class _MetricsWriter:

@@ -11,6 +11,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,14 +128,18 @@ def set_global_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def gather_rng_states(info: DistInfo) -> list[dict]:
-    """Every rank's global RNG state, in rank order (collective under DDP)."""
-    mine = global_rng_state()
+def gather_objects(info: DistInfo, mine: Any) -> list:
+    """Every rank's ``mine`` (picklable), in rank order (collective under DDP)."""
     if not info.distributed:
         return [mine]
     out: list = [None] * info.world
     dist.all_gather_object(out, mine)
     return out
+
+
+def gather_rng_states(info: DistInfo) -> list[dict]:
+    """Every rank's global RNG state, in rank order (collective under DDP)."""
+    return gather_objects(info, global_rng_state())
 
 
 def seed_everything(seed: int) -> None:

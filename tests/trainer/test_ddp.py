@@ -64,3 +64,16 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     assert not torch.equal(ckpt.training["rng"][0]["torch"], ckpt.training["rng"][1]["torch"])
     assert torch.equal(ckpt.model["conv1.weight"], p0["backbone.conv1.weight"])
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".jsonl") == ["metrics.jsonl"]
+
+
+@pytest.mark.slow
+def test_torchrun_cli_prints_one_summary(tmp_path):
+    """The documented launch form: only rank 0 draws progress and prints the summary."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "us3l_deploy.cli.main", "train", "--epochs", "1", "--max-steps-per-epoch", "2", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert done.stdout.count("checkpoint:") == 1 and done.stdout.count("training summary") == 1, done.stdout
+    assert load_checkpoint(out / "checkpoint.pt").epoch == 1

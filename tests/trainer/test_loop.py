@@ -123,3 +123,13 @@ def test_fail_on_collapse_stops_after_saving(tmp_path):
     with pytest.raises(CollapseError, match="collapsed at width\\(s\\) 0.25, 0.5, 0.75, 1.0 after epoch 1"):
         train(cfg)
     assert load_checkpoint(tmp_path / "checkpoint.pt").epoch == 1
+
+
+def test_resume_needs_the_checkpoint_on_every_rank(tmp_path):
+    from trainer.loop import resume_visibility
+
+    path = tmp_path / "checkpoint.pt"
+    assert resume_visibility([True, True], path) is True
+    assert resume_visibility([False, False], path) is False  # nothing to resume: start from scratch
+    with pytest.raises(ConfigError, match=r"rank\(s\) 1, 3 cannot see .*every node shares"):
+        resume_visibility([True, False, True, False], path)

@@ -59,7 +59,14 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def make_progress(transient: bool = False) -> Progress:
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a ``torchrun`` launch (they neither draw nor print results)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def make_progress(transient: bool = False, disable: bool = False) -> Progress:
     """A rich progress bar with description, bar, count, elapsed and remaining time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -72,4 +79,5 @@ def make_progress(transient: bool = False) -> Progress:
         TextColumn("{task.fields[status]}"),
         console=err_console,
         transient=transient,
+        disable=disable,
     )

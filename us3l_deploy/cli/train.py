@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, example, make_progress, user_errors
+from .common import console, example, is_main_process, make_progress, user_errors
 
 if TYPE_CHECKING:
     from ..api import TrainResult
@@ -94,7 +94,8 @@ def register(app: typer.Typer) -> None:
             for name in list_recipes():
                 console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
             return
-        with make_progress() as bar:
+        main = is_main_process()
+        with make_progress(disable=not main) as bar:
             task = bar.add_task(f"training ({recipe})", total=None, status="starting")
 
             def progress(done: int, total: int | None, status: str) -> None:
@@ -107,5 +108,6 @@ def register(app: typer.Typer) -> None:
                 single_width=width, accumulate=accumulate, out_dir=str(out), resume=resume, device=device, amp=amp,
                 fail_on_collapse=fail_on_collapse or None, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
             )
-        render(result)
-        console.print(f"checkpoint: {result.checkpoint}")
+        if main:  # under torchrun the other ranks trained the same model: one summary
+            render(result)
+            console.print(f"checkpoint: {result.checkpoint}")
