@@ -172,3 +172,13 @@ def test_bench_result_is_typed_and_matches_report(run, tmp_path):
     tight = us3l.bench(arch="us_resnet_mini", widths=[0.25], budget_ms=1e-6, iterations=2, rounds=1, warmup_ms=1,
                        out=tmp_path / "tight", plot=False)
     assert tight.chosen is None and "fastest is width 0.25" in (tight.reason or "")
+
+
+def test_progress_callback_and_rich_bar(tmp_path, capsys):
+    calls = []
+    us3l.export("us_resnet_mini", "0.25,0.5", out=tmp_path / "a", progress=lambda d, t, m: calls.append((d, t, m)))
+    assert calls[0][:2] == (0, 2) and calls[-1] == (2, 2, "done")
+    us3l.export("us_resnet_mini", "0.25", out=tmp_path / "b", progress=True)  # a rich bar on stderr
+    assert "exporting onnx" in capsys.readouterr().err
+    us3l.export("us_resnet_mini", "0.25", out=tmp_path / "c", progress=False)
+    assert capsys.readouterr().err == ""

@@ -35,7 +35,7 @@ def test_api_cli_and_docs_example_type_check():
                      "us3l.load(run.checkpoint).slice('0.5')\n")
     cmd = [sys.executable, "-m", "mypy", "--ignore-missing-imports", "--follow-imports=silent",
            "--disallow-untyped-defs", "--disallow-incomplete-defs", "--no-error-summary",
-           "--cache-dir", str(ROOT / ".mypy_cache"), "us3l_deploy/__init__.py", "us3l_deploy/api", "us3l_deploy/cli",
+           "--cache-dir", str(ROOT / ".mypy_cache"), "us3l_deploy/__init__.py", "us3l_deploy/progress.py", "us3l_deploy/api", "us3l_deploy/cli",
            *examples, str(wrong)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]

@@ -2,8 +2,9 @@
 ``import_reference`` and ``load``. Each ``us3l`` command parses its flags and calls exactly one of
 these; the CLI only renders the typed result (one code path).
 
-Every function reports progress through an optional ``progress(done, total, message)`` callback
-(``total`` is ``None`` while unknown) and raises :class:`~us3l_deploy.errors.US3LError`
+Every long function reports progress through ``progress``: a callback ``progress(done, total,
+message)`` (``total`` is ``None`` while unknown), ``True`` for a rich bar on stderr, or ``None``.
+They raise :class:`~us3l_deploy.errors.US3LError`
 subclasses for bad input (the CLI prints those as one line with exit code 2). Heavy packages
 (torch, the trainer, the exporters, the benchmarks) are imported inside the functions.
 """
@@ -11,11 +12,12 @@ subclasses for bad input (the CLI prints those as one line with exit code 2). He
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import CheckpointError, ConfigError
+from ..progress import ProgressArg, resolve_progress
 from .results import BenchResult, EvalResult, TrainResult, WidthInfo
 
 if TYPE_CHECKING:
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
 
     from .model import SlimmableModel
 
-Progress = Callable[[int, Union[int, None], str], None]
 PathLike = Union[str, "os.PathLike[str]"]
 Source = Union[PathLike, "SlimmableModel"]
 
@@ -75,14 +76,14 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
 # ---------------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig | None = None, *, recipe: str | None = None, progress: Progress | None = None,
+def train(config: TrainConfig | None = None, *, recipe: str | None = None, progress: ProgressArg = None,
           **overrides: Any) -> TrainResult:
     """US3L self-supervised training of one universally slimmable checkpoint.
 
     Args:
         config: a full :class:`trainer.config.TrainConfig`; default: the ``recipe`` preset.
         recipe: preset name (``digits`` when neither is given; see ``us3l train --list-recipes``).
-        progress: ``progress(done, total, message)`` per training step.
+        progress: a callback ``progress(done, total, message)`` per training step, or ``True`` for a rich bar.
         overrides: :class:`~trainer.config.TrainConfig` fields to change (``None`` values are
             ignored), e.g. ``epochs=2, out_dir="runs/demo"``.
 
@@ -99,7 +100,8 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, progr
     if config is not None and recipe is not None:
         raise ConfigError("give a TrainConfig or a recipe name, not both")
     cfg = (config or get_recipe(recipe or "digits")).replace(**overrides)
-    path = run_training(cfg, progress)
+    with resolve_progress(progress, f"training {cfg.arch} on {cfg.data}") as report:
+        path = run_training(cfg, report)
     return TrainResult.from_run(Path(path))
 
 
@@ -109,7 +111,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, progr
 def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *, method: str = "knn",
              dataset: str | None = None, data_root: PathLike | None = None, image_size: int | None = None,
              calib_batches: int = 50, batch_size: int = 256, knn_k: int | None = None, linear_preset: str = "fast",
-             store_bn: bool = False, device: str = "cpu", progress: Progress | None = None) -> EvalResult:
+             store_bn: bool = False, device: str = "cpu", progress: ProgressArg = None) -> EvalResult:
     """Accuracy per width: BN recalibration on training images at each width, then kNN and/or a linear probe.
 
     Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it).
@@ -141,16 +143,17 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
                      calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k, linear_preset=linear_preset,
                      store_bn=store_bn, device=device)
     done = 0
+    with resolve_progress(progress, "evaluating") as report:
 
-    def stage(width: float, what: str) -> None:
-        nonlocal done
-        from ..width import format_width
+        def stage(width: float, what: str) -> None:
+            nonlocal done
+            from ..width import format_width
 
-        done += what == "done"
-        if progress:
-            progress(done, None, f"width {format_width(width)}: {what}")
+            done += what == "done"
+            if report:
+                report(done, None, f"width {format_width(width)}: {what}")
 
-    out = run_eval(cfg, stage)
+        out = run_eval(cfg, stage)
     return EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
 
 
@@ -213,7 +216,7 @@ def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, s
 
 
 def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *, format: str = "onnx",
-           out: PathLike = "exports", arch: str | None = None, progress: Progress | None = None,
+           out: PathLike = "exports", arch: str | None = None, progress: ProgressArg = None,
            **options: Any) -> ExportResult:
     """Slice widths, give them BN statistics, export them, verify each against PyTorch, write sidecars.
 
@@ -250,7 +253,8 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
                           ckpt.content_hash if ckpt is not None else f"untrained:{model.arch}:seed{model.seed}",
                           str(path.resolve()) if path is not None else None,
                           ckpt.method if ckpt is not None else "untrained", model.untrained, ckpt)
-    return run_export(cfg, progress, network=network)
+    with resolve_progress(progress, f"exporting {format}") as report:
+        return run_export(cfg, report, network=network)
 
 
 # ---------------------------------------------------------------------------- bench
@@ -259,7 +263,7 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
 def bench(source: Source | None = None, *, arch: str | None = None, device: str = "cpu",
           widths: str | Sequence[float] | None = None, budget_ms: float | None = None, metric: str = "p95",
           batches: Sequence[int] = (1,), out: PathLike | None = None, devices_file: PathLike | None = None,
-          accuracy: PathLike | None = None, progress: Progress | None = None, **options: Any) -> BenchResult:
+          accuracy: PathLike | None = None, progress: ProgressArg = None, **options: Any) -> BenchResult:
     """Latency per width on a device, joined with accuracy, and the width chosen for a budget.
 
     Args:
@@ -293,7 +297,8 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
                       batches=tuple(int(b) for b in batches), budget_ms=budget_ms, metric=metric,
                       accuracy=Path(accuracy) if accuracy is not None else None,
                       out_dir=Path(out) if out is not None else None, **options)
-    result = run_bench(cfg, progress=progress)
+    with resolve_progress(progress, f"measuring on {device}") as report:
+        result = run_bench(cfg, progress=report)
     return BenchResult.from_report(result.report, result.paths)
 
 

@@ -67,17 +67,7 @@ def is_main_process() -> bool:
 
 
 def make_progress(transient: bool = False, disable: bool = False) -> Progress:
-    """A rich progress bar with description, bar, count, elapsed and remaining time."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """A rich progress bar on this CLI's stderr console (see :func:`us3l_deploy.progress.make_progress`)."""
+    from ..progress import make_progress as build
 
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=err_console,
-        transient=transient,
-        disable=disable,
-    )
+    return build(transient, disable, err_console)
