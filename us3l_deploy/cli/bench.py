@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         """Measure latency per width on a device and pick the width for a latency budget.
 
         Widths are exported (ONNX) and measured in interleaved rounds; measured points are cached
-        in a lookup table keyed by device fingerprint, runner, artifact, batch and precision.
+        in a lookup table keyed by device fingerprint, runner, artifact, batch, precision and timing.
         """
         from benchmarks import parse_batches, parse_modes
 
