@@ -182,3 +182,12 @@ def test_progress_callback_and_rich_bar(tmp_path, capsys):
     assert "exporting onnx" in capsys.readouterr().err
     us3l.export("us_resnet_mini", "0.25", out=tmp_path / "c", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_cached_bench_through_the_api_does_not_import_torch(tmp_path):
+    code = ("import sys, us3l_deploy as u; r = u.bench(arch='us_resnet_mini', widths='0.25', iterations=3, rounds=1, "
+            "warmup_ms=1, out='b', plot=False); print('torch' in sys.modules, r.results[0].cached)")
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert first.stdout.split() == ["True", "False"], first.stdout + first.stderr
+    assert second.stdout.split() == ["False", "True"], second.stdout + second.stderr

@@ -12,6 +12,7 @@ subclasses for bad input (the CLI prints those as one line with exit code 2). He
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -51,10 +52,10 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
     """``(checkpoint path, arch name, in-memory model)`` from a path, an architecture name or a model.
 
     A string that names an existing file is a checkpoint; otherwise a registered architecture.
+    Nothing here imports torch for a path or a name (a cached ``bench`` run never needs it).
     """
-    from .model import SlimmableModel
-
-    if isinstance(source, SlimmableModel):
+    model_module = sys.modules.get("us3l_deploy.api.model")  # a SlimmableModel exists only once it is imported
+    if model_module is not None and isinstance(source, model_module.SlimmableModel):
         if arch is not None and arch != source.arch:
             raise ConfigError(f"arch {arch!r} contradicts the model's architecture {source.arch}")
         return source.path, (source.arch if source.checkpoint is None else None), source
