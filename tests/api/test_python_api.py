@@ -60,6 +60,11 @@ def test_evaluate_result_matches_accuracy_file(run):
         res.accuracy(0.25, "linear")
     with pytest.raises(ConfigError, match="untrained"):
         us3l.evaluate("us_resnet_mini")
+    with pytest.raises(ConfigError, match="untrained"):
+        us3l.evaluate(us3l.SlimmableModel.from_arch("us_resnet_mini"))
+    in_memory = us3l.SlimmableModel(us3l.load(run.checkpoint).network, us3l.load(run.checkpoint).checkpoint)
+    with pytest.raises(ConfigError, match=r"save\(path\) first"):
+        us3l.evaluate(in_memory)
 
 
 def test_slimmable_model_slice_equals_features_and_core(run):

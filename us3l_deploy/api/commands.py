@@ -134,10 +134,10 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
     from trainer.evaluate import EvalConfig, run_eval
 
     path, arch, model = _resolve_source(checkpoint, None)
+    if model is not None:
+        path = model._saved_path("evaluate")  # refuses untrained models and unsaved changes
     if path is None:
         raise ConfigError(f"evaluate needs a trained checkpoint file, not the untrained architecture {arch}")
-    if model is not None:
-        path = model._saved_path("evaluate")
     width_text = None if widths is None else (widths if isinstance(widths, str) else ",".join(map(str, widths)))
     cfg = EvalConfig(checkpoint=str(path), widths=width_text, method=method, dataset=dataset,
                      data_root=str(data_root) if data_root is not None else None, image_size=image_size,
