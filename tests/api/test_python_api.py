@@ -137,6 +137,8 @@ def test_untrained_model_and_widths_function():
         model.save("x.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         us3l.widths("no_such_file_or_arch.pt")
+    with pytest.raises(ConfigError, match="a checkpoint path, an architecture name or a SlimmableModel"):
+        us3l.widths(42)  # type: ignore[arg-type]
     with pytest.raises(US3LError, match="unknown architecture"):
         us3l.SlimmableModel.from_arch("resnet9000")
 

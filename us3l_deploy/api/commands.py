@@ -63,6 +63,8 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
         if arch is None:
             raise ConfigError("give a checkpoint or an architecture name (--arch NAME, an untrained network for latency planning)")
         return None, arch, None
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConfigError(f"source {source!r} is invalid; valid: a checkpoint path, an architecture name or a SlimmableModel")
     path = Path(source)
     if path.is_file():
         return path, arch, None
