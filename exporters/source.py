@@ -27,8 +27,7 @@ from torch import nn
 from us3l_deploy.bn import calibrate_bn, load_bn_stats
 from us3l_deploy.context import use_width
 from us3l_deploy.errors import CheckpointError, ConfigError, DataError, ExportError
-from us3l_deploy.slicing import find_aliases
-from us3l_deploy.width import format_width, round_width
+from us3l_deploy.width import format_width
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,17 @@ class Network:
     untrained: bool
     checkpoint: Any = None  # us3l_deploy.checkpoint.Checkpoint | None
 
+    @classmethod
+    def of(cls, model: nn.Module, checkpoint: Any = None, path: str | os.PathLike | None = None,
+           seed: int = 0) -> Network:
+        """``model`` with its provenance: its checkpoint (and file), or untrained with ``seed``."""
+        if checkpoint is not None:
+            return cls(model, checkpoint.arch, dict(checkpoint.arch_kwargs), checkpoint.content_hash,
+                       str(Path(path).resolve()) if path else None, checkpoint.method,
+                       checkpoint.method == "untrained", checkpoint)
+        arch = str(model.arch)
+        return cls(model, arch, dict(model.arch_kwargs), f"untrained:{arch}:seed{seed}", None, "untrained", True)
+
 
 def load_network(checkpoint: str | None, arch: str | None, seed: int = 0, input_size: int | None = None) -> Network:
     """Load ``checkpoint`` or build an untrained ``arch`` (at ``input_size`` when given).
@@ -65,8 +75,7 @@ def load_network(checkpoint: str | None, arch: str | None, seed: int = 0, input_
         model = ckpt.build_model().eval()
         if input_size and int(input_size) != model.input_size:
             check_input_size(model, int(input_size))
-        return Network(model, ckpt.arch, dict(ckpt.arch_kwargs), ckpt.content_hash, str(Path(checkpoint).resolve()),
-                       ckpt.method, ckpt.method == "untrained", ckpt)
+        return Network.of(model, ckpt, checkpoint)
     if not arch:
         raise ConfigError("give a checkpoint or --arch NAME (an untrained network for latency planning)")
     from us3l_deploy.models import get_model
@@ -74,7 +83,7 @@ def load_network(checkpoint: str | None, arch: str | None, seed: int = 0, input_
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = get_model(arch, **({"input_size": int(input_size)} if input_size else {})).eval()
-    return Network(model, arch, dict(model.arch_kwargs), f"untrained:{arch}:seed{seed}", None, "untrained", True)
+    return Network.of(model, seed=seed)
 
 
 def check_input_size(model: nn.Module, size: int) -> None:
@@ -193,18 +202,10 @@ def _read_array(path: Path) -> torch.Tensor:
 
 
 def bank_entry(net: Network, width: float, divisor: int) -> tuple[str, dict] | None:
-    """The checkpoint bank's statistics valid at ``width``: its own entry, or that of a bank width
-    slicing to the identical network (:func:`us3l_deploy.slicing.find_aliases`). Bank statistics
-    are calibrated with the method's divisor 8, so snapped exports (16/32) always recalibrate."""
-    ckpt = net.checkpoint
-    if ckpt is None or not ckpt.bn_bank or divisor != 8:
-        return None
-    if ckpt.bn_stats_for(width) is not None:
-        return format_width(width), ckpt.bn_stats_for(width)
-    for w in ckpt.bank_widths():
-        if find_aliases(net.model, [w, width], divisor)[round_width(width)] == round_width(w):
-            return format_width(w), ckpt.bn_stats_for(w)
-    return None
+    """The checkpoint bank's statistics valid at ``width`` (:meth:`Checkpoint.bank_entry`), with the
+    bank width as text; ``None`` for untrained networks and snapped (16/32) exports."""
+    entry = net.checkpoint.bank_entry(net.model, width, divisor) if net.checkpoint is not None else None
+    return (format_width(entry[0]), entry[1]) if entry is not None else None
 
 
 def stats_digest(stats: dict) -> str:

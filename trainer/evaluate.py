@@ -34,7 +34,7 @@ from us3l_deploy.bn import bn_stats, calibrate_bn
 from us3l_deploy.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l_deploy.data import DatasetSpec, default_image_size, load_split, num_classes
 from us3l_deploy.errors import ConfigError, DataError, unknown_name
-from us3l_deploy.width import DEFAULT_DIVISOR, parse_widths, round_width
+from us3l_deploy.width import DEFAULT_DIVISOR, default_widths, parse_widths, round_width
 
 from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, _batches, _linear_cfg,  # noqa: F401
                      extract_features, knn_accuracy, linear_probe_accuracy)
@@ -169,8 +169,7 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     ckpt = load_checkpoint(ckpt_path)
     spec = _resolve_dataset(ckpt, cfg)
     lo, hi = ckpt.width_range
-    widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else \
-        sorted({lo, hi} | {w for w in (0.25, 0.5, 0.75, 1.0) if lo <= w <= hi})
+    widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
     rows = evaluate_checkpoint(ckpt, widths, cfg.method, spec,
                                cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.store_bn, progress,
                                cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path)

@@ -168,6 +168,23 @@ class Checkpoint:
         """The bank's statistics for ``width`` (None if that width was never calibrated)."""
         return self.bn_bank.get(format_width(width))
 
+    def bank_entry(self, model: nn.Module, width: float, divisor: int) -> tuple[float, dict[str, dict[str, torch.Tensor]]] | None:
+        """``(bank width, statistics)`` valid for ``model`` at ``width``: the width's own entry, or that
+        of a bank width slicing to the identical network (:func:`~us3l_deploy.slicing.find_aliases`).
+        The bank holds divisor-8 statistics only, so other divisors get ``None`` (recalibrate)."""
+        from .slicing import find_aliases
+        from .width import DEFAULT_DIVISOR
+
+        if divisor != DEFAULT_DIVISOR or not self.bn_bank:
+            return None
+        own = self.bn_stats_for(width)
+        if own is not None:
+            return round_width(width), own
+        for w in self.bank_widths():
+            if find_aliases(model, [w, width], divisor)[round_width(width)] == round_width(w):
+                return w, self.bn_bank[format_width(w)]
+        return None
+
     def bank_widths(self) -> list[float]:
         return sorted(round_width(float(k)) for k in self.bn_bank)
 

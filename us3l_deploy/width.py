@@ -61,6 +61,12 @@ def round_width(width: float) -> float:
     return round(float(width), WIDTH_DECIMALS)
 
 
+def default_widths(lo: float, hi: float) -> list[float]:
+    """The default evaluation ladder of a model trained on ``[lo, hi]``: its two ends plus
+    0.25 / 0.5 / 0.75 / 1.0 where they fall inside the range."""
+    return sorted({round_width(lo), round_width(hi)} | {w for w in (0.25, 0.5, 0.75, 1.0) if lo <= w <= hi})
+
+
 def format_width(width: float) -> str:
     """Short text for a width: 0.35 -> '0.35', 1.0 -> '1.0'."""
     text = f"{round_width(width):.6f}".rstrip("0")

@@ -48,6 +48,11 @@ def load(checkpoint: PathLike) -> SlimmableModel:
     return SlimmableModel.load(checkpoint)
 
 
+def _width_text(widths: str | Sequence[float] | None) -> str | None:
+    """Widths as the configs take them: list/range text (``None`` stays the command's default)."""
+    return widths if widths is None or isinstance(widths, str) else ",".join(map(str, widths))
+
+
 def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | None, str | None, Any]:
     """``(checkpoint path, arch name, in-memory model)`` from a path, an architecture name or a model.
 
@@ -140,8 +145,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
         path = model._saved_path("evaluate")  # refuses untrained models and unsaved changes
     if path is None:
         raise ConfigError(f"evaluate needs a trained checkpoint file, not the untrained architecture {arch}")
-    width_text = None if widths is None else (widths if isinstance(widths, str) else ",".join(map(str, widths)))
-    cfg = EvalConfig(checkpoint=str(path), widths=width_text, method=method, dataset=dataset,
+    cfg = EvalConfig(checkpoint=str(path), widths=_width_text(widths), method=method, dataset=dataset,
                      data_root=str(data_root) if data_root is not None else None, image_size=image_size,
                      calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k, linear_preset=linear_preset,
                      store_bn=store_bn, device=device)
@@ -251,11 +255,7 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
     if model is not None:
         from exporters.source import Network
 
-        ckpt = model.checkpoint
-        network = Network(model.network, model.arch, dict(model.network.arch_kwargs),
-                          ckpt.content_hash if ckpt is not None else f"untrained:{model.arch}:seed{model.seed}",
-                          str(path.resolve()) if path is not None else None,
-                          ckpt.method if ckpt is not None else "untrained", model.untrained, ckpt)
+        network = Network.of(model.network, model.checkpoint, path, model.seed)
     with resolve_progress(progress, f"exporting {format}") as report:
         return run_export(cfg, report, network=network)
 
@@ -292,11 +292,10 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
     path, arch_name, model = _resolve_source(source, arch)
     if model is not None and model.checkpoint is not None:
         path = model._saved_path("bench")
-    width_text = None if widths is None else (widths if isinstance(widths, str) else ",".join(map(str, widths)))
     if options.get("power_modes") is not None:
         options["power_modes"] = tuple(int(m) for m in options["power_modes"])
     cfg = BenchConfig(checkpoint=path, arch=arch_name, device=device,
-                      devices_file=Path(devices_file) if devices_file is not None else None, widths=width_text,
+                      devices_file=Path(devices_file) if devices_file is not None else None, widths=_width_text(widths),
                       batches=tuple(int(b) for b in batches), budget_ms=budget_ms, metric=metric,
                       accuracy=Path(accuracy) if accuracy is not None else None,
                       out_dir=Path(out) if out is not None else None, **options)

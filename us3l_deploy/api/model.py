@@ -23,8 +23,8 @@ from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..context import use_width
 from ..data import DatasetSpec, load_split, resize_images
 from ..errors import ConfigError, DataError
-from ..slicing import find_aliases, slice_to_width
-from ..width import DEFAULT_DIVISOR, format_width, parse_widths, round_width
+from ..slicing import slice_to_width
+from ..width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths
 
 if TYPE_CHECKING:
     from exporters import ExportResult
@@ -231,13 +231,8 @@ class SlimmableModel:
     def _stats_for(self, width: float, snap: int) -> dict[str, dict[str, torch.Tensor]] | None:
         if snap != DEFAULT_DIVISOR or self.checkpoint is None:
             return self._snapped.get((format_width(width), snap))
-        own = self.checkpoint.bn_stats_for(width)
-        if own is not None:
-            return own
-        for w in self.checkpoint.bank_widths():  # a calibrated width that slices to the same network
-            if find_aliases(self.network, [w, width], snap)[round_width(width)] == round_width(w):
-                return self.checkpoint.bn_stats_for(w)
-        return None
+        entry = self.checkpoint.bank_entry(self.network, width, snap)
+        return entry[1] if entry is not None else None
 
     # ------------------------------------------------------------------ running and slicing
 
@@ -324,7 +319,7 @@ class SlimmableModel:
     def _resolve(self, widths: str | Sequence[float] | None) -> list[float]:
         lo, hi = self.width_range
         if widths is None:
-            return sorted({lo, hi} | {w for w in (0.25, 0.5, 0.75, 1.0) if lo <= w <= hi})
+            return default_widths(lo, hi)
         return parse_widths(widths if isinstance(widths, str) else list(widths), lo, hi)
 
     def _one_width(self, width: float) -> float:
