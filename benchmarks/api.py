@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from us3l_deploy.accuracy import read_accuracy_file
 from us3l_deploy.errors import ConfigError
 from us3l_deploy.width import parse_widths
 
@@ -23,7 +24,7 @@ from .lut import LatencyTable, default_cache_path
 from .remote.executor import make_executor
 from .report import CSV_COLUMNS, write_csv, write_json, write_plot
 from .runners import RunnerOptions, TimingConfig, get_runner
-from .choice import accuracy_for, accuracy_mismatch, choose, load_accuracy, pareto_front
+from .choice import accuracy_for, accuracy_mismatch, accuracy_table, choose, pareto_front
 from .sweep import MeasureContext, ProgressFn, measure_rows
 
 log = logging.getLogger(__name__)
@@ -164,11 +165,14 @@ def _finish(cfg: BenchConfig, profile: DeviceProfile, runner_name: str, precisio
         candidate = Path(cfg.checkpoint).with_name("accuracy.json")
         acc_path = candidate if candidate.is_file() else None
     acc: dict = {}
-    acc_note = accuracy_mismatch(acc_path, checkpoint_hash, cfg.snap) if acc_path else None
-    if acc_note:
-        log.info("%s", acc_note)  # returned in report["accuracy_note"]; the CLI prints it
-    elif acc_path:
-        acc = load_accuracy(acc_path)
+    acc_note = None
+    if acc_path:
+        data = read_accuracy_file(acc_path)  # read once: provenance check, then the table
+        acc_note = accuracy_mismatch(data, acc_path, checkpoint_hash, cfg.snap)
+        if acc_note:
+            log.info("%s", acc_note)  # returned in report["accuracy_note"]; the CLI prints it
+        else:
+            acc = accuracy_table(data["results"], acc_path)
     if search_out:
         seen = {(r["width"], r["batch"], r.get("power_mode")) for r in rows}
         rows += [r for r in search_out["probes"] if (r["width"], r["batch"], r.get("power_mode")) not in seen]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
-from us3l_deploy.accuracy import read_accuracy, read_accuracy_file
+from us3l_deploy.accuracy import read_accuracy
 from us3l_deploy.errors import ConfigError, DataError
 from us3l_deploy.width import DEFAULT_DIVISOR, format_width, round_width
 
@@ -27,7 +27,11 @@ def load_accuracy(path: Path) -> dict[float, dict]:
     Raises:
         DataError: unreadable, not JSON, or rows without ``width`` and an accuracy value.
     """
-    rows = read_accuracy(path)
+    return accuracy_table(read_accuracy(path), path)
+
+
+def accuracy_table(rows: Sequence[dict], path: Path) -> dict[float, dict]:
+    """:func:`load_accuracy` of rows already read from ``path`` (named in errors)."""
     table: dict[float, dict] = {}
     for i, row in enumerate(rows):
         metric = next((k for k in ACCURACY_KEYS if isinstance(row.get(k), (int, float))), None)
@@ -37,17 +41,14 @@ def load_accuracy(path: Path) -> dict[float, dict]:
     return table
 
 
-def accuracy_mismatch(path: Path, checkpoint_hash: str | None, divisor: int) -> str | None:
-    """Why the accuracy table at ``path`` does not describe the benchmarked networks, or ``None``.
+def accuracy_mismatch(data: dict, path: Path, checkpoint_hash: str | None, divisor: int) -> str | None:
+    """Why the accuracy table ``data`` (read from ``path``) does not describe the benchmarked
+    networks, or ``None``.
 
     Two cases are refused: a table measured on another checkpoint (its recorded content hash
     differs: accuracies from before a retrain), and a table of the method's divisor-8 networks
     joined to snapped (``--snap 16|32``) networks, which have other channel counts.
-
-    Raises:
-        DataError: unreadable or malformed table.
     """
-    data = read_accuracy_file(path)
     recorded = data.get("checkpoint")
     if checkpoint_hash and recorded and recorded != checkpoint_hash:
         return (f"accuracy table {path} was measured on another checkpoint (hash {str(recorded)[:12]}, this one "
