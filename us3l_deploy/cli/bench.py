@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .common import console, example, make_progress, user_errors
+from .common import console, example, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import BenchResult
@@ -94,12 +94,7 @@ def register(app: typer.Typer) -> None:
 
         from ..api import bench
 
-        with make_progress(transient=True) as bar:
-            task = bar.add_task("measuring", total=None, status="")
-
-            def progress(done: int, total: int | None, desc: str) -> None:
-                bar.update(task, completed=done, total=total, status=desc)
-
+        with progress_bar("measuring", transient=True) as progress:
             result = bench(
                 checkpoint, arch=arch, device=device, devices_file=devices_file, widths=widths,
                 batches=parse_batches(batch), budget_ms=budget_ms, metric=metric.value, accuracy=accuracy, out=out,

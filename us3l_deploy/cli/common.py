@@ -14,7 +14,11 @@ from rich.markup import escape
 from ..errors import US3LError
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager as ContextManager
+
     from rich.progress import Progress
+
+    from ..progress import ProgressFn
 
 console = Console()
 err_console = Console(stderr=True)
@@ -71,3 +75,10 @@ def make_progress(transient: bool = False, disable: bool = False) -> Progress:
     from ..progress import make_progress as build
 
     return build(transient, disable, err_console)
+
+
+def progress_bar(description: str, transient: bool = False, disable: bool = False) -> ContextManager[ProgressFn]:
+    """:func:`us3l_deploy.progress.progress_bar` on this CLI's stderr console."""
+    from ..progress import progress_bar as bar
+
+    return bar(description, transient, disable, err_console)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, example, make_progress, user_errors
+from .common import console, example, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import EvalResult
@@ -63,12 +63,7 @@ def register(app: typer.Typer) -> None:
         """
         from ..api import evaluate
 
-        with make_progress(transient=True) as bar:
-            task = bar.add_task("evaluating", total=None, status="")
-
-            def progress(done: int, total: int | None, message: str) -> None:
-                bar.update(task, completed=done, total=total, status=message)
-
+        with progress_bar("evaluating", transient=True) as progress:
             result = evaluate(checkpoint, widths, method=method.value, dataset=data, data_root=data_root,
                               image_size=image_size, calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k,
                               linear_preset=linear_preset, store_bn=store_bn, device=device, progress=progress)

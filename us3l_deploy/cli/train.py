@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, example, is_main_process, make_progress, user_errors
+from .common import console, example, is_main_process, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import TrainResult
@@ -95,12 +95,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
             return
         main = is_main_process()
-        with make_progress(disable=not main) as bar:
-            task = bar.add_task(f"training ({recipe})", total=None, status="starting")
-
-            def progress(done: int, total: int | None, status: str) -> None:
-                bar.update(task, completed=done, total=total, status=status)
-
+        with progress_bar(f"training ({recipe})", disable=not main) as progress:
             result = train(
                 recipe=recipe, progress=progress, arch=arch, data=data,
                 data_root=str(data_root) if data_root else None, image_size=image_size, epochs=epochs,
