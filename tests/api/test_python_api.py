@@ -1,4 +1,4 @@
-"""The Python API (``us3l_deploy.load/train/evaluate/widths/export/bench``) on tiny real runs:
+"""The Python API (``us3l.load/train/evaluate/widths/export/bench``) on tiny real runs:
 typed results agree with the files the rooms write, SlimmableModel's calibrate/slice/features/export
 agree with each other numerically, and bad input raises one-line user errors."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import us3l_deploy as us3l
-from us3l_deploy.errors import CheckpointError, ConfigError, DataError, US3LError, WidthError
-from us3l_deploy.slicing import is_static
+import us3l
+from us3l.core.errors import CheckpointError, ConfigError, DataError, US3LError, WidthError
+from us3l.core.slicing import is_static
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +24,9 @@ def run(tmp_path_factory) -> us3l.TrainResult:
 
 
 def test_import_is_lazy_and_surface_is_complete():
-    code = ("import sys, us3l_deploy as u; names = ['load', 'train', 'evaluate', 'widths', 'export', 'bench', "
+    code = ("import sys, us3l as u; names = ['load', 'train', 'evaluate', 'widths', 'export', 'bench', "
             "'SlimmableModel', 'TrainResult', 'EvalResult', 'BenchResult', 'WidthInfo', 'LatencyRow', 'Choice', "
-            "'TrainConfig', 'ExportResult', 'Artifact']; import us3l_deploy.api as a; "
+            "'TrainConfig', 'ExportResult', 'Artifact']; import us3l.api as a; "
             "assert set(names) <= set(u.__all__) and set(names) <= set(a.__all__); "
             "u.EvalResult; u.BenchResult; print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -79,8 +79,8 @@ def test_slimmable_model_slice_equals_features_and_core(run):
     assert torch.allclose(plain(x), ref, atol=1e-5) and ref.shape == (5, model.widths([0.5])[0].feature_dim)
     assert model.calibrated_widths() == [0.5]
     # the same statistics from the core path: use_width + calibrate_bn on the same batches
-    from us3l_deploy import calibrate_bn, use_width
-    from us3l_deploy.data import DatasetSpec, load_split
+    from us3l import calibrate_bn, use_width
+    from us3l.core.data import DatasetSpec, load_split
 
     imgs, _ = load_split(DatasetSpec("digits"), "train")
     imgs = imgs[torch.randperm(len(imgs), generator=torch.Generator().manual_seed(0))]
@@ -192,7 +192,7 @@ def test_progress_callback_and_rich_bar(tmp_path, capsys):
 
 
 def test_cached_bench_through_the_api_does_not_import_torch(tmp_path):
-    code = ("import sys, us3l_deploy as u; r = u.bench(arch='us_resnet_mini', widths='0.25', iterations=3, rounds=1, "
+    code = ("import sys, us3l as u; r = u.bench(arch='us_resnet_mini', widths='0.25', iterations=3, rounds=1, "
             "warmup_ms=1, out='b', plot=False); print('torch' in sys.modules, r.results[0].cached)")
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)

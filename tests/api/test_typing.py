@@ -29,13 +29,13 @@ def test_api_cli_and_docs_example_type_check():
         examples.append(str(path))
     # control: misuse of the API must be caught, or the check above would be vacuous (e.g. names typed Any)
     wrong = tmp_path / "misuse.py"
-    wrong.write_text("import us3l_deploy as us3l\n"
+    wrong.write_text("import us3l\n"
                      "run = us3l.train(epochs=1)\n"
                      "us3l.bench(run.checkpoint, budget_ms='fast')\n"
                      "us3l.load(run.checkpoint).slice('0.5')\n")
     cmd = [sys.executable, "-m", "mypy", "--ignore-missing-imports", "--follow-imports=silent",
            "--disallow-untyped-defs", "--disallow-incomplete-defs", "--no-error-summary",
-           "--cache-dir", str(ROOT / ".mypy_cache"), "us3l_deploy/__init__.py", "us3l_deploy/progress.py", "us3l_deploy/api", "us3l_deploy/cli",
+           "--cache-dir", str(ROOT / ".mypy_cache"), "us3l/__init__.py", "us3l/api", "us3l/cli",
            *examples, str(wrong)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]

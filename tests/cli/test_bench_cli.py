@@ -11,7 +11,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from us3l_deploy.cli.main import app
+from us3l.cli.main import app
 
 runner = CliRunner()
 FAST = ["--duration", "0.2", "--rounds", "2", "--warmup-ms", "50"]

@@ -71,7 +71,7 @@ def test_bad_input_in_process(tmp_path, case):
     """Same checks through typer's test runner (same command code, no interpreter start-up)."""
     from typer.testing import CliRunner
 
-    from us3l_deploy.cli.main import app
+    from us3l.cli.main import app
 
     args, out = _error_args(tmp_path, case)
     res = CliRunner().invoke(app, ["export", *args])

@@ -10,8 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from us3l_deploy.cli.common import EXAMPLE_PREFIX
-from us3l_deploy.cli.main import app
+from us3l.cli.common import EXAMPLE_PREFIX
+from us3l.cli.main import app
 
 ROOT = typer.main.get_command(app)
 COMMANDS = sorted(ROOT.commands)
@@ -73,8 +73,8 @@ API_CALLS = {
 @pytest.mark.parametrize("name", sorted(API_CALLS))
 def test_command_calls_the_python_api(name, monkeypatch):
     """One code path: the command hands its parsed options to the API function of the same job."""
-    import us3l_deploy.api.commands as api
-    from us3l_deploy.errors import ConfigError
+    import us3l.api.commands as api
+    from us3l.core.errors import ConfigError
 
     func, args = API_CALLS[name]
     seen = {}
@@ -86,4 +86,4 @@ def test_command_calls_the_python_api(name, monkeypatch):
     monkeypatch.setattr(api, func, spy)
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and f"spy {func} called" in res.output, res.output
-    assert seen, f"us3l {name} did not call us3l_deploy.api.{func}"
+    assert seen, f"us3l {name} did not call us3l.api.{func}"

@@ -7,7 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from us3l_deploy.cli.main import app
+from us3l.cli.main import app
 
 runner = CliRunner()
 
@@ -42,7 +42,7 @@ def test_widths_accepts_ranges():
     (["widths", "--arch", "resnet9000"], "us_resnet18_cifar"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle):
-    proc = subprocess.run([sys.executable, "-m", "us3l_deploy.cli.main", *args], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "us3l.cli.main", *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -57,6 +57,6 @@ def test_help_lists_every_command():
 
 def test_cli_import_is_light():
     # `us3l --help` must stay instant: no command module may import torch/onnx/... at module level.
-    code = "import sys, us3l_deploy.cli.main; heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'matplotlib', 'kornia', 'sklearn') if m in sys.modules]; print(heavy)"
+    code = "import sys, us3l.cli.main; heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'matplotlib', 'kornia', 'sklearn') if m in sys.modules]; print(heavy)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from us3l_deploy.accuracy import read_accuracy, read_accuracy_file, write_accuracy
-from us3l_deploy.errors import DataError
+from us3l.core.accuracy import read_accuracy, read_accuracy_file, write_accuracy
+from us3l.core.errors import DataError
 
 
 def test_round_trip_and_bare_list(tmp_path):

@@ -6,11 +6,11 @@ import pickle
 import pytest
 import torch
 
-from us3l_deploy.bn import bn_stats, calibrate_bn
-from us3l_deploy.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from us3l_deploy.context import use_width
-from us3l_deploy.errors import CheckpointError
-from us3l_deploy.models import get_model
+from us3l.core.bn import bn_stats, calibrate_bn
+from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from us3l.core.context import use_width
+from us3l.core.errors import CheckpointError
+from us3l.core.models import get_model
 
 
 @pytest.fixture()

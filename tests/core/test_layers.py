@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from us3l_deploy.context import current_width, use_width
-from us3l_deploy.errors import WidthError
-from us3l_deploy.layers import USBatchNorm2d, USConv2d, USLinear
-from us3l_deploy.models import get_model
+from us3l.core.context import current_width, use_width
+from us3l.core.errors import WidthError
+from us3l.core.layers import USBatchNorm2d, USConv2d, USLinear
+from us3l.core.models import get_model
 
 
 def test_context_sets_and_restores_even_on_exception():

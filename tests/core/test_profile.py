@@ -3,9 +3,9 @@
 import pytest
 from torch import nn
 
-from us3l_deploy.models import get_model
-from us3l_deploy.profile import count_macs, profile_width
-from us3l_deploy.slicing import slice_to_width
+from us3l.core.models import get_model
+from us3l.core.profile import count_macs, profile_width
+from us3l.core.slicing import slice_to_width
 
 
 @pytest.mark.parametrize("width,mmacs,mparams", [(1.0, 555.4, 11.17), (0.75, 312.8, 6.29), (0.5, 139.3, 2.80), (0.25, 35.0, 0.70)])

@@ -2,8 +2,8 @@
 
 import pytest
 
-from us3l_deploy.errors import UnknownNameError
-from us3l_deploy.registry import Registry
+from us3l.core.errors import UnknownNameError
+from us3l.core.registry import Registry
 
 
 def test_register_get_list_and_errors():

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from us3l_deploy.bn import bn_stats, calibrate_bn, load_bn_stats
-from us3l_deploy.context import use_width
-from us3l_deploy.layers import USBatchNorm2d, USConv2d
-from us3l_deploy.models import get_model, list_models
-from us3l_deploy.slicing import STANDARD_LEAVES, channel_config, find_aliases, is_static, slice_to_width
-from us3l_deploy.width import channels_at
+from us3l.core.bn import bn_stats, calibrate_bn, load_bn_stats
+from us3l.core.context import use_width
+from us3l.core.layers import USBatchNorm2d, USConv2d
+from us3l.core.models import get_model, list_models
+from us3l.core.slicing import STANDARD_LEAVES, channel_config, find_aliases, is_static, slice_to_width
+from us3l.core.width import channels_at
 
 WIDTHS = ["min", 0.3, 0.35, 0.5, 0.73, 1.0]
 

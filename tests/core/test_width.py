@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from us3l_deploy.errors import WidthError
-from us3l_deploy.width import channels_at, format_width, make_divisible, parse_widths, validate_width
+from us3l.core.errors import WidthError
+from us3l.core.width import channels_at, format_width, make_divisible, parse_widths, validate_width
 
 # METHOD.md §2.2 table: width -> channels for 64/128/256/512/2048.
 TABLE = {

@@ -10,8 +10,8 @@ Nothing here runs a command. The pieces, in the order the tests use them:
   (quotes, ``$(...)`` and comments respected);
 - :func:`words` substitutes shell variables and command substitutions with :data:`PLACEHOLDER`
   (``$(which us3l)`` becomes ``us3l``), splits with :mod:`shlex` and drops redirections;
-- :func:`us3l_argv` recognises ``us3l``, ``path/to/us3l``, ``python -m us3l_deploy.cli.main`` and
-  ``torchrun ... -m us3l_deploy.cli.main`` / ``torchrun ... $(which us3l)`` and returns the
+- :func:`us3l_argv` recognises ``us3l``, ``path/to/us3l``, ``python -m us3l.cli.main`` and
+  ``torchrun ... -m us3l.cli.main`` / ``torchrun ... $(which us3l)`` and returns the
   arguments after the program;
 - :func:`check_argv` parses those arguments with the real click command (never invoking it);
 - :func:`rewrite_script` appends :data:`TINY` settings to every ``us3l`` invocation of a run-block.
@@ -29,7 +29,7 @@ RUN_MARKER = "<!-- doctest: run -->"
 SKIP_MARKER = "<!-- doctest: skip -->"
 SHELL_LANGS = ("bash", "sh", "shell", "console")
 PLACEHOLDER = "1"  # parses as a path, a string, an int and a float alike
-US3L_MODULE = "us3l_deploy.cli.main"
+US3L_MODULE = "us3l.cli.main"
 TORCHRUN_MODULE = "torch.distributed.run"
 
 # Appended to us3l invocations of run-blocks; a later repeated option overrides an earlier one.
@@ -391,7 +391,7 @@ def us3l_argv(tokens: list[str]) -> Invocation | None:
     """The ``us3l`` invocation in ``tokens`` (the words of one simple command), or ``None``.
 
     Raises:
-        DocCommandError: a ``torchrun`` line that launches neither ``-m us3l_deploy.cli.main`` nor
+        DocCommandError: a ``torchrun`` line that launches neither ``-m us3l.cli.main`` nor
             ``$(which us3l)``.
     """
     tokens = _strip_prefix(tokens)
@@ -417,7 +417,7 @@ def us3l_argv(tokens: list[str]) -> Invocation | None:
             return Invocation(rest[i + 2:], "torchrun", tuple(rest[:i + 2]))
         if _basename(tok) == "us3l" and not tok.startswith("-"):
             return Invocation(rest[i + 1:], "torchrun", tuple(rest[:i + 1]))
-    raise DocCommandError("torchrun line launches neither '-m us3l_deploy.cli.main' nor '$(which us3l)'")
+    raise DocCommandError("torchrun line launches neither '-m us3l.cli.main' nor '$(which us3l)'")
 
 
 @dataclass(frozen=True)
@@ -437,7 +437,7 @@ def commands(block: Block) -> Iterator[Command | tuple[int, str, str]]:
             try:
                 inv = us3l_argv(words(seg))
             except DocCommandError as exc:
-                if re.search(r"(^|[\s/])(us3l|torchrun)\b|us3l_deploy\.cli\.main", seg):
+                if re.search(r"(^|[\s/])(us3l|torchrun)\b|us3l\.cli\.main", seg):
                     yield where, seg, str(exc)
                 continue
             if inv is not None:
@@ -556,7 +556,7 @@ def root_command():
     if _ROOT is None:
         import typer.main
 
-        from us3l_deploy.cli.main import app
+        from us3l.cli.main import app
 
         _ROOT = typer.main.get_command(app)
     return _ROOT

@@ -142,12 +142,12 @@ def test_words_drop_redirections_and_unbalanced_quotes_raise():
     ("us3l bench c.pt", ["bench", "c.pt"], "us3l"),
     (".venv/bin/us3l widths --json", ["widths", "--json"], "us3l"),
     ("OMP_NUM_THREADS=1 time us3l widths", ["widths"], "us3l"),
-    ("python -m us3l_deploy.cli.main train --epochs 2", ["train", "--epochs", "2"], "python"),
-    (".venv/bin/python3 -u -m us3l_deploy.cli.main widths", ["widths"], "python"),
-    ("torchrun --standalone --nproc_per_node=4 -m us3l_deploy.cli.main train --recipe r", ["train", "--recipe", "r"],
+    ("python -m us3l.cli.main train --epochs 2", ["train", "--epochs", "2"], "python"),
+    (".venv/bin/python3 -u -m us3l.cli.main widths", ["widths"], "python"),
+    ("torchrun --standalone --nproc_per_node=4 -m us3l.cli.main train --recipe r", ["train", "--recipe", "r"],
      "torchrun"),
     ("torchrun --nnodes=2 --nproc_per_node 8 $(which us3l) train", ["train"], "torchrun"),
-    ("python -m torch.distributed.run --nproc_per_node=2 -m us3l_deploy.cli.main train", ["train"], "torchrun"),
+    ("python -m torch.distributed.run --nproc_per_node=2 -m us3l.cli.main train", ["train"], "torchrun"),
 ])
 def test_us3l_invocations(line, args, launcher):
     inv = us3l_argv(words(line))
@@ -155,8 +155,8 @@ def test_us3l_invocations(line, args, launcher):
 
 
 def test_torchrun_launcher_args_end_with_the_program():
-    inv = us3l_argv(words("torchrun --nnodes=2 --rdzv_backend c10d -m us3l_deploy.cli.main train"))
-    assert inv.launcher_args == ("--nnodes=2", "--rdzv_backend", "c10d", "-m", "us3l_deploy.cli.main")
+    inv = us3l_argv(words("torchrun --nnodes=2 --rdzv_backend c10d -m us3l.cli.main train"))
+    assert inv.launcher_args == ("--nnodes=2", "--rdzv_backend", "c10d", "-m", "us3l.cli.main")
 
 
 @pytest.mark.parametrize("line", ["python train.py", "python -m pytest -q", "pip install -e .", "cat us3l.md",
@@ -197,8 +197,8 @@ def test_rewriting_keeps_other_commands_and_comments():
 
 def test_rewriting_fixes_venv_paths_and_torchrun():
     assert rewrite_line(".venv/bin/us3l eval c.pt") == "us3l eval c.pt --calib-batches 2"
-    assert rewrite_line("X=1 .venv/bin/python -m us3l_deploy.cli.main train") == (
-        "X=1 python -m us3l_deploy.cli.main train --epochs 1 --max-steps-per-epoch 2")
+    assert rewrite_line("X=1 .venv/bin/python -m us3l.cli.main train") == (
+        "X=1 python -m us3l.cli.main train --epochs 1 --max-steps-per-epoch 2")
     assert rewrite_line("torchrun --standalone --nproc_per_node=2 $(which us3l) train") == (
         "torchrun --standalone --nproc_per_node=2 $(which us3l) train --epochs 1 --max-steps-per-epoch 2")
 
@@ -262,7 +262,7 @@ def test_help_version_and_missing_files_are_fine():
 def test_exists_checks_are_restored_for_the_real_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from us3l_deploy.cli.main import app
+    from us3l.cli.main import app
 
     assert check_argv(["bench", str(tmp_path / "missing.pt")]) is None
     result = CliRunner().invoke(app, ["bench", str(tmp_path / "missing.pt")])
@@ -271,7 +271,7 @@ def test_exists_checks_are_restored_for_the_real_cli(tmp_path):
 
 def test_torchrun_flags_are_checked_with_torchruns_parser():
     assert check_torchrun(("--nnodes=2", "--node_rank=1", "--nproc_per_node=8", "--master_addr=node0",
-                           "--master_port=29500", "-m", "us3l_deploy.cli.main")) is None
+                           "--master_port=29500", "-m", "us3l.cli.main")) is None
     assert check_torchrun(("--nnodes=2", "--nproc_per_node=8", "--rdzv_id=x", "--rdzv_backend=c10d",
                            "--rdzv_endpoint=node0:29400", "us3l")) is None
-    assert "unrecognized arguments" in check_torchrun(("--gpus=2", "-m", "us3l_deploy.cli.main"))
+    assert "unrecognized arguments" in check_torchrun(("--gpus=2", "-m", "us3l.cli.main"))

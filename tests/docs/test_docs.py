@@ -4,8 +4,8 @@ Convention (also in docs/DEVELOPING.md, "Docs are tested"):
 
 - Every fenced ``bash``/``sh``/``shell``/``console`` block is CHECKED. Each command line
   (backslash continuations joined, split at ``&&``, ``||``, ``;``, ``|``) that runs ``us3l``, a
-  path ending in ``/us3l``, ``python -m us3l_deploy.cli.main`` or ``torchrun ... -m
-  us3l_deploy.cli.main`` / ``torchrun ... $(which us3l)`` is parsed by the real click command
+  path ending in ``/us3l``, ``python -m us3l.cli.main`` or ``torchrun ... -m
+  us3l.cli.main`` / ``torchrun ... $(which us3l)`` is parsed by the real click command
   without being executed: an unknown option, a bad choice or type, or a missing argument fails
   with ``document:line`` and click's message. Shell variables and ``$(...)`` become the placeholder
   ``1`` (``$(which us3l)`` becomes ``us3l``); paths need not exist. A torchrun line must launch
@@ -17,7 +17,7 @@ Convention (also in docs/DEVELOPING.md, "Docs are tested"):
   first on PATH. Every ``us3l`` invocation gets tiny settings appended (see ``doc_blocks.TINY``;
   the later repeated option wins), and ``.venv/bin/us3l`` / ``.venv/bin/python`` become ``us3l`` /
   ``python``. Repository files are not there: a run-block must make what it uses.
-- ``toml`` blocks must load with the device-profile loader (benchmarks/devices.py).
+- ``toml`` blocks must load with the device-profile loader (us3l/bench/devices.py).
 - ``<!-- doctest: skip -->`` before a block exempts it from checking (for deliberately wrong
   examples or non-profile TOML).
 """
@@ -57,10 +57,10 @@ RUN_DOCS = [d for d in DOCS if d.is_file() and any(b.run for b in _blocks(d))]
 
 def _toml_problem(block: Block, tmp: Path) -> str | None:
     """``None`` when the block loads as device profiles with known runners and precisions."""
-    from benchmarks.config import PRECISIONS
-    from benchmarks.devices import load_profiles
-    from benchmarks.runners import list_runners
-    from us3l_deploy.errors import US3LError
+    from us3l.bench.config import PRECISIONS
+    from us3l.bench.devices import load_profiles
+    from us3l.bench.runners import list_runners
+    from us3l.core.errors import US3LError
 
     path = tmp / f"block_{block.line}.toml"
     path.write_text(block.text + "\n", encoding="utf-8")

@@ -1,0 +1,164 @@
+"""The package's shape: one import package ``us3l`` whose rooms import only downward, a wheel that
+holds ``us3l/`` alone, a lazy top level, and remote-agent code that runs on JetPack's Python."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "us3l"
+
+#: What each room may import (besides itself, the standard library and third-party packages).
+ALLOWED = {
+    "core": {"core"},
+    "train": {"core", "train"},
+    "export": {"core", "export"},
+    "bench": {"core", "export", "bench"},
+    "api": {"core", "train", "export", "bench", "api"},
+    "cli": {"core", "train", "export", "bench", "api", "cli"},
+}
+
+
+def _room(module: str) -> str | None:
+    """``us3l.train.loop`` -> ``train``; ``us3l`` itself -> ``""``; not ours -> None."""
+    parts = module.split(".")
+    if parts[0] != "us3l":
+        return None
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _imported_modules(path: Path, package: str) -> list[tuple[int, str]]:
+    """Every module a file imports (top-level, in functions, under TYPE_CHECKING, and
+    ``importlib.import_module("us3l.x")`` with a literal), relative imports resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if node.module is None or mod in ("us3l",):  # ``from .. import x``: x may be a room
+                found += [(node.lineno, f"{mod}.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, mod))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and node.args[0].value.startswith("us3l")):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def import_violations(package_dir: Path) -> list[str]:
+    """``file:line: room -> room`` for every import that runs upward or sideways."""
+    bad = []
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir.parent)
+        parts = rel.with_suffix("").parts
+        module_pkg = ".".join(parts if parts[-1] == "__init__" else parts[:-1])
+        module_pkg = module_pkg.removesuffix(".__init__")
+        room = parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] != "__init__") else ""
+        if room == "" or room not in ALLOWED:  # the top-level us3l/__init__.py may re-export anything
+            continue
+        for line, mod in _imported_modules(path, module_pkg):
+            target = _room(mod)
+            if target is None or target == "":
+                if target == "":
+                    bad.append(f"{rel}:{line}: {room} -> us3l (the top level)")
+                continue
+            if target not in ALLOWED[room]:
+                bad.append(f"{rel}:{line}: {room} -> {target} ({mod})")
+    return bad
+
+
+def test_rooms_import_only_downward():
+    assert import_violations(PACKAGE) == []
+
+
+@pytest.mark.parametrize("room, planted", [
+    ("core/width.py", "from us3l.train import loop\n"),                  # core reaching up
+    ("train/ema.py", "def f():\n    from us3l.export import pipeline\n"),  # sideways, inside a function
+    ("export/parity.py", "from ..bench import stats\n"),                  # export -> bench, relative
+    ("bench/stats.py", "import us3l.api\n"),                              # a room reaching the top floor
+    ("core/bn.py", "from .. import train\n"),                             # a room through the top package
+])
+def test_a_planted_upward_import_is_caught(tmp_path, room, planted):
+    copy = tmp_path / "us3l"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / room
+    target.write_text(target.read_text() + "\n" + planted)
+    found = import_violations(copy)
+    assert len(found) == 1 and found[0].startswith(f"us3l/{room}:"), found
+
+
+def test_import_us3l_is_lazy_and_the_api_is_there():
+    code = ("import sys, us3l\n"
+            "assert 'torch' not in sys.modules, 'import us3l pulled in torch'\n"
+            "us3l.load; us3l.evaluate; us3l.SlimmableModel\n"
+            "assert callable(us3l.train) and callable(us3l.export) and callable(us3l.bench)\n"
+            "import us3l.export.pipeline as p\n"  # the room is a package as well as a call
+            "assert p.__name__ == 'us3l.export.pipeline' and callable(us3l.export)\n"
+            "from us3l import export\n"
+            "assert export is us3l.export\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "tests")
+
+
+def test_room_call_forwards_to_the_api(monkeypatch):
+    import us3l
+    import us3l.api.commands as commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "widths", lambda *a, **k: seen.setdefault("widths", (a, k)))
+    monkeypatch.setattr(commands, "export", lambda *a, **k: seen.setdefault("export", (a, k)))
+    us3l.widths("us_resnet_mini", "0.5")
+    us3l.export("ckpt.pt", "0.5", format="onnx")
+    assert seen == {"widths": (("us_resnet_mini", "0.5"), {}), "export": (("ckpt.pt", "0.5"), {"format": "onnx"})}
+
+
+@pytest.mark.parametrize("old", ["us3l_deploy", "trainer", "exporters", "benchmarks"])
+def test_old_top_level_packages_are_gone(old):
+    proc = subprocess.run([sys.executable, "-I", "-c", f"import {old}"], cwd="/", capture_output=True, text=True)
+    assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_the_us3l_package(tmp_path):
+    out = tmp_path / "wheel"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = out.glob("us3l_deploy-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"us3l", next(t for t in tops if t.endswith(".dist-info"))}, tops
+    assert "us3l/core/assets/digits.npz" in names and "us3l/py.typed" in names
+    assert not any(n.startswith("us3l/") and "/perf/" in n for n in names)
+
+
+def _vermin_38(path: Path) -> subprocess.CompletedProcess:
+    vermin = Path(sys.executable).with_name("vermin")
+    if not vermin.exists():
+        pytest.fail("vermin is missing: it comes with the dev extra (pip install -e '.[dev]')")
+    return subprocess.run([str(vermin), "--no-tips", "--violations", "-t=3.8-", "--eval-annotations",
+                           "--backport", "typing", str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_remote_agent_runs_on_jetpack_python(tmp_path):
+    """The file uploaded to a Jetson runs on JetPack 5's Python 3.8 (JetPack 6 ships 3.10): checked by
+    vermin, a static minimum-version analyser, so no 3.9+ syntax or library call slips in."""
+    proc = _vermin_38(PACKAGE / "bench" / "remote" / "agent_ort.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    control = tmp_path / "newer.py"  # the check is not vacuous: 3.9+ code fails it
+    control.write_text("def f(d: dict) -> str:\n    return 'x'.removeprefix('y') + str(d | {})\n")
+    assert _vermin_38(control).returncode != 0

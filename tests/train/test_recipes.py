@@ -1,0 +1,88 @@
+"""Recipes reproduce METHOD §9/§12, and TrainConfig validation speaks in ConfigError lines."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from us3l.train.config import TrainConfig
+from us3l.train.recipes import get_recipe, list_recipes
+from us3l.core.errors import ConfigError, UnknownNameError
+from us3l.core.models import list_models
+
+PAPER = [
+    "cifar100_r18_simclr", "cifar100_r50_simclr", "cifar100_mbv2_simclr", "imagenet_r50_byol", "imagenet_r18_byol",
+    "cifar100_r18_byol", "cifar100_r50_byol", "cifar100_mbv2_byol", "vit_tiny_mocov3_cifar10",
+]
+
+
+def test_every_recipe_is_listed_valid_and_round_trips():
+    assert set(PAPER) | {"digits"} == set(list_recipes())
+    for name in list_recipes():
+        cfg = get_recipe(name)
+        assert cfg.arch in list_models(), f"{name}: unknown arch {cfg.arch}"
+        again = TrainConfig.from_dict(cfg.to_dict())
+        assert again == cfg
+        torch.save(cfg.to_dict(), "/dev/null")  # plain data only
+
+
+def test_unknown_recipe_lists_the_valid_ones():
+    with pytest.raises(UnknownNameError, match="unknown recipe 'cifar'; valid: .*cifar100_r18_simclr.*digits"):
+        get_recipe("cifar")
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("cifar100_r18_simclr", dict(arch="us_resnet18_cifar", ssl="simclr_momentum", epochs=400, batch_size=128, lr=0.5,
+                                 schedule="A", group_reg_warmup=0, proj_out_dim=256, feature_distill=False, amp=False)),
+    ("cifar100_r50_simclr", dict(arch="us_resnet50_cifar", batch_size=64, lr=0.25, schedule="", group_reg_warmup=200,
+                                 feature_distill=True,
+                                 distill_layers=("layer2.3.bn2", "layer3.5.bn2", "layer4.2.bn2"))),
+    ("cifar100_mbv2_simclr", dict(arch="us_mobilenet_v2_cifar", lr=0.5, schedule="", group_reg_warmup=200)),
+    ("imagenet_r50_byol", dict(arch="us_resnet50", data="imagefolder", ssl="byol", epochs=100, batch_size=60,
+                               lr=0.05, group_reg_warmup=50, amp=True, proj_out_dim=2048, feature_distill=False)),
+    ("imagenet_r18_byol", dict(arch="us_resnet18", ssl="byol", batch_size=128, lr=0.05, amp=True)),
+    ("cifar100_r18_byol", dict(ssl="byol", lr=0.05, weight_decay=5e-4)),
+    ("cifar100_r50_byol", dict(epochs=800, group_reg_warmup=200, feature_distill=True)),
+    ("vit_tiny_mocov3_cifar10", dict(arch="us_vit_tiny", ssl="mocov3", optimizer="adamw", lr=1.5e-4 * 2,
+                                     weight_decay=0.1, epochs=300, lr_warmup_epochs=40, ema_cosine=True,
+                                     temperature=0.2, image_size=224, group_reg=False, crop_scale_min=0.08)),
+])
+def test_recipes_match_the_paper_configs(name, expect):
+    cfg = get_recipe(name)
+    for key, value in expect.items():
+        assert getattr(cfg, key) == value, f"{name}.{key}"
+    assert cfg.num_widths == 3 and cfg.sandwich and cfg.width_min == 0.25 and cfg.width_max == 1.0
+    if cfg.group_reg:  # GroupReg replaces weight decay with lambda = wd / 2 (METHOD §8)
+        assert cfg.reg_lambda == pytest.approx(cfg.weight_decay / 2)
+        assert cfg.group_reg_alpha == 0.05 and cfg.group_reg_bins == 8
+    if cfg.ssl != "mocov3":
+        assert cfg.crop_scale_min == 0.2  # RandomResizedCrop scale (0.2, 1.0), METHOD §9
+        assert cfg.ema_momentum == 0.99 and not cfg.ema_cosine and cfg.momentum == 0.9
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(method="fancy"), "method 'fancy' is not one of 'us3l', 'naive', 'single'"),
+    (dict(ssl="dino"), "ssl 'dino' is not one of"),
+    (dict(width_min=0.5, width_max=0.4), "width range"),
+    (dict(method="single", single_width=0.1), "single_width 0.1 lies outside"),
+    (dict(batch_size=1), "batch_size must be >= 2"),
+    (dict(feature_distill=True), "needs distill_layers"),
+    (dict(method="naive", ssl="byol"), "method 'naive' is US-Net \\+ online SimCLR"),
+    (dict(schedule="B"), "schedule 'B'"),
+    (dict(device="tpu"), "device 'tpu'"),
+    (dict(lr=0.0), "lr must be > 0"),
+])
+def test_invalid_configs_raise_config_error(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+def test_replace_ignores_none_and_rejects_unknown_fields():
+    cfg = TrainConfig()
+    assert cfg.replace(lr=None, epochs=3).epochs == 3
+    with pytest.raises(ConfigError, match="unknown training option\\(s\\) nope"):
+        cfg.replace(nope=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0  # type: ignore[misc]

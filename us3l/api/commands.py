@@ -1,0 +1,326 @@
+"""The library calls behind the CLI: ``train``, ``evaluate``, ``widths``, ``export``, ``bench``,
+``import_reference`` and ``load``. Each ``us3l`` command parses its flags and calls exactly one of
+these; the CLI only renders the typed result (one code path).
+
+Every long function reports progress through ``progress``: a callback ``progress(done, total,
+message)`` (``total`` is ``None`` while unknown), ``True`` for a rich bar on stderr, or ``None``.
+They raise :class:`~us3l.core.errors.US3LError`
+subclasses for bad input (the CLI prints those as one line with exit code 2). Heavy packages
+(torch, the trainer, the exporters, the benchmarks) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from ..core.errors import CheckpointError, ConfigError
+from .progress import ProgressArg, resolve_progress
+from .results import BenchResult, EvalResult, TrainResult, WidthInfo
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from us3l.export import ExportResult
+    from us3l.train.config import TrainConfig
+
+    from .model import SlimmableModel
+
+PathLike = Union[str, "os.PathLike[str]"]
+Source = Union[PathLike, "SlimmableModel"]
+
+
+def load(checkpoint: PathLike) -> SlimmableModel:
+    """Load a checkpoint as a :class:`~us3l.api.model.SlimmableModel`.
+
+    Raises:
+        CheckpointError: missing, corrupt, foreign or code-carrying file (one line).
+
+    Examples:
+        >>> model = load("runs/us3l/checkpoint.pt")            # doctest: +SKIP
+        >>> model.calibrate(0.35).slice(0.35)                  # doctest: +SKIP
+    """
+    from .model import SlimmableModel
+
+    return SlimmableModel.load(checkpoint)
+
+
+def _width_text(widths: str | Sequence[float] | None) -> str | None:
+    """Widths as the configs take them: list/range text (``None`` stays the command's default)."""
+    return widths if widths is None or isinstance(widths, str) else ",".join(map(str, widths))
+
+
+def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | None, str | None, Any]:
+    """``(checkpoint path, arch name, in-memory model)`` from a path, an architecture name or a model.
+
+    A string that names an existing file is a checkpoint; otherwise a registered architecture.
+    Nothing here imports torch for a path or a name (a cached ``bench`` run never needs it).
+    """
+    model_module = sys.modules.get("us3l.api.model")  # a SlimmableModel exists only once it is imported
+    if model_module is not None and isinstance(source, model_module.SlimmableModel):
+        if arch is not None and arch != source.arch:
+            raise ConfigError(f"arch {arch!r} contradicts the model's architecture {source.arch}")
+        return source.path, (source.arch if source.checkpoint is None else None), source
+    if source is None:
+        if arch is None:
+            raise ConfigError("give a checkpoint or an architecture name (--arch NAME, an untrained network for latency planning)")
+        return None, arch, None
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConfigError(f"source {source!r} is invalid; valid: a checkpoint path, an architecture name or a SlimmableModel")
+    path = Path(source)
+    if path.is_file():
+        return path, arch, None
+    from ..core.models import list_models
+
+    if arch is None and str(source) in list_models():
+        return None, str(source), None
+    raise CheckpointError(f"checkpoint {source} does not exist or is not a file (an architecture name is accepted "
+                          f"too: {', '.join(list_models())})")
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def train(config: TrainConfig | None = None, *, recipe: str | None = None, progress: ProgressArg = None,
+          **overrides: Any) -> TrainResult:
+    """US3L self-supervised training of one universally slimmable checkpoint.
+
+    Args:
+        config: a full :class:`us3l.train.config.TrainConfig`; default: the ``recipe`` preset.
+        recipe: preset name (``digits`` when neither is given; see ``us3l train --list-recipes``).
+        progress: a callback ``progress(done, total, message)`` per training step, or ``True`` for a rich bar.
+        overrides: :class:`~us3l.train.config.TrainConfig` fields to change (``None`` values are
+            ignored), e.g. ``epochs=2, out_dir="runs/demo"``.
+
+    Returns:
+        :class:`TrainResult` (checkpoint path, last-epoch losses, collapse scores, history).
+
+    Raises:
+        ConfigError / UnknownNameError: invalid options or recipe. DataError: missing data.
+        TrainingError: a non-finite loss or (with ``fail_on_collapse``) a collapsed representation.
+    """
+    from us3l.train.loop import train as run_training
+    from us3l.train.recipes import get_recipe
+
+    if config is not None and recipe is not None:
+        raise ConfigError("give a TrainConfig or a recipe name, not both")
+    cfg = (config or get_recipe(recipe or "digits")).replace(**overrides)
+    with resolve_progress(progress, f"training {cfg.arch} on {cfg.data}") as report:
+        path = run_training(cfg, report)
+    return TrainResult.from_run(Path(path))
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *, method: str = "knn",
+             dataset: str | None = None, data_root: PathLike | None = None, image_size: int | None = None,
+             calib_batches: int = 50, batch_size: int = 256, knn_k: int | None = None, linear_preset: str = "fast",
+             store_bn: bool = False, device: str = "cpu", progress: ProgressArg = None) -> EvalResult:
+    """Accuracy per width: BN recalibration on training images at each width, then kNN and/or a linear probe.
+
+    Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it).
+
+    Args:
+        checkpoint: the checkpoint file (or a saved :class:`SlimmableModel`).
+        widths: a list/range text or floats (default: 0.25/0.5/0.75/1.0 within the range).
+        method: ``knn``, ``linear`` or ``both``.
+        dataset / data_root / image_size: evaluation data (default: the checkpoint's training set).
+        calib_batches / batch_size: BN recalibration batches and the inference batch size.
+        knn_k: neighbours (default 20, or 200 on sets of 10 000+ images).
+        linear_preset: ``fast`` or ``cifar`` (METHOD.md §10's recipe).
+        store_bn: keep the calibrated statistics in the checkpoint's BN bank (rewrites the file atomically).
+        device: torch device.
+
+    Raises:
+        CheckpointError, DataError, WidthError, ConfigError: one-line user errors.
+    """
+    from us3l.train.evaluate import EvalConfig, run_eval
+
+    path, arch, model = _resolve_source(checkpoint, None)
+    if model is not None:
+        path = model._saved_path("evaluate")  # refuses untrained models and unsaved changes
+    if path is None:
+        raise ConfigError(f"evaluate needs a trained checkpoint file, not the untrained architecture {arch}")
+    cfg = EvalConfig(checkpoint=str(path), widths=_width_text(widths), method=method, dataset=dataset,
+                     data_root=str(data_root) if data_root is not None else None, image_size=image_size,
+                     calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k, linear_preset=linear_preset,
+                     store_bn=store_bn, device=device)
+    done = 0
+    with resolve_progress(progress, "evaluating") as report:
+
+        def stage(width: float, what: str) -> None:
+            nonlocal done
+            from ..core.width import format_width
+
+            done += what == "done"
+            if report:
+                report(done, None, f"width {format_width(width)}: {what}")
+
+        out = run_eval(cfg, stage)
+    return EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
+
+
+# ---------------------------------------------------------------------------- widths
+
+
+def width_infos(network: nn.Module, widths: Sequence[float], snap: int) -> list[WidthInfo]:
+    """:class:`WidthInfo` rows for already validated ``widths`` of a slimmable ``network``."""
+    from ..core.profile import profile_width
+    from ..core.slicing import find_aliases, stage_channels
+
+    aliases = find_aliases(network, list(widths), snap)
+    rows = []
+    for w in widths:
+        prof = profile_width(network, w, snap)
+        rows.append(WidthInfo(width=w, channels=dict(prof.channels), stages=stage_channels(prof.channels),
+                              macs=int(prof.macs), params=int(prof.params), feature_dim=int(prof.feature_dim),
+                              alias_of=aliases[w] if aliases[w] != w else None))
+    return rows
+
+
+def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, snap: int = 8,
+           input_size: int | None = None) -> list[WidthInfo]:
+    """Channels, MACs, parameters and aliases per width of an architecture or a checkpoint's network.
+
+    Args:
+        source: an architecture name (``us_resnet18_cifar``), a checkpoint file or a :class:`SlimmableModel`.
+        widths: a list/range text or floats, validated against the network's range.
+        snap: channel divisor (8 is the method's rule; 16/32 snap channels for hardware).
+        input_size: input resolution for the MAC count (architectures only; default: the architecture's).
+
+    Raises:
+        UnknownNameError / ConfigError / WidthError: bad architecture, divisor or widths.
+
+    Examples:
+        >>> [(r.width, r.stages) for r in widths("us_resnet18_cifar", "0.35")]
+        [(0.35, [24, 24, 48, 88, 176])]
+    """
+    from ..core.width import parse_widths
+
+    if snap < 1:
+        raise ConfigError(f"snap must be a positive channel divisor, got {snap}; valid: 8, 16, 32")
+    path, arch, model = _resolve_source(source, None)
+    if model is not None:
+        network = model.network
+    elif path is not None:
+        from ..core.checkpoint import load_checkpoint
+
+        network = load_checkpoint(path).build_model()
+    else:
+        from ..core.models import get_model
+
+        network = get_model(str(arch), **({"input_size": input_size} if input_size else {}))
+    lo, hi = network.width_range
+    values = parse_widths(widths if isinstance(widths, str) else list(widths), lo, hi)
+    return width_infos(network, values, snap)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *, format: str = "onnx",
+           out: PathLike = "exports", arch: str | None = None, progress: ProgressArg = None,
+           **options: Any) -> ExportResult:
+    """Slice widths, give them BN statistics, export them, verify each against PyTorch, write sidecars.
+
+    Args:
+        source: a checkpoint file, a :class:`SlimmableModel` (its in-memory BN bank is used) or an
+            architecture name (untrained, for latency planning); ``None`` with ``arch=``.
+        widths: ``0.35``, ``"0.25,0.5"``, a range ``"0.25:1.0:0.05"`` or floats (aliases export once).
+        format: ``onnx``, ``trt`` or ``torchscript``.
+        out: output directory (created only when every width passed its parity gate).
+        options: other :class:`us3l.export.ExportConfig` fields: ``batch``, ``opset``, ``snap``,
+            ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``input_size``,
+            ``name``, ``simplify``, ``force``, TensorRT build options.
+
+    Returns:
+        :class:`us3l.export.ExportResult` with one :class:`us3l.export.Artifact` per distinct network.
+
+    Raises:
+        WidthError, ConfigError, CheckpointError, DataError, ExportError, ParityError,
+        BackendUnavailableError: one-line user errors; nothing is written then.
+    """
+    from us3l.export import ExportConfig
+    from us3l.export import export as run_export
+
+    path, arch_name, model = _resolve_source(source, arch)
+    value = widths if isinstance(widths, (str, int, float)) else tuple(float(w) for w in widths)
+    cfg = ExportConfig(checkpoint=str(path) if path is not None else None, arch=arch_name,
+                       widths=value, format=format, out_dir=str(out), **options)
+    network = None
+    if model is not None:
+        from us3l.export.source import Network
+
+        network = Network.of(model.network, model.checkpoint, path, model.seed)
+    with resolve_progress(progress, f"exporting {format}") as report:
+        return run_export(cfg, report, network=network)
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+def bench(source: Source | None = None, *, arch: str | None = None, device: str = "cpu",
+          widths: str | Sequence[float] | None = None, budget_ms: float | None = None, metric: str = "p95",
+          batches: Sequence[int] = (1,), out: PathLike | None = None, devices_file: PathLike | None = None,
+          accuracy: PathLike | None = None, progress: ProgressArg = None, **options: Any) -> BenchResult:
+    """Latency per width on a device, joined with accuracy, and the width chosen for a budget.
+
+    Args:
+        source: a checkpoint file (its ``accuracy.json`` is joined), a saved :class:`SlimmableModel`
+            or an architecture name (untrained: latency planning); ``None`` with ``arch=``.
+        device: ``cpu``, ``cuda``, ``jetson`` or a profile name from ``us3l-devices.toml``.
+        widths: a list/range text or floats (default: the checkpoint's BN-bank widths, else 0.25:1.0:0.25).
+        budget_ms / metric: choose the most accurate width whose ``metric`` (p50/p90/p95/p99/mean)
+            latency is within the budget (the widest one without an accuracy table).
+        batches: batch sizes to measure (the budget applies to the first).
+        out: directory for ``report.json``, ``latency.csv``, ``latency.png`` and the lookup table
+            (default ``./us3l-bench`` with the table in ``~/.cache/us3l``).
+        devices_file / accuracy: explicit profiles file and accuracy table.
+        options: other :class:`us3l.bench.BenchConfig` fields: ``runner``, ``precision``, ``threads``,
+            ``duration_s``, ``iterations``, ``warmup_ms``, ``rounds``, ``idle_gap_ms``, ``search``,
+            ``power_modes``, ``accept_new_host_key``, ``force``, ``snap``, ``plot``, ``lut``.
+
+    Raises:
+        UnknownNameError, ConfigError, RemoteError, BackendUnavailableError, WidthError: one-line user errors.
+    """
+    from us3l.bench import BenchConfig, run_bench
+
+    path, arch_name, model = _resolve_source(source, arch)
+    if model is not None and model.checkpoint is not None:
+        path = model._saved_path("bench")
+    if options.get("power_modes") is not None:
+        options["power_modes"] = tuple(int(m) for m in options["power_modes"])
+    cfg = BenchConfig(checkpoint=path, arch=arch_name, device=device,
+                      devices_file=Path(devices_file) if devices_file is not None else None, widths=_width_text(widths),
+                      batches=tuple(int(b) for b in batches), budget_ms=budget_ms, metric=metric,
+                      accuracy=Path(accuracy) if accuracy is not None else None,
+                      out_dir=Path(out) if out is not None else None, **options)
+    with resolve_progress(progress, f"measuring on {device}") as report:
+        result = run_bench(cfg, progress=report)
+    return BenchResult.from_report(result.report, result.paths)
+
+
+# ---------------------------------------------------------------------------- import
+
+
+def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None,
+                     calibrated_width: float | None = None) -> SlimmableModel:
+    """Convert a reference US3L checkpoint (``*.pth.tar``) into ours, save it at ``out`` and load it.
+
+    Keeps the online encoder; drops the momentum encoder, projector and predictors. With
+    ``calibrated_width`` the file's BN statistics enter the bank for that width unchanged.
+
+    Raises:
+        CheckpointError: unreadable file or keys that do not map (listed). ConfigError: unsupported arch.
+    """
+    from us3l.export import ImportConfig
+    from us3l.export import import_reference as run_import
+
+    from .model import SlimmableModel
+
+    ckpt = run_import(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
+    return SlimmableModel(ckpt.build_model(), ckpt, out)

@@ -1,0 +1,107 @@
+"""``BenchConfig``: the frozen configuration of one ``us3l bench`` run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from us3l.core.errors import ConfigError
+
+from .stats import METRICS
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything ``us3l bench`` needs; built by the CLI, consumed by :func:`us3l.bench.run_bench`.
+
+    Attributes:
+        checkpoint / arch: the model (a checkpoint, or an architecture for latency planning).
+        device / devices_file: built-in device or TOML profile name, and an explicit profiles file.
+        widths: width list or range text (``None``: the checkpoint's BN-bank ladder, else 0.25:1.0:0.25).
+        batches: batch sizes; runner / precision / threads: ``None`` = the device's defaults.
+        duration_s / iterations / warmup_ms / rounds / idle_gap_ms: timing methodology.
+        budget_ms / metric: latency budget and the statistic it applies to.
+        search / search_step: bisect the continuous width range (grid step for distinct configs).
+        accuracy: accuracy table (default: ``accuracy.json`` beside the checkpoint).
+        power_modes: nvpmodel modes to measure (Jetson; ``()`` = current mode only).
+        accept_new_host_key: allow first ssh contact (``StrictHostKeyChecking=accept-new``).
+        force: re-export and re-measure even when cached.
+        out_dir: reports and artifacts (``None``: ``./us3l-bench`` with the LUT in the user cache).
+        lut: explicit lookup-table file; snap: channel divisor; plot: write the PNG.
+    """
+
+    checkpoint: Path | None = None
+    arch: str | None = None
+    device: str = "cpu"
+    devices_file: Path | None = None
+    widths: str | None = None
+    batches: tuple[int, ...] = (1,)
+    runner: str | None = None
+    precision: str | None = None
+    threads: int | None = None
+    duration_s: float = 1.0
+    iterations: int | None = None
+    warmup_ms: float = 200.0
+    rounds: int = 5
+    idle_gap_ms: float = 0.0
+    budget_ms: float | None = None
+    metric: str = "p95"
+    search: bool = False
+    search_step: float = 0.005
+    accuracy: Path | None = None
+    power_modes: tuple[int, ...] = ()
+    accept_new_host_key: bool = False
+    force: bool = False
+    out_dir: Path | None = None
+    lut: Path | None = None
+    snap: int = 8
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.arch is None):
+            raise ConfigError("give exactly one of a checkpoint path or --arch NAME")
+        if not self.batches or any(int(b) < 1 for b in self.batches):
+            raise ConfigError(f"batch sizes must be >= 1, got {list(self.batches)}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric {self.metric!r} is invalid; valid: {', '.join(METRICS)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is invalid; valid: {', '.join(PRECISIONS)}")
+        if self.budget_ms is not None and self.budget_ms <= 0:
+            raise ConfigError(f"--budget-ms must be > 0, got {self.budget_ms}")
+        if self.search and self.budget_ms is None:
+            raise ConfigError("--search needs --budget-ms")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if not 0 < self.search_step <= 0.25:
+            raise ConfigError(f"search step must be in (0, 0.25], got {self.search_step}")
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """``"1,8,32"`` -> ``(1, 8, 32)``.
+
+    Raises:
+        ConfigError: not a comma-separated list of positive integers.
+    """
+    try:
+        values = tuple(dict.fromkeys(int(p) for p in str(text).split(",") if p.strip()))
+    except ValueError:
+        raise ConfigError(f"--batch {text!r} is invalid; valid: positive integers like '1,8,32'") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"--batch {text!r} is invalid; valid: positive integers like '1,8,32'")
+    return values
+
+
+def parse_modes(text: str | None) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; empty -> ``()``.
+
+    Raises:
+        ConfigError: not a comma-separated list of integers.
+    """
+    if not text:
+        return ()
+    try:
+        return tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
+    except ValueError:
+        raise ConfigError(f"--power-modes {text!r} is invalid; valid: nvpmodel ids like '0,1,2'") from None

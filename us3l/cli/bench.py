@@ -1,0 +1,106 @@
+"""`us3l bench`: latency per width on a device, cached lookup table, width choice for a budget."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from .common import console, example, progress_bar, user_errors
+
+if TYPE_CHECKING:
+    from ..api import BenchResult
+
+EXAMPLE = "us3l bench runs/us3l/checkpoint.pt --device cpu --widths 0.25:1.0:0.25 --budget-ms 2 --out runs/us3l/bench"
+
+
+class Metric(str, Enum):
+    p50 = "p50"
+    p90 = "p90"
+    p95 = "p95"
+    p99 = "p99"
+    mean = "mean"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+def render(result: BenchResult) -> None:
+    """The latency table, the files written and the choice line."""
+    from rich.markup import escape
+
+    from us3l.bench.report import render_table
+
+    from ..core.width import format_width
+
+    console.print(render_table(result.report))
+    if result.accuracy_note:
+        console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
+    files = result.files
+    console.print(f"report: {files['report']}  csv: {files['csv']}" + (f"  plot: {files['plot']}" if "plot" in files else ""))
+    if result.budget_ms is None:
+        return
+    if result.chosen is not None:
+        c = result.chosen
+        console.print(f"[bold green]chosen width {format_width(c.width)}[/]: {c.metric} {c.latency_ms:.3f} ms "
+                      f"<= {c.budget_ms:g} ms ({c.reason})")
+    else:
+        console.print(f"[bold red]no width fits[/]: {result.reason}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench", epilog=example(EXAMPLE))
+    @user_errors
+    def command(
+        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint; its accuracy.json is joined (omit it and give --arch).",
+                                                             exists=True, dir_okay=False)] = None,
+        arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (latency does not depend on weights).  [default: the checkpoint's]")] = None,
+        device: Annotated[str, typer.Option(help="cpu, cuda, jetson, or a profile name from us3l-devices.toml.")] = "cpu",
+        devices_file: Annotated[Optional[Path], typer.Option(help="Device profiles TOML.  [default: ./us3l-devices.toml, then ~/.config/us3l/devices.toml]")] = None,
+        widths: Annotated[Optional[str], typer.Option(help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: the checkpoint's calibrated widths, else 0.25:1.0:0.25]")] = None,
+        batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
+        runner: Annotated[Optional[str], typer.Option(help="torch, onnxruntime, tensorrt or trtexec.  [default: the device's]")] = None,
+        precision: Annotated[Optional[Precision], typer.Option(help="Inference precision.  [default: the device's]")] = None,
+        threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads.  [default: the device's, else the runtime's]")] = None,
+        duration: Annotated[float, typer.Option(help="Timed seconds per width and batch size.")] = 1.0,
+        iterations: Annotated[Optional[int], typer.Option(help="Fixed timed runs per width and batch size (overrides --duration).  [default: time-based, --duration]")] = None,
+        warmup_ms: Annotated[float, typer.Option(help="Warm-up per input shape, in milliseconds.")] = 200.0,
+        rounds: Annotated[int, typer.Option(help="Interleaved rounds over all widths (spreads drift and thermal effects).")] = 5,
+        idle_gap_ms: Annotated[float, typer.Option(help="Idle gap between runs in milliseconds (duty-cycle latency).")] = 0.0,
+        budget_ms: Annotated[Optional[float], typer.Option(help="Latency budget in milliseconds: choose the most accurate width within it.  [default: none, measure only]")] = None,
+        metric: Annotated[Metric, typer.Option(help="Latency statistic the budget applies to.")] = Metric.p95,
+        search: Annotated[bool, typer.Option(help="Bisect the continuous width range for the widest width within --budget-ms.")] = False,
+        accuracy: Annotated[Optional[Path], typer.Option(help="Accuracy table.  [default: accuracy.json beside the checkpoint]",
+                                                         exists=True, dir_okay=False)] = None,
+        power_modes: Annotated[Optional[str], typer.Option(help="Jetson nvpmodel mode ids to measure, e.g. 0,1,2.  [default: the current mode]")] = None,
+        accept_new_host_key: Annotated[bool, typer.Option(help="Trust an unknown SSH host key on first contact (accept-new).")] = False,
+        force: Annotated[bool, typer.Option(help="Re-export and re-measure points already in the lookup table.")] = False,
+        snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
+        out: Annotated[Optional[Path], typer.Option(help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
+                                                    "[default: ./us3l-bench, lookup table in ~/.cache/us3l/lut.json]")] = None,
+        no_plot: Annotated[bool, typer.Option("--no-plot", help="Skip latency.png.")] = False,
+    ) -> None:
+        """Measure latency per width on a device and pick the width for a latency budget.
+
+        Widths are exported (ONNX) and measured in interleaved rounds; measured points are cached
+        in a lookup table keyed by device fingerprint, runner, artifact, batch, precision and timing.
+        """
+        from us3l.bench import parse_batches, parse_modes
+
+        from ..api import bench
+
+        with progress_bar("measuring", transient=True) as progress:
+            result = bench(
+                checkpoint, arch=arch, device=device, devices_file=devices_file, widths=widths,
+                batches=parse_batches(batch), budget_ms=budget_ms, metric=metric.value, accuracy=accuracy, out=out,
+                progress=progress, runner=runner, precision=precision.value if precision else None, threads=threads,
+                duration_s=duration, iterations=iterations, warmup_ms=warmup_ms, rounds=rounds,
+                idle_gap_ms=idle_gap_ms, search=search, power_modes=parse_modes(power_modes),
+                accept_new_host_key=accept_new_host_key, force=force, snap=snap, plot=not no_plot,
+            )
+        render(result)

@@ -1,0 +1,74 @@
+"""`us3l eval`: per-width accuracy of a checkpoint (BN recalibration, then kNN and/or linear probe)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .common import console, example, progress_bar, user_errors
+
+if TYPE_CHECKING:
+    from ..api import EvalResult
+
+EXAMPLE = "us3l eval runs/us3l/checkpoint.pt --widths 0.25:1.0:0.25 --method both"
+
+
+class Method(str, Enum):
+    knn = "knn"
+    linear = "linear"
+    both = "both"
+
+
+def render(result: EvalResult) -> None:
+    """The accuracy table (one row per width)."""
+    from rich.table import Table
+
+    from ..core.width import format_width
+
+    table = Table(title=f"{result.checkpoint.name}: accuracy per width ({result.dataset})")
+    for col in ("width", "feature dim", *result.metrics):
+        table.add_column(col, justify="right")
+    for r in result.results:
+        table.add_row(format_width(r.width), str(r.feature_dim),
+                      *(f"{100 * getattr(r, m):.2f} %" for m in result.metrics))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval", epilog=example(EXAMPLE))
+    @user_errors
+    def eval_command(
+        checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by 'us3l train' or 'us3l import'.")],
+        widths: Annotated[str | None, typer.Option(
+            help="Widths: a list 0.25,0.5,1.0 or a range start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
+        method: Annotated[Method, typer.Option(help="kNN (seconds), linear probe (slower) or both.")] = Method.knn,
+        as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON list of rows to stdout.")] = False,
+        store_bn: Annotated[bool, typer.Option("--store-bn", help="Save the calibrated BN statistics in the checkpoint's bank (for export without data).")] = False,
+        data: Annotated[str | None, typer.Option(help="Dataset: digits, cifar10, cifar100 or imagefolder.  [default: the checkpoint's]")] = None,
+        data_root: Annotated[Path | None, typer.Option(help="Data folder (CIFAR pickles or an image-folder tree).  [default: the checkpoint's]")] = None,
+        image_size: Annotated[int | None, typer.Option(help="Square image side in pixels.  [default: the dataset's]")] = None,
+        calib_batches: Annotated[int, typer.Option(help="Training batches (of --batch-size images) to recalibrate BN at each width.")] = 50,
+        batch_size: Annotated[int, typer.Option(help="Images per inference and calibration batch.")] = 256,
+        knn_k: Annotated[int | None, typer.Option(help="kNN neighbours.  [default: 20, or 200 on sets of 10k+ images]")] = None,
+        linear_preset: Annotated[str, typer.Option(help="Linear-probe recipe: fast, or cifar (METHOD.md section 10, 100 epochs).")] = "fast",
+        device: Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")] = "cpu",
+    ) -> None:
+        """Accuracy of each width: recalibrate BN on training data, then kNN and/or a linear probe.
+
+        Writes accuracy.json next to the checkpoint (read by 'us3l bench' to choose a width).
+        """
+        from ..api import evaluate
+
+        with progress_bar("evaluating", transient=True) as progress:
+            result = evaluate(checkpoint, widths, method=method.value, dataset=data, data_root=data_root,
+                              image_size=image_size, calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k,
+                              linear_preset=linear_preset, store_bn=store_bn, device=device, progress=progress)
+        if as_json:
+            typer.echo(json.dumps(result.to_rows()))
+            return
+        render(result)
+        console.print(f"wrote {result.accuracy_file}" + (" and the BN bank" if store_bn else ""))

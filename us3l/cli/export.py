@@ -1,0 +1,89 @@
+"""`us3l export`: slice a checkpoint (or an untrained architecture) to widths and export them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from .common import example, user_errors
+
+if TYPE_CHECKING:
+    from us3l.export import ExportResult
+
+EXAMPLE = "us3l export runs/us3l/checkpoint.pt --width 0.25:1.0:0.25 --out runs/us3l/onnx"
+
+
+def _channels_summary(channels: dict[str, int]) -> str:
+    values = sorted(set(channels.values()))
+    return "/".join(map(str, values)) if len(values) <= 6 else f"{values[0]}..{values[-1]} ({len(values)} sizes)"
+
+
+def render(result: ExportResult) -> None:
+    """One row per artifact: width, aliases, channels, cost, parity error, file."""
+    from rich.table import Table
+
+    from .common import console
+
+    table = Table(title=f"{len(result.artifacts)} artifact(s) in {result.out_dir} ({result.seconds:.1f}s)")
+    for col in ("width", "aliases", "channels", "MMACs", "Mparams", "max err"):
+        table.add_column(col, no_wrap=col != "channels")
+    table.add_column("file", overflow="fold")
+    table.add_column("note")
+    for a in result.artifacts:
+        table.add_row(f"{a.width:g}", ",".join(f"{x:g}" for x in a.aliases), _channels_summary(a.channels),
+                      f"{a.macs / 1e6:.1f}", f"{a.params / 1e6:.2f}", f"{a.parity['max_abs_err']:.2e}", a.path.name,
+                      "cached" if a.cached else "")
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export", epilog=example(EXAMPLE))
+    @user_errors
+    def command(
+        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file (omit it and give --arch for an untrained network).")] = None,
+        arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (random weights).  [default: the checkpoint's]")] = None,
+        width: Annotated[str, typer.Option("--width", "-w", help="Width 0.35, a list 0.25,0.5 or a range 0.25:1.0:0.05.")] = "1.0",
+        fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, trt (TensorRT engine, needs a GPU) or torchscript.")] = "onnx",
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created only when every width passed).")] = Path("exports"),
+        batch: Annotated[Optional[int], typer.Option(help="Fixed batch size in images.  [default: a dynamic batch axis]")] = None,
+        opset: Annotated[int, typer.Option(help="ONNX opset (17 loads in TensorRT 8.5/JetPack 5 through TensorRT 11).")] = 17,
+        snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
+        precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (fp16/int8: --format trt only).")] = "fp32",
+        calib_data: Annotated[Optional[str], typer.Option(help="BN/INT8 calibration images: .npy/.pt N x C x H x W, or a dataset name[:root].  [default: the checkpoint's training data]")] = None,
+        tolerance: Annotated[Optional[float], typer.Option(help="Parity gate absolute tolerance.  [default: per precision; fp32 1e-4]")] = None,
+        rtol: Annotated[Optional[float], typer.Option(help="Parity gate relative tolerance (times max |reference|).  [default: per precision]")] = None,
+        include_head: Annotated[Optional[Path], typer.Option(help="Linear probe .pt with weight and bias, appended after the features.  [default: none, features only]")] = None,
+        input_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.  [default: the architecture's]")] = None,
+        name: Annotated[Optional[str], typer.Option(help="Artifact file-name prefix.  [default: checkpoint stem or arch]")] = None,
+        simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxsim.")] = True,
+        force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
+    ) -> None:
+        """Export widths of a checkpoint to ONNX / TensorRT / TorchScript, each verified against PyTorch.
+
+        Widths that slice to the same network are exported once (listed as aliases); an identical
+        second run reuses the files.
+        """
+        from ..api import export
+
+        from .common import make_progress
+
+        bar = make_progress(transient=True)
+        task = bar.add_task("export", total=None, status="")
+
+        def progress(done: int, total: int | None, message: str) -> None:
+            if not bar.live.is_started:  # started on the first width, so early errors stay one line
+                bar.start()
+            bar.update(task, completed=done, total=total, status=message)
+
+        try:
+            result = export(checkpoint, width, format=fmt, out=out, arch=arch, progress=progress, name=name,
+                            batch=batch, opset=opset, snap=snap, precision=precision, calib_data=calib_data,
+                            atol=tolerance, rtol=rtol, simplify=simplify,
+                            include_head=str(include_head) if include_head else None, input_size=input_size,
+                            force=force)
+        finally:
+            if bar.live.is_started:
+                bar.stop()
+        render(result)

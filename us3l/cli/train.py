@@ -1,0 +1,108 @@
+"""`us3l train`: self-supervised US3L training of one universally slimmable checkpoint.
+
+With no arguments it trains the embedded digits default (``us_resnet_mini``, a few minutes on a
+laptop CPU). ``--recipe`` picks a paper preset (METHOD §9); any flag overrides the preset.
+Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m us3l.cli.main train ...``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .common import console, example, is_main_process, progress_bar, user_errors
+
+if TYPE_CHECKING:
+    from ..api import TrainResult
+
+EXAMPLE = "us3l train --epochs 5 --out runs/digits5"
+
+
+class Method(str, Enum):
+    us3l = "us3l"
+    naive = "naive"
+    single = "single"
+
+
+class SSL(str, Enum):
+    simclr_momentum = "simclr_momentum"
+    byol = "byol"
+    mocov3 = "mocov3"
+
+
+def render(result: TrainResult) -> None:
+    """The collapse table of the last epoch and the loss/throughput line."""
+    from rich.table import Table
+
+    from ..core.width import format_width
+
+    if not result.history:
+        return
+    table = Table(title=f"training summary (epoch {result.epochs})")
+    for col in ("width", "std*sqrt(d)", "effective rank", "collapsed"):
+        table.add_column(col, justify="right")
+    for s in result.collapse:
+        table.add_row(format_width(s.width), f"{s.std_ratio:.3f}", f"{s.eff_rank:.1f}",
+                      "[red]yes[/]" if s.collapsed else "no")
+    console.print(table)
+    nan = float("nan")
+    console.print(f"loss (max width) {result.loss if result.loss is not None else nan:.4f}, "
+                  f"sub-width loss {result.distill_loss if result.distill_loss is not None else nan:.4f}, "
+                  f"{result.images_per_s or 0:.0f} img/s, {result.seconds:.0f}s of training")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train", epilog=example(EXAMPLE))
+    @user_errors
+    def command(
+        recipe: Annotated[str, typer.Option(help="Preset: digits (CPU default) or a paper recipe; see --list-recipes.")] = "digits",
+        arch: Annotated[str | None, typer.Option(help="Backbone architecture name.  [default: the recipe's]")] = None,
+        data: Annotated[str | None, typer.Option(help="Dataset: digits, cifar10, cifar100 or imagefolder.  [default: the recipe's]")] = None,
+        data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles or train/ + val/ class folders); not for digits.  [default: the recipe's]")] = None,
+        image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's: 16 digits, 32 CIFAR, 224 folders]")] = None,
+        epochs: Annotated[int | None, typer.Option(help="Training epochs.  [default: the recipe's; digits 13]")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="Images per batch per process (global = this x processes).  [default: the recipe's]")] = None,
+        lr: Annotated[float | None, typer.Option(help="Base learning rate, cosine-decayed per epoch.  [default: the recipe's]")] = None,
+        method: Annotated[Method | None, typer.Option(help="us3l, naive (US-Net + SimCLR) or single (one width).  [default: us3l]")] = None,
+        ssl: Annotated[SSL | None, typer.Option(help="SSL loss of the full-width network.  [default: the recipe's]")] = None,
+        width: Annotated[float | None, typer.Option(help="Width trained by --method single, in [0.25, 1.0].  [default: 1.0]")] = None,
+        accumulate: Annotated[bool | None, typer.Option("--accumulate/--step-per-width",
+                                                        help="One optimizer step per iteration, or one per sampled width.  [default: per width]")] = None,
+        out: Annotated[Path, typer.Option(help="Output folder for checkpoint.pt, metrics.jsonl and tb/.")] = Path("runs/us3l"),
+        resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the same options.")] = False,
+        device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.  [default: auto]")] = None,
+        amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).  [default: the recipe's]")] = None,
+        fail_on_collapse: Annotated[bool, typer.Option(help="Stop with exit code 2 when a width's representation collapses.")] = False,
+        seed: Annotated[int | None, typer.Option(help="Random seed.  [default: 100]")] = None,
+        max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap iterations per epoch (smoke runs).  [default: no cap]")] = None,
+        list_recipes_: Annotated[bool, typer.Option("--list-recipes", help="List the presets and exit.")] = False,
+    ) -> None:
+        """Train one universally slimmable network with US3L (or a baseline) and write its checkpoint.
+
+        Without options: the embedded digits default (a few minutes on a laptop CPU).
+
+        Multi-GPU or multi-node: torchrun --nproc_per_node=N -m us3l.cli.main train ...
+        """
+        from ..api import train
+
+        if list_recipes_:
+            from us3l.train.recipes import list_recipes, recipe_doc
+
+            for name in list_recipes():
+                console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
+            return
+        main = is_main_process()
+        with progress_bar(f"training ({recipe})", disable=not main) as progress:
+            result = train(
+                recipe=recipe, progress=progress, arch=arch, data=data,
+                data_root=str(data_root) if data_root else None, image_size=image_size, epochs=epochs,
+                batch_size=batch_size, lr=lr, method=method.value if method else None, ssl=ssl.value if ssl else None,
+                single_width=width, accumulate=accumulate, out_dir=str(out), resume=resume, device=device, amp=amp,
+                fail_on_collapse=fail_on_collapse or None, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
+            )
+        if main:  # under torchrun the other ranks trained the same model: one summary
+            render(result)
+            console.print(f"checkpoint: {result.checkpoint}")

@@ -1,0 +1,278 @@
+"""Self-describing checkpoints, loadable without running code from the file.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts written with
+``torch.save`` and read with ``torch.load(weights_only=True)``: a pickle that tries to build any
+other object is refused. Writes are atomic (temp file in the same directory, fsync, rename).
+The ``content_hash`` (sha256 over the backbone tensors) identifies the weights in artifacts and
+latency tables and is verified on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import CheckpointError
+from .files import atomic_open
+from .width import DEFAULT_WIDTH_RANGE, format_width, round_width
+
+FORMAT_VERSION = 1
+MAGIC = "us3l-deploy-checkpoint"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict[str, torch.Tensor]:
+    """Remove DDP / torch.compile wrapper prefixes from state-dict keys (the one place that does)."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if key.startswith(p):
+                    key, changed = key[len(p):], True
+        out[key] = value
+    return out
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over sorted keys, dtypes, shapes and bytes of a state dict."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    return {"us3l": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def to_plain(obj: Any, where: str = "checkpoint") -> Any:
+    """Convert ``obj`` to what ``torch.load(weights_only=True)`` accepts (tensors, numbers, str,
+    bool, None, lists, tuples, dicts); str/int/float subclasses, numpy scalars/arrays and paths are
+    converted, anything else raises ``TypeError`` naming where it was found."""
+    if obj is None or type(obj) in (bool, int, float, str, bytes) or isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {to_plain(k, where): to_plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, bool):
+        return bool(obj)
+    for kind in (str, int, float):
+        if isinstance(obj, kind):
+            return kind(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    module = type(obj).__module__
+    if module == "numpy":
+        import numpy as np
+
+        return torch.from_numpy(np.ascontiguousarray(obj)) if isinstance(obj, np.ndarray) else obj.item()
+    if isinstance(obj, torch.dtype) or isinstance(obj, torch.device):
+        return str(obj)
+    raise TypeError(f"{where} holds a {type(obj).__name__}, which a weights-only checkpoint cannot store")
+
+
+@dataclass
+class Checkpoint:
+    """One universally slimmable network and everything needed to use it later.
+
+    Attributes:
+        arch / arch_kwargs: registry name and constructor arguments of the backbone.
+        model: backbone state dict (our key layout).
+        width_range: widths the network was trained for.
+        method: "us3l", "naive", "single", "reference" or "untrained".
+        epoch: completed epochs.
+        train_config: the training configuration (JSON-like).
+        dataset: ``DatasetSpec.to_dict()`` of the training data (for BN recalibration later).
+        bn_bank: ``format_width(w) -> {bn_layer: {"mean", "var"}}`` calibrated statistics per width.
+        training: resume state (heads, teacher, optimizer, RNG...), or None in deployable files.
+        extra: free JSON-like metadata.
+        versions / format_version / content_hash: provenance, filled by :func:`save_checkpoint`.
+    """
+
+    arch: str
+    arch_kwargs: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    width_range: tuple[float, float] = DEFAULT_WIDTH_RANGE
+    method: str = "untrained"
+    epoch: int = 0
+    train_config: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] | None = None
+    bn_bank: dict[str, dict[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=library_versions)
+    format_version: int = FORMAT_VERSION
+    content_hash: str = ""
+
+    @classmethod
+    def from_model(cls, model: nn.Module, **fields: Any) -> Checkpoint:
+        """Snapshot a registry-built model (``get_model``) into a checkpoint."""
+        if not getattr(model, "arch", ""):
+            raise CheckpointError("model has no 'arch' attribute; build it with us3l.core.models.get_model")
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        fields.setdefault("width_range", tuple(model.width_range))
+        return cls(arch=model.arch, arch_kwargs=dict(model.arch_kwargs), model=state, **fields)
+
+    def build_model(self, num_classes: int = 0) -> nn.Module:
+        """Rebuild the backbone and load the weights strictly.
+
+        Raises:
+            CheckpointError: unknown architecture or missing/unexpected/mis-shaped keys (listed).
+        """
+        from .errors import US3LError
+        from .models import get_model
+
+        kwargs = dict(self.arch_kwargs)
+        kwargs["num_classes"] = num_classes
+        try:
+            model = get_model(self.arch, **kwargs)
+        except US3LError as exc:
+            raise CheckpointError(f"checkpoint architecture cannot be built: {exc}") from None
+        state = strip_prefixes(self.model)
+        own = model.state_dict()
+        missing = sorted(k for k in own if k not in state and not k.startswith("fc."))
+        unexpected = sorted(k for k in state if k not in own)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint weights do not match {self.arch}: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
+                f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}"
+            )
+        bad = [k for k in state if tuple(state[k].shape) != tuple(own[k].shape)]
+        if bad:
+            k = bad[0]
+            raise CheckpointError(f"checkpoint tensor {k} has shape {tuple(state[k].shape)}, {self.arch} needs {tuple(own[k].shape)}")
+        model.load_state_dict(state, strict=not num_classes)
+        return model
+
+    def add_bn_stats(self, width: float, stats: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Store calibrated BN statistics for ``width`` in the bank."""
+        self.bn_bank[format_width(width)] = {k: {"mean": v["mean"].cpu(), "var": v["var"].cpu()} for k, v in stats.items()}
+
+    def bn_stats_for(self, width: float) -> dict[str, dict[str, torch.Tensor]] | None:
+        """The bank's statistics for ``width`` (None if that width was never calibrated)."""
+        return self.bn_bank.get(format_width(width))
+
+    def bank_entry(self, model: nn.Module, width: float, divisor: int) -> tuple[float, dict[str, dict[str, torch.Tensor]]] | None:
+        """``(bank width, statistics)`` valid for ``model`` at ``width``: the width's own entry, or that
+        of a bank width slicing to the identical network (:func:`~us3l.core.slicing.find_aliases`).
+        The bank holds divisor-8 statistics only, so other divisors get ``None`` (recalibrate)."""
+        from .slicing import find_aliases
+        from .width import DEFAULT_DIVISOR
+
+        if divisor != DEFAULT_DIVISOR or not self.bn_bank:
+            return None
+        own = self.bn_stats_for(width)
+        if own is not None:
+            return round_width(width), own
+        for w in self.bank_widths():
+            if find_aliases(model, [w, width], divisor)[round_width(width)] == round_width(w):
+                return w, self.bn_bank[format_width(w)]
+        return None
+
+    def bank_widths(self) -> list[float]:
+        return sorted(round_width(float(k)) for k in self.bn_bank)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "magic": MAGIC,
+            "format_version": self.format_version,
+            "arch": self.arch,
+            "arch_kwargs": self.arch_kwargs,
+            "width_range": list(self.width_range),
+            "method": self.method,
+            "epoch": int(self.epoch),
+            "train_config": self.train_config,
+            "dataset": self.dataset,
+            "model": self.model,
+            "bn_bank": self.bn_bank,
+            "training": self.training,
+            "extra": self.extra,
+            "versions": self.versions,
+            "content_hash": self.content_hash,
+        }
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> str:
+    """Write ``ckpt`` atomically to ``path`` (temp file + fsync + rename); returns the content hash."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot create directory {path.parent}: {exc.strerror}") from None
+    ckpt.content_hash = state_hash(ckpt.model)
+    ckpt.versions = library_versions()
+    with atomic_open(path) as fh:
+        torch.save(to_plain(ckpt.to_dict()), fh)
+    return ckpt.content_hash
+
+
+_FIELDS = ("arch", "arch_kwargs", "model")
+
+
+def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint without executing any code from it.
+
+    Raises:
+        CheckpointError: missing, unreadable, truncated, corrupt, code-carrying or foreign files,
+            and files whose weights do not match their recorded hash (one line each).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "unsupported global" in str(exc).lower() or "unsupported class" in str(exc).lower():
+            raise CheckpointError(
+                f"checkpoint {path} contains objects that would execute code on load; refused (only tensors and plain data are allowed)"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({first[:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError, KeyError,
+            IndexError, UnicodeDecodeError, MemoryError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:120]})") from None
+    if not isinstance(data, dict) or data.get("magic") != MAGIC:
+        raise CheckpointError(
+            f"{path} is not a us3l-deploy checkpoint (a reference US3L checkpoint? convert it with 'us3l import')"
+        )
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {data['format_version']}; this tool reads <= {FORMAT_VERSION}")
+    missing = [k for k in _FIELDS if k not in data]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks required field(s) {', '.join(missing)}")
+    ckpt = Checkpoint(
+        arch=data["arch"],
+        arch_kwargs=dict(data["arch_kwargs"]),
+        model=data["model"],
+        width_range=tuple(data.get("width_range", DEFAULT_WIDTH_RANGE)),
+        method=data.get("method", "untrained"),
+        epoch=int(data.get("epoch", 0)),
+        train_config=data.get("train_config") or {},
+        dataset=data.get("dataset"),
+        bn_bank=data.get("bn_bank") or {},
+        training=data.get("training"),
+        extra=data.get("extra") or {},
+        versions=data.get("versions") or {},
+        format_version=int(data.get("format_version", FORMAT_VERSION)),
+        content_hash=data.get("content_hash", ""),
+    )
+    if verify and ckpt.content_hash and state_hash(ckpt.model) != ckpt.content_hash:
+        raise CheckpointError(f"checkpoint {path} is corrupt: weights do not match the recorded content hash")
+    return ckpt

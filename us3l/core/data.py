@@ -1,0 +1,313 @@
+"""Datasets as in-memory tensors: the embedded digits default, CIFAR-10/100 and image folders.
+
+Every dataset is described by a frozen :class:`DatasetSpec` (stored in checkpoints so that BN
+recalibration later uses the training data) and loaded whole with :func:`load_split` as float32
+NCHW images (3 channels) and int64 labels. Decoded arrays are cached per process.
+
+- ``digits`` — scikit-learn's bundled 8x8 digits (no download). Pixel values / 16, replicated to
+  3 channels, resized bilinearly to ``image_size`` (default 16, the input size of
+  ``us_resnet_mini``). Fixed split: stratified, ``random_state=0``, 1437 train / 360 test.
+- ``cifar10`` / ``cifar100`` — a local folder in the standard python-pickle layout
+  (``data_batch_1..5`` + ``test_batch``, or ``train`` + ``test``; the extracted
+  ``cifar-10-batches-py`` / ``cifar-100-python`` sub-folder is found too). Unpickling is restricted
+  to numpy arrays; anything else is refused.
+- ``imagefolder`` — ``root/train/<class>/*.png|jpg|jpeg`` and ``root/val`` (or ``root/test``),
+  shorter side resized then centre-cropped to ``image_size`` (default 224).
+
+Normalisation statistics: CIFAR per METHOD.md §9, ImageNet's for image folders, and for digits
+the per-channel mean/std of the training split at its image size.
+
+Missing or malformed data raises :class:`~us3l.core.errors.DataError` with one line saying what
+is wrong and which layout is expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError, unknown_name
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+_DEFAULT_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
+_CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DIGITS_FILE = Path(__file__).with_name("assets") / "digits.npz"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which dataset, where, at which resolution.
+
+    Args:
+        name: one of :func:`list_datasets`.
+        root: data folder (required for everything but ``digits``).
+        image_size: square side in pixels; None = the dataset default.
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            raise unknown_name("dataset", self.name, DATASETS)
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
+            raise DataError(f"image_size {self.image_size!r} is invalid; valid: a positive integer or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-like form (stored in checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DatasetSpec:
+        """Inverse of :meth:`to_dict`; None gives the default (digits)."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise DataError(f"dataset description {data!r} is not a dict with name/root/image_size")
+        unknown = sorted(set(data) - {"name", "root", "image_size"})
+        if unknown:
+            raise DataError(f"dataset description has unknown field(s) {', '.join(unknown)}; valid: name, root, image_size")
+        size = data.get("image_size")
+        return cls(name=data.get("name", "digits"), root=data.get("root"), image_size=None if size is None else int(size))
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :class:`DatasetSpec`."""
+    return list(DATASETS)
+
+
+def default_image_size(spec: DatasetSpec) -> int:
+    """The image side used when ``spec.image_size`` is None."""
+    return int(spec.image_size or _DEFAULT_SIZE[spec.name])
+
+
+def dataset_stats(spec: DatasetSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``(mean, std)`` used to normalise ``spec``'s images (METHOD.md §9)."""
+    if spec.name in ("cifar10", "cifar100"):
+        return _CIFAR_STATS
+    if spec.name == "imagefolder":
+        return _IMAGENET_STATS
+    return _digits_stats(default_image_size(spec))
+
+
+def num_classes(spec: DatasetSpec) -> int:
+    """Number of classes of ``spec`` (image folders: class sub-folders of ``train``)."""
+    if spec.name == "cifar100":
+        return 100
+    if spec.name == "imagefolder":
+        return len(_folder_classes(_require_root(spec)))
+    return 10
+
+
+def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear (antialiased) resize of an NCHW batch to ``size`` x ``size``; no-op if already there."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
+               resize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a whole split into memory.
+
+    Args:
+        spec: the dataset.
+        split: ``"train"`` or ``"test"`` (``"val"`` is an alias of ``"test"``).
+        normalized: subtract the dataset mean and divide by its std; else values in [0, 1].
+        resize: bring CIFAR / image-folder images to the spec's image size now. ``False`` keeps
+            CIFAR at its stored 32 px so that upsampled recipes (CIFAR at 224 px, 30 GB if resized
+            up front) resize per batch with :func:`resize_images` instead. Digits are always
+            returned at the spec's size (they are tiny).
+
+    Returns:
+        ``(images, labels)``: float32 ``(N, 3, S, S)`` and int64 ``(N,)``; fresh tensors per call.
+
+    Raises:
+        DataError: unknown split, missing or malformed data.
+    """
+    if split == "val":
+        split = "test"
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}; valid: train, test")
+    size = default_image_size(spec)
+    if spec.name == "digits":
+        images, labels = _digits(size)
+        x = images[0] if split == "train" else images[1]
+        y = labels[0] if split == "train" else labels[1]
+        x = x.clone()
+    else:
+        root = _require_root(spec)
+        if spec.name == "imagefolder":
+            raw, labels_np = _folder_split(root, split, size)
+        else:
+            raw, labels_np = _cifar_split(root, spec.name, split)
+        x = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)
+        if resize and x.shape[-1] != size:
+            x = resize_images(x, size).clamp_(0, 1)
+        y = torch.from_numpy(labels_np).long()
+    if normalized:
+        mean, std = dataset_stats(spec)
+        x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return x.contiguous(), y.clone()
+
+
+# --------------------------------------------------------------------------- digits
+
+
+@functools.lru_cache(maxsize=4)
+def _digits(size: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    # The 8x8 digits ship inside the package (assets/DIGITS-SOURCE.txt: source, licence, split).
+    with np.load(DIGITS_FILE) as arrays:
+        images, labels = arrays["images"], arrays["labels"]
+        train_idx, test_idx = (torch.from_numpy(arrays[k].astype(np.int64)) for k in ("train_idx", "test_idx"))
+    x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+    x = x.expand(-1, 3, -1, -1).contiguous()
+    y = torch.from_numpy(labels.astype(np.int64))
+    return (x[train_idx], x[test_idx]), (y[train_idx], y[test_idx])
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_stats(size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = _digits(size)[0][0]
+    mean = tuple(round(float(v), 4) for v in x.mean(dim=(0, 2, 3)))
+    std = tuple(round(float(v), 4) for v in x.std(dim=(0, 2, 3)))
+    return mean, std
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _require_root(spec: DatasetSpec) -> Path:
+    layouts = {
+        "cifar10": "a folder with data_batch_1..5 and test_batch (CIFAR-10 python version)",
+        "cifar100": "a folder with train and test (CIFAR-100 python version)",
+        "imagefolder": "a folder with train/<class>/*.png|jpg and val/<class>/... (or test/)",
+    }
+    if not spec.root:
+        raise DataError(f"dataset {spec.name!r} needs a data root (--data-root): {layouts[spec.name]}")
+    root = Path(spec.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root} of dataset {spec.name!r} does not exist; expected {layouts[spec.name]}")
+    return root
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can only rebuild numpy arrays (the CIFAR files hold nothing else)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 encode bytes this way
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_file(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    expected = f"a pickled dict with b'data' (N x 3072 uint8) and {label_key!r}"
+    try:
+        with open(path, "rb") as fh:
+            data = _NumpyOnlyUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    except Exception as exc:  # any unpickling failure means "not a CIFAR file"
+        reason = " ".join(str(exc).split())[:80]
+        raise DataError(f"{path} is not a CIFAR python-pickle batch ({type(exc).__name__}: {reason}); expected {expected}") from None
+    if not isinstance(data, dict) or b"data" not in data or label_key not in data:
+        keys = sorted(k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path} is malformed (found {keys}); expected {expected}")
+    images, labels = np.asarray(data[b"data"]), np.asarray(data[label_key])
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072 or labels.shape != (images.shape[0],):
+        raise DataError(f"{path} is malformed (data {images.dtype} {images.shape}, labels {labels.shape}); expected {expected}")
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def _cifar_split(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        label_key, sub, n_classes = b"labels", "cifar-10-batches-py", 10
+    else:
+        files, label_key, sub, n_classes = [split], b"fine_labels", "cifar-100-python", 100
+    if not (root / files[0]).is_file() and (root / sub / files[0]).is_file():
+        root = root / sub
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing:
+        raise DataError(
+            f"{name} folder {root} lacks {', '.join(missing)}; expected the python-pickle layout "
+            f"({'data_batch_1..5, test_batch' if name == 'cifar10' else 'train, test'})"
+        )
+    parts = [_read_cifar_file(root / f, label_key) for f in files]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise DataError(f"{name} labels in {root} are outside 0..{n_classes - 1}")
+    return images, labels
+
+
+@functools.lru_cache(maxsize=4)
+def _folder_classes(root: Path) -> tuple[str, ...]:
+    train = root / "train"
+    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir())) if train.is_dir() else ()
+    if not classes:
+        raise DataError(f"image folder {root} has no class folders under train/; expected train/<class>/*.png|jpg")
+    return classes
+
+
+def _load_image(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            img = img.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot decode image {path}: {str(exc)[:100]}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _folder_split(root: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    classes = _folder_classes(root)
+    if split == "train":
+        folder = root / "train"
+    else:
+        folder = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+        if folder is None:
+            raise DataError(f"image folder {root} has no val/ or test/ folder; expected val/<class>/*.png|jpg")
+    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+    if extra:
+        raise DataError(f"{folder} has class folder(s) {', '.join(extra[:5])} that train/ lacks")
+    images, labels = [], []
+    for index, cls in enumerate(classes):
+        cls_dir = folder / cls
+        if not cls_dir.is_dir():
+            continue
+        for path in sorted(cls_dir.iterdir()):
+            if path.suffix.lower() in _IMAGE_SUFFIXES:
+                images.append(_load_image(path, size))
+                labels.append(index)
+    if not images:
+        raise DataError(f"{folder} contains no .png/.jpg images; expected {folder.name}/<class>/*.png|jpg")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)

@@ -1,0 +1,315 @@
+"""The training loop: ``train(cfg) -> checkpoint path``.
+
+Data (in memory) → two kornia views on the training device → :func:`us3l.train.step.train_step`
+per iteration → per-epoch cosine LR, collapse check, metrics (``metrics.jsonl`` + TensorBoard),
+atomic checkpoint with the complete resume state. ``resume`` continues exactly: two epochs in one
+run and one epoch + resume + one epoch give identical weights on a deterministic device.
+
+Under ``torchrun`` every process joins the group (gloo on CPU, NCCL on CUDA), trains on its shard
+of each epoch's permutation, uses rank 0's widths, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_split, resize_images
+from us3l.core.errors import CheckpointError, ConfigError, DataError
+
+from . import runtime
+from .augment import SSLAugment, two_views
+from .collapse import measure_collapse, report_collapse
+from .config import RESUME_IGNORED, TrainConfig
+from .ema import cosine_momentum
+from .group_reg import GroupRegularizer
+from .ssl_model import build_ssl_model
+from .step import StepParts, build_losses, check_finite, iteration_widths, train_step
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, str], None]  # (steps done, total steps, status text)
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+class Trainer:
+    """One run: builds data, model, optimizer from ``cfg``; :meth:`fit` trains and checkpoints.
+
+    Attributes:
+        raw_model: the unwrapped :class:`~us3l.train.ssl_model.SSLModel` (checkpointing, slicing).
+        model: the DDP wrapper under ``torchrun``, else ``raw_model``.
+    """
+
+    def __init__(self, cfg: TrainConfig, progress: ProgressFn | None = None) -> None:
+        self.cfg, self.progress = cfg, progress
+        self.dist = runtime.init_distributed(cfg.device)
+        self.device = runtime.resolve_device(cfg.device, self.dist.local_rank)
+        if cfg.threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)
+        self.out_dir = Path(cfg.out_dir)
+        self.spec = DatasetSpec(cfg.data, cfg.data_root, cfg.image_size)
+        size = default_image_size(self.spec)
+        # Native resolution in memory; the random resized crop produces `size` (CIFAR at 224 px
+        # would otherwise hold ~30 GB).
+        self.images01, _ = load_split(self.spec, "train", normalized=False, resize=False)
+        held_out, _ = load_split(self.spec, "test", normalized=True, resize=False)
+        self.held_out = resize_images(held_out[: cfg.collapse_batch], size).to(self.device)
+        self.steps_per_epoch = len(self.images01) // self.dist.world // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise DataError(f"{len(self.images01)} training images cannot fill one batch of {cfg.batch_size} "
+                            f"per process on {self.dist.world} process(es); lower --batch-size")
+        if cfg.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        mean, std = dataset_stats(self.spec)
+        runtime.seed_everything(cfg.seed)  # same initial weights on every rank
+        self.augment = SSLAugment(size, mean, std, blur=cfg.blur, scale=(cfg.crop_scale_min, 1.0)).to(self.device)
+        arch_kwargs = {"width_range": [cfg.width_min, cfg.width_max], "input_size": size, **cfg.arch_kwargs}
+        teacher_width = cfg.single_width if cfg.method == "single" else cfg.width_max
+        self.raw_model = build_ssl_model(cfg.arch, arch_kwargs, cfg.ssl, cfg.method, cfg.proj_hidden_dim,
+                                         cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.distill_layers,
+                                         teacher_width).to(self.device)
+        params = self.raw_model.trainable_parameters()
+        wd = 0.0 if cfg.group_reg else cfg.weight_decay  # GroupReg replaces weight decay (METHOD §8)
+        if cfg.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                                                    weight_decay=wd)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+        self.regularizer = GroupRegularizer(cfg.reg_lambda, cfg.group_reg_alpha, cfg.group_reg_bins,
+                                            cfg.group_reg_warmup, cfg.epochs, width_max=cfg.width_max) \
+            if cfg.group_reg else None
+        amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp)
+        self.model: torch.nn.Module = self.raw_model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Sub-widths use the aux head, the max width the predictor: some parameters are unused per step.
+            self.model = DDP(self.raw_model, device_ids=ids, find_unused_parameters=True)
+        losses = build_losses(cfg.method, cfg.ssl, cfg.loss_temperature, cfg.feature_distill, self.dist.distributed)
+        self.parts = StepParts(self.model, self.raw_model, self.optimizer, self.scaler, losses, cfg.method,
+                               self.regularizer, cfg.accumulate, amp)
+        self.width_rng = random.Random(cfg.seed)  # identical on all ranks; rank 0's draw is broadcast anyway
+        self.start_epoch, self.global_step = 0, 0
+        runtime.seed_everything(cfg.seed + self.dist.rank)  # augmentation differs per rank
+        if cfg.resume:
+            self._restore()
+
+    # ------------------------------------------------------------------ checkpointing
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def _save(self, epoch: int) -> None:
+        rng_states = runtime.gather_rng_states(self.dist)  # collective: every rank takes part
+        if not self.dist.is_main:
+            return
+        state = self.raw_model.state_dict()
+        training = {
+            "heads": {k: v.detach().cpu().clone() for k, v in state.items() if not k.startswith("backbone.")},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "rng": rng_states,
+            "width_rng": runtime.python_rng_state(self.width_rng),
+            "global_step": self.global_step,
+            "world_size": self.dist.world,
+        }
+        ckpt = Checkpoint.from_model(self.raw_model.backbone, method=self.cfg.method, epoch=epoch,
+                                     train_config=self.cfg.to_dict(), dataset=self.spec.to_dict(), training=training)
+        save_checkpoint(ckpt, self.checkpoint_path)
+        log.info("saved %s (epoch %d)", self.checkpoint_path, epoch)
+
+    def _restore(self) -> None:
+        found = resume_visibility(runtime.gather_objects(self.dist, self.checkpoint_path.is_file()), self.checkpoint_path)
+        if not found:
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out_dir)
+            return
+        ckpt = load_checkpoint(self.checkpoint_path)
+        if ckpt.training is None:
+            raise CheckpointError(f"{self.checkpoint_path} has no training state (a deployable export?); cannot resume")
+        saved = TrainConfig.from_dict(dict(ckpt.train_config)).to_dict()
+        mine = self.cfg.to_dict()
+        diff = [f"{k}: {saved[k]!r} -> {mine[k]!r}" for k in mine if k not in RESUME_IGNORED and saved[k] != mine[k]]
+        if diff:
+            raise ConfigError(f"cannot resume {self.checkpoint_path} with different options ({'; '.join(diff)}); "
+                              "rerun with the original options or a new --out")
+        t = ckpt.training
+        state = {**{f"backbone.{k}": v for k, v in ckpt.model.items()}, **t["heads"]}
+        self.raw_model.load_state_dict(state)
+        self.optimizer.load_state_dict(t["optimizer"])
+        self.scaler.load_state_dict(t["scaler"])
+        runtime.set_python_rng_state(self.width_rng, t["width_rng"])
+        if len(t["rng"]) == self.dist.world:
+            runtime.set_global_rng_state(t["rng"][self.dist.rank])
+        else:
+            log.warning("resuming on %d process(es) from a %d-process run: augmentation RNG reseeded",
+                        self.dist.world, len(t["rng"]))
+            runtime.seed_everything(self.cfg.seed + 7919 * ckpt.epoch + self.dist.rank)
+        self.start_epoch, self.global_step = ckpt.epoch, int(t["global_step"])
+        log.info("resumed from %s at epoch %d", self.checkpoint_path, ckpt.epoch)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, until_epoch: int | None = None) -> Path:
+        """Train the remaining epochs; returns the checkpoint path (on every rank).
+
+        Args:
+            until_epoch: stop after this many completed epochs (the schedule still spans
+                ``cfg.epochs``; a later ``resume`` run continues from there).
+        """
+        cfg = self.cfg
+        stop = cfg.epochs if until_epoch is None else min(int(until_epoch), cfg.epochs)
+        writer = _MetricsWriter(self.out_dir, self.start_epoch, cfg.tensorboard) if self.dist.is_main else None
+        total = cfg.epochs * self.steps_per_epoch
+        try:
+            if self.start_epoch >= cfg.epochs:
+                log.info("nothing to do: checkpoint already has %d of %d epochs", self.start_epoch, cfg.epochs)
+            for epoch in range(self.start_epoch, stop):
+                record = self._train_epoch(epoch, total)
+                stats = measure_collapse(self.raw_model.online_encoder(), self.held_out, self._probe_widths(),
+                                         cfg.collapse_std_ratio)
+                record["collapse"] = [s.to_dict() for s in stats]
+                if writer is not None:  # metrics first: a resumed run rewrites records after its epoch
+                    writer.write(record)
+                if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, stop):
+                    self._save(epoch + 1)
+                report_collapse(stats, epoch + 1, cfg.fail_on_collapse)
+        finally:
+            if writer is not None:
+                writer.close()
+            if self.dist.owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+        return self.checkpoint_path
+
+    def _probe_widths(self) -> list[float]:
+        c = self.cfg
+        if c.method == "single":
+            return [c.single_width]
+        return sorted({round(c.width_min + i * (c.width_max - c.width_min) / 3, 6) for i in range(4)})
+
+    def _train_epoch(self, epoch: int, total: int) -> dict:
+        cfg = self.cfg
+        lr = runtime.lr_at(epoch, cfg.epochs, cfg.lr, cfg.lr_warmup_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        order = runtime.shard_indices(len(self.images01), epoch, cfg.seed, self.dist.rank, self.dist.world)
+        sums: dict[str, torch.Tensor] = {}
+        n_widths, t0, shown = 0, time.perf_counter(), {}
+        all_finite = torch.ones((), dtype=torch.bool, device=self.device)
+        self.raw_model.train()
+        pin = self.device.type == "cuda"
+        for step in range(self.steps_per_epoch):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            batch = self.images01[idx]
+            x = (batch.pin_memory() if pin else batch).to(self.device, non_blocking=True)
+            v1, v2 = two_views(self.augment, x)
+            widths = iteration_widths(self.width_rng, epoch, cfg.epochs, cfg.method, cfg.num_widths, cfg.width_min,
+                                      cfg.width_max, cfg.sandwich, cfg.schedule, cfg.single_width,
+                                      self.dist.distributed)
+            m = (cosine_momentum(self.global_step, total, cfg.ema_momentum, 1.0) if cfg.ema_cosine
+                 else cfg.ema_momentum)
+            out = train_step(self.parts, v1, v2, widths, epoch, m)
+            all_finite &= out.pop("finite")
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_widths += len(widths)
+            self.global_step += 1
+            last = step + 1 == self.steps_per_epoch
+            if (step + 1) % cfg.log_interval == 0 or last:
+                check_finite(all_finite, epoch + 1, step + 1)  # note: a CPU-GPU sync point
+                shown = {k: float(v) / (step + 1) for k, v in sums.items()}
+                if self.progress is not None and self.dist.is_main:
+                    ips = (step + 1) * cfg.batch_size * self.dist.world / (time.perf_counter() - t0)
+                    self.progress(epoch * self.steps_per_epoch + step + 1, total,
+                                  f"ep {epoch + 1}/{cfg.epochs} loss {shown['loss_base']:.3f} "
+                                  f"distill {shown['loss_distill']:.3f} {ips:.0f} img/s")
+        elapsed = time.perf_counter() - t0
+        images = self.steps_per_epoch * cfg.batch_size * self.dist.world
+        return {"epoch": epoch + 1, "lr": lr, "steps": self.steps_per_epoch, "global_step": self.global_step,
+                "widths_per_iter": n_widths / self.steps_per_epoch, **shown,
+                "images_per_s": images / elapsed, "epoch_time_s": elapsed}
+
+
+def resume_visibility(seen: list[bool], path: Path) -> bool:
+    """Whether every rank can resume from ``path`` (``seen[r]``: rank r sees the file).
+
+    Raises:
+        ConfigError: some ranks see it and others do not (``--out`` is not on a shared file
+            system): they would silently train from different states.
+    """
+    if all(seen):
+        return True
+    if any(seen):
+        missing = ", ".join(str(r) for r, s in enumerate(seen) if not s)
+        raise ConfigError(f"--resume: rank(s) {missing} cannot see {path}; with several nodes, --out must be a "
+                          "folder every node shares (NFS or similar) so all ranks resume from the same state")
+    return False
+
+
+class _MetricsWriter:
+    """Per-epoch records to ``metrics.jsonl`` (rewritten up to the resume epoch) and TensorBoard."""
+
+    def __init__(self, out_dir: Path, start_epoch: int, tensorboard: bool) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / METRICS_NAME
+        kept = []
+        if self.path.is_file():  # drop records of epochs the resumed run will redo
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("epoch", 0) <= start_epoch:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue
+        self.path.write_text("".join(k + "\n" for k in kept))
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+            except ImportError:
+                log.warning("tensorboard is not installed; metrics go to %s only", self.path)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(f"train/{k}", v, record["epoch"])
+            for s in record.get("collapse", []):
+                self.tb.add_scalar(f"collapse/std_ratio_w{s['width']:g}", s["std_ratio"], record["epoch"])
+                self.tb.add_scalar(f"collapse/eff_rank_w{s['width']:g}", s["eff_rank"], record["epoch"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> Path:
+    """Train per ``cfg`` and return the checkpoint path.
+
+    Args:
+        cfg: the run configuration (see :class:`~us3l.train.config.TrainConfig`).
+        progress: optional ``fn(steps_done, total_steps, status)`` called at the log interval (rank 0).
+
+    Raises:
+        ConfigError / DataError / CheckpointError: bad options, data or resume state.
+        TrainingDivergedError: the loss became NaN/inf.
+        CollapseError: collapse detected with ``fail_on_collapse``.
+
+    Examples:
+        >>> from us3l.train.config import TrainConfig
+        >>> path = train(TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=2, out_dir="/tmp/run"))
+    """
+    return Trainer(cfg, progress).fit()

@@ -1,0 +1,149 @@
+"""Process-level plumbing of a training run: device, process group, data shards, RNG state.
+
+Everything returned here is plain data so that it fits a ``weights_only`` checkpoint: RNG states
+become tensors, lists and numbers (and back).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from us3l.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank layout of this process (``world == 1`` without ``torchrun``)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # True when this run created the process group (and must destroy it)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` → CUDA when available else CPU; ``"cuda"`` under DDP → ``cuda:<local_rank>``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available; valid here: cpu, auto")
+        device = torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the ``torchrun`` process group from the environment (gloo on CPU, NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return DistInfo(rank, world, local_rank, owns_group=False)
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    log.info("joined process group: rank %d of %d (%s)", rank, world, dist.get_backend())
+    return DistInfo(rank, world, local_rank, owns_group=True)
+
+
+def shard_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's sample order for ``epoch`` (``DistributedSampler`` semantics, padding-free).
+
+    One permutation per epoch from ``(seed, epoch)`` — identical on every rank and on resume —
+    truncated to a multiple of ``world`` and strided by rank, so every rank gets the same count.
+    """
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    usable = (n // world) * world
+    return perm[:usable][rank::world]
+
+
+def lr_at(epoch: int, epochs: int, base: float, warmup_epochs: int = 0) -> float:
+    """Per-epoch learning rate: optional linear warm-up, then ``base * (1 + cos(pi * e / E)) / 2``."""
+    if epoch < warmup_epochs:
+        return base * (epoch + 1) / warmup_epochs
+    span = max(epochs - warmup_epochs, 1)
+    return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+
+def python_rng_state(rng: random.Random) -> dict:
+    """``random.Random`` state as plain data."""
+    version, internal, gauss = rng.getstate()
+    return {"version": int(version), "internal": [int(v) for v in internal], "gauss": gauss}
+
+
+def set_python_rng_state(rng: random.Random, state: dict) -> None:
+    rng.setstate((int(state["version"]), tuple(int(v) for v in state["internal"]), state["gauss"]))
+
+
+def global_rng_state() -> dict:
+    """Torch CPU/CUDA, numpy and stdlib ``random`` global states as plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "random": _stdlib_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _stdlib_state() -> dict:
+    version, internal, gauss = random.getstate()  # the module-level generator libraries may use
+    return {"version": int(version), "internal": [int(v) for v in internal], "gauss": gauss}
+
+
+def set_global_rng_state(state: dict) -> None:
+    """Inverse of :func:`global_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached"]))
+    rs = state["random"]
+    random.setstate((int(rs["version"]), tuple(int(v) for v in rs["internal"]), rs["gauss"]))  # stdlib global
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_objects(info: DistInfo, mine: Any) -> list:
+    """Every rank's ``mine`` (picklable), in rank order (collective under DDP)."""
+    if not info.distributed:
+        return [mine]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def gather_rng_states(info: DistInfo) -> list[dict]:
+    """Every rank's global RNG state, in rank order (collective under DDP)."""
+    return gather_objects(info, global_rng_state())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU + CUDA), numpy and stdlib ``random`` (global generators used by libraries)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    random.seed(seed)
