@@ -163,7 +163,7 @@ def test_recalibrates_on_the_checkpoint_training_data(tmp_path):
     assert side["input"]["normalization"]["mean"] and side["parity"]["passed"]
 
 
-def test_head_batch_and_torchscript(tmp_path):
+def test_head_batch_and_exported_program(tmp_path):
     feat = get_model(ARCH).feature_dim(0.5)
     head = tmp_path / "probe.pt"
     torch.save({"weight": torch.randn(10, feat), "bias": torch.randn(10)}, head)
@@ -172,8 +172,13 @@ def test_head_batch_and_torchscript(tmp_path):
     side = json.loads(a.sidecar.read_text())
     assert a.feature_dim == 10 and side["output"]["name"] == "logits" and a.input_shape == (3, 3, 16, 16)
     assert "_b3" in a.path.name and a.parity["max_abs_err"] <= 1e-4
-    ts = export(ExportConfig(arch=ARCH, widths="0.5", out_dir=str(tmp_path / "h"), format="torchscript"))
-    assert ts.artifacts[0].path.suffix == ".pt" and ts.artifacts[0].parity["max_abs_err"] <= 1e-5
+    pt2 = export(ExportConfig(arch=ARCH, widths="0.5", out_dir=str(tmp_path / "h"), format="pt2"))
+    assert pt2.artifacts[0].path.suffix == ".pt2" and pt2.artifacts[0].parity["max_abs_err"] <= 1e-5
+    program = torch.export.load(str(pt2.artifacts[0].path))  # a real ExportedProgram with a dynamic batch
+    with torch.no_grad():
+        assert program.module()(torch.zeros(5, 3, 16, 16)).shape == (5, pt2.artifacts[0].feature_dim)
+    engine = ExportConfig(arch=ARCH, format="engine")  # the TensorRT users' name for the format
+    assert engine.format == "trt"
 
 
 @pytest.mark.parametrize("kwargs,error", [

@@ -231,7 +231,7 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
         source: a checkpoint file, a :class:`SlimmableModel` (its in-memory BN bank is used) or an
             architecture name (untrained, for latency planning); ``None`` with ``arch=``.
         widths: ``0.35``, ``"0.25,0.5"``, a range ``"0.25:1.0:0.05"`` or floats (aliases export once).
-        format: ``onnx``, ``trt`` or ``torchscript``.
+        format: ``onnx``, ``trt`` (alias ``engine``) or ``pt2`` (torch.export).
         out: output directory (created only when every width passed its parity gate).
         options: other :class:`us3l.export.ExportConfig` fields: ``batch``, ``opset``, ``snap``,
             ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``input_size``,

@@ -10,7 +10,7 @@ Stable API (used by ``us3l export`` and by ``us3l.bench``)::
     result.for_width(0.35).path            # the file serving a width (directly or as an alias)
 
 - :class:`ExportConfig` (frozen): source (``checkpoint`` or ``arch``), ``widths``, ``format``
-  (``onnx`` | ``trt`` | ``torchscript``), ``out_dir``, ``batch`` (None = dynamic), ``opset``
+  (``onnx`` | ``trt`` | ``pt2``), ``out_dir``, ``batch`` (None = dynamic), ``opset``
   (default 17), ``snap`` (8/16/32), ``precision`` (fp32/fp16/int8), ``calib_data``, tolerances,
   ``include_head``, ``input_size``, ``force`` and TensorRT build options.
 - :func:`export` → :class:`ExportResult` (``artifacts: list[Artifact]``, ``out_dir``, ``seconds``).

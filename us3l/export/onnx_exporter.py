@@ -1,15 +1,20 @@
 """ONNX exporter: one self-contained ``.onnx`` file per width.
 
-Choices (DEPLOY-NOTES §7, §8):
+Choices (docs/deployment.md):
 
-- **Exporter: the TorchScript-based ("legacy") exporter** (``torch.onnx.export(dynamo=False)``)
-  by default. It always writes a single self-contained file (weights inline, no ``.onnx.data``
-  sidecar), takes 0.2–1 s for ResNet-18 instead of 3–9 s for the dynamo exporter (a 16-width
-  ladder must finish in a minute on 2 cores) and folds BN into Conv. Its graph for our plain
-  Conv/BN/ReLU/Add/pool/Gemm networks is what every TensorRT parser accepts. ``exporter="dynamo"``
-  (option) uses the torch.export-based exporter with ``external_data=False`` so the file stays
-  self-contained; use it if a future torch removes the legacy path.
-- **Default opset 17** (:data:`DEFAULT_OPSET`): see its comment.
+- **Exporter: torch's dynamo-based exporter** (``torch.onnx.export(dynamo=True)``), the path torch
+  supports going forward, with ``external_data=False`` so each file is self-contained (no
+  ``.onnx.data``). Its optimizer folds BatchNorm into Conv; the graph of a ResNet is Conv, Relu,
+  Add, ReduceMean and Reshape only. It natively writes opset 18 or newer.
+- **The opset asked for is the opset written.** Opset 17 (the default: JetPack 5's TensorRT 8.5
+  parser stops there) is reached by lowering the opset-18 graph ourselves: the only operators of
+  our networks whose schema changed between 17 and 18 are the Reduce* family (``axes`` moved from
+  an attribute to an input), which :func:`lower_opset` rewrites. Any other operator that opset
+  17 cannot express makes the export fail with one line, never a silently different opset (torch's
+  own fallback writes 18 when asked for 17).
+- **The legacy TorchScript-based exporter** stays as an explicit, tested fallback
+  (``onnx_exporter="torchscript"``; torch marks it deprecated). It is about 2x faster on a
+  ladder (measured in perf/export_speed.py) and writes opsets 13..21 natively.
 - **onnxsim** simplification (shape inference + constant folding) after export, then
   ``onnx.checker.check_model(full_check=True)``; the pipeline's parity gate runs the file in ONNX
   Runtime against the slimmable PyTorch model.
@@ -18,12 +23,13 @@ Choices (DEPLOY-NOTES §7, §8):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +46,14 @@ log = logging.getLogger(__name__)
 # (ONNX 1.12 era; TensorRT 8.5 support matrix) and is well inside what TensorRT 10.3 (JetPack 6,
 # parser opsets 9..20) and TensorRT 11 (9..25) accept, so one file builds on every current Jetson
 # and desktop TensorRT. Newer opsets buy nothing here: the graph only uses Conv, Relu/Clip, Add,
-# GlobalAveragePool, Flatten and Gemm, unchanged since opset 13. torch 2.13's dynamo default
-# (opset 20) would be rejected by JetPack 5's parser.
+# ReduceMean/GlobalAveragePool, Flatten/Reshape and Gemm/MatMul, unchanged since opset 13.
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 21
-ONNX_EXPORTERS = ("torchscript", "dynamo")
+ONNX_EXPORTERS = ("dynamo", "torchscript")
+DEFAULT_EXPORTER = "dynamo"
+DYNAMO_NATIVE_OPSET = 18  # the oldest opset torch's dynamo exporter writes itself
+_REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
 
 
 def _require(module: str, extra: str = "") -> Any:
@@ -58,27 +67,105 @@ def _require(module: str, extra: str = "") -> Any:
         ) from None
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's known, harmless chatter, and nothing else.
+
+    - torch's ONNX registry logs one warning per torchvision operator when torchvision is absent
+      (we never use those operators); its logger is raised to ERROR for the duration.
+    - torch 2.13's pytree emits ``FutureWarning: isinstance(treespec, LeafSpec) is deprecated``
+      from inside torch.export (torch's own call, not ours).
+    - The legacy exporter announces its own deprecation; the user chose it explicitly.
+    """
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
+                                    category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
+            yield
+    finally:
+        registry_log.setLevel(level)
+
+
+def lower_opset(model: Any, target: int) -> Any:
+    """Rewrite an ONNX model to an older default-domain opset, or refuse.
+
+    Reduce* nodes take their constant ``axes`` input back as an attribute (the opset-18 change);
+    every other node must have the same schema at ``target`` as at the model's opset, otherwise
+    the conversion is refused with the operator's name.
+
+    Raises:
+        ExportError: a node cannot be expressed at ``target``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    current = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if target >= current:
+        return model
+    consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type in _REDUCE_OPS and target < 18 and not (node.op_type == "ReduceSum" and target >= 13):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if len(node.input) > 1 and node.input[1]:
+                if node.input[1] not in consts:
+                    raise ExportError(f"cannot write opset {target}: {node.op_type} has computed axes; use --opset 18 or newer")
+                attrs["axes"] = [int(a) for a in np.atleast_1d(consts[node.input[1]])]
+            if attrs.pop("noop_with_empty_axes", 0) and not attrs.get("axes"):
+                raise ExportError(f"cannot write opset {target}: {node.op_type} with noop_with_empty_axes; use --opset 18 or newer")
+            del node.input[1:]
+            del node.attribute[:]
+            node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in sorted(attrs.items()))
+            continue
+        now = onnx.defs.get_schema(node.op_type, current, node.domain).since_version
+        try:
+            then = onnx.defs.get_schema(node.op_type, target, node.domain).since_version
+        except onnx.defs.SchemaError:  # the operator does not exist yet at the target opset
+            then = 0
+        if now != then:
+            raise ExportError(f"cannot write opset {target}: operator {node.op_type} changed in opset {now}; "
+                              f"use --opset {max(now, DYNAMO_NATIVE_OPSET)} or newer, or --onnx-exporter torchscript")
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    for node in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        model.graph.node.remove(node)  # the axes the Reduce nodes took back
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = target
+    del model.graph.value_info[:]  # shapes are re-inferred by the checker / onnxsim
+    return model
+
+
 def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool,
                         input_name: str = "input", output_name: str = "features",
-                        exporter: str = "torchscript") -> bytes:
-    """Serialise a plain module to ONNX bytes (single file, weights inline).
+                        exporter: str = DEFAULT_EXPORTER) -> bytes:
+    """Serialise a plain module to ONNX bytes (single file, weights inline) at exactly ``opset``.
 
     Args:
         model: a static network in eval mode.
         example: an example input (its batch size is irrelevant when ``dynamic_batch``).
-        opset: target opset.
+        opset: target opset; the file is written at this opset or the call fails.
         dynamic_batch: name axis 0 ``batch`` on input and output.
         input_name / output_name: graph I/O names.
-        exporter: ``torchscript`` (default, fast, always single-file) or ``dynamo``.
+        exporter: ``dynamo`` (default, torch's supported exporter) or ``torchscript`` (legacy, faster).
 
     Raises:
-        ExportError: torch could not export the module.
+        ExportError: torch could not export the module, or the opset cannot express it.
     """
     if exporter not in ONNX_EXPORTERS:
         raise ExportError(f"unknown ONNX exporter {exporter!r}; valid: {', '.join(ONNX_EXPORTERS)}")
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with _quiet_exporter(), torch.no_grad():
         try:
             if exporter == "torchscript":
                 axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
@@ -86,12 +173,13 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
                                   input_names=[input_name], output_names=[output_name], dynamic_axes=axes)
                 return buf.getvalue()
             shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, external_data=False,
-                                        input_names=[input_name], output_names=[output_name],
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, DYNAMO_NATIVE_OPSET),
+                                        external_data=False, input_names=[input_name], output_names=[output_name],
                                         dynamic_shapes=shapes, verbose=False)
-            return program.model_proto.SerializeToString()
+            proto = program.model_proto
         except Exception as exc:  # torch raises many types; surface one line
             raise ExportError(f"torch.onnx.export ({exporter}) failed: {str(exc).splitlines()[0][:200]}") from exc
+    return lower_opset(proto, opset).SerializeToString()
 
 
 def simplify_onnx(model: Any) -> Any:
@@ -149,7 +237,7 @@ def batched_runner(run_batch: Callable[[np.ndarray], np.ndarray], batch: int | N
 class OnnxExporter(Exporter):
     """Plain static network → simplified, checked, self-contained ONNX file.
 
-    Options (``ExportRequest.options``): ``exporter`` (``torchscript`` | ``dynamo``).
+    Options (``ExportRequest.options``): ``exporter`` (``dynamo`` | ``torchscript``).
 
     Examples:
         >>> from pathlib import Path
@@ -171,7 +259,7 @@ class OnnxExporter(Exporter):
         onnx = _require("onnx")
         if not MIN_OPSET <= req.opset <= MAX_OPSET:
             raise ExportError(f"opset {req.opset} is not supported; valid: {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-        exporter = req.options.get("exporter", "torchscript")
+        exporter = req.options.get("exporter", DEFAULT_EXPORTER)
         start = time.perf_counter()
         log.info("Exporting ONNX (%s exporter, opset %d) -> %s", exporter, req.opset, req.path.name)
         example = torch.zeros((req.batch or 2, *req.input_shape))
@@ -187,6 +275,9 @@ class OnnxExporter(Exporter):
             onnx.checker.check_model(data, full_check=True)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"exported ONNX failed onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+        written = graph_summary(model)["opset"]
+        if written != req.opset:  # the opset asked for is the opset written, or nothing is written
+            raise ExportError(f"the {exporter} exporter wrote opset {written}, not the {req.opset} asked for")
         req.path.parent.mkdir(parents=True, exist_ok=True)
         req.path.write_bytes(data)
         log.info("ONNX written in %.2fs (%d nodes)", time.perf_counter() - start, len(model.graph.node))

@@ -1,6 +1,6 @@
 """Exporter registry: ``register_exporter(name)``, ``get_exporter(name)``, ``list_exporters()``.
 
-One small class per format, keyed by the format name (``onnx``, ``trt``, ``torchscript``).
+One small class per format, keyed by the format name (``onnx``, ``trt``, ``pt2``).
 An exporter turns a plain static network (from :func:`us3l.core.slicing.slice_to_width`) into
 one file and can run that file for the parity gate.
 """
@@ -86,7 +86,7 @@ class Exporter(ABC):
 
 def _load_builtin() -> None:
     # Importing the format modules registers them; they import their heavy backends lazily.
-    from . import onnx_exporter, torchscript_exporter, trt_exporter  # noqa: F401
+    from . import onnx_exporter, pt2_exporter, trt_exporter  # noqa: F401
 
 
 _EXPORTERS: Registry[type[Exporter]] = Registry("export format", _load_builtin)
