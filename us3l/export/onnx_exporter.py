@@ -1,6 +1,6 @@
 """ONNX exporter: one self-contained ``.onnx`` file per width.
 
-Choices (DEPLOY-NOTES §7, §8):
+Choices (docs/deployment.md §6, §7):
 
 - **Exporter: the TorchScript-based ("legacy") exporter** (``torch.onnx.export(dynamo=False)``)
   by default. It always writes a single self-contained file (weights inline, no ``.onnx.data``
