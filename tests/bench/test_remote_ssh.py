@@ -121,7 +121,7 @@ def test_agent_end_to_end_over_ssh(sshd, tiny_artifacts):
     assert not Path(tmp).exists()
     narrow, wide = (compute_stats(result.times[(i, 1)]) for i in (0, 1))
     assert narrow.n >= 2 * timing.min_runs and wide.n >= 2 * timing.min_runs
-    assert narrow.p50_ms < wide.p50_ms  # width 0.25 vs 1.0: ~15x apart in ONNX Runtime (DEPLOY-NOTES §14.3)
+    assert narrow.p50_ms < wide.p50_ms  # width 0.25 vs 1.0: ~15x apart in ONNX Runtime (docs/deployment.md §15.4)
     assert result.environment["onnxruntime"]
 
 

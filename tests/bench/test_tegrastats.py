@@ -1,4 +1,4 @@
-"""tegrastats parsing on the lines quoted in DEPLOY-NOTES §3 (tegrastats cannot run here: no Jetson).
+"""tegrastats parsing on real tegrastats lines (docs/deployment.md §4) (tegrastats cannot run here: no Jetson).
 
 The Orin Nano line is the real capture as quoted (its elided CPU list ``…`` kept); the AGX Orin
 rails are the quoted fragment. The sampler's shell snippet is checked as pure logic.

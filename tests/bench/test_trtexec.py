@@ -1,7 +1,7 @@
 """trtexec parsers on REAL captured outputs and command lines per TensorRT version (pure logic).
 
-trtexec and TensorRT cannot run here (no GPU, not installable on the CI machines, DEPLOY-NOTES
-§14.2): the stdout parser is tested on the verbatim captures in ``trtexec_captures.py`` (sources
+trtexec and TensorRT cannot run here (no GPU, not installable on the CI machines,
+docs/deployment.md §15.3): the stdout parser is tested on the verbatim captures in ``trtexec_captures.py`` (sources
 named there), ``--exportTimes`` on a constructed example of its documented format, and the command
 lines as pure functions.
 """

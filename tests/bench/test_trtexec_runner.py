@@ -4,7 +4,7 @@ trtexec, tegrastats and nvpmodel cannot run here (no GPU, no Jetson). A STAND-IN
 plays trtexec: it records its arguments, creates the ``--saveEngine`` file, prints the REAL
 TensorRT 10 capture (NVIDIA/TensorRT#4177, see ``trtexec_captures.py``) and, in one variant,
 writes the CONSTRUCTED ``--exportTimes`` example; a stand-in tegrastats prints the real Orin Nano
-line quoted in DEPLOY-NOTES §3. What is tested is our code around them: command lines, engine
+line quoted in docs/deployment.md §4. What is tested is our code around them: command lines, engine
 build then timed rounds, trace parsing, the stdout fallback, power sampling and energy.
 """
 

@@ -1,11 +1,11 @@
 """REAL trtexec console captures used as parser fixtures (trtexec cannot run on the CI machines).
 
-Each block is copied verbatim from the public source named above it (quoted in
-../shared/docs/DEPLOY-NOTES.md §4.3, or found in the cited GitHub thread). Nothing here is
+Each block is copied verbatim from the public source named above it (listed in
+docs/deployment.md §5.3, or found in the cited GitHub thread). Nothing here is
 synthesised, except where a constant says "constructed".
 """
 
-# TensorRT 10, NVIDIA/TensorRT#4177 (DEPLOY-NOTES §4.3).
+# TensorRT 10, NVIDIA/TensorRT#4177 (docs/deployment.md §5.3).
 TRT10 = """\
 [10/03/2024-10:47:59] [I] === Performance summary ===
 [10/03/2024-10:47:59] [I] Throughput: 130.298 qps
@@ -19,7 +19,7 @@ TRT10 = """\
 [10/03/2024-10:47:59] [W] * Throughput may be bound by Enqueue Time rather than GPU Compute and the GPU may be under-utilized.
 """
 
-# Jetson Nano, TensorRT 8.x, --fp16 (NobuoTsukamoto/tensorrt-examples README; DEPLOY-NOTES §4.3).
+# Jetson Nano, TensorRT 8.x, --fp16 (NobuoTsukamoto/tensorrt-examples README; docs/deployment.md §5.3).
 TRT8_NANO = """\
 [12/02/2021-19:58:58] [I] === Performance summary ===
 [12/02/2021-19:58:58] [I] Throughput: 9.85818 qps
@@ -51,7 +51,7 @@ TRT84_YOLOV7 = """\
 """
 
 # TensorRT 7 multi-line block with "end to end" per-window lines, NVIDIA/TensorRT#2054 (the part the
-# thread shows; DEPLOY-NOTES §4.3 quotes its fragments).
+# thread shows; docs/deployment.md §5.3 describes the format).
 TRT7_BLOCK = """\
 [06/12/2022-22:34:00] [I] Average on 10 runs - GPU latency: 1.56245 ms - Host latency: 1.65786 ms (end to end 2.76426 ms, enqueue 0.943042 ms)
 [06/12/2022-22:34:00] [I] Average on 10 runs - GPU latency: 1.56167 ms - Host latency: 1.65811 ms (end to end 3.02041 ms, enqueue 0.936011 ms)
@@ -69,7 +69,7 @@ TRT7_BLOCK = """\
 """
 
 # "Average on N runs" without "end to end" (TRT >= 8.4), the CoV warning and the PASSED trailer
-# (DEPLOY-NOTES §4.3, lines as quoted there).
+# (sources in docs/deployment.md §5.3).
 MISC_LINES = """\
 Average on 10 runs - GPU latency: 22.1307 ms - Host latency: 22.1888 ms (enqueue 0.0616455 ms)
 [W] * GPU compute time is unstable, with coefficient of variance = 2.10486%.

@@ -29,7 +29,7 @@ def test_bench_writes_reports_and_latency_grows_with_width(tmp_path):
     assert [r["width"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
     assert all({"width", "p50_ms", "p95_ms", "macs", "channels", "throughput"} <= r.keys() for r in rows)
     assert isinstance(report["chosen"], dict) and report["chosen"]["width"] in (0.25, 0.5, 0.75, 1.0)
-    # ONNX Runtime CPU latency tracks MACs (~w^2): a ~15x margin between widths 0.25 and 1.0 (DEPLOY-NOTES §14.3)
+    # ONNX Runtime CPU latency tracks MACs (~w^2): a ~15x margin between widths 0.25 and 1.0 (docs/deployment.md §15.4)
     assert rows[-1]["p50_ms"] > rows[0]["p50_ms"]
     assert len(list(csv.DictReader((out / "latency.csv").open()))) == 4
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"

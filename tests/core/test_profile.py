@@ -10,7 +10,7 @@ from us3l.core.slicing import slice_to_width
 
 @pytest.mark.parametrize("width,mmacs,mparams", [(1.0, 555.4, 11.17), (0.75, 312.8, 6.29), (0.5, 139.3, 2.80), (0.25, 35.0, 0.70)])
 def test_resnet18_cifar_costs_match_deploy_notes(width, mmacs, mparams):
-    # DEPLOY-NOTES §14.3 measured these on hand-sliced networks with hooks.
+    # docs/deployment.md §15.4 records these on hand-sliced networks with hooks.
     p = profile_width(get_model("us_resnet18_cifar"), width)
     assert p.macs / 1e6 == pytest.approx(mmacs, abs=0.1)
     assert p.params / 1e6 == pytest.approx(mparams, abs=0.01)

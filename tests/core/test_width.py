@@ -1,4 +1,4 @@
-"""The channel rule (METHOD.md §2.1) pinned against the method's table, and width parsing."""
+"""The channel rule (docs/method.md §2.1) pinned against the method's table, and width parsing."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from us3l.core.errors import WidthError
 from us3l.core.width import channels_at, format_width, make_divisible, parse_widths, validate_width
 
-# METHOD.md §2.2 table: width -> channels for 64/128/256/512/2048.
+# docs/method.md §2.3 table: width -> channels for 64/128/256/512/2048.
 TABLE = {
     0.25: (16, 32, 64, 128, 512),
     0.30: (24, 40, 80, 152, 616),

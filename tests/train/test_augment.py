@@ -1,4 +1,4 @@
-"""Two-view kornia augmentation (METHOD.md §9): shapes, independence, seeding, blur only for large inputs."""
+"""Two-view kornia augmentation (docs/method.md §12.2): shapes, independence, seeding, blur only for large inputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""EMA teacher: update rule over parameters only, frozen gradients, momentum schedules (METHOD.md §5, §12)."""
+"""EMA teacher: update rule over parameters only, frozen gradients, momentum schedules (docs/method.md §5.3, §13)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-width evaluation (METHOD.md §10): BN recalibration per width, kNN, linear probe, accuracy.json, `us3l eval`."""
+"""Per-width evaluation (docs/method.md §10, §11): BN recalibration per width, kNN, linear probe, accuracy.json, `us3l eval`."""
 
 from __future__ import annotations
 

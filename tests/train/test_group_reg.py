@@ -1,4 +1,4 @@
-"""Group regularization (METHOD.md §8): bins, ramp values, exclusions, gradient = width-aware weight decay."""
+"""Group regularization (docs/method.md §9): bins, ramp values, exclusions, gradient = width-aware weight decay."""
 
 from __future__ import annotations
 

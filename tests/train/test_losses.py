@@ -1,4 +1,4 @@
-"""Each loss of METHOD.md §4 against an explicit-loop hand computation."""
+"""Each loss of docs/method.md §6 against an explicit-loop hand computation."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _dot(a: list[float], b: list[float]) -> float:
 
 
 def _ntx_loop(a: torch.Tensor, b: torch.Tensor, t: float) -> float:
-    """ntx(a, b) written exactly as METHOD.md §4 states it."""
+    """ntx(a, b) written exactly as docs/method.md §6 states it."""
     batch = a.shape[0]
     rows = [_unit(a[i]) for i in range(batch)] + [_unit(b[i]) for i in range(batch)]
     total = 0.0

@@ -1,4 +1,4 @@
-"""Recipes reproduce METHOD §9/§12, and TrainConfig validation speaks in ConfigError lines."""
+"""Recipes reproduce docs/method.md §12/§13, and TrainConfig validation speaks in ConfigError lines."""
 
 from __future__ import annotations
 
@@ -54,11 +54,11 @@ def test_recipes_match_the_paper_configs(name, expect):
     for key, value in expect.items():
         assert getattr(cfg, key) == value, f"{name}.{key}"
     assert cfg.num_widths == 3 and cfg.sandwich and cfg.width_min == 0.25 and cfg.width_max == 1.0
-    if cfg.group_reg:  # GroupReg replaces weight decay with lambda = wd / 2 (METHOD §8)
+    if cfg.group_reg:  # GroupReg replaces weight decay with lambda = wd / 2 (docs/method.md §9)
         assert cfg.reg_lambda == pytest.approx(cfg.weight_decay / 2)
         assert cfg.group_reg_alpha == 0.05 and cfg.group_reg_bins == 8
     if cfg.ssl != "mocov3":
-        assert cfg.crop_scale_min == 0.2  # RandomResizedCrop scale (0.2, 1.0), METHOD §9
+        assert cfg.crop_scale_min == 0.2  # RandomResizedCrop scale (0.2, 1.0), docs/method.md §12.2
         assert cfg.ema_momentum == 0.99 and not cfg.ema_cosine and cfg.momentum == 0.9
 
 

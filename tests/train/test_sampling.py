@@ -1,4 +1,4 @@
-"""Width sampling (METHOD.md §7, §14.1, §14.12, §14.15): sandwich for any N, clamped schedule A, rank agreement."""
+"""Width sampling (docs/method.md §8, §15.1, §15.12, §15.15): sandwich for any N, clamped schedule A, rank agreement."""
 
 from __future__ import annotations
 

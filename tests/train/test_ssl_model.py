@@ -60,7 +60,7 @@ def test_width_independent_features_use_plain_linear():
     backbone = get_model("us_mobilenet_v2_cifar")
     m = SSLModel(backbone, "byol", "us3l", 32, 16, 24)
     assert type(m.projector[0]) is nn.Linear and m.projector[0].in_features == 1280
-    assert m.projector[3].bias is None  # BYOL's middle Linear has no bias (METHOD §3)
+    assert m.projector[3].bias is None  # BYOL's middle Linear has no bias (docs/method.md §5.1)
 
 
 def test_heads_are_named_for_the_group_regularizer():

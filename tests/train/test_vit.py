@@ -1,4 +1,4 @@
-"""us_vit_tiny (METHOD.md §12): input-slimmed linears, slicing invariant, full-size CLS features."""
+"""us_vit_tiny (docs/method.md §13): input-slimmed linears, slicing invariant, full-size CLS features."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
         dataset / data_root / image_size: evaluation data (default: the checkpoint's training set).
         calib_batches / batch_size: BN recalibration batches and the inference batch size.
         knn_k: neighbours (default 20, or 200 on sets of 10 000+ images).
-        linear_preset: ``fast`` or ``cifar`` (METHOD.md §10's recipe).
+        linear_preset: ``fast`` or ``cifar`` (docs/method.md §11's recipe).
         store_bn: keep the calibrated statistics in the checkpoint's BN bank (rewrites the file atomically).
         device: torch device.
 

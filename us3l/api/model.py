@@ -2,7 +2,7 @@
 user does with it in Python: list widths, calibrate BN at a width, run or slice a width, export
 it, evaluate and benchmark it.
 
-BN statistics (METHOD.md §11): training keeps none, so every width needs statistics before it
+BN statistics (docs/method.md §10): training keeps none, so every width needs statistics before it
 runs in eval mode. They come from the checkpoint's per-width bank (``us3l eval --store-bn`` or
 :meth:`SlimmableModel.calibrate`), including a bank width that slices to the identical network.
 Untrained architectures (latency planning) are calibrated on random images on demand.

@@ -2,7 +2,7 @@
 
 Pure functions only (the runner in ``runners/trtexec_runner.py`` executes them). Statistics come
 from the raw per-iteration ``--exportTimes`` JSON; the stdout parser is the fallback and reads
-every summary format DEPLOY-NOTES §4.3 quotes: the TRT 7 multi-line block, the TRT 8.x one-line
+every summary format of docs/deployment.md §5.3: the TRT 7 multi-line block, the TRT 8.x one-line
 metrics (with ``End-to-End Host Latency``), TRT 8.4's single ``percentile(99%)``, TRT 8.6/10's
 three percentiles, ``Average on N runs`` window lines, the CoV stability warning and the
 ``&&&& PASSED/RUNNING ... [TensorRT vNNNN]`` trailer.
@@ -170,7 +170,7 @@ def _pct_key(p: str) -> str:
 
 
 def parse_stdout(text: str) -> dict:
-    """Parse a trtexec log (any version DEPLOY-NOTES quotes) into a summary dict.
+    """Parse a trtexec log (any version in docs/deployment.md §5.3) into a summary dict.
 
     Returns:
         ``{"version", "result" ("PASSED"/"FAILED"/"RUNNING"/None), "throughput_qps",

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         calib_batches: Annotated[int, typer.Option(help="Training batches (of --batch-size images) to recalibrate BN at each width.")] = 50,
         batch_size: Annotated[int, typer.Option(help="Images per inference and calibration batch.")] = 256,
         knn_k: Annotated[int | None, typer.Option(help="kNN neighbours.  [default: 20, or 200 on sets of 10k+ images]")] = None,
-        linear_preset: Annotated[str, typer.Option(help="Linear-probe recipe: fast, or cifar (METHOD.md section 10, 100 epochs).")] = "fast",
+        linear_preset: Annotated[str, typer.Option(help="Linear-probe recipe: fast, or cifar (docs/method.md section 11, 100 epochs).")] = "fast",
         device: Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")] = "cpu",
     ) -> None:
         """Accuracy of each width: recalibrate BN on training data, then kNN and/or a linear probe.

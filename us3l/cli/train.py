@@ -1,7 +1,7 @@
 """`us3l train`: self-supervised US3L training of one universally slimmable checkpoint.
 
 With no arguments it trains the embedded digits default (``us_resnet_mini``, a few minutes on a
-laptop CPU). ``--recipe`` picks a paper preset (METHOD §9); any flag overrides the preset.
+laptop CPU). ``--recipe`` picks a paper preset (docs/method.md §12); any flag overrides the preset.
 Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m us3l.cli.main train ...``.
 """
 

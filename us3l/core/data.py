@@ -14,7 +14,7 @@ NCHW images (3 channels) and int64 labels. Decoded arrays are cached per process
 - ``imagefolder`` — ``root/train/<class>/*.png|jpg|jpeg`` and ``root/val`` (or ``root/test``),
   shorter side resized then centre-cropped to ``image_size`` (default 224).
 
-Normalisation statistics: CIFAR per METHOD.md §9, ImageNet's for image folders, and for digits
+Normalisation statistics: CIFAR per docs/method.md §12.2, ImageNet's for image folders, and for digits
 the per-channel mean/std of the training split at its image size.
 
 Missing or malformed data raises :class:`~us3l.core.errors.DataError` with one line saying what
@@ -93,7 +93,7 @@ def default_image_size(spec: DatasetSpec) -> int:
 
 
 def dataset_stats(spec: DatasetSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel ``(mean, std)`` used to normalise ``spec``'s images (METHOD.md §9)."""
+    """Per-channel ``(mean, std)`` used to normalise ``spec``'s images (docs/method.md §12.2)."""
     if spec.name in ("cifar10", "cifar100"):
         return _CIFAR_STATS
     if spec.name == "imagefolder":

@@ -2,7 +2,7 @@
 
 Counting on ``slice_to_width(model, w)`` (not on a separately defined narrow model) guarantees
 the numbers describe exactly the network that is exported — the reference code profiled a
-different model and got sub-width counts wrong (METHOD.md §14.9).
+different model and got sub-width counts wrong (docs/method.md §15.9).
 """
 
 from __future__ import annotations

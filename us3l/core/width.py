@@ -3,7 +3,7 @@
 Every slimmable layer, the static slicer, the MAC/parameter profiler and the exporters call
 :func:`channels_at`; nothing else rounds channels.
 
-The rule (METHOD.md §2.1, ``make_divisible`` with divisor 8 and lower bound 1):
+The rule (docs/method.md §2.1, ``make_divisible`` with divisor 8 and lower bound 1):
 
 1. round ``v`` to the nearest multiple of the divisor, halves up: ``m = d * floor((v + d/2) / d)``;
 2. ``m = max(m, min_value)`` (``min_value`` is 1, not the divisor);

@@ -1,6 +1,6 @@
 """ONNX exporter: one self-contained ``.onnx`` file per width.
 
-Choices (docs/deployment.md):
+Choices (docs/deployment.md §6, §7):
 
 - **Exporter: torch's dynamo-based exporter** (``torch.onnx.export(dynamo=True)``), the path torch
   supports going forward, with ``external_data=False`` so each file is self-contained (no

@@ -3,7 +3,7 @@
 A reference SSL checkpoint is ``torch.save({"epoch", "arch", "state_dict", "optimizer"})`` whose
 ``state_dict`` holds the online backbone under ``module.encoder_q.`` beside the momentum copy
 (``module.encoder_k.``), the predictors (``module.predictor*``) and, with feature distillation,
-``module.proj_conv*`` (``../shared/docs/reference-keys/``). Our backbone keys follow the reference
+``module.proj_conv*`` (docs/method.md §14.3). Our backbone keys follow the reference
 layout, so the import is: keep ``module.encoder_q.*``, drop its ``fc.*`` (the projector's first
 layer, not the backbone), check every remaining key and shape against our architecture, and
 save our :class:`~us3l.core.checkpoint.Checkpoint` (method ``"reference"``) atomically.

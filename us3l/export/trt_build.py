@@ -5,7 +5,7 @@ Pure logic (:func:`precision_plan`, :func:`profile_shapes`, :func:`calibration_b
 tested without TensorRT (with a stand-in module). The builder calls follow the TensorRT Python
 API: ``Builder`` → ``create_network`` → ``OnnxParser.parse`` → ``IBuilderConfig`` with
 ``set_memory_pool_limit(MemoryPoolType.WORKSPACE, …)``, one optimization profile for the batch
-range, a timing cache (loaded, reused, saved) and precision handling per version (DEPLOY-NOTES §1):
+range, a timing cache (loaded, reused, saved) and precision handling per version (docs/deployment.md §2):
 
 - TensorRT <= 10: ``BuilderFlag.FP16`` / ``BuilderFlag.INT8`` with an ``IInt8EntropyCalibrator2``
   on real images (+ ``set_calibration_profile`` for the dynamic batch).

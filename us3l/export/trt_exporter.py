@@ -3,7 +3,7 @@
 The engine file is the raw serialized plan (``trtexec --loadEngine`` and
 ``deserialize_cuda_engine`` read it as is); provenance lives only in the sidecar: GPU name,
 compute capability and TensorRT version, because engines are not portable across GPUs or
-TensorRT versions (DEPLOY-NOTES §2). Building needs ``tensorrt`` and a CUDA GPU visible to
+TensorRT versions (docs/deployment.md §3). Building needs ``tensorrt`` and a CUDA GPU visible to
 PyTorch (device buffers for INT8 calibration and the parity run are torch CUDA tensors).
 """
 
@@ -57,7 +57,7 @@ def device_info() -> dict[str, Any]:
 def check_engine_compatible(sidecar: dict[str, Any]) -> None:
     """Refuse an engine whose sidecar records another TensorRT version or GPU architecture.
 
-    Engines are tied to both (DEPLOY-NOTES §2); runners call this before deserializing.
+    Engines are tied to both (docs/deployment.md §3); runners call this before deserializing.
 
     Raises:
         BackendUnavailableError: TensorRT/GPU missing here, or the engine was built elsewhere.
@@ -152,7 +152,7 @@ class TrtExporter(Exporter):
                                   cache, calib)
         finally:
             converted.unlink(missing_ok=True)
-        req.path.write_bytes(engine)  # the raw plan: never prepend metadata (DEPLOY-NOTES §2)
+        req.path.write_bytes(engine)  # the raw plan: never prepend metadata (docs/deployment.md §3)
         return {"runtime": "tensorrt", "tensorrt": ".".join(map(str, version)), **info,
                 "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.builder_flags),
                 "precision_tool": tool, "profile": {"min": shapes[0], "opt": shapes[1], "max": shapes[2]},

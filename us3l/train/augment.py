@@ -1,6 +1,6 @@
 """Two-view SSL augmentation done in batches on the training device with kornia.
 
-The MoCo-v2-style symmetric pipeline of METHOD.md §9: RandomResizedCrop(size, scale (0.2, 1)),
+The MoCo-v2-style symmetric pipeline of docs/method.md §12.2: RandomResizedCrop(size, scale (0.2, 1)),
 ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, RandomGrayscale p = 0.2, GaussianBlur (sigma in
 [0.1, 2]) with p = 0.5 only for ImageNet-size inputs (>= 96 px; none on CIFAR), horizontal flip,
 Normalize. Every image of the batch gets its own random parameters; each call draws a new view.

@@ -29,7 +29,7 @@ class TrainConfig:
 
     Attributes are grouped as: model, data, method, optimisation, widths, EMA, distillation,
     group regularisation, runtime. ``group_reg_lambda=None`` means ``weight_decay / 2`` (the
-    README rule, METHOD §8); with ``group_reg=True`` the optimizer's weight decay is 0.
+    README rule, docs/method.md §9); with ``group_reg=True`` the optimizer's weight decay is 0.
     """
 
     # model

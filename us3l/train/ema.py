@@ -1,9 +1,9 @@
 """The momentum (EMA) teacher: freezing, the update rule and momentum schedules.
 
-METHOD.md §5: ``xi <- m * xi + (1 - m) * theta`` over the online network's parameters (no buffers),
+docs/method.md §5.3: ``xi <- m * xi + (1 - m) * theta`` over the online network's parameters (no buffers),
 once per iteration before the teacher forward; US3L uses a constant ``m = 0.99``, the ViT/MoCo-v3
-variant a cosine schedule from 0.99 to 1 (METHOD.md §12). The teacher's parameters never require
-gradients and are not given to the optimizer (the reference left them in, METHOD.md §14.5).
+variant a cosine schedule from 0.99 to 1 (docs/method.md §13). The teacher's parameters never require
+gradients and are not given to the optimizer (the reference left them in, docs/method.md §15.5).
 """
 
 from __future__ import annotations
@@ -61,6 +61,6 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.99, final: floa
 
 
 def constant_momentum(step: int = 0, total_steps: int = 1, base: float = 0.99) -> float:
-    """Constant momentum ``base`` (US3L's ``m = 0.99``, METHOD.md §5); same signature as :func:`cosine_momentum`."""
+    """Constant momentum ``base`` (US3L's ``m = 0.99``, docs/method.md §5.3); same signature as :func:`cosine_momentum`."""
     del step, total_steps
     return float(base)

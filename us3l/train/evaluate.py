@@ -1,15 +1,15 @@
 """Per-width evaluation of a universally slimmable checkpoint: BN recalibration, kNN, linear probe.
 
-For every width (METHOD.md §10): rebuild the backbone from the checkpoint, recalibrate the BN
+For every width (docs/method.md §10, §11): rebuild the backbone from the checkpoint, recalibrate the BN
 running statistics at that width on un-augmented training images (cumulative average over
 ``calib_batches`` shuffled batches, reset first; the reference instead runs 3 EMA passes with the
-probe's train augmentation, METHOD.md §14.6), then measure, on eval-mode features of the frozen
+probe's train augmentation, docs/method.md §15.6), then measure, on eval-mode features of the frozen
 backbone,
 
 - ``knn``: weighted k-nearest-neighbour top-1 (cosine similarity, weights ``exp(sim / 0.07)``, the
   usual SSL kNN monitor; the reference has none), train split -> test split;
 - ``linear``: a linear probe trained with SGD on precomputed features. The ``"cifar"`` preset keeps
-  METHOD.md §10's optimiser recipe (lr 30, momentum 0.9, wd 0, 100 epochs, lr x0.1 at 60/80,
+  docs/method.md §11's optimiser recipe (lr 30, momentum 0.9, wd 0, 100 epochs, lr x0.1 at 60/80,
   batch 512) but, unlike the reference, trains on features of un-augmented images; ``"fast"`` is
   the default for small sets (standardised features, 60 epochs).
 

@@ -1,4 +1,4 @@
-"""Group regularization: width-aware weight decay that replaces SGD weight decay (METHOD.md §8).
+"""Group regularization: width-aware weight decay that replaces SGD weight decay (docs/method.md §9).
 
 ``R(w, epoch) = sum_p sum(Lambda_p * p**2)`` over the trainable parameters. For conv weights
 (4-D) and 1-D parameters the leading dimension is split into ``bins`` groups of channels; group

@@ -78,7 +78,7 @@ class Trainer:
                                          cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.distill_layers,
                                          teacher_width).to(self.device)
         params = self.raw_model.trainable_parameters()
-        wd = 0.0 if cfg.group_reg else cfg.weight_decay  # GroupReg replaces weight decay (METHOD §8)
+        wd = 0.0 if cfg.group_reg else cfg.weight_decay  # GroupReg replaces weight decay (docs/method.md §9)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                                                     weight_decay=wd)

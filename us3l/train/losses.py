@@ -1,4 +1,4 @@
-"""SSL and distillation losses of US3L as small modules (METHOD.md §4, §5.1, §12).
+"""SSL and distillation losses of US3L as small modules (docs/method.md §6, §7.3, §13).
 
 Each loss takes scalar hyperparameters at construction (validated there), tensors in, and returns
 a scalar tensor; none calls ``.item()``. Targets coming from the momentum teacher are detached
@@ -34,7 +34,7 @@ def _pair(x: tuple[Tensor, Tensor], what: str) -> tuple[Tensor, Tensor]:
 
 
 def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
-    """NT-Xent over ``X = [a; b]`` with the diagonal excluded (METHOD.md §4, ``ntx``).
+    """NT-Xent over ``X = [a; b]`` with the diagonal excluded (docs/method.md §6, ``ntx``).
 
     Rows ``k`` and ``B + k`` are each other's positives; every other row is a negative, including
     same-side pairs. Equals ``(1/2B) * sum_i -log(p_i / sum_{j != i} s_ij)``. No detaching here.
@@ -50,7 +50,7 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
 class CosineSimilarityLoss(nn.Module):
     """Symmetric cross-view negative cosine similarity (BYOL base loss and US3L distillation).
 
-    ``L = 1/2 * [-mean_b cos(q1, k2) - mean_b cos(q2, k1)]`` with ``k`` detached (METHOD.md §4).
+    ``L = 1/2 * [-mean_b cos(q1, k2) - mean_b cos(q2, k1)]`` with ``k`` detached (docs/method.md §6).
     """
 
     def forward(self, q: tuple[Tensor, Tensor], k: tuple[Tensor, Tensor]) -> Tensor:
@@ -63,7 +63,7 @@ class CosineSimilarityLoss(nn.Module):
 
 
 class MomentumInfoNCELoss(nn.Module):
-    """InfoNCE of the online network against the momentum teacher (``InfoNCEv2_distill``, METHOD.md §4).
+    """InfoNCE of the online network against the momentum teacher (``InfoNCEv2_distill``, docs/method.md §6).
 
     ``L = 1/2 * [ntx(q1, sg(k2)) + ntx(q2, sg(k1))]``; negatives include online-online and
     momentum-momentum pairs; the gradient flows only through the online rows.
@@ -83,7 +83,7 @@ class MomentumInfoNCELoss(nn.Module):
 
 
 class InfoNCELoss(nn.Module):
-    """Plain SimCLR NT-Xent between two online views (``InfoNCEv2``; the naive baseline, METHOD.md §4).
+    """Plain SimCLR NT-Xent between two online views (``InfoNCEv2``; the naive baseline, docs/method.md §6).
 
     Args:
         temperature: softmax temperature T.
@@ -98,7 +98,7 @@ class InfoNCELoss(nn.Module):
 
 
 class MoCoV3Loss(nn.Module):
-    """MoCo-v3 contrastive loss ``ctr(q1, k2) + ctr(q2, k1)``, ``ctr = 2T * CE(q k^T / T, arange)`` (METHOD.md §12).
+    """MoCo-v3 contrastive loss ``ctr(q1, k2) + ctr(q2, k1)``, ``ctr = 2T * CE(q k^T / T, arange)`` (docs/method.md §13).
 
     Args:
         temperature: T (0.2 in the ViT script).
@@ -133,7 +133,7 @@ class MoCoV3Loss(nn.Module):
 
 
 class FeatureDistillLoss(nn.Module):
-    """Cross-view feature-map MSE between student and teacher (METHOD.md §4 MSELoss, §5.1).
+    """Cross-view feature-map MSE between student and teacher (docs/method.md §6, §7.3).
 
     For each hooked layer ``l``: ``MSE(s_l[view1], sg(t_l[view2]))`` and ``MSE(s_l[view2], sg(t_l[view1]))``;
     the result is the mean over all ``2 * L`` terms. Student maps are expected to be already

@@ -3,8 +3,8 @@
 - ``knn_accuracy``: weighted k-nearest-neighbour top-1 (cosine similarity, weights
   ``exp(sim / 0.07)``, the usual SSL kNN monitor), train split -> test split;
 - ``linear_probe_accuracy``: a linear classifier trained with SGD on precomputed features; the
-  ``"cifar"`` preset keeps METHOD.md §10's optimiser recipe (lr 30, momentum 0.9, wd 0, 100 epochs,
-  lr x0.1 at 60/80), ``"fast"`` suits small sets such as digits.
+  ``"cifar"`` preset keeps docs/method.md §11's optimiser recipe (lr 30, momentum 0.9, wd 0,
+  100 epochs, lr x0.1 at 60/80), ``"fast"`` suits small sets such as digits.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class LinearProbeConfig:
     """Optimiser recipe of the linear probe (trained on precomputed, frozen features).
 
     The default ("fast") suits small sets such as digits: lr 0.1, 60 epochs, lr x0.1 at epochs
-    36/48 (the 60 %/80 % points of the §10 schedule), z-scored features. ``LINEAR_PRESETS["cifar"]``
-    is METHOD.md §10's CIFAR recipe.
+    36/48 (the 60 %/80 % points of the schedule in docs/method.md §11), z-scored features.
+    ``LINEAR_PRESETS["cifar"]`` is docs/method.md §11's CIFAR recipe.
     """
 
     epochs: int = 60
@@ -105,7 +105,7 @@ def extract_features(model: nn.Module, images: Tensor, width: float, batch_size:
 @torch.no_grad()
 def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, k: int = 20,
                  temperature: float = KNN_TEMPERATURE, n_classes: int | None = None) -> float:
-    """Weighted kNN top-1 accuracy (the standard SSL kNN monitor; METHOD.md §10 has none).
+    """Weighted kNN top-1 accuracy (the standard SSL kNN monitor; the reference has none, docs/method.md §11).
 
     Args:
         train_f / train_y: memory-bank features and labels.
@@ -142,7 +142,7 @@ def _one_thread() -> Iterator[None]:
 
 def linear_probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, n_classes: int,
                           cfg: LinearProbeConfig = LINEAR_PRESETS["fast"]) -> float:
-    """Linear probe on frozen features (METHOD.md §10, on precomputed features).
+    """Linear probe on frozen features (docs/method.md §11, on precomputed features).
 
     Args:
         train_f / train_y / test_f / test_y: features and labels of the two splits.

@@ -1,4 +1,4 @@
-"""Named training presets: the paper's shipped configurations (METHOD §9, §12) and the digits default.
+"""Named training presets: the paper's shipped configurations (docs/method.md §12, §13) and the digits default.
 
 ``get_recipe(name)`` returns a :class:`~us3l.train.config.TrainConfig`; CLI flags then override
 fields with ``cfg.replace(...)``. Batch sizes are per process (the reference's "batch/GPU");
@@ -127,7 +127,7 @@ def cifar100_mbv2_byol() -> TrainConfig:
                        weight_decay=5e-4, group_reg_warmup=200, **_BYOL)
 
 
-# ---------------------------------------------------------------- ViT (METHOD §12)
+# ---------------------------------------------------------------- ViT (docs/method.md §13)
 
 
 @_recipe("vit_tiny_mocov3_cifar10")

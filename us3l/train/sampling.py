@@ -1,10 +1,10 @@
 """Width sampling for one training iteration: the sandwich rule and dynamic schedule "A".
 
-Pure functions of a seeded :class:`random.Random` (METHOD.md §7). Two reference bugs are fixed
-(METHOD.md §14.1, §14.15): the sandwich list is "max, min, then N-2 uniform draws" for any N, and
+Pure functions of a seeded :class:`random.Random` (docs/method.md §8). Two reference bugs are fixed
+(docs/method.md §15.1, §15.15): the sandwich list is "max, min, then N-2 uniform draws" for any N, and
 the stage index of schedule A is clamped to 4 (safe for any number of epochs). Under DDP every
 rank must use the same widths; :func:`broadcast_widths` makes rank 0's list authoritative instead
-of relying on identically seeded generators (METHOD.md §14.12).
+of relying on identically seeded generators (docs/method.md §15.12).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SCHEDULES = ("A",)
 def stage_lower_bound(epoch: int, epochs: int, lo: float, hi: float, schedule: str | None = "A") -> float:
     """Smallest width sampled in ``epoch`` under the dynamic sampling schedule.
 
-    Schedule "A" (METHOD.md §7): stage ``s = min(epoch // max(epochs // 4, 1) + 1, 4)``; stage 1
+    Schedule "A" (docs/method.md §8): stage ``s = min(epoch // max(epochs // 4, 1) + 1, 4)``; stage 1
     trains only the max width (lower bound ``hi``), stage ``s > 1`` uses
     ``lo + (4 - s) * (hi - lo) / 3``, i.e. 1.0 -> 0.75 -> 0.5 -> 0.25 for ``[0.25, 1.0]``.
     With ``epochs`` a multiple of 4 this equals the reference; otherwise the last stage absorbs
@@ -63,7 +63,7 @@ def sample_widths(rng: random.Random, n: int, lo: float, hi: float, sandwich: bo
         rng: the seeded generator (its state is part of the resume state).
         n: number of widths per iteration (>= 2 with sandwich, >= 1 without).
         lo / hi: the range for this epoch.
-        sandwich: include the extremes (METHOD.md §7; every shipped config uses True).
+        sandwich: include the extremes (docs/method.md §8; every shipped config uses True).
 
     Returns:
         The widths in descending order.

@@ -1,6 +1,6 @@
 """The SSL model as a composition: slimmable backbone + projector + predictor heads + EMA teacher.
 
-Layout (METHOD §3):
+Layout (docs/method.md §5):
 
 - ``backbone``: a registry backbone with ``num_classes=0`` (returns pooled features);
 - ``projector``: first layer reads the active slice of the features (``USLinear(slim_in=True)``;
@@ -46,7 +46,7 @@ class Encoder(nn.Module):
 
 
 def mlp_head(in_dim: int, hidden: int, out: int, first_bias: bool = True) -> nn.Sequential:
-    """Linear · BN1d · ReLU · Linear (the predictor layout of METHOD §3)."""
+    """Linear · BN1d · ReLU · Linear (the predictor layout of docs/method.md §5.2)."""
     return nn.Sequential(nn.Linear(in_dim, hidden, bias=first_bias), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                          nn.Linear(hidden, out))
 
@@ -60,7 +60,7 @@ def projector_head(backbone: nn.Module, hidden: int, out: int, ssl: str) -> nn.S
         first = USLinear(feat, hidden, bias=True, slim_in=True, slim_out=False)
     else:  # feature size independent of width (MobileNetV2 1280, ViT embedding)
         first = nn.Linear(feat, hidden)
-    second_bias = ssl != "byol"  # BYOL's middle Linear has no bias (METHOD §3 table)
+    second_bias = ssl != "byol"  # BYOL's middle Linear has no bias (docs/method.md §5.1 table)
     return nn.Sequential(first, nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                          nn.Linear(hidden, hidden, bias=second_bias), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                          nn.Linear(hidden, out))

@@ -1,4 +1,4 @@
-"""One training iteration of US3L and of the two baselines (METHOD §5).
+"""One training iteration of US3L and of the two baselines (docs/method.md §7).
 
 Read :func:`train_step` top to bottom. Per iteration the widths (widest first) are visited in
 order; for ``method="us3l"``:
@@ -40,7 +40,7 @@ class TrainingDivergedError(US3LError):
 
 @dataclass
 class Losses:
-    """The loss modules of one run (scalar hyper-parameters only, METHOD §4).
+    """The loss modules of one run (scalar hyper-parameters only, docs/method.md §6).
 
     Attributes:
         base: the max-width SSL loss ``base((q1, q2), (k1, k2))`` (naive: ``base(z1, z2)``).
@@ -66,7 +66,7 @@ def build_losses(method: str, ssl: str, temperature: float, feature_distill: boo
         base = MoCoV3Loss(temperature=temperature, gather_distributed=distributed)
     if method == "single":
         return Losses(base=base)
-    distill = base if ssl == "mocov3" else CosineSimilarityLoss()  # METHOD §12: MoCo v3 sub-nets reuse it
+    distill = base if ssl == "mocov3" else CosineSimilarityLoss()  # docs/method.md §13: MoCo v3 sub-nets reuse it
     return Losses(base=base, distill=distill, feature=FeatureDistillLoss() if feature_distill else None)
 
 
@@ -124,7 +124,7 @@ def train_step(parts: StepParts, x1: torch.Tensor, x2: torch.Tensor, widths: lis
         if not parts.accumulate:
             opt.zero_grad(set_to_none=True)
         if i == 0 and raw.teacher is not None:
-            # EMA once per iteration, before the teacher forward (METHOD §5 step 2).
+            # EMA once per iteration, before the teacher forward (docs/method.md §7.1 step 2).
             update_momentum(raw.online_encoder(), raw.teacher, ema_momentum)
             with torch.autocast(device_type, enabled=parts.amp):
                 targets = raw.teacher_forward(x1, x2)

@@ -1,6 +1,6 @@
 """Jetson device state: ``nvpmodel`` power modes and ``jetson_clocks`` (through an Executor).
 
-Mode numbers differ per module and JetPack (DEPLOY-NOTES §3), so the mode is always recorded
+Mode numbers differ per module and JetPack (docs/deployment.md §4), so the mode is always recorded
 from ``nvpmodel -q`` rather than assumed. Changing it needs passwordless sudo for ``nvpmodel``
 (``sudo -n``): without it the error says so instead of hanging on a password prompt.
 """

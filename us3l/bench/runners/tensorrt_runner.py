@@ -2,7 +2,7 @@
 
 TensorRT and torch's CUDA allocator are imported lazily; without them activation raises
 :class:`BackendUnavailableError`. Engines are built here from the ONNX artifact (engines are not
-portable, DEPLOY-NOTES §2). TRT <= 10 uses builder precision flags; TRT >= 11 is always strongly
+portable, docs/deployment.md §3). TRT <= 10 uses builder precision flags; TRT >= 11 is always strongly
 typed, so fp16/int8 must already be in the ONNX (export with ``--precision``).
 """
 

@@ -1,4 +1,4 @@
-"""Universally slimmable MobileNetV2 (METHOD.md §2.3).
+"""Universally slimmable MobileNetV2 (docs/method.md §4).
 
 Keys follow the reference layout: ``features.0.{0,1}`` stem, ``features.i.body.*`` inverted
 residual blocks, ``features.18.{0,1}`` last 1x1 conv (input slimmed only) + plain

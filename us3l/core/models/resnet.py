@@ -1,4 +1,4 @@
-"""Universally slimmable ResNets (METHOD.md §2.3).
+"""Universally slimmable ResNets (docs/method.md §4).
 
 State-dict keys follow the reference layout (``conv1``, ``bn1``, ``layerS.B.convK``,
 ``layerS.B.downsample.{0,1}``), so reference checkpoints map key-for-key.

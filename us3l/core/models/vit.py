@@ -1,4 +1,4 @@
-"""Universally slimmable ViT-Tiny with input-slimmed linears (METHOD.md §12).
+"""Universally slimmable ViT-Tiny with input-slimmed linears (docs/method.md §13).
 
 Slimming semantics differ from the CNNs: every linear of the blocks (``qkv``, ``proj``, ``fc1``,
 ``fc2``) reads only the first ``make_divisible(fin * w)`` of its **input** features; outputs, the
@@ -162,6 +162,6 @@ class USViT(SlimmableNet):
 @register_model("us_vit_tiny")
 def us_vit_tiny(num_classes: int = 0, width_range=DEFAULT_WIDTH_RANGE, input_size: int = 224,
                 patch_size: int = 16, depth: int = 12, stop_grad_conv1: bool = True) -> USViT:
-    """ViT-Tiny (embed 192, 6 heads, depth 12, patch 16, 224 input) with input-slimmed linears (METHOD.md §12)."""
+    """ViT-Tiny (embed 192, 6 heads, depth 12, patch 16, 224 input) with input-slimmed linears (docs/method.md §13)."""
     return USViT(num_classes=num_classes, width_range=width_range, input_size=input_size, patch_size=patch_size,
                  embed_dim=192, depth=depth, num_heads=6, stop_grad_conv1=stop_grad_conv1)
