@@ -37,6 +37,13 @@ def _widths(arch: str) -> list[float]:
 CASES = [(a, w) for a in ARCHS for w in _widths(a)]
 
 
+def _exporter_for(width: float) -> str:
+    """Both supported exporters cover every architecture: torch's dynamo exporter (the default) at
+    widths 0.35 and 1.0, the legacy one at the others. The dynamo path is ~10x slower per export
+    (docs/deployment.md §6.1), so the matrix is split rather than doubled."""
+    return "dynamo" if width in (0.35, 1.0) else "torchscript"
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Lazily export each (arch, width) once; the model instance is shared across widths of an arch."""
@@ -61,7 +68,8 @@ def exported(tmp_path_factory):
             ref = net(x).numpy()
         path = root / f"{arch}_w{width}.onnx"
         req = ExportRequest(static=static, path=path, input_shape=(3, size, size),
-                            metadata={"us3l.width": str(width), "us3l.arch": arch})
+                            metadata={"us3l.width": str(width), "us3l.arch": arch},
+                            options={"exporter": _exporter_for(width)})
         get_exporter("onnx").export(req)
         cache[(arch, width)] = {"static": static, "path": path, "x": x, "ref": ref, "req": req,
                                "feature_dim": net.feature_dim(width)}

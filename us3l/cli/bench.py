@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .common import console, example, progress_bar, user_errors
+from .common import console, example, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import BenchResult
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (latency does not depend on weights).  [default: the checkpoint's]")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, jetson, or a profile name from us3l-devices.toml.")] = "cpu",
         devices_file: Annotated[Optional[Path], typer.Option(help="Device profiles TOML.  [default: ./us3l-devices.toml, then ~/.config/us3l/devices.toml]")] = None,
-        widths: Annotated[Optional[str], typer.Option(help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: the checkpoint's calibrated widths, else 0.25:1.0:0.25]")] = None,
+        widths: Annotated[Optional[str], typer.Option("--widths", "--width", help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: the checkpoint's calibrated widths, else 0.25:1.0:0.25]")] = None,
         batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
         runner: Annotated[Optional[str], typer.Option(help="torch, onnxruntime, tensorrt or trtexec.  [default: the device's]")] = None,
         precision: Annotated[Optional[Precision], typer.Option(help="Inference precision.  [default: the device's]")] = None,
@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Optional[Path], typer.Option(help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
                                                     "[default: ./us3l-bench, lookup table in ~/.cache/us3l/lut.json]")] = None,
         no_plot: Annotated[bool, typer.Option("--no-plot", help="Skip latency.png.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
     ) -> None:
         """Measure latency per width on a device and pick the width for a latency budget.
 
@@ -103,4 +104,7 @@ def register(app: typer.Typer) -> None:
                 idle_gap_ms=idle_gap_ms, search=search, power_modes=parse_modes(power_modes),
                 accept_new_host_key=accept_new_host_key, force=force, snap=snap, plot=not no_plot,
             )
-        render(result)
+        if as_json:
+            print_json(result.report)
+        else:
+            render(result)

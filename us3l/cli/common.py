@@ -82,3 +82,29 @@ def progress_bar(description: str, transient: bool = False, disable: bool = Fals
     from ..api.progress import progress_bar as bar
 
     return bar(description, transient, disable, err_console)
+
+
+def jsonable(obj: Any) -> Any:
+    """Dataclasses, paths, tuples and enums as plain JSON values (for ``--json``)."""
+    import dataclasses
+    import enum
+    from pathlib import PurePath
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    """Print a result as JSON on stdout: nothing else goes to stdout with ``--json``."""
+    import json
+
+    typer.echo(json.dumps(jsonable(obj), indent=2, sort_keys=True))

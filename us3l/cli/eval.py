@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def eval_command(
         checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by 'us3l train' or 'us3l import'.")],
-        widths: Annotated[str | None, typer.Option(
+        widths: Annotated[str | None, typer.Option("--widths", "--width",
             help="Widths: a list 0.25,0.5,1.0 or a range start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
         method: Annotated[Method, typer.Option(help="kNN (seconds), linear probe (slower) or both.")] = Method.knn,
         as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON list of rows to stdout.")] = False,

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .common import example, user_errors
+from .common import example, print_json, user_errors
 
 if TYPE_CHECKING:
     from us3l.export import ExportResult
 
-EXAMPLE = "us3l export runs/us3l/checkpoint.pt --width 0.25:1.0:0.25 --out runs/us3l/onnx"
+EXAMPLE = "us3l export runs/us3l/checkpoint.pt --widths 0.25:1.0:0.25 --out runs/us3l/onnx"
 
 
 def _channels_summary(channels: dict[str, int]) -> str:
@@ -44,20 +44,22 @@ def register(app: typer.Typer) -> None:
     def command(
         checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file (omit it and give --arch for an untrained network).")] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (random weights).  [default: the checkpoint's]")] = None,
-        width: Annotated[str, typer.Option("--width", "-w", help="Width 0.35, a list 0.25,0.5 or a range 0.25:1.0:0.05.")] = "1.0",
-        fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, trt (TensorRT engine, needs a GPU) or torchscript.")] = "onnx",
+        width: Annotated[str, typer.Option("--widths", "--width", "-w", help="Width 0.35, a list 0.25,0.5 or a range 0.25:1.0:0.05.")] = "1.0",
+        fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, trt (a TensorRT engine, needs a GPU; alias engine) or pt2 (torch.export).")] = "onnx",
         out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created only when every width passed).")] = Path("exports"),
-        batch: Annotated[Optional[int], typer.Option(help="Fixed batch size in images.  [default: a dynamic batch axis]")] = None,
+        batch: Annotated[Optional[str], typer.Option(help="Fixed batch size in images (one value; bench takes a list).  [default: a dynamic batch axis]")] = None,
         opset: Annotated[int, typer.Option(help="ONNX opset (17 loads in TensorRT 8.5/JetPack 5 through TensorRT 11).")] = 17,
         snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
         precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (fp16/int8: --format trt only).")] = "fp32",
         calib_data: Annotated[Optional[str], typer.Option(help="BN/INT8 calibration images: .npy/.pt N x C x H x W, or a dataset name[:root].  [default: the checkpoint's training data]")] = None,
-        tolerance: Annotated[Optional[float], typer.Option(help="Parity gate absolute tolerance.  [default: per precision; fp32 1e-4]")] = None,
+        atol: Annotated[Optional[float], typer.Option("--atol", help="Parity gate absolute tolerance.  [default: per precision; fp32 1e-4]")] = None,
         rtol: Annotated[Optional[float], typer.Option(help="Parity gate relative tolerance (times max |reference|).  [default: per precision]")] = None,
         include_head: Annotated[Optional[Path], typer.Option(help="Linear probe .pt with weight and bias, appended after the features.  [default: none, features only]")] = None,
         input_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.  [default: the architecture's]")] = None,
         name: Annotated[Optional[str], typer.Option(help="Artifact file-name prefix.  [default: checkpoint stem or arch]")] = None,
         simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxsim.")] = True,
+        onnx_exporter: Annotated[str, typer.Option(help="torch's ONNX exporter: dynamo (supported) or torchscript (legacy, faster).")] = "dynamo",
+        as_json: Annotated[bool, typer.Option("--json", help="Print the artifacts as JSON instead of a table.")] = False,
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
     ) -> None:
         """Export widths of a checkpoint to ONNX / TensorRT / TorchScript, each verified against PyTorch.
@@ -65,10 +67,16 @@ def register(app: typer.Typer) -> None:
         Widths that slice to the same network are exported once (listed as aliases); an identical
         second run reuses the files.
         """
-        from ..api import export
+        from us3l.bench import parse_batches
 
+        from ..api import export
+        from ..core.errors import ConfigError
         from .common import make_progress
 
+        batches = parse_batches(batch) if batch is not None else ()
+        if len(batches) > 1:
+            raise ConfigError(f"--batch {batch!r}: an artifact has one fixed batch size; give one value, "
+                              "or none for a dynamic batch axis (us3l bench --batch takes a list)")
         bar = make_progress(transient=True)
         task = bar.add_task("export", total=None, status="")
 
@@ -79,11 +87,14 @@ def register(app: typer.Typer) -> None:
 
         try:
             result = export(checkpoint, width, format=fmt, out=out, arch=arch, progress=progress, name=name,
-                            batch=batch, opset=opset, snap=snap, precision=precision, calib_data=calib_data,
-                            atol=tolerance, rtol=rtol, simplify=simplify,
+                            batch=batches[0] if batches else None, opset=opset, snap=snap, precision=precision, calib_data=calib_data,
+                            atol=atol, rtol=rtol, simplify=simplify, onnx_exporter=onnx_exporter,
                             include_head=str(include_head) if include_head else None, input_size=input_size,
                             force=force)
         finally:
             if bar.live.is_started:
                 bar.stop()
-        render(result)
+        if as_json:
+            print_json({"out_dir": result.out_dir, "seconds": result.seconds, "artifacts": result.artifacts})
+        else:
+            render(result)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, example, is_main_process, progress_bar, user_errors
+from .common import console, example, is_main_process, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import TrainResult
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int | None, typer.Option(help="Random seed.  [default: 100]")] = None,
         max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap iterations per epoch (smoke runs).  [default: no cap]")] = None,
         list_recipes_: Annotated[bool, typer.Option("--list-recipes", help="List the presets and exit.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the training result (checkpoint, losses, collapse scores) as JSON.")] = False,
     ) -> None:
         """Train one universally slimmable network with US3L (or a baseline) and write its checkpoint.
 
@@ -103,6 +104,8 @@ def register(app: typer.Typer) -> None:
                 single_width=width, accumulate=accumulate, out_dir=str(out), resume=resume, device=device, amp=amp,
                 fail_on_collapse=fail_on_collapse or None, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
             )
-        if main:  # under torchrun the other ranks trained the same model: one summary
+        if main and as_json:  # under torchrun the other ranks trained the same model: one summary
+            print_json(result)
+        elif main:
             render(result)
             console.print(f"checkpoint: {result.checkpoint}")

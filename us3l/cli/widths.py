@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
     def widths_command(
         checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint whose network to describe (or use --arch).")] = None,
         arch: Annotated[Optional[str], typer.Option(help="Architecture name; an unknown name lists the valid ones.  [default: us_resnet_mini]")] = None,
-        widths: Annotated[str, typer.Option(help="Widths: a list 0.25,0.5,1.0 or a range start:stop:step.")] = "0.25:1.0:0.25",
+        widths: Annotated[str, typer.Option("--widths", "--width", help="Widths: a list 0.25,0.5,1.0 or a range start:stop:step.")] = "0.25:1.0:0.25",
         snap: Annotated[int, typer.Option(help="Channel divisor: 8 is the method's rule; 16/32 snap for hardware.")] = 8,
         input_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels for the MAC count.  [default: the architecture's]")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,

@@ -27,21 +27,37 @@ versions, build time, untrained flag, cache key). Heavy backends (onnx, onnxrunt
 tensorrt, modelopt) are imported inside the functions that need them.
 """
 
-from .artifacts import Artifact, ExportResult
-from .pipeline import ExportConfig, export
-from .reference import ImportConfig, import_reference
-from .registry import Exporter, ExportRequest, get_exporter, list_exporters, register_exporter
+from __future__ import annotations
 
-__all__ = [
-    "Artifact",
-    "ExportConfig",
-    "ExportRequest",
-    "ExportResult",
-    "Exporter",
-    "ImportConfig",
-    "export",
-    "get_exporter",
-    "import_reference",
-    "list_exporters",
-    "register_exporter",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .artifacts import Artifact, ExportResult
+    from .pipeline import ExportConfig, export
+    from .reference import ImportConfig, import_reference
+    from .registry import Exporter, ExportRequest, get_exporter, list_exporters, register_exporter
+
+# Names resolve lazily, so the light modules of this room (``us3l.export.ort``, the sidecar
+# readers) can be imported without torch.
+_EXPORTS = {
+    "Artifact": "artifacts",
+    "ExportResult": "artifacts",
+    "ExportConfig": "pipeline",
+    "export": "pipeline",
+    "ImportConfig": "reference",
+    "import_reference": "reference",
+    "Exporter": "registry",
+    "ExportRequest": "registry",
+    "get_exporter": "registry",
+    "list_exporters": "registry",
+    "register_exporter": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'us3l.export' has no attribute {name!r}")

@@ -52,6 +52,9 @@ MIN_OPSET, MAX_OPSET = 13, 21
 ONNX_EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = "dynamo"
 DYNAMO_NATIVE_OPSET = 18  # the oldest opset torch's dynamo exporter writes itself
+# Operators whose newer versions only widened the accepted types (bfloat16 and the like), so a node
+# of the newer version is valid at the older one; Reshape-14 also added ``allowzero``, fine when 0.
+_TYPE_ONLY_CHANGES = {"Add": 13, "Sub": 13, "Mul": 13, "Div": 13, "Relu": 13, "Identity": 13, "Reshape": 13}
 _REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
 
@@ -131,6 +134,13 @@ def lower_opset(model: Any, target: int) -> Any:
             then = onnx.defs.get_schema(node.op_type, target, node.domain).since_version
         except onnx.defs.SchemaError:  # the operator does not exist yet at the target opset
             then = 0
+        if now != then and target >= _TYPE_ONLY_CHANGES.get(node.op_type, current + 1):
+            allowzero = [a for a in node.attribute if a.name == "allowzero"]
+            shape = consts.get(node.input[1]) if node.op_type == "Reshape" else None
+            if allowzero and allowzero[0].i and shape is not None and 0 not in shape.tolist():
+                node.attribute.remove(allowzero[0])  # no zero in a constant shape: allowzero changes nothing
+            if not any(a.name == "allowzero" and a.i for a in node.attribute):
+                continue
         if now != then:
             raise ExportError(f"cannot write opset {target}: operator {node.op_type} changed in opset {now}; "
                               f"use --opset {max(now, DYNAMO_NATIVE_OPSET)} or newer, or --onnx-exporter torchscript")
@@ -205,7 +215,9 @@ def graph_summary(model: Any) -> dict[str, Any]:
 
 def ort_session(path_or_bytes: Path | bytes, threads: int = 0) -> Any:
     """An ONNX Runtime CPU session (``threads=0``: ORT's default)."""
-    ort = _require("onnxruntime")
+    from .ort import import_onnxruntime
+
+    ort = import_onnxruntime()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -252,8 +264,10 @@ class OnnxExporter(Exporter):
     precisions = ("fp32",)
 
     def check_available(self, precision: str) -> None:
-        for module in ("onnx", "onnxruntime"):
-            _require(module)
+        from .ort import import_onnxruntime
+
+        _require("onnx")
+        import_onnxruntime()
 
     def export(self, req: ExportRequest) -> dict[str, Any]:
         onnx = _require("onnx")

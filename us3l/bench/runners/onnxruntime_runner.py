@@ -20,12 +20,10 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
 
 
 def import_onnxruntime() -> Any:
-    """Import onnxruntime lazily or raise :class:`BackendUnavailableError`."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailableError("onnxruntime is not installed; pip install onnxruntime") from None
-    return onnxruntime
+    """Import onnxruntime lazily or raise :class:`BackendUnavailableError` naming the install."""
+    from us3l.export.ort import import_onnxruntime as load
+
+    return load()
 
 
 def providers_for(device: str, available: list[str], precision: str = "fp32",
@@ -39,10 +37,11 @@ def providers_for(device: str, available: list[str], precision: str = "fp32",
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            raise BackendUnavailableError(
-                f"onnxruntime has no CUDAExecutionProvider here (available: {', '.join(available)}); "
-                "pip install onnxruntime-gpu")
+        from us3l.export.ort import installed_distributions, provider_problem
+
+        problem = provider_problem(device, available, installed_distributions())
+        if problem:
+            raise BackendUnavailableError(problem)
         chain: list[Any] = []
         if use_tensorrt and "TensorrtExecutionProvider" in available:
             chain.append(("TensorrtExecutionProvider", {"trt_fp16_enable": precision == "fp16",
