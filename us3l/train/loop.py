@@ -278,7 +278,7 @@ class _MetricsWriter:
 
                 self.tb = SummaryWriter(str(out_dir / "tb"))
             except ImportError:
-                log.warning("tensorboard is not installed; metrics go to %s only", self.path)
+                log.warning("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only", self.path)
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as fh:
