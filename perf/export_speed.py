@@ -2,6 +2,8 @@
 
 (a) A 16-width ladder (``0.25:1.0:0.05``) of ``us_resnet18_cifar`` exported to ONNX and verified
     (parity gate) into a fresh directory, then the identical command again (served from cache).
+    Once with torch's dynamo exporter (the default, goal: cold <= 60 s on 2 cores) and once with
+    the legacy TorchScript exporter (the explicit fallback), in the same run, with their ratio.
 (b) ONNX Runtime latency of the exported width-``w`` artifact vs a hand-built static ResNet-18
     (plain ``nn.Conv2d``/``nn.BatchNorm2d`` written here, independently of the slimmable code)
     with the same channel counts and the same weights, exported by the same function with the
@@ -74,15 +76,15 @@ class HandResNet18Cifar(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-def ladder(out_dir: Path) -> dict:
-    cfg = ExportConfig(arch="us_resnet18_cifar", widths=LADDER, out_dir=str(out_dir))
+def ladder(out_dir: Path, exporter: str = "dynamo") -> dict:
+    cfg = ExportConfig(arch="us_resnet18_cifar", widths=LADDER, out_dir=str(out_dir), onnx_exporter=exporter)
     t = time.perf_counter()
     cold = export(cfg)
     t_cold = time.perf_counter() - t
     t = time.perf_counter()
     warm = export(cfg)
     t_cached = time.perf_counter() - t
-    return {"widths": LADDER, "artifacts": len(cold.artifacts), "cold_s": round(t_cold, 2),
+    return {"widths": LADDER, "exporter": exporter, "artifacts": len(cold.artifacts), "cold_s": round(t_cold, 2),
             "cached_s": round(t_cached, 2), "cached_artifacts": warm.num_cached,
             "max_abs_err": max(a.parity["max_abs_err"] for a in cold.artifacts)}
 
@@ -145,10 +147,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="us3l-export-speed-"))
     try:
         res_a = ladder(tmp / "ladder")
+        res_legacy = ladder(tmp / "ladder-legacy", "torchscript")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res_b = latency(args.width, args.threads, args.rounds, args.iters, args.warmup)
-    result = {"ladder": res_a, "latency": res_b, "torch_threads": torch.get_num_threads(),
+    result = {"ladder": res_a, "ladder_legacy": res_legacy,
+              "dynamo_over_legacy": round(res_a["cold_s"] / res_legacy["cold_s"], 3), "latency": res_b, "torch_threads": torch.get_num_threads(),
               "numpy": np.__version__, "torch": torch.__version__}
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     from rich.console import Console
@@ -157,7 +161,9 @@ def main() -> None:
     table = Table(title="export speed (us_resnet18_cifar)")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row(f"ladder {LADDER}: {res_a['artifacts']} artifacts, cold", f"{res_a['cold_s']:.1f} s")
+    table.add_row(f"ladder {LADDER}: {res_a['artifacts']} artifacts, cold (dynamo)", f"{res_a['cold_s']:.1f} s")
+    table.add_row("same ladder, legacy exporter, cold", f"{res_legacy['cold_s']:.1f} s")
+    table.add_row("dynamo / legacy", f"{result['dynamo_over_legacy']:.2f}")
     table.add_row("same ladder again (cached)", f"{res_a['cached_s']:.2f} s")
     table.add_row("max parity error over the ladder", f"{res_a['max_abs_err']:.2e}")
     table.add_row(f"ORT p50 sliced w={args.width} ({args.threads} thr)", f"{res_b['sliced_ms']:.3f} ms")
