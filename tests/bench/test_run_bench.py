@@ -159,3 +159,20 @@ def test_accuracy_join_refuses_stale_or_other_divisor_tables(tmp_path, fixture_e
         return
     assert accuracies == [None] * 4 and "(no accuracy table)" in report["choice"]["reason"]
     assert ("another checkpoint" if case == "stale" else "divisor-8") in report["accuracy_note"]
+
+
+def test_choice_at_the_edge_of_its_interval_is_remeasured_then_stated(tmp_path):
+    """A budget equal to a pair's measured p95 puts its interval across the budget: bench
+    re-measures it (bounded by --remeasure) and says whether the choice is still within noise."""
+    common = dict(arch="us_resnet_mini", runner="torch", threads=1, widths="0.25,0.5", iterations=40, rounds=2,
+                  warmup_ms=5, out_dir=tmp_path / "out", plot=False)
+    first = run_bench(BenchConfig(**common)).report
+    wide = next(r for r in first["results"] if r["width"] == 0.5)
+    assert wide["ci_ms"]["p95"][0] <= wide["p95_ms"] <= wide["ci_ms"]["p95"][1] and wide["cov"] >= 0
+    report = run_bench(BenchConfig(**common, budget_ms=wide["p95_ms"], remeasure=1)).report  # cached points
+    noise = report["choice"]["noise"]
+    assert noise["remeasured"] == 1 and noise["limit"] == 1
+    assert any(r.get("remeasured") == 1 for r in report["results"])
+    assert noise["within_noise"] == bool(noise["pairs"]) and (("message" in noise) == noise["within_noise"])
+    if noise["within_noise"]:
+        assert "within noise" in noise["message"]

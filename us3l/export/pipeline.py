@@ -255,7 +255,7 @@ class _Run:
             record_dict = record.to_dict()
         calibration = None
         if precision == "int8":
-            facts_cal = facts.pop("calibration", None) or facts.get("calibration") or {}
+            facts_cal = facts.pop("calibration", None) or {}  # the TRT exporter reports its calibrator here too
             calibration = {**facts_cal, "method": facts_cal.get("method", "entropy2" if exporter.name == "trt" else cfg.calibration),
                            "images": int(len(calib_np)), "data": self.calib.describe(), "kind": self.calib.kind,
                            "held_out_gate_images": int(len(x))}
