@@ -63,6 +63,7 @@ def fixture_exporter(monkeypatch, tmp_path):
                 arch = load_checkpoint(source.checkpoint).arch
             rec = export_width(arch, w, out_dir / f"{arch}_w{w}.onnx")
             rec["stamp"] = mod._file_stamp(Path(rec["path"]))
+            rec["precision"] = precision  # a stand-in: the fp32 file labelled with the requested precision
             recs.append(rec)
         return recs
 

@@ -120,10 +120,11 @@ def test_checkpoint_ladder_accuracy_beside_it_and_torch_runner(tmp_path, fixture
     path = tmp_path / "mini.pt"
     save_checkpoint(ckpt, path)
     (tmp_path / "accuracy.json").write_text(json.dumps(
-        [{"width": 0.25, "knn": 0.8}, {"width": 0.5, "knn": 0.9}, {"width": 1.0, "knn": 0.85}]))
+        [{"width": 0.25, "knn": 0.8}, {"width": 0.5, "knn": 0.9}, {"width": 0.405, "knn": 0.88}, {"width": 1.0, "knn": 0.85}]))
     report = run_bench(BenchConfig(checkpoint=path, runner="torch", threads=1, duration_s=0.05, rounds=2,
                                    warmup_ms=10, budget_ms=1000.0, out_dir=tmp_path / "out")).report
-    assert report["config"]["widths_resolved"] == [0.25, 0.5, 1.0]
+    # the default ladder, plus the bank's widths, plus the evaluated ones: an extra eval adds, never replaces
+    assert report["config"]["widths_resolved"] == [0.25, 0.405, 0.5, 0.75, 1.0]
     assert report["accuracy_file"] == str(tmp_path / "accuracy.json")
     assert report["runner"] == "torch" and report["chosen"]["width"] == 0.5
 
@@ -151,9 +152,27 @@ def test_accuracy_join_refuses_stale_or_other_divisor_tables(tmp_path, fixture_e
     snap = 16 if case == "snapped" else 8
     report = run_bench(BenchConfig(checkpoint=path, threads=1, iterations=3, rounds=1, warmup_ms=1, snap=snap,
                                    budget_ms=1000.0, out_dir=tmp_path / "out", plot=False)).report
-    accuracies = [r["accuracy"] for r in report["results"]]
+    accuracies = [r["accuracy"] for r in report["results"]]  # default widths 0.25, 0.5, 0.75, 1.0
     if case == "current":
-        assert report["accuracy_note"] is None and accuracies == [0.9, 0.8] and report["chosen"]["width"] == 0.25
+        assert report["accuracy_note"] is None and accuracies == [0.9, None, None, 0.8]
+        assert report["chosen"]["width"] == 0.25
         return
-    assert accuracies == [None, None] and "(no accuracy table)" in report["choice"]["reason"]
+    assert accuracies == [None] * 4 and "(no accuracy table)" in report["choice"]["reason"]
     assert ("another checkpoint" if case == "stale" else "divisor-8") in report["accuracy_note"]
+
+
+def test_choice_at_the_edge_of_its_interval_is_remeasured_then_stated(tmp_path):
+    """A budget equal to a pair's measured p95 puts its interval across the budget: bench
+    re-measures it (bounded by --remeasure) and says whether the choice is still within noise."""
+    common = dict(arch="us_resnet_mini", runner="torch", threads=1, widths="0.25,0.5", iterations=40, rounds=2,
+                  warmup_ms=5, out_dir=tmp_path / "out", plot=False)
+    first = run_bench(BenchConfig(**common)).report
+    wide = next(r for r in first["results"] if r["width"] == 0.5)
+    assert wide["ci_ms"]["p95"][0] <= wide["p95_ms"] <= wide["ci_ms"]["p95"][1] and wide["cov"] >= 0
+    report = run_bench(BenchConfig(**common, budget_ms=wide["p95_ms"], remeasure=1)).report  # cached points
+    noise = report["choice"]["noise"]
+    assert noise["remeasured"] == 1 and noise["limit"] == 1
+    assert any(r.get("remeasured") == 1 for r in report["results"])
+    assert noise["within_noise"] == bool(noise["pairs"]) and (("message" in noise) == noise["within_noise"])
+    if noise["within_noise"]:
+        assert "within noise" in noise["message"]

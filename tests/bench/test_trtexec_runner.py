@@ -35,6 +35,8 @@ echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec $*"
 for a in "$@"; do
   case "$a" in
     --saveEngine=*) : > "${{a#--saveEngine=}}" ;;
+    --onnx=*) cp "${{a#--onnx=}}" {tmp}/built.onnx ;;
+    --calib=*) cp "${{a#--calib=}}" {tmp}/built.cache ;;
     --exportTimes=*) {copy} ;;
   esac
 done
@@ -143,8 +145,40 @@ def test_trt11_strongly_typed_fp16_converts_the_onnx_instead_of_flags(tmp_path, 
     assert "--fp16" not in build and "_fp16.onnx" in build  # precision baked into the graph, no builder flag
     int8 = BenchConfig(arch="us_resnet_mini", device="fakejet", devices_file=devices, widths="0.5", precision="int8",
                        out_dir=tmp_path / "out8")
-    with pytest.raises(ConfigError, match="Q/DQ"):
+    with pytest.raises(ConfigError, match="calibration from real images"):  # the stand-in export has no ranges
         run_bench(int8)
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.0.0"])
+def test_trtexec_int8_uses_a_calibration_cache_or_qdq_by_version(tmp_path, version):
+    """Real INT8 export (ONNX Runtime, calibrated at export); trtexec is the stand-in script."""
+    import onnx
+
+    script = stand_in(tmp_path, write_times=True)
+    devices = devices_file(tmp_path, script)
+    devices.write_text(devices.read_text().replace('precision = "fp16"', 'precision = "int8"')
+                       + f'trt_version = "{version}"\n')
+    cfg = BenchConfig(arch="us_resnet_mini", device="fakejet", devices_file=devices, widths="0.5", rounds=1,
+                      warmup_ms=10, duration_s=0.1, out_dir=tmp_path / "out")
+    row = run_bench(cfg).report["results"][0]
+    build = next(c for c in (tmp_path / "calls.log").read_text().splitlines() if "--saveEngine=" in c)
+    onnx_file = str(tmp_path / "built.onnx")  # the stand-in keeps copies of what it was given
+    if version.startswith("10"):
+        assert "--int8" in build and "--fp16" in build and row["int8_path"] == "calibration-cache"
+        assert any(a.startswith("--calib=") for a in build.split())
+        cache = tmp_path / "built.cache"
+        lines = cache.read_text().splitlines()
+        assert lines[0] == "TRT-100300-EntropyCalibration2" and any(ln.startswith("input: ") for ln in lines[1:])
+        assert all(len(ln.rsplit(": ", 1)[1]) == 8 for ln in lines[1:])  # float32 scale as 8 hex digits
+        graph = onnx.load(onnx_file).graph  # the FP32 ONNX: TensorRT <= 10 quantises with the cache
+        assert not any(n.op_type == "QuantizeLinear" for n in graph.node)
+    else:
+        assert not any(a in build for a in ("--int8", "--fp16", "--calib")) and row["int8_path"] == "qdq"
+        graph = onnx.load(onnx_file).graph
+        zero_points = {i.name: i for i in graph.initializer if "zero_point" in i.name}
+        assert any(n.op_type == "QuantizeLinear" for n in graph.node) and zero_points
+        assert all(onnx.numpy_helper.to_array(z).dtype.name == "int8" and not onnx.numpy_helper.to_array(z).any()
+                   for z in zero_points.values())  # symmetric int8: what TensorRT's explicit quantization takes
 
 
 def test_power_mode_ladder_restores_the_original_mode(tmp_path, fixture_exporter, monkeypatch):

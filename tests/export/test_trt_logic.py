@@ -21,7 +21,7 @@ import torch
 
 from us3l.export import ExportConfig, ExportRequest, export, get_exporter
 from us3l.export import trt_build, trt_exporter
-from us3l.export.onnx_precision import float16_convert
+from us3l.export.onnx_precision import to_fp16
 from us3l.export.trt_build import calibration_batches, precision_plan, profile_shapes, trt_version
 from us3l.core.bn import calibrate_bn
 from us3l.core.errors import BackendUnavailableError, ExportError
@@ -233,7 +233,7 @@ def test_trt11_strongly_typed_fp16_converts_the_onnx(tmp_path, fake_gpu, onnx_fi
     conv_weights = {n.input[1] for n in parsed.graph.node if n.op_type == "Conv"}
     assert all(i.data_type == onnx.TensorProto.FLOAT16 for i in parsed.graph.initializer if i.name in conv_weights)
     assert not [c for c in trt.calls if c[0] == "flag"] and facts["strongly_typed"]
-    assert facts["precision_tool"] in ("us3l-float16", "modelopt-autocast")
+    assert facts["precision_tool"].startswith(("onnxruntime.transformers.float16", "modelopt-autocast"))
     assert not list(tmp_path.glob("*.fp16.onnx"))  # the converted temp ONNX is removed
     with pytest.raises(BackendUnavailableError, match=r"nvidia-modelopt\[onnx\]"):
         get_exporter("trt").export(_request(tmp_path, onnx_file, "int8", calib_images=np.zeros((4, 3, 16, 16), np.float32)))
@@ -245,8 +245,9 @@ def test_float16_conversion_runs_in_onnxruntime(onnx_file):
     from us3l.export.onnx_exporter import ort_session
 
     model = onnx.load(str(onnx_file))
-    half = float16_convert(model)
-    onnx.checker.check_model(half, full_check=True)
+    half, tool = to_fp16(model)  # ONNX Runtime's converter here (no ModelOpt)
+    assert tool.startswith("onnxruntime.transformers.float16")
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in half.graph.initializer)
     x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
     a = ort_session(model.SerializeToString()).run(None, {"input": x})[0]
     b = ort_session(half.SerializeToString()).run(None, {"input": x})[0]
@@ -254,7 +255,7 @@ def test_float16_conversion_runs_in_onnxruntime(onnx_file):
     assert np.abs(a).max() > 1e-3  # a meaningful comparison, not two near-zero outputs
 
 
-@pytest.mark.parametrize("n_images,expected", [(600, 500), (100, 100)])
+@pytest.mark.parametrize("n_images,expected", [(600, 500), (100, 80)])  # a fifth of a small set is held out
 def test_pipeline_int8_on_trt10_calibrates_on_real_images(tmp_path, fake_gpu, monkeypatch, n_images, expected):
     trt = fake_gpu("10.3.0.26")
     seen = {}

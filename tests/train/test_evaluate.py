@@ -52,7 +52,8 @@ def test_evaluate_rows_and_bn_bank(ckpt):
     assert [r["width"] for r in rows] == [1.0, 0.25]
     assert [r["feature_dim"] for r in rows] == [128, 32]
     for r in rows:
-        assert set(r) == {"width", "feature_dim", "knn", "linear"}
+        assert set(r) == {"width", "precision", "feature_dim", "knn", "linear", "source"}
+        assert (r["precision"], r["source"]) == ("fp32", "pytorch")
         assert 0.3 < r["knn"] <= 1.0 and 0.0 <= r["linear"] <= 1.0  # random init is still far above chance
     assert ("0.25", "done") == (str(calls[-1][0]), calls[-1][1])
     assert ckpt.bank_widths() == [0.25, 1.0]

@@ -101,12 +101,18 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class WidthAccuracy:
-    """Accuracy of one width (fractions in [0, 1]; ``None`` when that protocol was not run)."""
+    """Accuracy of one width at one precision (fractions in [0, 1]; ``None`` when that protocol was
+    not run). ``source`` is ``pytorch`` or ``artifact`` (then ``artifact`` names the file);
+    ``top1`` is a classifier artifact's own top-1."""
 
     width: float
     feature_dim: int
     knn: float | None = None
     linear: float | None = None
+    precision: str = "fp32"
+    top1: float | None = None
+    source: str | None = None
+    artifact: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``accuracy.json`` row: keys of protocols that were not run are left out."""
@@ -134,24 +140,26 @@ class EvalResult:
     @classmethod
     def from_rows(cls, checkpoint: Path, checkpoint_hash: str, accuracy_file: Path, protocol: dict[str, Any],
                   rows: Sequence[dict[str, Any]]) -> EvalResult:
-        results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), r.get("knn"), r.get("linear")) for r in rows)
+        results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), r.get("knn"), r.get("linear"),
+                                      str(r.get("precision") or "fp32"), r.get("top1"), r.get("source"), r.get("artifact"))
+                        for r in rows)
         return cls(checkpoint, checkpoint_hash, accuracy_file, str(protocol.get("dataset", {}).get("name", "")),
-                   protocol, tuple(sorted(results, key=lambda r: r.width)))
+                   protocol, tuple(sorted(results, key=lambda r: (r.width, r.precision))))
 
     @property
     def metrics(self) -> list[str]:
-        """The protocols that were run (``knn``, ``linear``)."""
-        return [m for m in ("knn", "linear") if any(getattr(r, m) is not None for r in self.results)]
+        """The protocols that were run (``knn``, ``linear``, ``top1``)."""
+        return [m for m in ("knn", "linear", "top1") if any(getattr(r, m) is not None for r in self.results)]
 
-    def accuracy(self, width: float, metric: str | None = None) -> float:
-        """Accuracy of ``width`` under ``metric`` (default: linear if it was run, else kNN).
+    def accuracy(self, width: float, metric: str | None = None, precision: str = "fp32") -> float:
+        """Accuracy of ``width`` at ``precision`` under ``metric`` (default: linear if it was run, else kNN).
 
         Raises:
             ConfigError: the width or the metric was not evaluated.
         """
         metric = metric or ("linear" if "linear" in self.metrics else "knn")
         for r in self.results:
-            if abs(r.width - width) < 1e-9 and getattr(r, metric, None) is not None:
+            if abs(r.width - width) < 1e-9 and r.precision == precision and getattr(r, metric, None) is not None:
                 return float(getattr(r, metric))
         raise ConfigError(f"no {metric} accuracy for width {format_width(width)}; evaluated: "
                           f"{', '.join(format_width(r.width) for r in self.results)} with {', '.join(self.metrics)}")
@@ -186,6 +194,11 @@ class LatencyRow:
     power_mode: int | None = None
     energy_mj: float | None = None
     cached: bool = False
+    precision: str = "fp32"
+    accuracy_source: str | None = None  # "measured", "unknown" (no row at this precision), None (no table)
+    cov: float | None = None
+    ci_ms: tuple[float, float] | None = None  # 95 % bootstrap interval of the run's budget metric
+    artifact: str | None = None
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> LatencyRow:
@@ -193,7 +206,10 @@ class LatencyRow:
                    p95_ms=r.get("p95_ms"), p99_ms=r.get("p99_ms"), mean_ms=r.get("mean_ms"), std_ms=r.get("std_ms"),
                    throughput=r.get("throughput"), macs=r.get("macs"), params=r.get("params"), accuracy=r.get("accuracy"),
                    aliases=tuple(float(a) for a in r.get("aliases") or ()), power_mode=r.get("power_mode"),
-                   energy_mj=r.get("energy_mj"), cached=bool(r.get("cached")))
+                   energy_mj=r.get("energy_mj"), cached=bool(r.get("cached")), precision=str(r.get("precision") or "fp32"),
+                   accuracy_source=r.get("accuracy_source"), cov=r.get("cov"),
+                   ci_ms=(float(r["ci_low_ms"]), float(r["ci_high_ms"])) if r.get("ci_low_ms") is not None else None,
+                   artifact=r.get("artifact"))
 
     def latency(self, metric: str = "p95") -> float | None:
         """The latency statistic ``metric`` (p50, p90, p95, p99 or mean) in ms."""
@@ -204,7 +220,8 @@ class LatencyRow:
 
 @dataclass(frozen=True)
 class Choice:
-    """The width chosen for a latency budget."""
+    """The (width, precision) pair chosen for a latency budget; ``artifact`` is the file to deploy;
+    ``noise`` says when the choice is within measurement noise (else ``None``)."""
 
     width: float
     latency_ms: float
@@ -213,6 +230,9 @@ class Choice:
     accuracy: float | None
     aliases: tuple[float, ...]
     reason: str
+    precision: str = "fp32"
+    artifact: str | None = None
+    noise: str | None = None
 
 
 @dataclass(frozen=True)
@@ -255,7 +275,8 @@ class BenchResult:
         if chosen:
             pick = Choice(float(chosen["width"]), float(chosen["latency_ms"]), metric, float(budget),
                           chosen.get("accuracy"), tuple(float(a) for a in chosen.get("aliases") or ()),
-                          str(choice.get("reason", "")))
+                          str(choice.get("reason", "")), str(chosen.get("precision") or "fp32"), chosen.get("artifact"),
+                          (choice.get("noise") or {}).get("message"))
         return cls(device=report["device"], runner=report["runner"], precision=report["precision"],
                    threads=report.get("threads"), results=tuple(LatencyRow.from_record(r) for r in report["results"]),
                    pareto_widths=tuple(float(w) for w in report.get("pareto_widths", [])), budget_ms=budget,

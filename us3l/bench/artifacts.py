@@ -110,7 +110,11 @@ class BenchArtifact:
         path: the ONNX file (``None`` for purely in-process artifacts).
         sha256: content hash of ``path`` (the lookup-table key).
         input_shape: example input shape (batch first); channels / macs / params: from the exporter.
-        precision: precision the artifact was exported for.
+        precision: precision the artifact was exported for (``fp16``/``int8``: an ONNX converted from
+            ``source``, the FP32 ONNX of the same width).
+        source: the FP32 ONNX a reduced-precision artifact was converted from (TensorRT builds
+            from it on TensorRT <= 10), else None.
+        ranges: the INT8 activation ranges file (TensorRT calibration cache / Q/DQ), else None.
         build_module: callable returning the static ``nn.Module`` (for the ``torch`` runner).
     """
 
@@ -123,6 +127,8 @@ class BenchArtifact:
     params: int | None = None
     aliases: tuple[float, ...] = ()
     precision: str = "fp32"
+    source: Path | None = None
+    ranges: Path | None = None
     build_module: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     def record(self) -> dict:
@@ -131,6 +137,7 @@ class BenchArtifact:
             "width": self.width, "path": str(self.path) if self.path else None, "sha256": self.sha256,
             "input_shape": list(self.input_shape), "channels": self.channels, "macs": self.macs,
             "params": self.params, "aliases": list(self.aliases), "precision": self.precision,
+            "source": str(self.source) if self.source else None, "ranges": str(self.ranges) if self.ranges else None,
         }
 
 
@@ -159,7 +166,8 @@ def _export(source: ModelSource, widths: list[float], out_dir: Path, precision: 
         # Untrained network for latency planning: BN statistics and parity on random data do not
         # change latency, so keep those steps minimal (checkpoints get the exporter's defaults).
         known = {f.name for f in dataclasses.fields(ExportConfig)}
-        extra = {k: v for k, v in (("bn_images", 32), ("parity_images", 2)) if k in known}
+        extra = {k: v for k, v in (("bn_images", 32), ("parity_images", 2), ("int8_images", 32), ("gate_images", 8))
+                 if k in known}
     cfg = ExportConfig(checkpoint=str(source.checkpoint) if source.checkpoint else None, arch=source.arch,
                        widths=tuple(widths), format="onnx", out_dir=str(out_dir), batch=None, snap=source.snap,
                        precision=precision, **extra)
@@ -172,6 +180,9 @@ def _export(source: ModelSource, widths: list[float], out_dir: Path, precision: 
             "channels": art.channels, "macs": art.macs,
             "params": art.params, "aliases": [round_width(a) for a in art.aliases],
             "precision": art.precision, "stamp": _file_stamp(Path(art.path)),
+            "source": str(Path(art.source).resolve()) if art.source else None,
+            "ranges": str((Path(art.path).parent / art.calibration["ranges_file"]).resolve())
+            if art.calibration and art.calibration.get("ranges_file") else None,
         })
     return records
 
@@ -227,6 +238,8 @@ def prepare_artifacts(source: ModelSource, widths: Sequence[float], out_dir: Pat
             width=width, path=Path(rec["path"]), sha256=rec["sha256"], input_shape=tuple(rec["input_shape"]),
             channels=rec["channels"], macs=rec["macs"], params=rec["params"],
             aliases=tuple(a for a in aliases if a != width), precision=rec["precision"],
+            source=Path(rec["source"]) if rec.get("source") else None,
+            ranges=Path(rec["ranges"]) if rec.get("ranges") else None,
             build_module=lambda w=width: source.build_static(w),
         )
         seen[rec["sha256"]] = art

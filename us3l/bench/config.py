@@ -19,13 +19,18 @@ class BenchConfig:
     Attributes:
         checkpoint / arch: the model (a checkpoint, or an architecture for latency planning).
         device / devices_file: built-in device or TOML profile name, and an explicit profiles file.
-        widths: width list or range text (``None``: the checkpoint's BN-bank ladder, else 0.25:1.0:0.25).
-        batches: batch sizes; runner / precision / threads: ``None`` = the device's defaults.
+        widths: width list or range text (``None``: 0.25:1.0:0.25 plus the checkpoint's BN-bank widths
+            plus the widths in its accuracy table).
+        batches: batch sizes; runner / threads: ``None`` = the device's defaults.
+        precision: one precision or a list ``"fp32,int8"``: every (width, precision) pair is measured
+            (``None`` = the device's precision).
         duration_s / iterations / warmup_ms / rounds / idle_gap_ms: timing methodology.
         budget_ms / metric: latency budget and the statistic it applies to.
         search / search_step: bisect the continuous width range (grid step for distinct configs).
         accuracy: accuracy table (default: ``accuracy.json`` beside the checkpoint).
         power_modes: nvpmodel modes to measure (Jetson; ``()`` = current mode only).
+        remeasure: with a budget, how many times the chosen pair and the next candidate are
+            re-measured when their confidence intervals straddle the budget (0: only report it).
         accept_new_host_key: allow first ssh contact (``StrictHostKeyChecking=accept-new``).
         force: re-export and re-measure even when cached.
         out_dir: reports and artifacts (``None``: ``./us3l-bench`` with the LUT in the user cache).
@@ -52,6 +57,7 @@ class BenchConfig:
     search_step: float = 0.005
     accuracy: Path | None = None
     power_modes: tuple[int, ...] = ()
+    remeasure: int = 2
     accept_new_host_key: bool = False
     force: bool = False
     out_dir: Path | None = None
@@ -66,8 +72,14 @@ class BenchConfig:
             raise ConfigError(f"batch sizes must be >= 1, got {list(self.batches)}")
         if self.metric not in METRICS:
             raise ConfigError(f"metric {self.metric!r} is invalid; valid: {', '.join(METRICS)}")
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is invalid; valid: {', '.join(PRECISIONS)}")
+        if self.precision is not None:
+            parts = [p.strip() for p in str(self.precision).split(",")]
+            bad = [p for p in parts if p not in PRECISIONS]
+            if bad or not parts:
+                raise ConfigError(f"precision {self.precision!r} is invalid; valid: {', '.join(PRECISIONS)} "
+                                  "or a list such as fp32,int8")
+        if self.remeasure < 0:
+            raise ConfigError(f"--remeasure must be >= 0, got {self.remeasure}")
         if self.budget_ms is not None and self.budget_ms <= 0:
             raise ConfigError(f"--budget-ms must be > 0, got {self.budget_ms}")
         if self.search and self.budget_ms is None:
@@ -76,6 +88,15 @@ class BenchConfig:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if not 0 < self.search_step <= 0.25:
             raise ConfigError(f"search step must be in (0, 0.25], got {self.search_step}")
+        if self.search and len(self.precisions or ()) > 1:
+            raise ConfigError("--search bisects widths at one precision; give one --precision with --search")
+
+    @property
+    def precisions(self) -> tuple[str, ...] | None:
+        """The requested precisions in order (``None``: the device's)."""
+        if self.precision is None:
+            return None
+        return tuple(dict.fromkeys(p.strip() for p in str(self.precision).split(",")))
 
 
 def parse_batches(text: str) -> tuple[int, ...]:

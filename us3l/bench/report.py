@@ -16,10 +16,11 @@ from us3l.core.width import format_width
 
 from us3l.core.files import atomic_write_bytes, atomic_write_text
 
-CSV_COLUMNS = ("width", "aliases", "channels", "macs", "params", "accuracy", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
-               "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "n", "throughput", "batch", "runner", "device",
-               "precision", "threads", "power_mode", "power_mw", "energy_mj", "gpu_compute_p50_ms", "source",
-               "cached", "sha256")
+CSV_COLUMNS = ("width", "precision", "aliases", "channels", "macs", "params", "accuracy", "accuracy_source", "p50_ms",
+               "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "ci_low_ms", "ci_high_ms",
+               "n", "throughput", "batch", "runner", "device", "threads", "power_mode", "power_mw", "energy_mj",
+               "gpu_compute_p50_ms", "int8_path", "source", "cached", "remeasured", "artifact", "sha256")
+# ci_low_ms / ci_high_ms: the 95 % bootstrap interval of the budget metric (--metric)
 
 
 def _cell(value: Any) -> str:
@@ -45,13 +46,22 @@ def write_json(path: Path, report: dict) -> Path:
     return atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | None, budget_ms: float | None) -> Path:
-    """Accuracy-vs-latency (chosen point marked; width-vs-latency without accuracies) and
-    latency-vs-width with MACs on a twin axis, for the first batch size (all batches on the right)."""
+MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
+COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+
+
+def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | None, budget_ms: float | None,
+               title: str | None = None) -> Path:
+    """Left: accuracy (or width, without accuracies) against latency, one series per precision,
+    the Pareto frontier across precisions, horizontal bars for the 95 % interval of the latency
+    (else p50..p99), the chosen pair starred and the budget line labelled. Right: latency against
+    width per precision and batch, with MACs on a twin axis. First batch size and power mode."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
+    from .choice import pareto_front
 
     key = f"{metric}_ms"
     batches = list(dict.fromkeys(r["batch"] for r in rows))
@@ -59,34 +69,61 @@ def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | Non
     rows = [r for r in rows if r.get(key) is not None]  # stdout-fallback rows may lack a percentile
     first = sorted((r for r in rows if r["batch"] == batches[0] and r.get("power_mode") == modes[0]),
                    key=lambda r: r["width"])
+    precisions = list(dict.fromkeys(r.get("precision") or "fp32" for r in first))
     has_acc = any(r.get("accuracy") is not None for r in first)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    shown = [r for r in first if r.get("accuracy") is not None] if has_acc else first  # widths never evaluated: right panel only
-    ys = [r["accuracy"] if has_acc else r["width"] for r in shown]
-    ax1.plot([r[key] for r in shown], ys, "o-", color="tab:blue")
-    for r, y in zip(shown, ys):
-        ax1.annotate(format_width(r["width"]), (r[key], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    if title:
+        fig.suptitle(title, fontsize=10)
+
+    def y_of(r: dict) -> float:
+        return r["accuracy"] if has_acc else r["width"]
+
+    for p in precisions:
+        pts = [r for r in first if (r.get("precision") or "fp32") == p and (not has_acc or r.get("accuracy") is not None)]
+        if not pts:
+            continue
+        xs, ys = [r[key] for r in pts], [y_of(r) for r in pts]
+        lo = [r[key] - (r.get("ci_low_ms") if r.get("ci_low_ms") is not None else r.get("p50_ms", r[key])) for r in pts]
+        hi = [(r.get("ci_high_ms") if r.get("ci_high_ms") is not None else r.get("p99_ms", r[key])) - r[key] for r in pts]
+        ax1.errorbar(xs, ys, xerr=[[max(0.0, v) for v in lo], [max(0.0, v) for v in hi]], fmt=MARKERS.get(p, "o"),
+                     color=COLORS.get(p), capsize=3, label=p, alpha=0.85)
+        for r, y in zip(pts, ys):
+            ax1.annotate(format_width(r["width"]), (r[key], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = [first[i] for i in pareto_front(first, metric)]
+    if len(front) > 1:
+        ax1.plot([r[key] for r in front], [y_of(r) for r in front], "-", color="grey", lw=1, label="Pareto front")
+    unknown = [r for r in first if has_acc and r.get("accuracy") is None]
+    if unknown:
+        ax1.text(0.01, 0.01, "accuracy unknown (not plotted): " + ", ".join(
+            f"{format_width(r['width'])} {r.get('precision') or 'fp32'}" for r in unknown), transform=ax1.transAxes,
+            fontsize=7, va="bottom")
     if chosen:
         cy = chosen.get("accuracy") if has_acc else chosen["width"]
         if cy is not None:
-            ax1.plot([chosen["latency_ms"]], [cy], "*", ms=16, color="tab:red", label="chosen")
-            ax1.legend(loc="lower right")
+            ax1.plot([chosen["latency_ms"]], [cy], "*", ms=18, color="tab:red", zorder=5,
+                     label=f"chosen: {format_width(chosen['width'])} {chosen.get('precision') or 'fp32'}")
     if budget_ms:
-        ax1.axvline(budget_ms, ls="--", color="grey")
-    ax1.set_xlabel(f"{metric} latency (ms), batch {batches[0]}")
+        ax1.axvline(budget_ms, ls="--", color="grey", label=f"budget {budget_ms:g} ms ({metric})")
+    ax1.set_xlabel(f"{metric} latency (ms), batch {batches[0]}; bars: 95% CI")
     ax1.set_ylabel("accuracy" if has_acc else "width")
-    ax1.set_title("accuracy vs latency" if has_acc else "width vs latency")
+    ax1.set_title("accuracy vs latency" if has_acc else "width vs latency (no accuracy)", fontsize=9)
+    ax1.legend(loc="lower right", fontsize=7)
     for b in batches:
-        pts = sorted((r for r in rows if r["batch"] == b and r.get("power_mode") == modes[0]), key=lambda r: r["width"])
-        ax2.plot([r["width"] for r in pts], [r[key] for r in pts], "o-", label=f"batch {b}")
+        for p in precisions:
+            pts = sorted((r for r in rows if r["batch"] == b and r.get("power_mode") == modes[0]
+                          and (r.get("precision") or "fp32") == p), key=lambda r: r["width"])
+            if pts:
+                ax2.plot([r["width"] for r in pts], [r[key] for r in pts], marker=MARKERS.get(p, "o"), ls="-",
+                         color=COLORS.get(p) if len(batches) == 1 else None, label=f"{p} batch {b}")
     ax2.set_xlabel("width")
     ax2.set_ylabel(f"{metric} latency (ms)")
-    ax2.legend(loc="upper left")
+    ax2.legend(loc="upper left", fontsize=7)
     if any(r.get("macs") for r in first):
         twin = ax2.twinx()
-        twin.plot([r["width"] for r in first], [(r.get("macs") or 0) / 1e6 for r in first], "s:", color="tab:gray")
+        fp = sorted({r["width"]: r for r in first}.values(), key=lambda r: r["width"])
+        twin.plot([r["width"] for r in fp], [(r.get("macs") or 0) / 1e6 for r in fp], ":", color="tab:gray")
         twin.set_ylabel("MMACs (dotted)", color="tab:gray")
-    ax2.set_title("latency and MACs vs width")
+    ax2.set_title("latency and MACs vs width", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -108,11 +145,13 @@ def render_table(report: dict) -> Any:
 
     columns: list[tuple[str, Any]] = [
         ("width", lambda r: format_width(r["width"])),
+        ("prec", lambda r: str(r.get("precision") or "")),
         ("aliases", lambda r: ",".join(format_width(a) for a in r.get("aliases") or [])),
         ("MMACs", lambda r: f(r["macs"] / 1e6 if r.get("macs") else None, ".1f")),
-        ("acc", lambda r: f(r.get("accuracy"), ".4f")),
+        ("acc", lambda r: "?" if r.get("accuracy_source") == "unknown" else f(r.get("accuracy"), ".4f")),
         ("p50 ms", lambda r: f(r.get("p50_ms"), ".3f")), ("p95 ms", lambda r: f(r.get("p95_ms"), ".3f")),
-        ("p99 ms", lambda r: f(r.get("p99_ms"), ".3f")), ("mean ms", lambda r: f(r.get("mean_ms"), ".3f")),
+        ("CI ±ms", lambda r: "" if r.get("ci_low_ms") is None else  # half-width of the budget metric's 95% CI
+         f"{(r['ci_high_ms'] - r['ci_low_ms']) / 2:.2g}"),
         ("CoV", lambda r: f(r.get("cov"), ".1%")), ("thr/s", lambda r: f(r.get("throughput"), ".1f")),
         ("batch", lambda r: str(r["batch"])), ("mJ/inf", lambda r: f(r.get("energy_mj"), ".3f")),
         ("mode", lambda r: f(r.get("power_mode"), "d")), ("cached", lambda r: "yes" if r.get("cached") else ""),
@@ -121,7 +160,8 @@ def render_table(report: dict) -> Any:
     for name, _ in columns:
         table.add_column(name, justify="right")
     for r in rows:
-        is_chosen = chosen and r["width"] == chosen["width"] and r["batch"] == report["config"]["batches"][0]
+        is_chosen = chosen and r["width"] == chosen["width"] and r["batch"] == report["config"]["batches"][0] \
+            and (r.get("precision") or "fp32") == (chosen.get("precision") or "fp32")
         table.add_row(*(fn(r) for _, fn in columns), style="bold green" if is_chosen else None)
-    table.caption = f"budget metric: {metric}"
+    table.caption = f"budget metric: {metric} (CI: its 95% bootstrap interval); acc ? = not measured at that precision"
     return table

@@ -2,7 +2,8 @@
 
 Every runner (local loop, remote agent, trtexec ``--exportTimes``) hands back a list of
 per-run latencies in milliseconds; this module is the single place that turns them into
-p50/p90/p95/p99, mean, std, coefficient of variation and throughput.
+p50/p90/p95/p99, mean, std, coefficient of variation, throughput and a bootstrap confidence
+interval for every statistic (:func:`bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class LatencyStats:
         cov: coefficient of variation ``std / mean`` (a stability diagnostic).
         throughput: samples per second at this batch, ``batch * 1000 / mean_ms``.
         batch: batch size the runs used.
+        ci_ms: ``{metric: [low, high]}``, the 95 % bootstrap interval of each statistic (``None`` for
+            points measured before intervals existed, or from a stdout summary).
     """
 
     n: int
@@ -42,6 +45,7 @@ class LatencyStats:
     cov: float
     throughput: float
     batch: int
+    ci_ms: dict | None = None
 
     def metric(self, name: str) -> float:
         """Value of ``name`` in :data:`METRICS` (``"p95"`` -> ``p95_ms``)."""
@@ -58,7 +62,37 @@ class LatencyStats:
     @classmethod
     def from_dict(cls, data: dict) -> LatencyStats:
         """Inverse of :meth:`to_dict` (unknown keys ignored)."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 400
+
+
+def bootstrap_ci(times_ms: Sequence[float], level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = 0) -> dict[str, list[float]]:
+    """Percentile-bootstrap confidence interval of every statistic in :data:`METRICS`.
+
+    Resamples the runs with replacement (seeded, so a report is reproducible). Runs of one point
+    are not independent (they come in rounds, and drift), so the interval is a lower bound on the
+    real uncertainty; it still separates a CoV of 2 % from one of 100 %.
+
+    Returns:
+        ``{"p50": [low, high], ..., "mean": [low, high]}`` in ms (a single run gives a zero-width interval).
+    """
+    arr = np.asarray(list(times_ms), dtype=np.float64)
+    if arr.size < 2:
+        v = float(arr[0]) if arr.size else 0.0
+        return {m: [v, v] for m in METRICS}
+    rng = np.random.default_rng(seed)
+    if arr.size > 20000:  # keep memory bounded: an evenly spaced subsample keeps the distribution
+        arr = arr[np.linspace(0, arr.size - 1, 20000).astype(int)]
+    samples = arr[rng.integers(0, arr.size, size=(resamples, arr.size))]
+    stats = {"p50": np.percentile(samples, 50, axis=1), "p90": np.percentile(samples, 90, axis=1),
+             "p95": np.percentile(samples, 95, axis=1), "p99": np.percentile(samples, 99, axis=1),
+             "mean": samples.mean(axis=1)}
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {m: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for m, v in stats.items()}
 
 
 def compute_stats(times_ms: Sequence[float], batch: int = 1) -> LatencyStats:
@@ -90,5 +124,5 @@ def compute_stats(times_ms: Sequence[float], batch: int = 1) -> LatencyStats:
     return LatencyStats(
         n=int(arr.size), p50_ms=p50, p90_ms=p90, p95_ms=p95, p99_ms=p99, mean_ms=mean, std_ms=std,
         min_ms=float(arr.min()), max_ms=float(arr.max()), cov=std / mean if mean > 0 else 0.0,
-        throughput=batch * 1000.0 / mean if mean > 0 else float("inf"), batch=int(batch),
+        throughput=batch * 1000.0 / mean if mean > 0 else float("inf"), batch=int(batch), ci_ms=bootstrap_ci(arr),
     )

@@ -47,7 +47,7 @@ class MeasureContext:
     def key(self, art: BenchArtifact, batch: int) -> str:
         """Lookup-table key of ``art`` at ``batch`` (the power mode is part of the device state)."""
         fp = self.fingerprint if self.power_mode is None else f"{self.fingerprint}@mode{self.power_mode}"
-        key = point_key(fp, self.runner_name, art.sha256, batch, self.options.precision, self.options.threads)
+        key = point_key(fp, self.runner_name, art.sha256, batch, art.precision, self.options.threads)
         # A point is reused only by a run with the same methodology: a quick '--iterations 3' point
         # must not stand in for a careful one. Idle-gap (duty-cycle) latency is another quantity.
         t = self.timing
@@ -71,6 +71,8 @@ def _point(times: list[float], extras: dict, batch: int) -> dict:
     compute = [t for chunk in extras.get("compute_ms", []) for t in chunk]
     if compute:
         point["gpu_compute_p50_ms"] = compute_stats(compute, batch).p50_ms
+    if extras.get("int8_path"):
+        point["int8_path"] = extras["int8_path"][-1]
     power = extras.get("power_mw") or []
     if power:
         point["power_mw"] = statistics.fmean(power)
@@ -120,7 +122,8 @@ def measure_rows(ctx: MeasureContext, artifacts: Sequence[BenchArtifact], batche
             rows.append({
                 "width": art.width, "aliases": list(art.aliases), "channels": art.channels, "macs": art.macs,
                 "params": art.params, **{k: v for k, v in point.items() if k != "measured_at"},
-                "batch": b, "runner": ctx.runner_name, "device": ctx.device, "precision": ctx.options.precision,
+                "batch": b, "runner": ctx.runner_name, "device": ctx.device, "precision": art.precision,
+                "artifact": str(art.path) if art.path else None,
                 "threads": ctx.options.threads, "power_mode": ctx.power_mode, "sha256": art.sha256, "cached": cached,
             })
     return rows

@@ -59,12 +59,13 @@ def precision_flags(precision: str, version: Version) -> list[str]:
         raise ConfigError(f"precision {precision!r} is invalid; valid: fp32, fp16, int8")
     if version[0] >= 11 or precision == "fp32":
         return []
-    return [f"--{precision}"]
+    return ["--int8", "--fp16"] if precision == "int8" else ["--fp16"]  # int8: unquantised layers in fp16
 
 
 def build_command(trtexec: str, onnx: str, engine: str, input_name: str, sample_dims: Sequence[int],
                   batches: Sequence[int], precision: str, version: Version,
-                  workspace_mib: int | None = None, timing_cache: str | None = None) -> list[str]:
+                  workspace_mib: int | None = None, timing_cache: str | None = None,
+                  calib: str | None = None) -> list[str]:
     """Argument list that builds ``engine`` from ``onnx`` with one profile covering ``batches``.
 
     Args:
@@ -75,13 +76,21 @@ def build_command(trtexec: str, onnx: str, engine: str, input_name: str, sample_
         precision / version: precision and TensorRT version (flags differ across versions).
         workspace_mib: workspace limit (``--memPoolSize`` from TRT 8.4, ``--workspace`` before).
         timing_cache: ``--timingCacheFile`` path.
+        calib: INT8 calibration cache (``--calib``) for TensorRT <= 10; refused on >= 11 (Q/DQ there).
+
+    Raises:
+        ConfigError: ``calib`` without int8, or on TensorRT >= 11.
     """
+    if calib and (precision != "int8" or version[0] >= 11):
+        raise ConfigError("a calibration cache applies to int8 on TensorRT <= 10 only; TensorRT >= 11 takes a Q/DQ ONNX")
     lo, hi = min(batches), max(batches)
     cmd = [trtexec, f"--onnx={onnx}", f"--saveEngine={engine}",
            f"--minShapes={shape_spec(input_name, (lo, *sample_dims))}",
            f"--optShapes={shape_spec(input_name, (hi, *sample_dims))}",
            f"--maxShapes={shape_spec(input_name, (hi, *sample_dims))}"]
     cmd += precision_flags(precision, version)
+    if calib:
+        cmd.append(f"--calib={calib}")
     if workspace_mib:
         cmd.append(f"--memPoolSize=workspace:{int(workspace_mib)}" if version >= (8, 4, 0)
                    else f"--workspace={int(workspace_mib)}")

@@ -13,7 +13,8 @@ from .common import console, example, print_json, progress_bar, user_errors
 if TYPE_CHECKING:
     from ..api import BenchResult
 
-EXAMPLE = "us3l bench runs/us3l/checkpoint.pt --device cpu --widths 0.25:1.0:0.25 --budget-ms 2 --out runs/us3l/bench"
+EXAMPLE = ("us3l bench runs/us3l/checkpoint.pt --device cpu --widths 0.25:1.0:0.25 --precision fp32,int8 --budget-ms 2 "
+           "--out runs/us3l/bench")
 
 
 class Metric(str, Enum):
@@ -22,12 +23,6 @@ class Metric(str, Enum):
     p95 = "p95"
     p99 = "p99"
     mean = "mean"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
 
 
 def render(result: BenchResult) -> None:
@@ -41,14 +36,20 @@ def render(result: BenchResult) -> None:
     console.print(render_table(result.report))
     if result.accuracy_note:
         console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
+    if result.report.get("accuracy_unknown_note"):
+        console.print(f"[yellow]note:[/] {escape(result.report['accuracy_unknown_note'])}")
     files = result.files
     console.print(f"report: {files['report']}  csv: {files['csv']}" + (f"  plot: {files['plot']}" if "plot" in files else ""))
     if result.budget_ms is None:
         return
     if result.chosen is not None:
         c = result.chosen
-        console.print(f"[bold green]chosen width {format_width(c.width)}[/]: {c.metric} {c.latency_ms:.3f} ms "
-                      f"<= {c.budget_ms:g} ms ({c.reason})")
+        console.print(f"[bold green]chosen width {format_width(c.width)} {c.precision}[/]: {c.metric} "
+                      f"{c.latency_ms:.3f} ms <= {c.budget_ms:g} ms ({escape(c.reason)})")
+        if c.artifact:
+            console.print(f"deploy: {escape(c.artifact)}")
+        if c.noise:
+            console.print(f"[yellow]note:[/] {escape(c.noise)}")
     else:
         console.print(f"[bold red]no width fits[/]: {result.reason}")
 
@@ -62,10 +63,10 @@ def register(app: typer.Typer) -> None:
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (latency does not depend on weights).  [default: the checkpoint's]")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, jetson, or a profile name from us3l-devices.toml.")] = "cpu",
         devices_file: Annotated[Optional[Path], typer.Option(help="Device profiles TOML.  [default: ./us3l-devices.toml, then ~/.config/us3l/devices.toml]")] = None,
-        widths: Annotated[Optional[str], typer.Option("--widths", "--width", help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: the checkpoint's calibrated widths, else 0.25:1.0:0.25]")] = None,
+        widths: Annotated[Optional[str], typer.Option("--widths", "--width", help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: 0.25:1.0:0.25 plus the checkpoint's calibrated and evaluated widths]")] = None,
         batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
         runner: Annotated[Optional[str], typer.Option(help="torch, onnxruntime, tensorrt or trtexec.  [default: the device's]")] = None,
-        precision: Annotated[Optional[Precision], typer.Option(help="Inference precision.  [default: the device's]")] = None,
+        precision: Annotated[Optional[str], typer.Option(help="Precision or list, e.g. fp32,int8,fp16: every (width, precision) pair is measured.  [default: the device's]")] = None,
         threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads.  [default: the device's, else the runtime's]")] = None,
         duration: Annotated[float, typer.Option(help="Timed seconds per width and batch size.")] = 1.0,
         iterations: Annotated[Optional[int], typer.Option(help="Fixed timed runs per width and batch size (overrides --duration).  [default: time-based, --duration]")] = None,
@@ -80,6 +81,7 @@ def register(app: typer.Typer) -> None:
         power_modes: Annotated[Optional[str], typer.Option(help="Jetson nvpmodel mode ids to measure, e.g. 0,1,2.  [default: the current mode]")] = None,
         accept_new_host_key: Annotated[bool, typer.Option(help="Trust an unknown SSH host key on first contact (accept-new).")] = False,
         force: Annotated[bool, typer.Option(help="Re-export and re-measure points already in the lookup table.")] = False,
+        remeasure: Annotated[int, typer.Option(help="Re-measurements (each twice as long) of the chosen pair and the next candidate while their 95% intervals straddle the budget.")] = 2,
         snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
         out: Annotated[Optional[Path], typer.Option(help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
                                                     "[default: ./us3l-bench, lookup table in ~/.cache/us3l/lut.json]")] = None,
@@ -99,7 +101,7 @@ def register(app: typer.Typer) -> None:
             result = bench(
                 checkpoint, arch=arch, device=device, devices_file=devices_file, widths=widths,
                 batches=parse_batches(batch), budget_ms=budget_ms, metric=metric.value, accuracy=accuracy, out=out,
-                progress=progress, runner=runner, precision=precision.value if precision else None, threads=threads,
+                progress=progress, runner=runner, precision=precision, threads=threads, remeasure=remeasure,
                 duration_s=duration, iterations=iterations, warmup_ms=warmup_ms, rounds=rounds,
                 idle_gap_ms=idle_gap_ms, search=search, power_modes=parse_modes(power_modes),
                 accept_new_host_key=accept_new_host_key, force=force, snap=snap, plot=not no_plot,

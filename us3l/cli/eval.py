@@ -30,11 +30,11 @@ def render(result: EvalResult) -> None:
     from ..core.width import format_width
 
     table = Table(title=f"{result.checkpoint.name}: accuracy per width ({result.dataset})")
-    for col in ("width", "feature dim", *result.metrics):
+    for col in ("width", "precision", "feature dim", *result.metrics):
         table.add_column(col, justify="right")
     for r in result.results:
-        table.add_row(format_width(r.width), str(r.feature_dim),
-                      *(f"{100 * getattr(r, m):.2f} %" for m in result.metrics))
+        table.add_row(format_width(r.width), r.precision, str(r.feature_dim),
+                      *("" if getattr(r, m) is None else f"{100 * getattr(r, m):.2f} %" for m in result.metrics))
     console.print(table)
 
 
@@ -56,6 +56,8 @@ def register(app: typer.Typer) -> None:
         knn_k: Annotated[int | None, typer.Option(help="kNN neighbours.  [default: 20, or 200 on sets of 10k+ images]")] = None,
         linear_preset: Annotated[str, typer.Option(help="Linear-probe recipe: fast, or cifar (docs/method.md section 11, 100 epochs).")] = "fast",
         device: Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")] = "cpu",
+        artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint to measure in ONNX Runtime instead of the PyTorch widths; repeatable; its row is keyed by its precision.  [default: none]",
+                                                              exists=True, dir_okay=False)] = None,
     ) -> None:
         """Accuracy of each width: recalibrate BN on training data, then kNN and/or a linear probe.
 
@@ -66,7 +68,8 @@ def register(app: typer.Typer) -> None:
         with progress_bar("evaluating", transient=True) as progress:
             result = evaluate(checkpoint, widths, method=method.value, dataset=data, data_root=data_root,
                               image_size=image_size, calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k,
-                              linear_preset=linear_preset, store_bn=store_bn, device=device, progress=progress)
+                              linear_preset=linear_preset, store_bn=store_bn, device=device, progress=progress,
+                              artifacts=tuple(artifact or ()))
         if as_json:
             typer.echo(json.dumps(result.to_rows()))
             return

@@ -12,7 +12,7 @@ from .common import example, print_json, user_errors
 if TYPE_CHECKING:
     from us3l.export import ExportResult
 
-EXAMPLE = "us3l export runs/us3l/checkpoint.pt --widths 0.25:1.0:0.25 --out runs/us3l/onnx"
+EXAMPLE = "us3l export runs/us3l/checkpoint.pt --widths 0.25:1.0:0.25 --precision int8 --out runs/us3l/onnx"
 
 
 def _channels_summary(channels: dict[str, int]) -> str:
@@ -27,13 +27,15 @@ def render(result: ExportResult) -> None:
     from .common import console
 
     table = Table(title=f"{len(result.artifacts)} artifact(s) in {result.out_dir} ({result.seconds:.1f}s)")
-    for col in ("width", "aliases", "channels", "MMACs", "Mparams", "max err"):
+    reduced = any(a.precision != "fp32" for a in result.artifacts)
+    for col in ("width", "prec", "aliases", "channels", "MMACs", "Mparams", "cosine" if reduced else "max err"):
         table.add_column(col, no_wrap=col != "channels")
     table.add_column("file", overflow="fold")
     table.add_column("note")
     for a in result.artifacts:
-        table.add_row(f"{a.width:g}", ",".join(f"{x:g}" for x in a.aliases), _channels_summary(a.channels),
-                      f"{a.macs / 1e6:.1f}", f"{a.params / 1e6:.2f}", f"{a.parity['max_abs_err']:.2e}", a.path.name,
+        gate = f"{a.parity['mean_cosine']:.4f}" if "mean_cosine" in a.parity else f"{a.parity['max_abs_err']:.2e}"
+        table.add_row(f"{a.width:g}", a.precision, ",".join(f"{x:g}" for x in a.aliases), _channels_summary(a.channels),
+                      f"{a.macs / 1e6:.1f}", f"{a.params / 1e6:.2f}", gate, a.path.name,
                       "cached" if a.cached else "")
     console.print(table)
 
@@ -50,7 +52,9 @@ def register(app: typer.Typer) -> None:
         batch: Annotated[Optional[str], typer.Option(help="Fixed batch size in images (one value; bench takes a list).  [default: a dynamic batch axis]")] = None,
         opset: Annotated[int, typer.Option(help="ONNX opset (17 loads in TensorRT 8.5/JetPack 5 through TensorRT 11).")] = 17,
         snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
-        precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (fp16/int8: --format trt only).")] = "fp32",
+        precision: Annotated[str, typer.Option(help="fp32, fp16 or int8; with --format onnx: ONNX Runtime's FP16 converter or static INT8 (QDQ, per-channel) calibrated on real images.")] = "fp32",
+        calibration: Annotated[str, typer.Option(help="INT8 calibration method: minmax, entropy or percentile.")] = "minmax",
+        min_cosine: Annotated[Optional[float], typer.Option(help="fp16/int8 gate: least mean cosine similarity to FP32 features on held-out images.  [default: fp16 0.999, int8 0.95]")] = None,
         calib_data: Annotated[Optional[str], typer.Option(help="BN/INT8 calibration images: .npy/.pt N x C x H x W, or a dataset name[:root].  [default: the checkpoint's training data]")] = None,
         atol: Annotated[Optional[float], typer.Option("--atol", help="Parity gate absolute tolerance.  [default: per precision; fp32 1e-4]")] = None,
         rtol: Annotated[Optional[float], typer.Option(help="Parity gate relative tolerance (times max |reference|).  [default: per precision]")] = None,
@@ -62,7 +66,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the artifacts as JSON instead of a table.")] = False,
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
     ) -> None:
-        """Export widths of a checkpoint to ONNX / TensorRT / TorchScript, each verified against PyTorch.
+        """Export widths of a checkpoint to ONNX / TensorRT / torch.export (.pt2), each verified against PyTorch.
 
         Widths that slice to the same network are exported once (listed as aliases); an identical
         second run reuses the files.
@@ -88,7 +92,8 @@ def register(app: typer.Typer) -> None:
         try:
             result = export(checkpoint, width, format=fmt, out=out, arch=arch, progress=progress, name=name,
                             batch=batches[0] if batches else None, opset=opset, snap=snap, precision=precision, calib_data=calib_data,
-                            atol=atol, rtol=rtol, simplify=simplify, onnx_exporter=onnx_exporter,
+                            atol=atol, rtol=rtol, simplify=simplify, onnx_exporter=onnx_exporter, calibration=calibration,
+                            min_cosine=min_cosine,
                             include_head=str(include_head) if include_head else None, input_size=input_size,
                             force=force)
         finally:

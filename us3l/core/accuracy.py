@@ -2,10 +2,14 @@
 
 ``accuracy.json`` lives beside the checkpoint::
 
-    {"checkpoint": "<content hash>", "protocol": {...}, "results": [{"width": 0.25, "knn": 0.93, "linear": 0.95}, ...]}
+    {"checkpoint": "<content hash>", "protocol": {...},
+     "results": [{"width": 0.25, "precision": "fp32", "knn": 0.93, "linear": 0.95},
+                 {"width": 0.25, "precision": "int8", "knn": 0.92, "source": "artifact", "artifact": "..."}, ...]}
 
-Accuracies are fractions in [0, 1]; a missing key means "not measured". Readers also accept a
-bare list of rows.
+Rows are keyed by (width, precision): ``fp32`` rows come from the PyTorch network (or an FP32
+artifact), ``fp16``/``int8`` rows from ``us3l eval --artifact`` on that exported file. A row without
+``precision`` (files from before precisions existed) is an ``fp32`` row. Accuracies are fractions
+in [0, 1]; a missing key means "not measured". Readers also accept a bare list of rows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ from .errors import DataError
 from .files import atomic_write_json
 
 ACCURACY_FILE = "accuracy.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def row_precision(row: dict[str, Any]) -> str:
+    """The precision a row describes (``fp32`` when the row predates precisions)."""
+    return str(row.get("precision") or "fp32")
+
+
+def row_key(row: dict[str, Any]) -> tuple[float, str]:
+    """``(width rounded to 6 decimals, precision)``: the identity of a row in the table."""
+    return round(float(row["width"]), 6), row_precision(row)
 
 
 def write_accuracy(path: str | os.PathLike, rows: list[dict[str, Any]], protocol: dict[str, Any],
@@ -57,6 +72,9 @@ def read_accuracy_file(path: str | os.PathLike) -> dict[str, Any]:
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("width"), (int, float)):
             raise DataError(f"accuracy file {path}: row {i} has no 'width'")
+        if row_precision(row) not in PRECISIONS:
+            raise DataError(f"accuracy file {path}: row {i} has precision {row.get('precision')!r}; "
+                            f"valid: {', '.join(PRECISIONS)}")
     return data
 
 

@@ -75,7 +75,8 @@ class Artifact:
         sha256: hash of the artifact file.
         cached: reused from a previous identical run.
         untrained: built from an untrained network (latency planning only).
-        source: the ONNX artifact a TensorRT engine was built from, else None.
+        source: the FP32 ONNX artifact an engine or a reduced-precision ONNX was built from, else None.
+        calibration: INT8 calibration record (method, images used, data, ranges file), else None.
     """
 
     path: Path
@@ -94,6 +95,7 @@ class Artifact:
     cached: bool = False
     untrained: bool = False
     source: Path | None = None
+    calibration: dict[str, Any] | None = None
 
     @classmethod
     def from_sidecar(cls, sidecar: Path, data: dict[str, Any], cached: bool) -> Artifact:
@@ -104,7 +106,7 @@ class Artifact:
                    params=int(data["params"]), feature_dim=int(data["feature_dim"]),
                    input_shape=tuple(data["input"]["shape"]), parity=dict(data["parity"]), sha256=data["sha256"],
                    cached=cached, untrained=bool(data.get("untrained")),
-                   source=sidecar.parent / src if src else None)
+                   source=sidecar.parent / src if src else None, calibration=data.get("calibration"))
 
 
 @dataclass

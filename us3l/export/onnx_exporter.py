@@ -261,7 +261,7 @@ class OnnxExporter(Exporter):
     """
 
     suffix = ".onnx"
-    precisions = ("fp32",)
+    precisions = ("fp32", "fp16", "int8")
 
     def check_available(self, precision: str) -> None:
         from .ort import import_onnxruntime
@@ -271,6 +271,8 @@ class OnnxExporter(Exporter):
 
     def export(self, req: ExportRequest) -> dict[str, Any]:
         onnx = _require("onnx")
+        if req.precision != "fp32":
+            return self._reduced(req)
         if not MIN_OPSET <= req.opset <= MAX_OPSET:
             raise ExportError(f"opset {req.opset} is not supported; valid: {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
         exporter = req.options.get("exporter", DEFAULT_EXPORTER)
@@ -296,6 +298,38 @@ class OnnxExporter(Exporter):
         req.path.write_bytes(data)
         log.info("ONNX written in %.2fs (%d nodes)", time.perf_counter() - start, len(model.graph.node))
         return {"graph": graph_summary(model), "exporter": exporter, "simplified": bool(req.simplify)}
+
+    def _reduced(self, req: ExportRequest) -> dict[str, Any]:
+        """FP16 / INT8 from the FP32 ONNX of the same width (``req.onnx_path``), see :mod:`.onnx_quant`."""
+        import onnx
+
+        from .onnx_quant import fp16_tool, quantize_int8, to_fp16
+
+        if req.onnx_path is None:
+            raise ExportError(f"{req.precision} ONNX is converted from the FP32 ONNX of the same width; none was given")
+        start = time.perf_counter()
+        facts: dict[str, Any] = {}
+        if req.precision == "fp16":
+            model = to_fp16(onnx.load(str(req.onnx_path)))
+            facts["precision_tool"] = fp16_tool()
+        else:
+            if req.calib_images is None:
+                raise ExportError("INT8 calibration needs images; pass --calib-data")
+            ranges = Path(req.options["ranges_path"])
+            facts["calibration"] = quantize_int8(req.onnx_path, req.calib_images, req.path, ranges,
+                                                 req.options.get("calibration", "minmax"), req.input_name, req.batch)
+            model = onnx.load(str(req.path))
+        onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": req.precision})
+        model.producer_name = "us3l-deploy"
+        data = model.SerializeToString()
+        if req.precision == "int8":  # the float16 converter appends its input Casts after their users
+            try:             # (not topologically sorted for onnx.checker); ONNX Runtime sorts on load and
+                onnx.checker.check_model(data, full_check=False)  # the accuracy gate runs the file
+            except onnx.checker.ValidationError as exc:
+                raise ExportError(f"{req.precision} ONNX failed onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+        req.path.write_bytes(data)
+        log.info("%s ONNX written in %.2fs", req.precision, time.perf_counter() - start)
+        return {**facts, "graph": graph_summary(model)}
 
     def runner(self, path: Path, req: ExportRequest) -> Callable[[np.ndarray], np.ndarray]:
         sess = ort_session(path, threads=1)  # parity needs correctness, not speed; never oversubscribe

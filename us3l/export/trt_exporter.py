@@ -155,7 +155,10 @@ class TrtExporter(Exporter):
         req.path.write_bytes(engine)  # the raw plan: never prepend metadata (docs/deployment.md §3)
         return {"runtime": "tensorrt", "tensorrt": ".".join(map(str, version)), **info,
                 "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.builder_flags),
-                "precision_tool": tool, "profile": {"min": shapes[0], "opt": shapes[1], "max": shapes[2]},
+                "precision_tool": tool,
+                "int8": None if req.precision != "int8" else
+                ("calibrator: IInt8EntropyCalibrator2 on real images" if plan.calibrator else "qdq: explicit Q/DQ ONNX"),
+                "profile": {"min": shapes[0], "opt": shapes[1], "max": shapes[2]},
                 "workspace_mib": int(opts.get("workspace_mib", 1024)),
                 "calibration": {"images": int(sum(len(b) for b in calib)), "batch": int(len(calib[0])),
                                 "algorithm": "entropy2"} if calib else None}

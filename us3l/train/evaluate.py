@@ -13,8 +13,15 @@ backbone,
   batch 512) but, unlike the reference, trains on features of un-augmented images; ``"fast"`` is
   the default for small sets (standardised features, 60 epochs).
 
-Results are rows ``{"width", "feature_dim", "knn"?, "linear"?}`` with accuracies in [0, 1], written
-next to the checkpoint as ``accuracy.json`` (``{"checkpoint", "protocol", "results"}``) for ``bench``.
+Results are rows ``{"width", "precision", "feature_dim", "knn"?, "linear"?}`` with accuracies in
+[0, 1], written next to the checkpoint as ``accuracy.json`` (``{"checkpoint", "protocol", "results"}``)
+for ``bench``, keyed by (width, precision).
+
+An exported ONNX artifact (FP32, FP16 or INT8) is measured by :func:`evaluate_artifact` with the
+same protocol, run in ONNX Runtime: its BN statistics are baked into the file (no recalibration),
+features of the same train/test splits go through the same kNN / linear probe; an artifact with a
+classifier head (``--include-head``) reports top-1 of its own logits. Its row carries the
+artifact's precision, so INT8 accuracy is measured, never borrowed from FP32.
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from us3l.core.accuracy import ACCURACY_FILE, read_accuracy, read_accuracy_file, write_accuracy  # noqa: F401
+from us3l.core.accuracy import ACCURACY_FILE, read_accuracy, read_accuracy_file, row_key, write_accuracy  # noqa: F401
 from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec, default_image_size, load_split, num_classes
-from us3l.core.errors import ConfigError, DataError, unknown_name
+from us3l.core.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, unknown_name
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, parse_widths, round_width
 
 from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, _batches, _linear_cfg,  # noqa: F401
@@ -98,7 +105,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
             progress(w, "evaluate")
         f_train = extract_features(model, train_x, w, batch_size, device, divisor, size)
         f_test = extract_features(model, test_x, w, batch_size, device, divisor, size)
-        row: dict[str, Any] = {"width": round_width(w), "feature_dim": int(model.feature_dim(w, divisor))}
+        row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
+                               "source": "pytorch"}
         if method in ("knn", "both"):
             row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
         if method in ("linear", "both"):
@@ -110,6 +118,103 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     if store_bn and save_to is not None:
         save_checkpoint(ckpt, save_to)
     return rows
+
+
+def _artifact_sidecar(path: Path) -> dict[str, Any]:
+    import json
+
+    sidecar = path.with_name(path.name[: -len(path.suffix)] + ".json") if path.suffix else path.with_suffix(".json")
+    try:
+        data = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"artifact {path} has no readable sidecar {sidecar.name} (written by 'us3l export')") from None
+    if not isinstance(data, dict) or data.get("artifact") != path.name:
+        raise ConfigError(f"sidecar {sidecar} does not describe {path.name}")
+    return data
+
+
+def _artifact_features(path: Path, images: torch.Tensor, batch_size: int, size: int,
+                       fixed_batch: int | None) -> torch.Tensor:
+    """Outputs of an ONNX artifact on ``images`` (ONNX Runtime CPU), resized per batch to ``size``."""
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailableError("evaluating an artifact needs onnxruntime; pip install onnxruntime") from None
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    step = fixed_batch or batch_size
+    out = []
+    for b in _batches(images, step, size):
+        x = b.float().numpy()
+        n = len(x)
+        if fixed_batch and n < fixed_batch:
+            x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
+        out.append(torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x)})[0], dtype=np.float32)[:n]))
+    return torch.cat(out)
+
+
+def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str = "knn",
+                      dataset: DatasetSpec | None = None, knn_k: int | None = None,
+                      linear: LinearProbeConfig | str = "fast", batch_size: int = 256,
+                      divisor: int = DEFAULT_DIVISOR) -> dict[str, Any]:
+    """Accuracy of one exported ONNX artifact of ``ckpt`` (same protocol as :func:`evaluate_checkpoint`).
+
+    Returns:
+        ``{"width", "precision", "feature_dim", "knn"?, "linear"?, "top1"?, "source": "artifact",
+        "artifact", "sha256"}``.
+
+    Raises:
+        ConfigError: no sidecar, another checkpoint's artifact, another divisor, or not ONNX.
+        BackendUnavailableError: onnxruntime missing.
+    """
+    from us3l.core.data import dataset_stats
+
+    path = Path(artifact)
+    if not path.is_file():
+        raise ConfigError(f"artifact {path} does not exist")
+    side = _artifact_sidecar(path)
+    if side.get("format") != "onnx":
+        raise ConfigError(f"artifact {path.name} is {side.get('format')}; eval runs ONNX artifacts (ONNX Runtime) here; "
+                          "valid: an .onnx file written by 'us3l export'")
+    recorded = (side.get("checkpoint") or {}).get("sha256")
+    if recorded != ckpt.content_hash:
+        raise CheckpointError(f"artifact {path.name} was exported from another checkpoint (hash {str(recorded)[:12]}, "
+                              f"this one {ckpt.content_hash[:12]}); evaluate it with its own checkpoint")
+    if int(side.get("divisor", DEFAULT_DIVISOR)) != divisor:
+        raise ConfigError(f"artifact {path.name} has divisor {side.get('divisor')}, the evaluation uses {divisor}")
+    spec = dataset if dataset is not None else _checkpoint_dataset(ckpt)
+    norm = (side.get("input") or {}).get("normalization")
+    if norm:
+        mean, std = dataset_stats(spec)
+        if [round(v, 4) for v in norm["mean"]] != [round(v, 4) for v in mean] or \
+                [round(v, 4) for v in norm["std"]] != [round(v, 4) for v in std]:
+            raise ConfigError(f"artifact {path.name} expects images normalised with {norm}; {spec.name} is normalised "
+                              f"differently")
+    shape = side["input"]["shape"]
+    size = int(shape[-1])
+    fixed = shape[0] if isinstance(shape[0], int) else None
+    train_x, train_y = load_split(spec, "train", resize=False)
+    test_x, test_y = load_split(spec, "test", resize=False)
+    n_classes = num_classes(spec)
+    f_test = _artifact_features(path, test_x, batch_size, size, fixed)
+    row: dict[str, Any] = {"width": round_width(float(side["width"])), "precision": side.get("precision", "fp32"),
+                           "feature_dim": int(side["feature_dim"]), "source": "artifact", "artifact": path.name,
+                           "sha256": side.get("sha256")}
+    if side.get("head"):
+        row["top1"] = float((f_test.argmax(1) == test_y).float().mean())
+        return row
+    f_train = _artifact_features(path, train_x, batch_size, size, fixed)
+    k = knn_k if knn_k is not None else (200 if len(train_x) >= 10_000 else 20)
+    if method in ("knn", "both"):
+        row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
+    if method in ("linear", "both"):
+        row["linear"] = linear_probe_accuracy(f_train, train_y, f_test, test_y, n_classes, _linear_cfg(linear))
+    log.info("artifact %s: %s", path.name, row)
+    return row
 
 
 def _checkpoint_dataset(ckpt: Checkpoint) -> DatasetSpec:
@@ -147,6 +252,7 @@ class EvalConfig:
     store_bn: bool = False
     device: str = "cpu"
     divisor: int = DEFAULT_DIVISOR
+    artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
 
 
 @dataclass
@@ -170,14 +276,31 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     spec = _resolve_dataset(ckpt, cfg)
     lo, hi = ckpt.width_range
     widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
-    rows = evaluate_checkpoint(ckpt, widths, cfg.method, spec,
-                               cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.store_bn, progress,
-                               cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path)
+    if cfg.method not in METHODS:
+        raise unknown_name("evaluation method", cfg.method, METHODS)
+    if cfg.artifacts:
+        if cfg.widths is not None or cfg.store_bn:
+            raise ConfigError("--artifact measures exported files (their width is fixed, their BN baked in); "
+                              "drop --widths / --store-bn")
+        rows = []
+        for a in cfg.artifacts:
+            if progress:
+                progress(0.0, f"evaluate {Path(a).name}")
+            rows.append(evaluate_artifact(ckpt, a, cfg.method, spec, cfg.knn_k, cfg.linear_preset, cfg.batch_size,
+                                          cfg.divisor))
+    else:
+        rows = evaluate_checkpoint(ckpt, widths, cfg.method, spec,
+                                   cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.store_bn, progress,
+                                   cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path)
     protocol = eval_protocol(cfg.method, spec, cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.divisor)
     out = ckpt_path.parent / ACCURACY_FILE
-    merged = {r["width"]: r for r in _previous_rows(out, ckpt.content_hash, protocol)}
-    merged.update({r["width"]: r for r in rows})
-    write_accuracy(out, [merged[w] for w in sorted(merged)], protocol, ckpt.content_hash)
+    if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in):
+        protocol = _artifact_protocol(out, ckpt.content_hash, protocol)  # keep the table's protocol
+    merged = {row_key(r): r for r in _previous_rows(out, ckpt.content_hash, protocol)}
+    merged.update({row_key(r): r for r in rows})
+    order = {"fp32": 0, "fp16": 1, "int8": 2}
+    write_accuracy(out, [merged[k] for k in sorted(merged, key=lambda k: (k[0], order.get(k[1], 9)))], protocol,
+                   ckpt.content_hash)
     return EvalResult(rows=rows, accuracy_path=out, checkpoint_hash=ckpt.content_hash, protocol=protocol)
 
 
@@ -190,6 +313,18 @@ def _resolve_dataset(ckpt: Checkpoint, cfg: EvalConfig) -> DatasetSpec:
     if cfg.image_size is not None:
         spec = replace(spec, image_size=cfg.image_size)
     return spec
+
+
+def _artifact_protocol(path: Path, checkpoint_hash: str, protocol: dict[str, Any]) -> dict[str, Any]:
+    """The existing table's protocol when it differs from ``protocol`` only in BN recalibration."""
+    try:
+        data = read_accuracy_file(path)
+    except DataError:
+        return protocol
+    old = data.get("protocol") or {}
+    ignore = ("calib_batches", "bn_calibration")
+    same = {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in protocol.items() if k not in ignore}
+    return old if data.get("checkpoint") == checkpoint_hash and same else protocol
 
 
 def _previous_rows(path: Path, checkpoint_hash: str, protocol: dict[str, Any]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ on the device and override :meth:`Runner.measure` (and :meth:`Runner.sweep` to b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -183,8 +184,8 @@ class Runner(ABC):
         result = SweepResult(times={(i, b): [] for i in range(len(artifacts)) for b in batches})
         with contextlib.ExitStack() as stack:
             runners = []
-            for art in artifacts:
-                runner = cls(art, options)
+            for art in artifacts:  # each artifact runs at its own precision (one sweep over every pair)
+                runner = cls(art, dataclasses.replace(options, precision=art.precision))
                 stack.enter_context(runner)
                 runners.append(runner)
             n = len(runners)

@@ -1,5 +1,8 @@
 """ONNX Runtime runner: CPU EP, or (``device="cuda"``) the TensorRT and CUDA EPs when the installed
-build has them (``extra["ort_tensorrt"] = False`` skips the TensorRT EP)."""
+build has them (``extra["ort_tensorrt"] = False`` skips the TensorRT EP).
+
+It measures whatever ONNX it is given: FP32, FP16 (float16 compute, float32 I/O) or INT8 QDQ
+artifacts from ``us3l export --precision``; the precision is the artifact's."""
 
 from __future__ import annotations
 
@@ -78,9 +81,8 @@ class OnnxRuntimeRunner(LocalRunner):
 
     @classmethod
     def check_available(cls, options: RunnerOptions) -> None:
-        if options.precision != "fp32":
-            raise ConfigError(f"the onnxruntime runner measures the fp32 ONNX; precision {options.precision!r} "
-                              "applies to the tensorrt and trtexec runners")
+        if options.precision not in ("fp32", "fp16", "int8"):
+            raise ConfigError(f"precision {options.precision!r} is invalid; valid: fp32, fp16, int8")
         ort = import_onnxruntime()
         providers_for(options.device, ort.get_available_providers(), options.precision)
 

@@ -69,12 +69,12 @@ class TrtexecRunner(Runner):
         self._version = tuple(extra.get("trt_version") or probe_trt_version(ex, self._tool))
         self._input = onnx_input_name(self.artifact.path)
         sha = self.artifact.sha256[:16]
-        onnx_remote = self._upload_model(ex, sha)
+        onnx_remote, calib_remote = self._upload_model(ex, sha)
         self._engine = ex.path(f"engine_{sha}_{self.options.precision}.engine")
         batches = list(extra.get("batches") or [1])
         cmd = trtexec.build_command(self._tool, onnx_remote, self._engine, self._input, self.artifact.input_shape[1:],
                                     batches, self.options.precision, self._version,
-                                    workspace_mib=extra.get("workspace_mib"))
+                                    workspace_mib=extra.get("workspace_mib"), calib=calib_remote)
         log.info("building TensorRT engine for width %s on %s", self.artifact.width, ex.describe())
         log_path = ex.path(f"build_{sha}.log")
         res = ex.run_shell(f"{shlex.join(cmd)} > {shlex.quote(log_path)} 2>&1", check=False)
@@ -84,29 +84,56 @@ class TrtexecRunner(Runner):
                               f"{tail[-1] if tail else 'exit ' + str(res.returncode)}")
         self._round = 0
 
-    def _upload_model(self, ex: Any, sha: str) -> str:
-        """Upload the ONNX; TRT >= 11 is strongly typed, so fp16 is converted into the graph first."""
-        precision = self.options.precision
-        if self._version[0] < 11 or precision == "fp32":
-            return ex.upload_once(self.artifact.path, self.artifact.sha256, f"model_{sha}.onnx")
-        if precision == "int8":
-            raise ConfigError("int8 on TensorRT >= 11 needs explicit Q/DQ nodes calibrated on real images; build it "
-                              "with 'us3l export --format trt --precision int8' (ModelOpt), not in the benchmark")
-        key = f"{self.artifact.sha256}:fp16"
-        if key not in ex.uploaded:
-            import tempfile
+    def _upload_model(self, ex: Any, sha: str) -> tuple[str, str | None]:
+        """Upload what trtexec builds from: ``(remote ONNX, remote calibration cache or None)``.
 
-            import onnx
+        - fp32: the ONNX as is.
+        - fp16: TensorRT <= 10 builds the FP32 ONNX with ``--fp16``; TensorRT >= 11 is strongly
+          typed, so the FP16 ONNX (the exported artifact, or converted here) is uploaded.
+        - int8: TensorRT <= 10 builds the FP32 ONNX with ``--int8 --fp16 --calib=CACHE``, the cache
+          derived from the artifact's activation ranges (calibrated on real images at export);
+          TensorRT >= 11 gets a symmetric int8 Q/DQ ONNX derived from the same ranges. Which one is
+          recorded per row as ``int8_path`` (``calibration-cache`` or ``qdq``).
+        """
+        art, precision, new = self.artifact, self.options.precision, self._version[0] >= 11
+        plain = art.source if art.source is not None and precision != "fp32" else art.path
+        if precision == "fp32" or (precision == "fp16" and not new):
+            return ex.upload_once(plain, f"{art.sha256}:plain", f"model_{sha}.onnx"), None
+        import tempfile
 
-            from us3l.export.onnx_precision import to_fp16
-
-            model, tool = to_fp16(onnx.load(str(self.artifact.path)))
-            log.info("converted width %s to fp16 with %s for strongly typed TensorRT", self.artifact.width, tool)
+        if precision == "fp16":
+            key = f"{art.sha256}:fp16"
+            if key in ex.uploaded:
+                return ex.uploaded[key], None
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp) / f"model_{sha}_fp16.onnx"
-                onnx.save(model, str(local))
-                return ex.upload_once(local, key, local.name)
-        return ex.uploaded[key]
+                if art.source is not None:  # the exported FP16 ONNX (ONNX Runtime's converter)
+                    local.write_bytes(Path(art.path).read_bytes())
+                else:
+                    import onnx
+
+                    from us3l.export.onnx_precision import to_fp16
+
+                    model, tool = to_fp16(onnx.load(str(art.path)))
+                    log.info("converted width %s to fp16 with %s for strongly typed TensorRT", art.width, tool)
+                    onnx.save(model, str(local))
+                return ex.upload_once(local, key, local.name), None
+        if art.ranges is None or art.source is None or not Path(art.ranges).is_file():
+            raise ConfigError(f"int8 on trtexec needs the artifact's calibration from real images; width {art.width} "
+                              "has none: export it with 'us3l export --precision int8' (or let bench export it)")
+        from us3l.export.onnx_quant import qdq_for_tensorrt, tensorrt_calibration_cache
+
+        with tempfile.TemporaryDirectory() as tmp:
+            if new:
+                self._int8_path = "qdq"
+                local = Path(tmp) / f"model_{sha}_int8_qdq.onnx"
+                qdq_for_tensorrt(Path(art.source), Path(art.ranges), local)
+                return ex.upload_once(local, f"{art.sha256}:qdq", local.name), None
+            self._int8_path = "calibration-cache"
+            cache = Path(tmp) / f"calib_{sha}.cache"
+            cache.write_bytes(tensorrt_calibration_cache(Path(art.ranges), self._version))
+            remote_cache = ex.upload_once(cache, f"{art.sha256}:calib:{self._version}", cache.name)
+            return ex.upload_once(plain, f"{art.sha256}:plain", f"model_{sha}.onnx"), remote_cache
 
     def _deactivate(self) -> None:
         self._engine = None
@@ -119,6 +146,8 @@ class TrtexecRunner(Runner):
         times_path, log_path = ex.path(f"times_{tag}.json"), ex.path(f"run_{tag}.log")
         warm = timing.warmup_ms if batch not in self._warmed else timing.rewarm_ms
         self._warmed.add(batch)
+        if getattr(self, "_int8_path", None):
+            self.add_extra(batch, "int8_path", self._int8_path)
         cmd = trtexec.run_command(self._tool, self._engine, self._input, (batch, *self.artifact.input_shape[1:]),
                                   self._version, warm, timing.round_seconds(), timing.round_iterations(),
                                   times_path, idle_ms=timing.idle_gap_ms)
