@@ -184,7 +184,7 @@ def test_head_batch_and_exported_program(tmp_path):
 @pytest.mark.parametrize("kwargs,error", [
     ({"widths": "1.5"}, WidthError), ({"precision": "int4"}, ConfigError), ({"snap": 12}, ConfigError),
     ({"batch": 0}, ConfigError), ({"opset": 9}, ConfigError),
-    ({"precision": "fp16", "format": "torchscript"}, ConfigError), ({"calibration": "kl"}, ConfigError),
+    ({"precision": "fp16", "format": "pt2"}, ConfigError), ({"calibration": "kl"}, ConfigError),
     ({"min_cosine": 2.0}, ConfigError),
 ])
 def test_bad_config_raises_before_writing(tmp_path, kwargs, error):
