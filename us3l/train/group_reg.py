@@ -28,6 +28,7 @@ Two equivalent ways to apply it:
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -157,10 +158,12 @@ class GroupRegularizer(nn.Module):
         at_max = abs(width - self.width_max) < 1e-9
         key = (id(model), at_max, epoch)
         plan = self._plans.get(key)
+        if plan is not None and plan.owner() is not model:  # a new model reusing a freed model's id
+            plan = None
         if plan is None:
             if any(k[2] != epoch for k in self._plans):
                 self._plans.clear()  # coefficients change per epoch
-            plan = _GradPlan()
+            plan = _GradPlan(model)
             for name, p in model.named_parameters():
                 if not p.requires_grad or not self.included(name, width):
                     continue
@@ -221,7 +224,8 @@ class GroupRegularizer(nn.Module):
 class _GradPlan:
     """Parameters of one width class: binned (1-D / 4-D, with ``2 * Lambda``) and uniform ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: nn.Module) -> None:
+        self.owner = weakref.ref(model)
         self.binned: list[Tensor] = []
         self.masks2: list[Tensor] = []
         self.uniform: list[Tensor] = []

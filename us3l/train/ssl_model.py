@@ -149,7 +149,8 @@ from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
         """Online pass of both views at ``width`` (each view separately: per-view BN statistics).
 
         Everything that receives gradients happens here (so a DDP wrapper sees it), including the
-        group-regularisation term.
+        group-regularisation term when it is applied in its autograd form (``reg_mode="autograd"``;
+        the trainer's default adds its gradient after backward instead).
 
         Args:
             x1, x2: the two augmented views.
