@@ -260,3 +260,21 @@ def test_gradient_form_of_group_reg_gives_the_autograd_update(ssl, layers):
         assert torch.allclose(p, q, atol=1e-6, rtol=0), n
     assert float(oa["reg"]) == pytest.approx(float(ob["reg"]), rel=1e-5)
     assert "reg" not in train_step(pa, x1, x2, WIDTHS, epoch=3, ema_momentum=0.99, reg_value=False)
+
+
+def test_gradient_form_under_a_loss_scaler_gives_the_autograd_update():
+    """Item 5 under AMP: the added term is multiplied by the scaler's scale before the step unscales.
+
+    A CPU GradScaler with scale 1024 stands in for CUDA AMP (no GPU here); without the factor the
+    regulariser would act 1024x too weakly.
+    """
+    x1, x2 = views()
+    models = []
+    for mode in ("grad", "autograd"):
+        model, parts = make(reg_mode=mode, lr=0.5)
+        parts.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        train_step(parts, x1, x2, WIDTHS, epoch=3, ema_momentum=0.99)
+        assert parts.scaler.get_scale() == 1024.0  # no inf/NaN step skipped
+        models.append(model)
+    for (n, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0), n

@@ -13,7 +13,11 @@ compared across ranks once per epoch (:func:`us3l.train.runtime.check_width_agre
 GPU settings: ``cudnn.benchmark`` on CUDA (widths are rounded to multiples of 8 channels, so the
 set of conv shapes it tunes for is finite); DDP with ``broadcast_buffers=False`` (BN runs on batch
 statistics during SSL; no buffer is read, so nothing needs broadcasting) and
-``gradient_as_bucket_view=True``; optional ``channels_last``.
+``gradient_as_bucket_view=True``; optional ``channels_last``. ``torch.compile`` is not used:
+with changing widths Inductor recompiled for 8 of the first 12 distinct widths of
+``us_resnet_mini`` and hit Dynamo's recompile limit (then runs eager), at ~75 s per compile on
+CPU (``perf/compile_widths.py``); Dynamo alone stays at 3 graphs, so the cost is code
+generation per channel configuration.
 """
 
 from __future__ import annotations
