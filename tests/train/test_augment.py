@@ -53,3 +53,30 @@ def test_rejects_bad_input():
         SSLAugment(16, MEAN, STD)(torch.rand(3, 16, 16))
     with pytest.raises(ValueError):
         SSLAugment(16, MEAN, STD, scale=(0.0, 1.0))
+
+
+def test_asymmetric_pair_for_mocov3():
+    """Item 3: BYOL-style views: blur p 1.0 / 0.1, solarize p 0 / 0.2, jitter saturation 0.2, crops from 0.08.
+
+    Old behaviour caught: MoCo v3 used the symmetric MoCo-v2 pipeline for both views.
+    """
+    from us3l.train.augment import asymmetric_pair
+
+    a, b = asymmetric_pair(32, MEAN, STD, scale=(0.08, 1.0))
+    assert (a.blur_p, a.solarize_p, b.blur_p, b.solarize_p) == (1.0, 0.0, 0.1, 0.2)
+    assert a.scale == b.scale == (0.08, 1.0)
+    names_a = [type(m).__name__ for m in a.ops]
+    names_b = [type(m).__name__ for m in b.ops]
+    assert "RandomSolarize" not in names_a and "RandomSolarize" in names_b and "RandomGaussianBlur" in names_a
+    jitter = a.ops[1]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (0.4, 0.4, 0.2, 0.1)
+    x = torch.rand(8, 3, 32, 32)
+    v1, v2 = two_views(a, x, b)
+    assert v1.shape == v2.shape == (8, 3, 32, 32) and not torch.allclose(v1, v2)
+
+
+def test_solarize_inverts_pixels_from_one_half():
+    aug = SSLAugment(4, (0.0,) * 3, (1.0,) * 3, scale=(1.0, 1.0), blur_p=0.0, solarize_p=1.0)
+    aug.ops = torch.nn.Sequential(*[m for m in aug.ops if type(m).__name__ in ("RandomSolarize", "Normalize")])
+    x = torch.tensor([0.2, 0.49, 0.5, 0.9]).view(1, 1, 1, 4).expand(1, 3, 4, 4)
+    assert torch.allclose(aug(x)[0, 0, 0], torch.tensor([0.2, 0.49, 0.5, 0.1]))

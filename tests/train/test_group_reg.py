@@ -106,3 +106,39 @@ def test_gradient_equals_weight_decay_during_warmup():
 def test_validation(kwargs):
     with pytest.raises(ValueError):
         GroupRegularizer(**kwargs)
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0])
+def test_gradient_form_equals_autograd_form_and_keeps_the_value(width):
+    """Item 5: ``add_grad_`` adds exactly d R / d p = 2 Lambda p and ``value`` equals ``forward``.
+
+    Old behaviour caught: the regulariser only existed as an autograd term (no ``add_grad_`` /
+    ``value``), building ~4 small ops per tensor and their backward at every width step.
+    """
+    model = _Toy()
+    reg = GroupRegularizer(0.1, alpha=0.05, total_epochs=10)
+    reg(model, width, 3).backward()  # a ramped epoch: bins differ
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.conv.weight.grad = torch.ones_like(model.conv.weight)  # an existing loss gradient is added to
+    reg.add_grad_(model, width, 3)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()  # same parameters (teacher, proj_conv, frozen, max-width predictor skipped)
+    for n, g in got.items():
+        extra = 1.0 if n == "conv.weight" else 0.0
+        assert torch.allclose(g, expected[n] + extra, atol=1e-7), n
+    assert float(reg.value(model, width, 3)) == pytest.approx(float(reg(model, width, 3)), rel=1e-6)
+    assert not reg.value(model, width, 3).requires_grad
+
+
+def test_gradient_form_multiplies_by_the_amp_loss_scale():
+    """Under AMP the gradients are scaled; the added term must be scaled alike (a tensor: no host sync)."""
+    model = _Toy()
+    reg = GroupRegularizer(0.1, total_epochs=10)
+    reg(model, 0.5, 7).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    reg.add_grad_(model, 0.5, 7, scale=torch.tensor(1024.0))
+    for n, p in model.named_parameters():
+        if n in expected:
+            assert torch.allclose(p.grad, 1024.0 * expected[n], rtol=1e-6), n

@@ -61,13 +61,14 @@ def test_resume_refuses_changed_options(tmp_path):
 def test_cli_train_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "--epochs", "2", "--out", str(out), "--max-steps-per-epoch", "2",
-                                      "--batch-size", "32"])
+                                      "--batch-size", "32", "--channels-last"])
     assert result.exit_code == 0, result.output
     assert f"checkpoint: {out / 'checkpoint.pt'}" in result.output.replace("\n", "")
     ckpt = load_checkpoint(out / "checkpoint.pt")  # torch.load(weights_only=True) inside
     assert ckpt.epoch == 2 and ckpt.method == "us3l" and ckpt.arch == "us_resnet_mini"
     assert ckpt.dataset == {"name": "digits", "root": None, "image_size": None}
     assert ckpt.train_config["epochs"] == 2 and ckpt.training["rng"][0]["torch"].dtype == torch.uint8
+    assert ckpt.train_config["channels_last"] is True
     model = ckpt.build_model()
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 128)
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -133,3 +134,60 @@ def test_resume_needs_the_checkpoint_on_every_rank(tmp_path):
     assert resume_visibility([False, False], path) is False  # nothing to resume: start from scratch
     with pytest.raises(ConfigError, match=r"rank\(s\) 1, 3 cannot see .*every node shares"):
         resume_visibility([True, False, True, False], path)
+
+
+def test_epoch_steps_keep_or_drop_the_last_batch():
+    from us3l.train.loop import epoch_steps
+
+    assert epoch_steps(1437, 512, drop_last=True) == 2
+    assert epoch_steps(1437, 512, drop_last=False) == 3  # 413 images left: trained
+    assert epoch_steps(1025, 512, drop_last=False) == 2  # a single image left: BN/negatives need two
+
+
+def test_drop_last_false_trains_the_last_smaller_batch(tmp_path):
+    """Item 2: with ``drop_last=False`` (the SimCLR-CIFAR configs) the remainder batch is trained.
+
+    Old behaviour caught: the last batch of every epoch was always dropped.
+    """
+    base = {**TINY, "epochs": 1, "max_steps_per_epoch": None, "batch_size": 512, "schedule": ""}
+    kept = Trainer(TrainConfig(out_dir=str(tmp_path / "a"), drop_last=False, **base))
+    dropped = Trainer(TrainConfig(out_dir=str(tmp_path / "b"), drop_last=True, **base))
+    assert (kept.steps_per_epoch, dropped.steps_per_epoch) == (3, 2)  # 1437 digits = 2 x 512 + 413
+    sizes = []
+    original = kept.parts.model.forward
+    kept.parts.model.forward = lambda x1, *a, **k: sizes.append(len(x1)) or original(x1, *a, **k)
+    kept.fit()
+    assert sizes == [512] * 3 + [512] * 3 + [413] * 3  # three widths per iteration
+
+
+def test_lr_ramps_every_iteration_when_asked(tmp_path, monkeypatch):
+    """Item 3: MoCo v3's warm-up (and cosine) move at fractional epochs, every iteration.
+
+    Old behaviour caught: the rate changed once per epoch (the whole first epoch at lr / W).
+    """
+    import us3l.train.loop as loop
+    from us3l.train.runtime import lr_at_iteration
+
+    seen = []
+    original = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda parts, *a, **k: seen.append(parts.optimizer.param_groups[0]["lr"])
+                        or original(parts, *a, **k))
+    cfg = TrainConfig(out_dir=str(tmp_path), lr_per_iteration=True, lr_warmup_epochs=2,
+                      **{**TINY, "epochs": 3, "max_steps_per_epoch": 2})
+    Trainer(cfg).fit()
+    expected = [lr_at_iteration(e + s / 2, 3, cfg.lr, 2) for e in range(3) for s in range(2)]
+    assert seen == pytest.approx(expected)
+    assert seen[:4] == pytest.approx([0.0, 0.025, 0.05, 0.075])  # lr 0.1, W = 2: linear in iterations
+    assert lr_at_iteration(2.5, 3, 0.1, 2) == pytest.approx(0.05)  # cosine half-way after warm-up
+
+
+def test_channels_last_trains_to_the_same_weights(tmp_path):
+    """Item 7: ``channels_last`` changes the memory format only (same update up to float rounding)."""
+    base = {**TINY, "epochs": 1, "max_steps_per_epoch": 1, "schedule": ""}
+    a = Trainer(TrainConfig(out_dir=str(tmp_path / "a"), channels_last=True, **base))
+    assert a.raw_model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    a.fit()
+    b = Trainer(TrainConfig(out_dir=str(tmp_path / "b"), **base))
+    b.fit()
+    for (n, p), q in zip(a.raw_model.named_parameters(), b.raw_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), n

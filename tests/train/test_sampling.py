@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from us3l.train.sampling import broadcast_widths, sample_widths, stage_lower_bound, widths_for_iteration
+from us3l.train.sampling import sample_widths, stage_lower_bound, width_digest, widths_for_iteration
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 8])
@@ -63,19 +63,36 @@ def test_no_schedule_and_bad_schedule():
         stage_lower_bound(0, 400, 0.25, 1.0, "B")
 
 
-def test_broadcast_is_noop_without_process_group():
-    assert broadcast_widths([1.0, 0.5, 0.25]) == [1.0, 0.5, 0.25]
+def test_width_digest_chains_lists_and_is_cheap_to_compare():
+    a = width_digest([1.0, 0.5, 0.25])
+    assert len(a) == 8 and a == width_digest([1.0, 0.5, 0.25])
+    assert width_digest([1.0, 0.25], a) != width_digest([1.0, 0.25], width_digest([1.0, 0.5, 0.26]))
+    assert width_digest([1.0, 0.5]) != width_digest([0.5, 1.0])
+
+
+def test_check_width_agreement_is_a_noop_on_one_process():
+    from us3l.train.runtime import DistInfo, check_width_agreement
+
+    check_width_agreement(DistInfo(), b"anything", 0)  # no process group, nothing to compare
 
 
 _WORKER = textwrap.dedent("""
     import json, os, random, sys
     import torch, torch.distributed as dist
-    from us3l.train.sampling import broadcast_widths, sample_widths
+    from us3l.train.sampling import sample_widths, width_digest
+    from us3l.train.runtime import DistInfo, WidthMismatchError, check_width_agreement
     from us3l.train.losses import MoCoV3Loss
     rank = int(os.environ["RANK"])
     dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=rank, world_size=2)
+    info = DistInfo(rank, 2, rank)
+    same = sample_widths(random.Random(100), 4, 0.25, 1.0)  # identically seeded: identical draws
+    check_width_agreement(info, width_digest(same), 0)
     own = sample_widths(random.Random(100 + rank), 4, 0.25, 1.0)  # deliberately different per rank
-    got = broadcast_widths(own)
+    try:
+        check_width_agreement(info, width_digest(own), 5)
+        error = ""
+    except WidthMismatchError as exc:
+        error = str(exc)
     torch.manual_seed(rank)
     q, k = torch.randn(3, 5), torch.randn(3, 5)
     parts = [torch.empty_like(k) for _ in range(2)]
@@ -83,13 +100,14 @@ _WORKER = textwrap.dedent("""
     local = MoCoV3Loss(0.2, gather_distributed=True)._ctr(q, k)
     qn, kn = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(torch.cat(parts), dim=1)
     ref = torch.nn.functional.cross_entropy(qn @ kn.t() / 0.2, torch.arange(3) + 3 * rank) * 0.4
-    print(json.dumps({"own": own, "got": got, "loss": float(local), "ref": float(ref)}))
+    print(json.dumps({"same": same, "own": own, "error": error, "loss": float(local), "ref": float(ref)}))
     dist.destroy_process_group()
 """)
 
 
 @pytest.mark.slow
-def test_broadcast_widths_two_gloo_ranks_agree(tmp_path):
+def test_width_agreement_check_two_gloo_ranks(tmp_path):
+    """Identical draws pass; different draws raise on every rank (the old code broadcast instead)."""
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -104,7 +122,8 @@ def test_broadcast_widths_two_gloo_ranks_agree(tmp_path):
         stdout, stderr = p.communicate(timeout=60)
         assert p.returncode == 0, stderr[-2000:]
         outs.append(json.loads(stdout.strip().splitlines()[-1]))
-    assert outs[0]["own"] != outs[1]["own"]
-    assert outs[0]["got"] == outs[1]["got"] == outs[0]["own"]
+    assert outs[0]["same"] == outs[1]["same"] and outs[0]["own"] != outs[1]["own"]
+    for out in outs:
+        assert "ranks drew different width lists in epoch 5" in out["error"] and "--seed" in out["error"]
     for out in outs:  # opt-in all_gather of keys: labels offset by rank
         assert out["loss"] == pytest.approx(out["ref"], rel=1e-6)

@@ -8,6 +8,7 @@ from torch import nn
 
 from us3l.train.ssl_model import SSLModel, build_ssl_model
 from us3l.core.errors import ConfigError
+from us3l.core.context import use_width
 from us3l.core.layers import USConv2d, USLinear
 from us3l.core.models import get_model
 
@@ -111,3 +112,95 @@ def test_forward_returns_regularizer_term():
     x = torch.randn(4, 3, 8, 8)
     _, _, extras = m(x, x, 1.0, "none", regularizer=lambda model, w, e: torch.tensor(float(e) + w), epoch=2)
     assert float(extras["reg"]) == 3.0
+
+
+def _reference_basic(block, x):
+    """The reference BasicBlock forward: in-place residual add and ReLU on the bn2 output."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = torch.relu(block.bn1(block.conv1(x)))
+    out = block.bn2(block.conv2(out))
+    out += identity
+    return torch.relu_(out)
+
+
+def _reference_bottleneck(block, x):
+    """The reference Bottleneck forward: in-place ReLU right after bn2."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = torch.relu(block.bn1(block.conv1(x)))
+    out = torch.relu_(block.bn2(block.conv2(out)))
+    out = block.bn3(block.conv3(out))
+    out += identity
+    return torch.relu_(out)
+
+
+@pytest.mark.parametrize("arch,layer,block_path", [
+    ("us_resnet_mini", "layer2.0.bn2", ("layer2", 0)),       # BasicBlock bn2: the block output
+    ("us_resnet50_cifar", "layer2.3.bn2", ("layer2", 3)),    # Bottleneck bn2: relu(bn2)
+    ("us_resnet50_cifar", "layer3.0.bn3", ("layer3", 0)),    # Bottleneck bn3: the block output
+])
+def test_distilled_maps_are_what_the_reference_hook_ends_up_holding(arch, layer, block_path):
+    """Item 1: the distilled map equals the reference hook's un-cloned bn output after the block's in-place ops.
+
+    Old behaviour caught: the hook cloned the BN output, i.e. distilled the pre-ReLU (and, for a
+    BasicBlock bn2, pre-residual) map.
+    """
+    torch.manual_seed(0)
+    backbone = get_model(arch, num_classes=0, input_size=8)
+    m = SSLModel(backbone, "simclr_momentum", "us3l", 32, 16, 24, distill_layers=(layer,))
+    x = torch.randn(4, 3, 8, 8)
+    stage, index = block_path
+    block = getattr(m.backbone, stage)[index]
+    bn = dict(m.backbone.named_modules())[layer]
+    kept = []
+    handle = bn.register_forward_hook(lambda _m, _i, out: kept.append(out))  # no clone, as the reference
+    reference = _reference_basic if type(block).__name__ == "BasicBlock" else _reference_bottleneck
+    block.forward = lambda inp, b=block: reference(b, inp)
+    with use_width(m.backbone, 0.5):
+        m.backbone(x)
+    handle.remove()
+    del block.forward  # back to the class's forward
+    with use_width(m.backbone, 0.5), m._capture(m.backbone, (layer,)) as feats:
+        m.backbone(x)
+    got = feats[layer][0]
+    assert got.shape == kept[0].shape and torch.allclose(got, kept[0], atol=1e-6)
+    assert (got >= 0).all() and got.requires_grad  # post-ReLU, and gradients flow through the ReLU
+
+
+def test_distill_layers_outside_resnet_blocks_are_refused():
+    """Only ResNet BN layers have a defined post-ReLU map; anything else is one clear error."""
+    with pytest.raises(ConfigError, match="valid BN layers: bn1, layer1.0.bn1, layer1.0.bn2, layer2.0.bn1"):
+        tiny(layers=("layer1.0.conv1",))
+    with pytest.raises(ConfigError, match="ResNet backbones only .* not USMobileNetV2"):
+        SSLModel(get_model("us_mobilenet_v2_cifar"), "simclr_momentum", "us3l", 32, 16, 24,
+                 distill_layers=("features.1.body.1",))
+
+
+def test_mocov3_heads_are_bias_free_and_end_in_a_plain_batch_norm():
+    """Item 3: MoCo v3 projector and predictors: no linear bias, last layer BatchNorm1d(affine=False).
+
+    Old behaviour caught: biased linears and no final BN (the BYOL/SimCLR layout reused).
+    """
+    m = tiny("mocov3")
+    for head in (m.projector, m.predictor, m.aux_predictor):
+        linears = [x for x in head if isinstance(x, (nn.Linear, USLinear))]
+        assert linears and all(x.bias is None for x in linears)
+        last = head[-1]
+        assert isinstance(last, nn.BatchNorm1d) and not last.affine and last.weight is None
+    assert [type(x) for x in m.predictor] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d]
+    assert len(m.projector) == 8
+    q1, _, _ = m(torch.randn(6, 3, 8, 8), torch.randn(6, 3, 8, 8), 0.5, "aux")
+    assert torch.allclose(q1.mean(0), torch.zeros(16), atol=1e-5)  # the affine-free BN output
+    assert tiny("byol").projector[-1].bias is not None  # other methods keep their layout
+
+
+def test_mobilenet_projector_first_layer_is_initialised_like_the_reference_fc():
+    """Item 4: MobileNetV2's projector layer 1 (the reference's backbone fc) is N(0, 0.01), bias 0.
+
+    Old behaviour caught: PyTorch's default Linear init (uniform, std ~0.016, non-zero bias).
+    """
+    torch.manual_seed(0)
+    m = SSLModel(get_model("us_mobilenet_v2_cifar"), "simclr_momentum", "us3l", 2048, 256, 2048)
+    first = m.projector[0]
+    assert torch.equal(first.bias, torch.zeros_like(first.bias))
+    assert float(first.weight.std()) == pytest.approx(0.01, rel=0.02) and abs(float(first.weight.mean())) < 1e-3
+    assert torch.equal(m.teacher.projector[0].weight, first.weight)  # the teacher copies it

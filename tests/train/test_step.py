@@ -1,12 +1,15 @@
-"""One training iteration: teacher gradients, EMA timing, optimizer steps per width, accumulation, baselines."""
+"""One training iteration: teacher gradients, EMA timing, optimizer steps per width, accumulation, baselines,
+float64 parity with the reference semantics, and the two GroupReg forms."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
 import torch
 
+from us3l.core.context import use_width
 from us3l.train.group_reg import GroupRegularizer
 from us3l.train.ssl_model import build_ssl_model
 from us3l.train.step import StepParts, TrainingDivergedError, build_losses, check_finite, iteration_widths, train_step
@@ -25,14 +28,15 @@ class CountingSGD(torch.optim.SGD):
 
 
 def make(ssl="simclr_momentum", method="us3l", accumulate=False, reg=True, lr=0.05, momentum=0.9, teacher_width=1.0,
-         layers=()):
+         layers=(), reg_mode="grad"):
     torch.manual_seed(0)
     model = build_ssl_model("us_resnet_mini", {"input_size": 8}, ssl, method, 32, 16, 24, layers,
                             teacher_width=teacher_width)
     opt = CountingSGD(model.trainable_parameters(), lr=lr, momentum=momentum)
     regularizer = GroupRegularizer(5e-4, total_epochs=4) if reg else None
     parts = StepParts(model, model, opt, torch.amp.GradScaler("cpu", enabled=False),
-                      build_losses(method, ssl, 0.5, bool(layers)), method, regularizer, accumulate)
+                      build_losses(method, ssl, 0.5, bool(layers)), method, regularizer, accumulate,
+                      reg_mode=reg_mode)
     return model, parts
 
 
@@ -119,7 +123,7 @@ def test_naive_baseline_trains_every_width_without_teacher():
 def test_single_width_training_uses_only_its_width():
     model, parts = make(method="single", teacher_width=0.5)
     x1, x2 = views()
-    w = iteration_widths(random.Random(0), 0, 4, "single", 3, 0.25, 1.0, True, "A", 0.5, False)
+    w = iteration_widths(random.Random(0), 0, 4, "single", 3, 0.25, 1.0, True, "A", 0.5)
     assert w == [0.5]
     before = model.backbone.layer3[0].conv2.weight.detach().clone()
     train_step(parts, x1, x2, w, epoch=0, ema_momentum=0.99)
@@ -131,8 +135,8 @@ def test_single_width_training_uses_only_its_width():
 
 def test_iteration_widths_follow_the_sampler():
     rng = random.Random(3)
-    assert iteration_widths(rng, 0, 8, "us3l", 3, 0.25, 1.0, True, "A", 1.0, False) == [1.0]
-    w = iteration_widths(rng, 7, 8, "us3l", 4, 0.25, 1.0, True, "A", 1.0, False)
+    assert iteration_widths(rng, 0, 8, "us3l", 3, 0.25, 1.0, True, "A", 1.0) == [1.0]
+    w = iteration_widths(rng, 7, 8, "us3l", 4, 0.25, 1.0, True, "A", 1.0)
     assert len(w) == 4 and w[0] == 1.0 and w[-1] == 0.25 and w == sorted(w, reverse=True)
 
 
@@ -166,3 +170,111 @@ def test_feature_distillation_adds_its_loss_at_sub_widths_only():
     assert float(out["loss_feat"]) == 0.0 and all(p.grad is None for p in model.proj_conv.parameters())
     out = train_step(parts, x1, x2, WIDTHS, epoch=3, ema_momentum=0.99)
     assert float(out["loss_feat"]) > 0 and all(p.grad is not None for p in model.proj_conv.parameters())
+
+
+# ---------------------------------------------------------------- reference parity (docs/method.md §7, §9)
+
+LAM, ALPHA, BINS, EPOCHS, WARMUP = 5e-3, 0.05, 8, 8, 0
+
+
+def _reference_reg(model, width, epoch):
+    """R(w, epoch) written out from docs/method.md §9 (autograd form, the reference's)."""
+    half = EPOCHS // 2
+    a = 0.0 if epoch < WARMUP else (ALPHA * (epoch - WARMUP) / (half - WARMUP) if epoch < half else ALPHA)
+    total = 0.0
+    for name, p in model.named_parameters():
+        if "teacher" in name or "proj_conv" in name or ("predictor" in name and width == 1.0):
+            continue
+        if p.dim() in (1, 4):
+            size = p.shape[0] // BINS
+            idx = torch.arange(p.shape[0])
+            b = torch.clamp(idx // size, max=BINS - 1) if size else torch.full_like(idx, BINS - 1)
+            lam = (LAM * (1.0 - a * b.to(p.dtype))).view(-1, *([1] * (p.dim() - 1)))
+            total = total + (lam * p * p).sum()
+        else:
+            total = total + LAM * (p * p).sum()
+    return total
+
+
+def _reference_iteration(model, opt, x1, x2, widths, epoch, m):
+    """One BYOL US3L iteration as docs/method.md §7 states it, GroupReg in the loss of every width step."""
+    online = list(model.backbone.parameters()) + list(model.projector.parameters())
+    with torch.no_grad():
+        for t, o in zip(model.teacher.parameters(), online):
+            t.mul_(m).add_(o, alpha=1 - m)
+        with use_width(model.teacher, 1.0):
+            k1, k2 = model.teacher(x1), model.teacher(x2)
+    cos = torch.nn.functional.cosine_similarity
+    for i, w in enumerate(widths):
+        opt.zero_grad(set_to_none=True)
+        with use_width(torch.nn.ModuleList([model.backbone, model.projector]), w):
+            z1, z2 = model.projector(model.backbone(x1)), model.projector(model.backbone(x2))
+        head = model.predictor if i == 0 else model.aux_predictor
+        q1, q2 = head(z1), head(z2)
+        loss = 0.5 * (-cos(q1, k2, dim=1).mean() - cos(q2, k1, dim=1).mean())
+        (loss + _reference_reg(model, w, epoch)).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("epoch", [1, 6])
+def test_float64_iteration_matches_the_reference_semantics(epoch):
+    """EMA, teacher targets, per-width SGD steps and GroupReg (gradient form) agree with docs/method.md §7/§9 to 1e-14.
+
+    Also catches a float64 run silently computing its losses in float32 (the step used to cast
+    every projection with ``.float()``; ~3e-9 off after one step).
+    """
+    torch.manual_seed(0)
+    model = build_ssl_model("us_resnet_mini", {"input_size": 8}, "byol", "us3l", 32, 16, 24).double()
+    for p in model.trainable_parameters():  # online != teacher, so the EMA is exercised
+        p.data.add_(0.01 * torch.randn_like(p))
+    ref = copy.deepcopy(model)
+    x1, x2 = (v.double() for v in views())
+    widths = [1.0, 0.6, 0.25]
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.05, momentum=0.9)
+    reg = GroupRegularizer(LAM, ALPHA, BINS, WARMUP, EPOCHS)
+    parts = StepParts(model, model, opt, torch.amp.GradScaler("cpu", enabled=False),
+                      build_losses("us3l", "byol", 0.5), "us3l", reg)
+    ref_opt = torch.optim.SGD(ref.trainable_parameters(), lr=0.05, momentum=0.9)
+    for _ in range(2):  # two iterations: the momentum buffers carry over
+        out = train_step(parts, x1, x2, widths, epoch, 0.99)
+        _reference_iteration(ref, ref_opt, x1, x2, widths, epoch, 0.99)
+    got, want = dict(model.named_parameters()), dict(ref.named_parameters())
+    worst = max(float((got[n] - want[n]).abs().max()) for n in got)
+    assert worst < 1e-14, worst
+    assert float(out["reg"]) > 0
+
+
+@pytest.mark.parametrize("ssl,layers", [("simclr_momentum", ("layer2.0.bn2",)), ("byol", ())])
+def test_gradient_form_of_group_reg_gives_the_autograd_update(ssl, layers):
+    """Item 5: the GroupReg gradient added after backward gives the same weights as the term in the loss.
+
+    Old behaviour caught: StepParts had no ``reg_mode`` (only the autograd form existed).
+    """
+    x1, x2 = views()
+    a, pa = make(ssl, layers=layers, reg_mode="grad")
+    b, pb = make(ssl, layers=layers, reg_mode="autograd")
+    for _ in range(2):
+        oa = train_step(pa, x1, x2, WIDTHS, epoch=3, ema_momentum=0.99)
+        ob = train_step(pb, x1, x2, WIDTHS, epoch=3, ema_momentum=0.99)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0), n
+    assert float(oa["reg"]) == pytest.approx(float(ob["reg"]), rel=1e-5)
+    assert "reg" not in train_step(pa, x1, x2, WIDTHS, epoch=3, ema_momentum=0.99, reg_value=False)
+
+
+def test_gradient_form_under_a_loss_scaler_gives_the_autograd_update():
+    """Item 5 under AMP: the added term is multiplied by the scaler's scale before the step unscales.
+
+    A CPU GradScaler with scale 1024 stands in for CUDA AMP (no GPU here); without the factor the
+    regulariser would act 1024x too weakly.
+    """
+    x1, x2 = views()
+    models = []
+    for mode in ("grad", "autograd"):
+        model, parts = make(reg_mode=mode, lr=0.5)
+        parts.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        train_step(parts, x1, x2, WIDTHS, epoch=3, ema_momentum=0.99)
+        assert parts.scaler.get_scale() == 1024.0  # no inf/NaN step skipped
+        models.append(model)
+    for (n, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0), n

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles or train/ + val/ class folders); not for digits.  [default: the recipe's]")] = None,
         image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's: 16 digits, 32 CIFAR, 224 folders]")] = None,
         epochs: Annotated[int | None, typer.Option(help="Training epochs.  [default: the recipe's; digits 13]")] = None,
-        batch_size: Annotated[int | None, typer.Option(help="Images per batch per process (global = this x processes).  [default: the recipe's]")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="Images per batch per process (global = this x processes; the ViT recipe's is global).  [default: the recipe's]")] = None,
         lr: Annotated[float | None, typer.Option(help="Base learning rate, cosine-decayed per epoch.  [default: the recipe's]")] = None,
         method: Annotated[Method | None, typer.Option(help="us3l, naive (US-Net + SimCLR) or single (one width).  [default: us3l]")] = None,
         ssl: Annotated[SSL | None, typer.Option(help="SSL loss of the full-width network.  [default: the recipe's]")] = None,
@@ -75,6 +75,7 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the same options.")] = False,
         device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.  [default: auto]")] = None,
         amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).  [default: the recipe's]")] = None,
+        channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for model and images (faster convolutions on GPUs).  [default: off]")] = None,
         fail_on_collapse: Annotated[bool, typer.Option(help="Stop with exit code 2 when a width's representation collapses.")] = False,
         seed: Annotated[int | None, typer.Option(help="Random seed.  [default: 100]")] = None,
         max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap iterations per epoch (smoke runs).  [default: no cap]")] = None,
@@ -102,6 +103,7 @@ def register(app: typer.Typer) -> None:
                 data_root=str(data_root) if data_root else None, image_size=image_size, epochs=epochs,
                 batch_size=batch_size, lr=lr, method=method.value if method else None, ssl=ssl.value if ssl else None,
                 single_width=width, accumulate=accumulate, out_dir=str(out), resume=resume, device=device, amp=amp,
+                channels_last=channels_last,
                 fail_on_collapse=fail_on_collapse or None, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
             )
         if main and as_json:  # under torchrun the other ranks trained the same model: one summary

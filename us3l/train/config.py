@@ -18,9 +18,11 @@ SSL_TYPES = ("simclr_momentum", "byol", "mocov3")
 SCHEDULES = ("A", "")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENTATIONS = ("symmetric", "asymmetric")
 
 # Fields that may differ between a run and its resumption (they do not change the maths).
-RESUME_IGNORED = ("resume", "out_dir", "device", "log_interval", "fail_on_collapse", "threads", "tensorboard")
+RESUME_IGNORED = ("resume", "out_dir", "device", "log_interval", "fail_on_collapse", "threads", "tensorboard",
+                  "channels_last")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class TrainConfig:
     image_size: int | None = None  # None: the dataset's default size
     crop_scale_min: float = 0.3
     blur: bool | None = None  # None: the augmentation's own default (on for ImageNet-size inputs)
+    # "symmetric": both views from the MoCo-v2 pipeline (docs/method.md §12); "asymmetric": the BYOL-style
+    # pair of MoCo v3 (blur p 1.0 / 0.1, solarize p 0 / 0.2, jitter saturation 0.2; docs/method.md §13)
+    augmentation: str = "symmetric"
+    drop_last: bool = True  # False: also train on the last, smaller batch of each epoch (if >= 2 images)
     # method
     method: str = "us3l"  # "us3l" | "naive" (US-Net + online SimCLR) | "single" (one width, plain SSL)
     ssl: str = "simclr_momentum"  # "simclr_momentum" | "byol" | "mocov3"
@@ -51,14 +57,17 @@ class TrainConfig:
     single_width: float = 1.0
     # optimisation
     epochs: int = 13
-    batch_size: int = 32  # per process
+    batch_size: int = 32  # per process, or the global batch with global_batch=True
+    global_batch: bool = False  # batch_size is split over the processes (per process = batch_size / world)
     lr: float = 0.1
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_warmup_epochs: int = 0  # linear warm-up then cosine (only the ViT recipe uses it)
+    lr_per_iteration: bool = False  # warm-up and cosine at fractional epochs, every iteration (MoCo v3)
     accumulate: bool = False  # False: one optimizer step per width (reference); True: one per iteration
     amp: bool = False  # mixed precision; only effective on CUDA
+    channels_last: bool = False  # NHWC memory format for the model and the views (faster convs on GPUs)
     # widths
     width_min: float = 0.25
     width_max: float = 1.0
@@ -137,7 +146,8 @@ def _choice(name: str, value: Any, valid: tuple) -> str | None:
 
 def _problems(c: TrainConfig):
     for name, value, valid in (("method", c.method, METHODS), ("ssl", c.ssl, SSL_TYPES),
-                               ("schedule", c.schedule, SCHEDULES), ("optimizer", c.optimizer, OPTIMIZERS)):
+                               ("schedule", c.schedule, SCHEDULES), ("optimizer", c.optimizer, OPTIMIZERS),
+                               ("augmentation", c.augmentation, AUGMENTATIONS)):
         msg = _choice(name, value, valid)
         if msg:
             yield msg

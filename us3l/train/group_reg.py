@@ -14,11 +14,21 @@ Coefficients per bin (integer epoch, warm-up ``W``, total epochs ``E``):
 
 Binning (reproduces the reference): bin size ``C // bins``, the last bin takes the remainder;
 a dimension with fewer than ``bins`` channels has bin size 0 and falls entirely into the last bin.
+
+Two equivalent ways to apply it:
+
+- :meth:`GroupRegularizer.forward` builds ``R`` as an autograd term (the reference form; about
+  four small ops per tensor forward and as many backward, at every width step);
+- :meth:`GroupRegularizer.add_grad_` adds its gradient ``2 * Lambda * p`` straight into ``p.grad``
+  after ``backward`` with a few ``torch._foreach_*`` calls (times the AMP loss scale), and
+  :meth:`GroupRegularizer.value` computes ``R`` without a graph when it is to be logged. The
+  trainer uses this form; both give the same SGD update (tests/train/test_group_reg.py).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +76,7 @@ class GroupRegularizer(nn.Module):
         self.width_max, self.exclude = float(width_max), tuple(exclude)
         self._masks: dict[tuple, Tensor] = {}
         self._mask_epoch: int | None = None
+        self._plans: dict[tuple, _GradPlan] = {}
 
     def alpha_at(self, epoch: int) -> float:
         """The ramped ``alpha_t`` of ``epoch`` (0 during warm-up)."""
@@ -139,3 +150,89 @@ class GroupRegularizer(nn.Module):
             first = next(model.parameters(), None)
             return torch.zeros((), device=first.device if first is not None else None)
         return total
+
+    # ------------------------------------------------------------------ gradient form
+
+    def _plan(self, model: nn.Module, width: float, epoch: int) -> _GradPlan:
+        """The parameter lists and ``2 * Lambda`` tensors of ``(model, width class, epoch)`` (cached)."""
+        at_max = abs(width - self.width_max) < 1e-9
+        key = (id(model), at_max, epoch)
+        plan = self._plans.get(key)
+        if plan is not None and plan.owner() is not model:  # a new model reusing a freed model's id
+            plan = None
+        if plan is None:
+            if any(k[2] != epoch for k in self._plans):
+                self._plans.clear()  # coefficients change per epoch
+            plan = _GradPlan(model)
+            for name, p in model.named_parameters():
+                if not p.requires_grad or not self.included(name, width):
+                    continue
+                if p.dim() in (1, 4):
+                    plan.binned.append(p)
+                    # materialised to the full shape: same-shape lists take the fused foreach path on CUDA
+                    plan.masks2.append((2.0 * self.mask(p, epoch)).expand_as(p).contiguous())
+                else:
+                    plan.uniform.append(p)
+            plan.lam2 = 2.0 * self.lam
+            self._plans[key] = plan
+        return plan
+
+    @torch.no_grad()
+    def add_grad_(self, model: nn.Module, width: float, epoch: int, scale: Tensor | None = None) -> None:
+        """Add ``d R / d p = 2 * Lambda_p * p`` (times ``scale``) to every included ``p.grad``.
+
+        Call it after ``backward`` and before the optimizer step; the result equals back-propagating
+        :meth:`forward` together with the loss. A parameter without a gradient (unused by this
+        width's loss) gets the regulariser's gradient alone, as in the autograd form.
+
+        Args:
+            model: the whole SSL model (unwrapped; same parameter names as for :meth:`forward`).
+            width: the width of the step (decides the predictor skip).
+            epoch: the integer epoch (decides the coefficients).
+            scale: the AMP loss scale as a 0-d tensor (``scaler.scale(ones)``), None without AMP.
+                A tensor, not a float, so no device-to-host sync is needed.
+        """
+        plan = self._plan(model, width, epoch)
+        for p in plan.binned + plan.uniform:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if plan.binned:
+            grads = [p.grad for p in plan.binned]
+            masks = plan.masks2 if scale is None else torch._foreach_mul(plan.masks2, scale)
+            torch._foreach_addcmul_(grads, plan.binned, masks)
+        if plan.uniform:
+            grads = [p.grad for p in plan.uniform]
+            if scale is None:
+                torch._foreach_add_(grads, plan.uniform, alpha=plan.lam2)
+            else:
+                torch._foreach_add_(grads, torch._foreach_mul(plan.uniform, scale * plan.lam2))
+
+    @torch.no_grad()
+    def value(self, model: nn.Module, width: float, epoch: int) -> Tensor:
+        """``R(w, epoch)`` as a detached scalar (what :meth:`forward` returns, without a graph)."""
+        plan = self._plan(model, width, epoch)
+        total = torch.zeros((), device=plan.device(model))
+        if plan.binned:
+            weighted = torch._foreach_mul(plan.binned, plan.masks2)  # 2 * Lambda * p
+            torch._foreach_mul_(weighted, plan.binned)  # 2 * Lambda * p**2 >= 0, so |.|_1 is the sum
+            total = total + 0.5 * torch.stack(torch._foreach_norm(weighted, 1)).sum()
+        if plan.uniform:
+            total = total + self.lam * torch.stack(torch._foreach_norm(plan.uniform, 2)).square().sum()
+        return total
+
+
+class _GradPlan:
+    """Parameters of one width class: binned (1-D / 4-D, with ``2 * Lambda``) and uniform ones."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.owner = weakref.ref(model)
+        self.binned: list[Tensor] = []
+        self.masks2: list[Tensor] = []
+        self.uniform: list[Tensor] = []
+        self.lam2 = 0.0
+
+    def device(self, model: nn.Module) -> torch.device | None:
+        for p in self.binned + self.uniform:
+            return p.device
+        first = next(model.parameters(), None)
+        return first.device if first is not None else None

@@ -6,7 +6,18 @@ atomic checkpoint with the complete resume state. ``resume`` continues exactly: 
 run and one epoch + resume + one epoch give identical weights on a deterministic device.
 
 Under ``torchrun`` every process joins the group (gloo on CPU, NCCL on CUDA), trains on its shard
-of each epoch's permutation, uses rank 0's widths, and only rank 0 writes files.
+of each epoch's permutation, and only rank 0 writes files. Every rank draws the same widths from
+an identically seeded generator with no per-iteration collective; a digest of the drawn lists is
+compared across ranks once per epoch (:func:`us3l.train.runtime.check_width_agreement`).
+
+GPU settings: ``cudnn.benchmark`` on CUDA (widths are rounded to multiples of 8 channels, so the
+set of conv shapes it tunes for is finite); DDP with ``broadcast_buffers=False`` (BN runs on batch
+statistics during SSL; no buffer is read, so nothing needs broadcasting) and
+``gradient_as_bucket_view=True``; optional ``channels_last``. ``torch.compile`` is not used:
+with changing widths Inductor recompiled for 8 of the first 12 distinct widths of
+``us_resnet_mini`` and hit Dynamo's recompile limit (then runs eager), at ~75 s per compile on
+CPU (``perf/compile_widths.py``); Dynamo alone stays at 3 graphs, so the cost is code
+generation per channel configuration.
 """
 
 from __future__ import annotations
@@ -26,12 +37,13 @@ from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_
 from us3l.core.errors import CheckpointError, ConfigError, DataError
 
 from . import runtime
-from .augment import SSLAugment, two_views
+from .augment import SSLAugment, asymmetric_pair, two_views
 from .collapse import measure_collapse, report_collapse
 from .config import RESUME_IGNORED, TrainConfig
 from .ema import cosine_momentum
 from .group_reg import GroupRegularizer
 from .ssl_model import build_ssl_model
+from .sampling import width_digest
 from .step import StepParts, build_losses, check_finite, iteration_widths, train_step
 
 log = logging.getLogger(__name__)
@@ -63,20 +75,30 @@ class Trainer:
         self.images01, _ = load_split(self.spec, "train", normalized=False, resize=False)
         held_out, _ = load_split(self.spec, "test", normalized=True, resize=False)
         self.held_out = resize_images(held_out[: cfg.collapse_batch], size).to(self.device)
-        self.steps_per_epoch = len(self.images01) // self.dist.world // cfg.batch_size
+        self.batch = runtime.per_process_batch(cfg.batch_size, cfg.global_batch, self.dist.world)
+        self.steps_per_epoch = epoch_steps(len(self.images01) // self.dist.world, self.batch, cfg.drop_last)
         if self.steps_per_epoch < 1:
-            raise DataError(f"{len(self.images01)} training images cannot fill one batch of {cfg.batch_size} "
+            raise DataError(f"{len(self.images01)} training images cannot fill one batch of {self.batch} "
                             f"per process on {self.dist.world} process(es); lower --batch-size")
         if cfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # finitely many conv shapes: widths round to 8 channels
         mean, std = dataset_stats(self.spec)
         runtime.seed_everything(cfg.seed)  # same initial weights on every rank
-        self.augment = SSLAugment(size, mean, std, blur=cfg.blur, scale=(cfg.crop_scale_min, 1.0)).to(self.device)
+        self.augment2: SSLAugment | None = None
+        if cfg.augmentation == "asymmetric":
+            pair = asymmetric_pair(size, mean, std, scale=(cfg.crop_scale_min, 1.0))
+            self.augment, self.augment2 = pair[0].to(self.device), pair[1].to(self.device)
+        else:
+            self.augment = SSLAugment(size, mean, std, blur=cfg.blur, scale=(cfg.crop_scale_min, 1.0)).to(self.device)
         arch_kwargs = {"width_range": [cfg.width_min, cfg.width_max], "input_size": size, **cfg.arch_kwargs}
         teacher_width = cfg.single_width if cfg.method == "single" else cfg.width_max
         self.raw_model = build_ssl_model(cfg.arch, arch_kwargs, cfg.ssl, cfg.method, cfg.proj_hidden_dim,
                                          cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.distill_layers,
                                          teacher_width).to(self.device)
+        if cfg.channels_last:
+            self.raw_model.to(memory_format=torch.channels_last)
         params = self.raw_model.trainable_parameters()
         wd = 0.0 if cfg.group_reg else cfg.weight_decay  # GroupReg replaces weight decay (docs/method.md §9)
         if cfg.optimizer == "sgd":
@@ -95,11 +117,15 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Sub-widths use the aux head, the max width the predictor: some parameters are unused per step.
-            self.model = DDP(self.raw_model, device_ids=ids, find_unused_parameters=True)
+            # BN uses batch statistics during SSL, so no buffer needs broadcasting before each forward.
+            self.model = DDP(self.raw_model, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False,
+                             gradient_as_bucket_view=True)
         losses = build_losses(cfg.method, cfg.ssl, cfg.loss_temperature, cfg.feature_distill, self.dist.distributed)
         self.parts = StepParts(self.model, self.raw_model, self.optimizer, self.scaler, losses, cfg.method,
-                               self.regularizer, cfg.accumulate, amp)
-        self.width_rng = random.Random(cfg.seed)  # identical on all ranks; rank 0's draw is broadcast anyway
+                               self.regularizer, cfg.accumulate, amp, channels_last=cfg.channels_last)
+        # Identically seeded on every rank and private to the trainer (no augmentation draws from it);
+        # check_width_agreement verifies once per epoch that the ranks stayed in step.
+        self.width_rng = random.Random(cfg.seed)
         self.start_epoch, self.global_step = 0, 0
         runtime.seed_everything(cfg.seed + self.dist.rank)  # augmentation differs per rank
         if cfg.resume:
@@ -191,6 +217,10 @@ class Trainer:
                 dist.destroy_process_group()
         return self.checkpoint_path
 
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _probe_widths(self) -> list[float]:
         c = self.cfg
         if c.method == "single":
@@ -200,44 +230,63 @@ class Trainer:
     def _train_epoch(self, epoch: int, total: int) -> dict:
         cfg = self.cfg
         lr = runtime.lr_at(epoch, cfg.epochs, cfg.lr, cfg.lr_warmup_epochs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self._set_lr(lr)
         order = runtime.shard_indices(len(self.images01), epoch, cfg.seed, self.dist.rank, self.dist.world)
         sums: dict[str, torch.Tensor] = {}
-        n_widths, t0, shown = 0, time.perf_counter(), {}
+        n_widths, n_images, n_reg, t0, shown, digest = 0, 0, 0, time.perf_counter(), {}, b""
         all_finite = torch.ones((), dtype=torch.bool, device=self.device)
         self.raw_model.train()
         pin = self.device.type == "cuda"
         for step in range(self.steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if cfg.lr_per_iteration:
+                lr = runtime.lr_at_iteration(epoch + step / self.steps_per_epoch, cfg.epochs, cfg.lr,
+                                             cfg.lr_warmup_epochs)
+                self._set_lr(lr)
+            idx = order[step * self.batch:(step + 1) * self.batch]
             batch = self.images01[idx]
             x = (batch.pin_memory() if pin else batch).to(self.device, non_blocking=True)
-            v1, v2 = two_views(self.augment, x)
+            v1, v2 = two_views(self.augment, x, self.augment2)
             widths = iteration_widths(self.width_rng, epoch, cfg.epochs, cfg.method, cfg.num_widths, cfg.width_min,
-                                      cfg.width_max, cfg.sandwich, cfg.schedule, cfg.single_width,
-                                      self.dist.distributed)
+                                      cfg.width_max, cfg.sandwich, cfg.schedule, cfg.single_width)
+            digest = width_digest(widths, digest)
             m = (cosine_momentum(self.global_step, total, cfg.ema_momentum, 1.0) if cfg.ema_cosine
                  else cfg.ema_momentum)
-            out = train_step(self.parts, v1, v2, widths, epoch, m)
+            last = step + 1 == self.steps_per_epoch
+            log_now = (step + 1) % cfg.log_interval == 0 or last
+            # the regulariser's value costs extra ops: measured on logged iterations only
+            out = train_step(self.parts, v1, v2, widths, epoch, m, reg_value=log_now)
             all_finite &= out.pop("finite")
+            if "reg" in out:
+                n_reg += 1
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_widths += len(widths)
+            n_images += len(idx)
             self.global_step += 1
-            last = step + 1 == self.steps_per_epoch
-            if (step + 1) % cfg.log_interval == 0 or last:
+            if log_now:
                 check_finite(all_finite, epoch + 1, step + 1)  # note: a CPU-GPU sync point
-                shown = {k: float(v) / (step + 1) for k, v in sums.items()}
+                shown = {k: float(v) / (n_reg if k == "reg" else step + 1) for k, v in sums.items()}
                 if self.progress is not None and self.dist.is_main:
-                    ips = (step + 1) * cfg.batch_size * self.dist.world / (time.perf_counter() - t0)
+                    ips = n_images * self.dist.world / (time.perf_counter() - t0)
                     self.progress(epoch * self.steps_per_epoch + step + 1, total,
                                   f"ep {epoch + 1}/{cfg.epochs} loss {shown['loss_base']:.3f} "
                                   f"distill {shown['loss_distill']:.3f} {ips:.0f} img/s")
         elapsed = time.perf_counter() - t0
-        images = self.steps_per_epoch * cfg.batch_size * self.dist.world
+        runtime.check_width_agreement(self.dist, digest, epoch + 1)
+        images = n_images * self.dist.world
         return {"epoch": epoch + 1, "lr": lr, "steps": self.steps_per_epoch, "global_step": self.global_step,
                 "widths_per_iter": n_widths / self.steps_per_epoch, **shown,
                 "images_per_s": images / elapsed, "epoch_time_s": elapsed}
+
+
+def epoch_steps(images_per_process: int, batch: int, drop_last: bool) -> int:
+    """Iterations per epoch: full batches, plus the last smaller one unless ``drop_last``.
+
+    A last batch of a single image is dropped all the same (batch-norm statistics and
+    contrastive negatives need at least two).
+    """
+    full, rest = divmod(images_per_process, batch)
+    return full + (1 if not drop_last and rest >= 2 else 0)
 
 
 def resume_visibility(seen: list[bool], path: Path) -> bool:

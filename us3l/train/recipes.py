@@ -2,7 +2,8 @@
 
 ``get_recipe(name)`` returns a :class:`~us3l.train.config.TrainConfig`; CLI flags then override
 fields with ``cfg.replace(...)``. Batch sizes are per process (the reference's "batch/GPU");
-launch with ``torchrun --nproc_per_node=<GPUs>`` to reproduce the global batch.
+launch with ``torchrun --nproc_per_node=<GPUs>`` to reproduce the global batch. The exception is
+the ViT recipe, whose 512 is the global batch (``global_batch=True``), as in MoCo v3.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def digits() -> TrainConfig:
 
 _SIMCLR = dict(ssl="simclr_momentum", proj_hidden_dim=2048, proj_out_dim=256, pred_hidden_dim=2048, temperature=0.5,
                crop_scale_min=0.2, weight_decay=1e-4, group_reg=True, ema_momentum=0.99, num_widths=3,
-               sandwich=True, amp=False)
+               sandwich=True, amp=False, drop_last=False)  # the SimCLR configs keep the last batch (docs/method.md §12)
 _R50_FEATURES = ("layer2.3.bn2", "layer3.5.bn2", "layer4.2.bn2")
 
 
@@ -107,9 +108,10 @@ def imagenet_r18_byol() -> TrainConfig:
 
 @_recipe("cifar100_r18_byol")
 def cifar100_r18_byol() -> TrainConfig:
-    """BYOL alternative: R18 CIFAR-100, lr 0.05, wd 5e-4 (GroupReg 2.5e-4), schedule A, 400 ep, 128x4."""
+    """BYOL alternative: R18 CIFAR-100, lr 0.05, plain SGD wd 5e-4 (no GroupReg), schedule A, 400 ep, 128x4."""
+    # The reference config has REGULARIZER: False (docs/method.md §12): weight decay on every parameter.
     return TrainConfig(arch="us_resnet18_cifar", data="cifar100", epochs=400, batch_size=128, lr=0.05,
-                       weight_decay=5e-4, group_reg_warmup=0, **_BYOL)
+                       weight_decay=5e-4, **{**_BYOL, "group_reg": False}, drop_last=True)
 
 
 @_recipe("cifar100_r50_byol")
@@ -117,14 +119,14 @@ def cifar100_r50_byol() -> TrainConfig:
     """BYOL alternative: R50 CIFAR-100 + feature distillation, GroupReg 2.5e-4 W200, 800 ep, 64x8, lr 0.05."""
     return TrainConfig(arch="us_resnet50_cifar", data="cifar100", epochs=800, batch_size=64, lr=0.05,
                        weight_decay=5e-4, group_reg_warmup=200, feature_distill=True, distill_layers=_R50_FEATURES,
-                       **_BYOL)
+                       drop_last=True, **_BYOL)
 
 
 @_recipe("cifar100_mbv2_byol")
 def cifar100_mbv2_byol() -> TrainConfig:
     """BYOL alternative: MobileNetV2 CIFAR-100, GroupReg 2.5e-4 W200, 800 ep, 128x4, lr 0.05."""
     return TrainConfig(arch="us_mobilenet_v2_cifar", data="cifar100", epochs=800, batch_size=128, lr=0.05,
-                       weight_decay=5e-4, group_reg_warmup=200, **_BYOL)
+                       weight_decay=5e-4, group_reg_warmup=200, drop_last=True, **_BYOL)
 
 
 # ---------------------------------------------------------------- ViT (docs/method.md §13)
@@ -132,10 +134,13 @@ def cifar100_mbv2_byol() -> TrainConfig:
 
 @_recipe("vit_tiny_mocov3_cifar10")
 def vit_tiny_mocov3_cifar10() -> TrainConfig:
-    """us_vit_tiny, MoCo v3 on CIFAR-10 upsampled to 224, AdamW 1.5e-4*bs/256, 300 ep (40 warm-up), m 0.99->1."""
+    """us_vit_tiny, MoCo v3 on CIFAR-10 at 224, global batch 512, AdamW 1.5e-4*512/256, 300 ep (40 warm-up)."""
+    # docs/method.md §13: 512 is the global batch (64/GPU x 8), the lr follows it; MLP hidden 2048
+    # (run_ofa.sh); BYOL-style asymmetric views with crops from 0.08; lr ramped every iteration.
     batch = 512
     return TrainConfig(arch="us_vit_tiny", arch_kwargs={"patch_size": 16}, data="cifar10", image_size=224,
-                       ssl="mocov3", temperature=0.2, proj_hidden_dim=4096, proj_out_dim=256, pred_hidden_dim=4096,
+                       ssl="mocov3", temperature=0.2, proj_hidden_dim=2048, proj_out_dim=256, pred_hidden_dim=2048,
                        optimizer="adamw", lr=1.5e-4 * batch / 256, weight_decay=0.1, group_reg=False,
-                       epochs=300, lr_warmup_epochs=40, batch_size=batch, crop_scale_min=0.08,
+                       epochs=300, lr_warmup_epochs=40, lr_per_iteration=True, batch_size=batch, global_batch=True,
+                       augmentation="asymmetric", crop_scale_min=0.08, drop_last=True,
                        ema_momentum=0.99, ema_cosine=True, schedule="A", num_widths=3, sandwich=True, amp=True)

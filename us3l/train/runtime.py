@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from us3l.core.errors import ConfigError
+from us3l.core.errors import ConfigError, US3LError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,52 @@ def lr_at(epoch: int, epochs: int, base: float, warmup_epochs: int = 0) -> float
         return base * (epoch + 1) / warmup_epochs
     span = max(epochs - warmup_epochs, 1)
     return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+
+def lr_at_iteration(progress: float, epochs: int, base: float, warmup_epochs: int = 0) -> float:
+    """MoCo v3's per-iteration rate at fractional epoch ``progress`` (= epoch + step / steps).
+
+    Linear warm-up ``base * progress / W`` for ``progress < W``, then
+    ``base * (1 + cos(pi * (progress - W) / (E - W))) / 2``.
+    """
+    if progress < warmup_epochs:
+        return base * progress / warmup_epochs
+    span = max(epochs - warmup_epochs, 1)
+    return base * 0.5 * (1.0 + math.cos(math.pi * (progress - warmup_epochs) / span))
+
+
+def per_process_batch(batch_size: int, global_batch: bool, world: int) -> int:
+    """Images per process: ``batch_size`` itself, or ``batch_size / world`` when it is the global batch.
+
+    Raises:
+        ConfigError: a global batch that the number of processes does not divide.
+    """
+    if not global_batch:
+        return int(batch_size)
+    if batch_size % world or batch_size // world < 2:
+        raise ConfigError(f"global batch {batch_size} cannot be split evenly into >= 2 images on each of {world} "
+                          f"process(es); use a global batch that is a multiple of {world} (and >= {2 * world})")
+    return batch_size // world
+
+
+class WidthMismatchError(US3LError):
+    """Ranks drew different width lists (their width generators are out of step)."""
+
+
+def check_width_agreement(info: DistInfo, digest: bytes, epoch: int) -> None:
+    """Compare this epoch's width digest across ranks (one small collective; no-op on one process).
+
+    Raises:
+        WidthMismatchError: some rank drew different widths; its gradients would have been
+            averaged with another width's, so training stops here.
+    """
+    if not info.distributed:
+        return
+    seen = gather_objects(info, digest.hex())
+    if len(set(seen)) > 1:
+        raise WidthMismatchError(
+            f"ranks drew different width lists in epoch {epoch} (digests by rank: {', '.join(seen)}); every rank "
+            "must seed the width generator with the same --seed and use it for nothing else")
 
 
 def python_rng_state(rng: random.Random) -> dict:

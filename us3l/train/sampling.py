@@ -3,15 +3,17 @@
 Pure functions of a seeded :class:`random.Random` (docs/method.md §8). Two reference bugs are fixed
 (docs/method.md §15.1, §15.15): the sandwich list is "max, min, then N-2 uniform draws" for any N, and
 the stage index of schedule A is clamped to 4 (safe for any number of epochs). Under DDP every
-rank must use the same widths; :func:`broadcast_widths` makes rank 0's list authoritative instead
-of relying on identically seeded generators (docs/method.md §15.12).
+rank must use the same widths: every rank draws from a generator seeded identically (the
+reference's rule, docs/method.md §15.12; the generator is private to the trainer, so augmentation
+cannot consume it) with no per-iteration collective, and :func:`width_digest` chains the drawn
+lists into a small digest that the trainer compares across ranks once per epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-
-import torch
+import struct
 
 SCHEDULES = ("A",)
 
@@ -95,26 +97,14 @@ def widths_for_iteration(rng: random.Random, epoch: int, epochs: int, n: int, lo
     return sample_widths(rng, n, lo_t, hi, sandwich)
 
 
-def broadcast_widths(widths: list[float]) -> list[float]:
-    """Make every rank use rank 0's width list (no-op without an initialised process group).
+def width_digest(widths: list[float], previous: bytes = b"") -> bytes:
+    """Chain ``widths`` into a running 8-byte digest (order- and value-sensitive).
 
-    Args:
-        widths: this rank's list (only rank 0's matters).
-
-    Returns:
-        Rank 0's list, as Python floats, on every rank.
+    Examples:
+        >>> width_digest([1.0, 0.5]) == width_digest([1.0, 0.5])
+        True
+        >>> width_digest([1.0, 0.5]) == width_digest([1.0, 0.5000001])
+        False
     """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [float(w) for w in widths]
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    length = torch.tensor([len(widths)], dtype=torch.int64, device=device)
-    dist.broadcast(length, src=0)
-    values = torch.zeros(int(length.item()), dtype=torch.float64, device=device)
-    if dist.get_rank() == 0:
-        values.copy_(torch.tensor(widths, dtype=torch.float64))
-    dist.broadcast(values, src=0)
-    return [float(v) for v in values.cpu().tolist()]
+    packed = struct.pack(f"<{len(widths)}d", *widths)
+    return hashlib.blake2b(previous + packed, digest_size=8).digest()

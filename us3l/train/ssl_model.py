@@ -9,7 +9,8 @@ Layout (docs/method.md §5):
 - ``predictor``: BYOL / MoCo v3 main predictor (max width only); ``None`` for SimCLR-momentum;
 - ``aux_predictor``: the auxiliary distillation head used only by sub-networks (BYOL's
   ``predictor_new``; SimCLR-momentum's ``predictor``); ``None`` unless the method is US3L;
-- ``proj_conv``: optional 1x1 ``USConv2d`` per distilled feature map (feature distillation);
+- ``proj_conv``: optional 1x1 ``USConv2d`` per distilled feature map (feature distillation; the
+  distilled map is post-ReLU as in the reference, see :func:`distill_source`);
 - ``teacher``: deep copy of backbone + projector, gradients off, always run at the teacher width
   (1.0 for US3L) with train-mode BN. It is excluded from :meth:`SSLModel.trainable_parameters`.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -30,6 +31,8 @@ from us3l.core.context import use_width
 from us3l.core.errors import ConfigError
 from us3l.core.layers import USConv2d, USLinear
 from us3l.core.models import get_model
+from us3l.core.models.mobilenet_v2 import USMobileNetV2
+from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
 
 from .ema import deactivate_requires_grad
 
@@ -45,25 +48,45 @@ class Encoder(nn.Module):
         return self.projector(self.backbone(x))
 
 
-def mlp_head(in_dim: int, hidden: int, out: int, first_bias: bool = True) -> nn.Sequential:
-    """Linear · BN1d · ReLU · Linear (the predictor layout of docs/method.md §5.2)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden, bias=first_bias), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, out))
+def mlp_head(in_dim: int, hidden: int, out: int, first_bias: bool = True, mocov3: bool = False) -> nn.Sequential:
+    """Linear · BN1d · ReLU · Linear (the predictor layout of docs/method.md §5.2).
+
+    ``mocov3``: both linears without bias and a final ``BatchNorm1d(affine=False)`` (MoCo v3's
+    predictor with ``last_bn``, docs/method.md §13).
+    """
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden, bias=first_bias and not mocov3), nn.BatchNorm1d(hidden),
+                               nn.ReLU(inplace=True), nn.Linear(hidden, out, bias=not mocov3)]
+    if mocov3:
+        layers.append(nn.BatchNorm1d(out, affine=False))
+    return nn.Sequential(*layers)
 
 
 def projector_head(backbone: nn.Module, hidden: int, out: int, ssl: str) -> nn.Sequential:
-    """The 3-layer projector; its first layer follows the backbone's active feature slice."""
+    """The 3-layer projector; its first layer follows the backbone's active feature slice.
+
+    MoCo v3: every linear is bias-free and a ``BatchNorm1d(affine=False)`` ends the head.
+    MobileNetV2: the first layer (the reference backbone's ``fc``) is initialised N(0, 0.01),
+    bias 0, as the backbone initialises its linears.
+    """
+    mocov3 = ssl == "mocov3"
     feat = backbone.max_feature_dim
     lo = backbone.width_range[0]
     first: nn.Module
     if backbone.feature_dim(lo) != feat:
-        first = USLinear(feat, hidden, bias=True, slim_in=True, slim_out=False)
+        first = USLinear(feat, hidden, bias=not mocov3, slim_in=True, slim_out=False)
     else:  # feature size independent of width (MobileNetV2 1280, ViT embedding)
-        first = nn.Linear(feat, hidden)
-    second_bias = ssl != "byol"  # BYOL's middle Linear has no bias (docs/method.md §5.1 table)
-    return nn.Sequential(first, nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, hidden, bias=second_bias), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, out))
+        first = nn.Linear(feat, hidden, bias=not mocov3)
+    if isinstance(backbone, USMobileNetV2):
+        nn.init.normal_(first.weight, 0.0, 0.01)
+        if first.bias is not None:
+            nn.init.zeros_(first.bias)
+    second_bias = ssl == "simclr_momentum"  # BYOL's middle Linear has no bias (docs/method.md §5.1 table), MoCo v3's neither
+    layers: list[nn.Module] = [first, nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                               nn.Linear(hidden, hidden, bias=second_bias), nn.BatchNorm1d(hidden),
+                               nn.ReLU(inplace=True), nn.Linear(hidden, out, bias=not mocov3)]
+    if mocov3:
+        layers.append(nn.BatchNorm1d(out, affine=False))
+    return nn.Sequential(*layers)
 
 
 class SSLModel(nn.Module):
@@ -79,6 +102,8 @@ class SSLModel(nn.Module):
 
     Examples:
         >>> from us3l.core.models import get_model
+from us3l.core.models.mobilenet_v2 import USMobileNetV2
+from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
         >>> m = SSLModel(get_model("us_resnet_mini"), "simclr_momentum", "us3l", 64, 32, 64)
         >>> q1, q2, _ = m(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), width=0.5, head="aux")
         >>> q1.shape
@@ -92,10 +117,14 @@ class SSLModel(nn.Module):
         self.backbone = backbone
         self.projector = projector_head(backbone, proj_hidden_dim, proj_out_dim, ssl)
         has_predictor = ssl in ("byol", "mocov3")
-        self.predictor = mlp_head(proj_out_dim, pred_hidden_dim, proj_out_dim, first_bias=False) if has_predictor else None
-        self.aux_predictor = (mlp_head(proj_out_dim, pred_hidden_dim, proj_out_dim, first_bias=False)
+        mocov3 = ssl == "mocov3"
+        self.predictor = (mlp_head(proj_out_dim, pred_hidden_dim, proj_out_dim, first_bias=False, mocov3=mocov3)
+                          if has_predictor else None)
+        self.aux_predictor = (mlp_head(proj_out_dim, pred_hidden_dim, proj_out_dim, first_bias=False, mocov3=mocov3)
                               if method == "us3l" else None)
         self.distill_layers = tuple(distill_layers)
+        for n in self.distill_layers:
+            distill_source(backbone, n)  # validates the name early, with the list of valid ones
         self.proj_conv = nn.ModuleDict({_key(n): _proj_conv(_find(backbone, n)) for n in self.distill_layers}) \
             if self.distill_layers else None
         if method == "naive":
@@ -120,7 +149,8 @@ class SSLModel(nn.Module):
         """Online pass of both views at ``width`` (each view separately: per-view BN statistics).
 
         Everything that receives gradients happens here (so a DDP wrapper sees it), including the
-        group-regularisation term.
+        group-regularisation term when it is applied in its autograd form (``reg_mode="autograd"``;
+        the trainer's default adds its gradient after backward instead).
 
         Args:
             x1, x2: the two augmented views.
@@ -165,18 +195,71 @@ class SSLModel(nn.Module):
 
     @contextlib.contextmanager
     def _capture(self, backbone: nn.Module, names: tuple[str, ...]) -> Iterator[dict[str, list[torch.Tensor]]]:
-        """Collect the outputs of the ``names`` layers (one entry per forward call) while inside.
+        """Collect the distilled maps of the ``names`` layers (one entry per forward call) while inside.
 
-        Outputs are cloned: a BN followed by an in-place ReLU would otherwise be overwritten.
+        The map of each name is the post-ReLU tensor the reference ends up distilling
+        (:func:`distill_source`); gradients flow through that ReLU.
         """
         store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-        handles = [_find(backbone, n).register_forward_hook(lambda _m, _i, out, n=n: store[n].append(out.clone()))
-                   for n in names]
+        handles = []
+        for n in names:
+            module, take = distill_source(backbone, n)
+            handles.append(module.register_forward_hook(lambda _m, _i, out, n=n, take=take: store[n].append(take(out))))
         try:
             yield store
         finally:
             for h in handles:
                 h.remove()
+
+
+def distill_source(backbone: nn.Module, name: str) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """Where the distilled map of BN layer ``name`` is read: the module to hook and what to take.
+
+    The reference hooks the BN and keeps its output tensor without a copy; the block's next
+    in-place ops overwrite it before the loss reads it (docs/method.md §7.3). So the effective map is:
+
+    - the last BN of a residual block (``bn2`` of a BasicBlock, ``bn3`` of a Bottleneck): the
+      block output, after the residual add and the ReLU (hook the block itself);
+    - any other BN of a block (``bn1``; ``bn2`` of a Bottleneck) and the stem ``bn1``:
+      ``relu(bn(...))``, the in-place ReLU that follows it;
+    - a downsample BN (``...downsample.1``): its own output (the residual add writes into the
+      main branch, not into it).
+
+    Raises:
+        ConfigError: ``name`` is not one of these BN layers of a ResNet backbone.
+    """
+    modules = dict(backbone.named_modules())
+    valid = _distillable(backbone, modules)
+    if not valid:
+        raise ConfigError(f"distill layer {name!r}: feature distillation is defined for ResNet backbones only "
+                          f"(post-ReLU maps of their BN layers, docs/method.md §7.3), not {type(backbone).__name__}")
+    if name not in valid:
+        raise ConfigError(f"distill layer {name!r} is not in the backbone; valid BN layers: {', '.join(valid[:40])}")
+    module = modules[name]
+    parent_name, _, leaf = name.rpartition(".")
+    parent = modules.get(parent_name)
+    if isinstance(parent, (BasicBlock, Bottleneck)):
+        if module is parent.last_bn():
+            return parent, _same
+        return module, torch.relu
+    if leaf == "1" and parent_name.endswith("downsample"):
+        return module, _same
+    return module, torch.relu  # the stem's bn1
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _distillable(backbone: nn.Module, modules: dict[str, nn.Module]) -> list[str]:
+    if not isinstance(backbone, USResNet):
+        return []
+    names = ["bn1"]
+    for n, m in modules.items():
+        if isinstance(m, (BasicBlock, Bottleneck)):
+            bns = ["bn1", "bn2"] + (["bn3"] if isinstance(m, Bottleneck) else [])
+            names += [f"{n}.{b}" for b in bns] + ([f"{n}.downsample.1"] if m.downsample is not None else [])
+    return names
 
 
 def _key(name: str) -> str:
