@@ -22,8 +22,15 @@ def export_width(arch: str, width: float, path: Path) -> dict:
     net = get_model(arch).eval()
     static = slice_to_width(net, width)
     x = net.example_input(1)
-    torch.onnx.export(static, x, str(path), input_names=["input"], output_names=["features"],
-                      dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}}, dynamo=False, opset_version=17)
+    import warnings
+
+    with warnings.catch_warnings():  # the legacy exporter is chosen here for speed; its deprecation is known
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        torch.onnx.export(static, x, str(path), input_names=["input"], output_names=["features"],
+                          dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}}, dynamo=False,
+                          opset_version=17)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     macs = sum(c for c in static.channels.values())  # a stand-in number; real MACs come from the exporter
     return {"width": width, "path": str(path), "sha256": sha, "input_shape": list(x.shape),

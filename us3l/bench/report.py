@@ -131,8 +131,16 @@ def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | Non
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def render_table(report: dict) -> Any:
-    """A rich ``Table`` of the results (chosen width highlighted)."""
+#: Columns given up first when the table does not fit the terminal (all stay in report.json / CSV).
+_DROP_ORDER = ("cached", "aliases", "thr/s", "MMACs", "CoV", "mode", "mJ/inf", "CI ±ms", "p50 ms")
+
+
+def render_table(report: dict, max_width: int | None = None) -> Any:
+    """A rich ``Table`` of the results (chosen width highlighted).
+
+    With ``max_width`` (the terminal's columns), low-priority columns are dropped until the
+    table fits, so values are never cut; the caption names what was left out.
+    """
     from rich.table import Table
 
     metric = report["config"]["metric"]
@@ -150,6 +158,7 @@ def render_table(report: dict) -> Any:
         ("MMACs", lambda r: f(r["macs"] / 1e6 if r.get("macs") else None, ".1f")),
         ("acc", lambda r: "?" if r.get("accuracy_source") == "unknown" else f(r.get("accuracy"), ".4f")),
         ("p50 ms", lambda r: f(r.get("p50_ms"), ".3f")), ("p95 ms", lambda r: f(r.get("p95_ms"), ".3f")),
+        *([(f"{metric} ms", lambda r: f(r.get(f"{metric}_ms"), ".3f"))] if metric not in ("p50", "p95") else []),
         ("CI ±ms", lambda r: "" if r.get("ci_low_ms") is None else  # half-width of the budget metric's 95% CI
          f"{(r['ci_high_ms'] - r['ci_low_ms']) / 2:.2g}"),
         ("CoV", lambda r: f(r.get("cov"), ".1%")), ("thr/s", lambda r: f(r.get("throughput"), ".1f")),
@@ -157,11 +166,24 @@ def render_table(report: dict) -> Any:
         ("mode", lambda r: f(r.get("power_mode"), "d")), ("cached", lambda r: "yes" if r.get("cached") else ""),
     ]
     columns = [(name, fn) for name, fn in columns if name in ("width", "batch") or any(fn(r) for r in rows)]
+    dropped: list[str] = []
+
+    def needed(cols: list[tuple[str, Any]]) -> int:  # rich's box: 1 + per column (padding 2 + rule 1)
+        return 1 + sum(3 + max([len(w) for w in name.split()] + [len(fn(r)) for r in rows]) for name, fn in cols)
+
+    for name in _DROP_ORDER:
+        if max_width is None or needed(columns) <= max_width:
+            break
+        if name != f"{metric} ms" and any(n == name for n, _ in columns):
+            columns = [(n, fn) for n, fn in columns if n != name]
+            dropped.append(name)
     for name, _ in columns:
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         is_chosen = chosen and r["width"] == chosen["width"] and r["batch"] == report["config"]["batches"][0] \
             and (r.get("precision") or "fp32") == (chosen.get("precision") or "fp32")
         table.add_row(*(fn(r) for _, fn in columns), style="bold green" if is_chosen else None)
     table.caption = f"budget metric: {metric} (CI: its 95% bootstrap interval); acc ? = not measured at that precision"
+    if dropped:
+        table.caption += f"; not shown at this width: {', '.join(dropped)} (in report.json and latency.csv)"
     return table

@@ -33,7 +33,7 @@ def render(result: BenchResult) -> None:
 
     from ..core.width import format_width
 
-    console.print(render_table(result.report))
+    console.print(render_table(result.report, max_width=console.width))
     if result.accuracy_note:
         console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
     if result.report.get("accuracy_unknown_note"):
