@@ -351,10 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     given = {k: v for k, v in (("train_size", args.train_size), ("test_size", args.test_size), ("epochs", args.epochs),
                                ("seeds", args.seeds), ("jobs", args.jobs), ("data_root", args.data_root))
              if v is not None}
-    tmp = None
-    if not args.work:
-        tmp = tempfile.TemporaryDirectory(prefix="fmnist_claims_")
-    st = replace(st, **given, work=args.work or tmp.name)
+    tmp = None if args.work else tempfile.TemporaryDirectory(prefix="fmnist_claims_")
+    st = replace(st, **given, work=args.work if tmp is None else tmp.name)
     if min(st.train_size, st.test_size, st.epochs, st.seeds, st.jobs) < 1:
         print("error: sizes, epochs, seeds and jobs must be >= 1", file=sys.stderr)
         return 2

@@ -313,9 +313,10 @@ def _idx_file(root: Path, base: str) -> Path | None:
 @functools.lru_cache(maxsize=4)
 def _fashion_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     bases = FASHION_MNIST_FILES[split]
-    paths = [_idx_file(root, b) for b in bases]
-    if None in paths:
-        missing = ", ".join(b + "[.gz]" for b, p in zip(bases, paths) if p is None)
+    found = [_idx_file(root, b) for b in bases]
+    paths = [p for p in found if p is not None]
+    if len(paths) != len(bases):
+        missing = ", ".join(b + "[.gz]" for b, p in zip(bases, found) if p is None)
         where = ("install them with: apt-get install dataset-fashion-mnist"
                  if str(root) == FASHION_MNIST_ROOT else
                  f"put the Fashion-MNIST IDX files there, or drop --data-root to use {FASHION_MNIST_ROOT} "
