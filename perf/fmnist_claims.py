@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     render(table, raw, goal_rows, wall_s, st)
     if args.json:
         atomic_write_json(args.json, {
+            "command": " ".join(["python", "perf/fmnist_claims.py", *(sys.argv[1:] if argv is None else argv)]),
             "settings": asdict(st), "wall_s": round(wall_s, 1), "raw_pixels_knn": raw,
             "raw_pixels_knn_issue": RAW_PIXELS_ISSUE,
             "runs": [{"method": j.kind, "seed": j.seed, "width": j.width,
