@@ -61,7 +61,7 @@ def test_digits_ship_inside_the_package_with_a_stratified_split():
 
 
 def test_spec_validation():
-    assert list_datasets() == ["digits", "cifar10", "cifar100", "imagefolder"]
+    assert list_datasets() == ["digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder"]
     with pytest.raises(US3LError):
         DatasetSpec("mnist")
     with pytest.raises(DataError):

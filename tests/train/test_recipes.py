@@ -19,7 +19,7 @@ PAPER = [
 
 
 def test_every_recipe_is_listed_valid_and_round_trips():
-    assert set(PAPER) | {"digits"} == set(list_recipes())
+    assert set(PAPER) | {"digits", "fashion_mnist"} == set(list_recipes())
     for name in list_recipes():
         cfg = get_recipe(name)
         assert cfg.arch in list_models(), f"{name}: unknown arch {cfg.arch}"

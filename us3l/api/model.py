@@ -188,7 +188,12 @@ class SlimmableModel:
         if data is None or isinstance(data, str):
             spec = self._dataset(data)
             images, _ = load_split(spec, "train", resize=False)
-            data = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))]
+            if images.shape[1] == self.in_chans:
+                order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
+                for i in range(0, len(order), batch_size):  # batch by batch: no shuffled copy of the split
+                    yield resize_images(images[order[i:i + batch_size]], size)
+                return
+            data = images  # refused below with the shape message
         if isinstance(data, torch.Tensor):
             if data.ndim != 4 or data.shape[1] != self.in_chans:
                 raise DataError(f"calibration images have shape {tuple(data.shape)}; valid: N x {self.in_chans} x H x W")

@@ -60,9 +60,9 @@ def register(app: typer.Typer) -> None:
     def command(
         recipe: Annotated[str, typer.Option(help="Preset: digits (CPU default) or a paper recipe; see --list-recipes.")] = "digits",
         arch: Annotated[str | None, typer.Option(help="Backbone architecture name.  [default: the recipe's]")] = None,
-        data: Annotated[str | None, typer.Option(help="Dataset: digits, cifar10, cifar100 or imagefolder.  [default: the recipe's]")] = None,
-        data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles or train/ + val/ class folders); not for digits.  [default: the recipe's]")] = None,
-        image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's: 16 digits, 32 CIFAR, 224 folders]")] = None,
+        data: Annotated[str | None, typer.Option(help="Dataset: digits, fashion-mnist, cifar10, cifar100 or imagefolder.  [default: the recipe's]")] = None,
+        data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles, Fashion-MNIST IDX files or train/ + val/ class folders); not for digits.  [default: the recipe's; fashion-mnist /usr/share/datasets/fashion-mnist]")] = None,
+        image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's: 16 digits, 28 fashion-mnist, 32 CIFAR, 224 folders]")] = None,
         epochs: Annotated[int | None, typer.Option(help="Training epochs.  [default: the recipe's; digits 13]")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per batch per process (global = this x processes; the ViT recipe's is global).  [default: the recipe's]")] = None,
         lr: Annotated[float | None, typer.Option(help="Base learning rate, cosine-decayed per epoch.  [default: the recipe's]")] = None,

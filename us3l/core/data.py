@@ -1,4 +1,4 @@
-"""Datasets as in-memory tensors: the embedded digits default, CIFAR-10/100 and image folders.
+"""Datasets as in-memory tensors: the embedded digits default, Fashion-MNIST, CIFAR-10/100 and image folders.
 
 Every dataset is described by a frozen :class:`DatasetSpec` (stored in checkpoints so that BN
 recalibration later uses the training data) and loaded whole with :func:`load_split` as float32
@@ -7,6 +7,20 @@ NCHW images (3 channels) and int64 labels. Decoded arrays are cached per process
 - ``digits`` — scikit-learn's bundled 8x8 digits (no download). Pixel values / 16, replicated to
   3 channels, resized bilinearly to ``image_size`` (default 16, the input size of
   ``us_resnet_mini``). Fixed split: stratified, ``random_state=0``, 1437 train / 360 test.
+- ``fashion-mnist`` — the original IDX files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each plain or ``.gz``) in ``root``, by default
+  :data:`FASHION_MNIST_ROOT` where Debian's ``apt-get install dataset-fashion-mnist`` puts them.
+  60,000 train / 10,000 test images of 28x28 grayscale, 10 classes (:data:`FASHION_MNIST_CLASSES`);
+  default size 28 (native). **Grayscale feeds the 3-channel stem by replicating the channel** (as
+  digits): pixel / 255, then normalised with the single-channel train-split statistics
+  (:data:`FASHION_MNIST_STATS`, mean 0.2860, std 0.3530, repeated for the 3 channels). So
+  ``dataset_stats`` — what export calibration uses and what the artifact sidecar records under
+  ``input.normalization`` — is one value per channel, identical across channels: a deployed model
+  expects a grayscale image ``g`` in [0, 1] as ``(g - 0.2860) / 0.3530`` copied into all 3 channels.
+  The split is returned as a channel-expanded view (one float per pixel in memory, 188 MB for the
+  train split instead of 564 MB); indexing a batch gives an ordinary tensor, while writing in place
+  into the whole split needs ``.contiguous()`` first. The IDX reader (:func:`read_idx`) is numpy-only
+  and checks the header: magic, dtype code, dimensions, and that the sizes match the file length.
 - ``cifar10`` / ``cifar100`` — a local folder in the standard python-pickle layout
   (``data_batch_1..5`` + ``test_batch``, or ``train`` + ``test``; the extracted
   ``cifar-10-batches-py`` / ``cifar-100-python`` sub-folder is found too). Unpickling is restricted
@@ -14,8 +28,10 @@ NCHW images (3 channels) and int64 labels. Decoded arrays are cached per process
 - ``imagefolder`` — ``root/train/<class>/*.png|jpg|jpeg`` and ``root/val`` (or ``root/test``),
   shorter side resized then centre-cropped to ``image_size`` (default 224).
 
-Normalisation statistics: CIFAR per docs/method.md §12.2, ImageNet's for image folders, and for digits
-the per-channel mean/std of the training split at its image size.
+Normalisation statistics: CIFAR per docs/method.md §12.2, ImageNet's for image folders, for digits
+the per-channel mean/std of the training split at its image size, and for Fashion-MNIST the mean/std
+of its full 60,000-image training split at the native 28 px (constants, so that a checkpoint can be
+exported without the data, and a sliced copy of the data normalises like the full set).
 
 Missing or malformed data raises :class:`~us3l.core.errors.DataError` with one line saying what
 is wrong and which layout is expected.
@@ -24,8 +40,11 @@ is wrong and which layout is expected.
 from __future__ import annotations
 
 import functools
+import gzip
 import io
+import os
 import pickle
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +55,20 @@ import torch.nn.functional as F
 
 from .errors import DataError, unknown_name
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
-_DEFAULT_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
+DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+_DEFAULT_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
 _CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DIGITS_FILE = Path(__file__).with_name("assets") / "digits.npz"
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+# mean / std of all 60,000 training images (pixel / 255) at 28 px; tests/train/test_fashion_mnist.py
+# recomputes them from the installed files.
+FASHION_MNIST_STATS = ((0.2860,) * 3, (0.3530,) * 3)
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                       "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
 @dataclass(frozen=True)
@@ -50,7 +77,8 @@ class DatasetSpec:
 
     Args:
         name: one of :func:`list_datasets`.
-        root: data folder (required for everything but ``digits``).
+        root: data folder (required for everything but ``digits`` and ``fashion-mnist``, whose
+            default is :data:`FASHION_MNIST_ROOT`).
         image_size: square side in pixels; None = the dataset default.
     """
 
@@ -98,6 +126,8 @@ def dataset_stats(spec: DatasetSpec) -> tuple[tuple[float, ...], tuple[float, ..
         return _CIFAR_STATS
     if spec.name == "imagefolder":
         return _IMAGENET_STATS
+    if spec.name == "fashion-mnist":
+        return FASHION_MNIST_STATS
     return _digits_stats(default_image_size(spec))
 
 
@@ -107,6 +137,8 @@ def num_classes(spec: DatasetSpec) -> int:
         return 100
     if spec.name == "imagefolder":
         return len(_folder_classes(_require_root(spec)))
+    if spec.name == "fashion-mnist":
+        return len(FASHION_MNIST_CLASSES)
     return 10
 
 
@@ -131,7 +163,8 @@ def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
             returned at the spec's size (they are tiny).
 
     Returns:
-        ``(images, labels)``: float32 ``(N, 3, S, S)`` and int64 ``(N,)``; fresh tensors per call.
+        ``(images, labels)``: float32 ``(N, 3, S, S)`` and int64 ``(N,)``; fresh tensors per call
+        (Fashion-MNIST: a view of one channel expanded to 3, see the module docstring).
 
     Raises:
         DataError: unknown split, missing or malformed data.
@@ -146,6 +179,8 @@ def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
         x = images[0] if split == "train" else images[1]
         y = labels[0] if split == "train" else labels[1]
         x = x.clone()
+    elif spec.name == "fashion-mnist":
+        return _fashion_tensors(spec, split, size, normalized, resize)
     else:
         root = _require_root(spec)
         if spec.name == "imagefolder":
@@ -185,6 +220,155 @@ def _digits_stats(size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     mean = tuple(round(float(v), 4) for v in x.mean(dim=(0, 2, 3)))
     std = tuple(round(float(v), 4) for v in x.std(dim=(0, 2, 3)))
     return mean, std
+
+
+# --------------------------------------------------------------------------- IDX / Fashion-MNIST
+
+# IDX type codes (the third header byte) -> big-endian numpy dtypes
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_EXPECTED = "an IDX file (00 00 <type> <ndim>, ndim big-endian uint32 sizes, then the data; optionally gzipped)"
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (the MNIST / Fashion-MNIST format), plain or gzip-compressed.
+
+    The header must be two zero bytes, a known type code (0x08 uint8, 0x09 int8, 0x0B int16,
+    0x0C int32, 0x0D float32, 0x0E float64), the number of dimensions (>= 1), and one big-endian
+    uint32 size per dimension; the data that follows must be exactly ``prod(sizes)`` items.
+
+    Returns:
+        A fresh, writable array in native byte order.
+
+    Raises:
+        DataError: unreadable file, bad gzip stream or any header/length mismatch (one line, naming the file).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            reason = " ".join(str(exc).split())[:80] or type(exc).__name__
+            raise DataError(f"{path} is a corrupt gzip stream ({reason}); expected {_IDX_EXPECTED}") from None
+    if len(raw) < 4:
+        raise DataError(f"{path} is too short ({len(raw)} bytes) for an IDX header; expected {_IDX_EXPECTED}")
+    if raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path} has magic number 0x{raw[:4].hex()}, not an IDX file; expected {_IDX_EXPECTED}")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise DataError(f"{path} has unknown IDX type code 0x{code:02x}; valid: "
+                        + ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES))
+    if ndim < 1:
+        raise DataError(f"{path} declares 0 dimensions; expected {_IDX_EXPECTED}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated inside its header ({len(raw)} of {header} bytes)")
+    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "longer than its header says"
+        raise DataError(f"{path} is {what}: header {'x'.join(map(str, shape))} of {dtype.name} needs "
+                        f"{expected} bytes, the file has {len(raw)}")
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))  # a writable copy (frombuffer views are read-only)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write ``array`` as an IDX file (gzip-compressed when ``path`` ends in ``.gz``), atomically.
+
+    Raises:
+        DataError: a dtype IDX cannot hold, or a 0-d array.
+    """
+    from .files import atomic_write_bytes
+
+    array = np.asarray(array)
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
+    code = codes.get(array.dtype.newbyteorder("="))
+    if code is None or array.ndim < 1 or array.ndim > 255:
+        raise DataError(f"cannot write a {array.dtype} array of {array.ndim} dimension(s) as IDX; valid: "
+                        "uint8, int8, int16, int32, float32, float64 with 1-255 dimensions")
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    data = header + np.ascontiguousarray(array.astype(_IDX_DTYPES[code])).tobytes()
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    return atomic_write_bytes(path, data)
+
+
+def fashion_mnist_root(spec: DatasetSpec) -> Path:
+    """The folder Fashion-MNIST is read from: ``spec.root`` or :data:`FASHION_MNIST_ROOT`."""
+    return Path(spec.root or FASHION_MNIST_ROOT).expanduser()
+
+
+def _idx_file(root: Path, base: str) -> Path | None:
+    for name in (base, base + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    bases = FASHION_MNIST_FILES[split]
+    found = [_idx_file(root, b) for b in bases]
+    paths = [p for p in found if p is not None]
+    if len(paths) != len(bases):
+        missing = ", ".join(b + "[.gz]" for b, p in zip(bases, found) if p is None)
+        where = ("install them with: apt-get install dataset-fashion-mnist"
+                 if str(root) == FASHION_MNIST_ROOT else
+                 f"put the Fashion-MNIST IDX files there, or drop --data-root to use {FASHION_MNIST_ROOT} "
+                 "(apt-get install dataset-fashion-mnist)")
+        raise DataError(f"fashion-mnist: {missing} not found in {root}; {where}")
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DataError(f"{paths[0]} holds {images.dtype} {'x'.join(map(str, images.shape))}; "
+                        "expected uint8 images N x H x W")
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise DataError(f"{paths[1]} holds {labels.dtype} {'x'.join(map(str, labels.shape))}; expected uint8 labels N")
+    if len(labels) != len(images):
+        raise DataError(f"{paths[1]} has {len(labels)} labels but {paths[0]} has {len(images)} images")
+    if len(images) == 0:
+        raise DataError(f"{paths[0]} holds no images")
+    if int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"{paths[1]} has label {int(labels.max())}; valid: 0..{len(FASHION_MNIST_CLASSES) - 1}")
+    return images, labels.astype(np.int64)
+
+
+def _fashion_tensors(spec: DatasetSpec, split: str, size: int, normalized: bool,
+                     resize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    raw, labels = _fashion_split(fashion_mnist_root(spec), split)
+    x = torch.from_numpy(raw).unsqueeze(1).float().div_(255.0)  # a fresh (N, 1, H, W) copy
+    if resize and x.shape[-1] != size:
+        x = resize_images(x, size).clamp_(0, 1)
+    if normalized:
+        mean, std = FASHION_MNIST_STATS
+        x.sub_(mean[0]).div_(std[0])
+    # the 3-channel stem sees the grayscale channel replicated (a view: no extra memory)
+    return x.expand(-1, 3, -1, -1), torch.from_numpy(labels).clone()
+
+
+def write_fashion_mnist_subset(out_dir: str | os.PathLike, n_train: int, n_test: int,
+                               root: str | os.PathLike | None = None) -> Path:
+    """Write the first ``n_train`` training and ``n_test`` test images (and labels) of Fashion-MNIST
+    from ``root`` (default :data:`FASHION_MNIST_ROOT`) to ``out_dir`` as IDX files (``--data-root``
+    of a fixed, smaller split).
+
+    Raises:
+        DataError: the source is missing or corrupt, or a count is < 1.
+    """
+    if n_train < 1 or n_test < 1:
+        raise DataError(f"subset sizes must be >= 1, got {n_train} train / {n_test} test")
+    src = fashion_mnist_root(DatasetSpec("fashion-mnist", str(root) if root else None))
+    out = Path(out_dir)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = _fashion_split(src, split)
+        img_name, lab_name = FASHION_MNIST_FILES[split]
+        write_idx(out / img_name, images[:n])
+        write_idx(out / lab_name, labels[:n].astype(np.uint8))
+    return out
 
 
 # --------------------------------------------------------------------------- helpers

@@ -90,7 +90,9 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     test_x, test_y = load_split(spec, "test", resize=False)
     n_classes = num_classes(spec)
     k = knn_k if knn_k is not None else (200 if len(train_x) >= 10_000 else 20)
-    calib = _batches(train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))], batch_size, size)
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
+    # only the images calibration reads are gathered (the same batches as permuting the whole split)
+    calib = _batches(train_x[order[: calib_batches * batch_size]], batch_size, size)
     model = ckpt.build_model().to(device)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     rows = []

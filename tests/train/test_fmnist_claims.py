@@ -1,0 +1,44 @@
+"""perf/fmnist_claims.py runs end to end in its tiny setting and writes every number it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "perf" / "fmnist_claims.py"
+
+
+@pytest.mark.slow
+def test_tiny_comparison_writes_the_table_and_json(tmp_path):
+    out = tmp_path / "claims.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--work", str(tmp_path / "w"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["settings"]["train_size"] == 128 and data["settings"]["test_size"] == 64
+    runs = {(r["method"], r["width"]) for r in data["runs"]}
+    assert runs == {("us3l", None), ("naive", None), ("random", None),
+                    *(("individual", w) for w in (0.25, 0.5, 0.75, 1.0))}
+    for r in data["runs"]:
+        widths = ["0.25", "0.5", "0.75", "1.0"] if r["width"] is None else [str(r["width"])]
+        assert sorted(r["knn"]) == sorted(widths) and all(0 <= a <= 1 for a in r["knn"].values())
+        assert set(r["linear"]) == {"0.25", "1.0"} & set(widths)
+        assert r["collapse"] and all(c["std_ratio"] > 0 and c["eff_rank"] >= 1 for c in r["collapse"])
+    assert 0.5 < data["raw_pixels_knn"] <= 1.0
+    assert {g["goal"].split()[0] for g in data["goals"]} == {"US3L"} and len(data["goals"]) == 3
+    assert "raw pixels" in proc.stdout and "collapse monitor" in proc.stdout
+    assert max(len(ln) for ln in proc.stdout.splitlines()) <= 80
+    # the pixel kNN in the JSON is the one printed
+    assert f"{100 * data['raw_pixels_knn']:.1f}" in proc.stdout
+
+
+def test_bad_sizes_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--epochs", "0", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "must be >= 1" in proc.stderr
