@@ -21,22 +21,38 @@ def _channels_summary(channels: dict[str, int]) -> str:
 
 
 def render(result: ExportResult) -> None:
-    """One row per artifact: width, aliases, channels, cost, parity error, file."""
+    """One row per artifact: width, aliases, channels, cost, gate result, file.
+
+    Columns with nothing to say (no aliases, nothing cached, one precision) are left out, and the
+    channels and file names wrap rather than being cut, so the table stays whole in 80 columns.
+    """
     from rich.table import Table
 
+    from ..core.width import format_width
     from .common import console
 
     table = Table(title=f"{len(result.artifacts)} artifact(s) in {result.out_dir} ({result.seconds:.1f}s)")
     reduced = any(a.precision != "fp32" for a in result.artifacts)
-    for col in ("width", "prec", "aliases", "channels", "MMACs", "Mparams", "cosine" if reduced else "max err"):
-        table.add_column(col, no_wrap=col != "channels")
-    table.add_column("file", overflow="fold")
-    table.add_column("note")
-    for a in result.artifacts:
-        gate = f"{a.parity['mean_cosine']:.4f}" if "mean_cosine" in a.parity else f"{a.parity['max_abs_err']:.2e}"
-        table.add_row(f"{a.width:g}", a.precision, ",".join(f"{x:g}" for x in a.aliases), _channels_summary(a.channels),
-                      f"{a.macs / 1e6:.1f}", f"{a.params / 1e6:.2f}", gate, a.path.name,
-                      "cached" if a.cached else "")
+    rows = [{
+        "width": format_width(a.width),
+        "prec": a.precision,
+        "aliases": ",".join(format_width(x) for x in a.aliases),
+        "channels": _channels_summary(a.channels),
+        "MMACs": f"{a.macs / 1e6:.1f}",
+        "Mparams": f"{a.params / 1e6:.2f}",
+        "cosine" if reduced else "max err": (f"{a.parity['mean_cosine']:.4f}" if "mean_cosine" in a.parity
+                                             else f"{a.parity['max_abs_err']:.2e}"),
+        "file": a.path.name,
+        "note": "cached" if a.cached else "",
+    } for a in result.artifacts]
+    optional = {"prec": len({r["prec"] for r in rows}) > 1, "aliases": any(r["aliases"] for r in rows),
+                "note": any(r["note"] for r in rows)}
+    columns = [c for c in rows[0] if optional.get(c, True)] if rows else []
+    for col in columns:
+        wraps = col in ("channels", "file", "aliases")
+        table.add_column(col, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
+    for r in rows:
+        table.add_row(*(r[c] for c in columns))
     console.print(table)
 
 
