@@ -10,8 +10,9 @@ It imports torch and numpy only, never another room. Names are re-exported lazil
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_getattr
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
@@ -50,8 +51,4 @@ EXPORTS = {
 
 __all__ = list(EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in EXPORTS:
-        return getattr(importlib.import_module(f".{EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'us3l.core' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, EXPORTS)

@@ -29,8 +29,9 @@ tensorrt, modelopt) are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from us3l.core.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .artifacts import Artifact, ExportResult
@@ -56,8 +57,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'us3l.export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -10,8 +10,7 @@ Names are re-exported lazily so ``import trainer`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from us3l.core.lazy import lazy_getattr
 
 _EXPORTS = {
     "TrainConfig": "config",
@@ -26,8 +25,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
