@@ -75,3 +75,15 @@ def test_export_batch_takes_one_value_in_bench_syntax(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "one fixed batch size" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_files_written_by_export_honour_the_umask(tmp_path):
+    """Under umask 022 every file ``us3l export`` writes is 0644 (the atomic writer's temp files are
+    0600 until they take the umask's mode)."""
+    import stat
+
+    proc = subprocess.run([*US3L, "export", "--arch", "us_resnet_mini", "--widths", "0.5", "--out", "x"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o022))
+    assert proc.returncode == 0, proc.stderr
+    files = [p for p in (tmp_path / "x").rglob("*") if p.is_file()]
+    assert files and {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o644"}, files
