@@ -1,8 +1,19 @@
 """Suite-wide settings: one intra-op thread (tests are small-op bound; on a shared 2-core machine
-two threads mostly contend), deterministic seeds per test."""
+two threads mostly contend), deterministic seeds per test, and the legacy ONNX exporter as the
+default for tests that export only as a means (CLI, bench, docs, API).
+
+torch's dynamo exporter, the product default, costs 2-35x more per export (docs/deployment.md §6.1)
+and would put the suite far over its 10 minutes. The tests of the exporter itself name
+``dynamo`` explicitly (tests/export/test_onnx.py, the opset and pipeline tests), and
+tests/export/test_default_exporter.py checks that dynamo is the default without the variable.
+"""
+
+import os
 
 import pytest
 import torch
+
+os.environ.setdefault("US3L_ONNX_EXPORTER", "torchscript")  # inherited by the CLI subprocesses too
 
 
 @pytest.fixture(autouse=True, scope="session")

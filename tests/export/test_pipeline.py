@@ -207,7 +207,7 @@ def test_unwritable_directory_is_refused(tmp_path):
 def test_opset_is_selectable_and_batch_can_be_fixed(tmp_path):
     import onnx
 
-    res = export(ExportConfig(arch=ARCH, widths="0.25", out_dir=str(tmp_path), opset=13, batch=4))
+    res = export(ExportConfig(arch=ARCH, widths="0.25", out_dir=str(tmp_path), opset=13, batch=4, onnx_exporter="dynamo"))
     model = onnx.load(str(res.artifacts[0].path))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 13
     dims = model.graph.input[0].type.tensor_type.shape.dim

@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         input_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.  [default: the architecture's]")] = None,
         name: Annotated[Optional[str], typer.Option(help="Artifact file-name prefix.  [default: checkpoint stem or arch]")] = None,
         simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxsim.")] = True,
-        onnx_exporter: Annotated[str, typer.Option(help="torch's ONNX exporter: dynamo (supported) or torchscript (legacy, faster).")] = "dynamo",
+        onnx_exporter: Annotated[Optional[str], typer.Option(help="torch's ONNX exporter: dynamo (supported) or torchscript (legacy, ~2-30x faster).  [default: $US3L_ONNX_EXPORTER, else dynamo]")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the artifacts as JSON instead of a table.")] = False,
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
     ) -> None:
@@ -108,7 +108,8 @@ def register(app: typer.Typer) -> None:
         try:
             result = export(checkpoint, width, format=fmt, out=out, arch=arch, progress=progress, name=name,
                             batch=batches[0] if batches else None, opset=opset, snap=snap, precision=precision, calib_data=calib_data,
-                            atol=atol, rtol=rtol, simplify=simplify, onnx_exporter=onnx_exporter, calibration=calibration,
+                            atol=atol, rtol=rtol, simplify=simplify, calibration=calibration,
+                            **({"onnx_exporter": onnx_exporter} if onnx_exporter else {}),
                             min_cosine=min_cosine,
                             include_head=str(include_head) if include_head else None, input_size=input_size,
                             force=force)

@@ -51,6 +51,21 @@ DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 21
 ONNX_EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = "dynamo"
+EXPORTER_ENV = "US3L_ONNX_EXPORTER"  # overrides the default (e.g. "torchscript" on a slow build host)
+
+
+def default_exporter() -> str:
+    """The ONNX exporter used when none is named: ``$US3L_ONNX_EXPORTER``, else ``dynamo``.
+
+    Raises:
+        ExportError: the variable names no exporter.
+    """
+    import os
+
+    name = os.environ.get(EXPORTER_ENV, "").strip() or DEFAULT_EXPORTER
+    if name not in ONNX_EXPORTERS:
+        raise ExportError(f"{EXPORTER_ENV}={name!r} is not an ONNX exporter; valid: {', '.join(ONNX_EXPORTERS)}")
+    return name
 DYNAMO_NATIVE_OPSET = 18  # the oldest opset torch's dynamo exporter writes itself
 # Operators whose newer versions only widened the accepted types (bfloat16 and the like), so a node
 # of the newer version is valid at the older one; Reshape-14 also added ``allowzero``, fine when 0.
@@ -158,7 +173,7 @@ def lower_opset(model: Any, target: int) -> Any:
 
 def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool,
                         input_name: str = "input", output_name: str = "features",
-                        exporter: str = DEFAULT_EXPORTER) -> bytes:
+                        exporter: str | None = None) -> bytes:
     """Serialise a plain module to ONNX bytes (single file, weights inline) at exactly ``opset``.
 
     Args:
@@ -172,6 +187,7 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
     Raises:
         ExportError: torch could not export the module, or the opset cannot express it.
     """
+    exporter = exporter or default_exporter()
     if exporter not in ONNX_EXPORTERS:
         raise ExportError(f"unknown ONNX exporter {exporter!r}; valid: {', '.join(ONNX_EXPORTERS)}")
     buf = io.BytesIO()
@@ -275,7 +291,7 @@ class OnnxExporter(Exporter):
             return self._reduced(req)
         if not MIN_OPSET <= req.opset <= MAX_OPSET:
             raise ExportError(f"opset {req.opset} is not supported; valid: {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-        exporter = req.options.get("exporter", DEFAULT_EXPORTER)
+        exporter = req.options.get("exporter") or default_exporter()
         start = time.perf_counter()
         log.info("Exporting ONNX (%s exporter, opset %d) -> %s", exporter, req.opset, req.path.name)
         example = torch.zeros((req.batch or 2, *req.input_shape))

@@ -21,7 +21,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from us3l.core.slicing import channel_config, find_aliases, slice_to_width
 from us3l.core.width import format_width, parse_widths
 
 from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, artifact_stem, cached_artifact, jsonable, tool_versions
-from .onnx_exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_EXPORTERS
+from .onnx_exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_EXPORTERS, default_exporter
 from .onnx_quant import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_MIN_COSINE, RANGES_SUFFIX, accuracy_gate, enforce_gate
 from .parity import DEFAULT_TOLERANCE, compare, enforce
 from .registry import Exporter, ExportRequest, get_exporter
@@ -86,7 +86,8 @@ class ExportConfig:
         input_size: square input side (default: the architecture's).
         force: rebuild and overwrite existing artifacts.
         seed: seed for the untrained network and data order.
-        onnx_exporter: ``dynamo`` (default, torch's supported exporter) or ``torchscript``
+        onnx_exporter: ``dynamo`` (default, torch's supported exporter; ``$US3L_ONNX_EXPORTER``
+            overrides the default) or ``torchscript``
             (the legacy exporter: an explicit fallback, about 2x faster).
         workspace_mib / max_batch / opt_batch / timing_cache: TensorRT build options.
         threads: torch intra-op threads while exporting (restored afterwards; 0 = leave torch's
@@ -119,7 +120,7 @@ class ExportConfig:
     input_size: int | None = None
     force: bool = False
     seed: int = 0
-    onnx_exporter: str = "dynamo"
+    onnx_exporter: str = field(default_factory=default_exporter)
     workspace_mib: int = 1024
     max_batch: int = 32
     opt_batch: int = 1
