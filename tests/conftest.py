@@ -1,6 +1,7 @@
-"""Suite-wide settings: one intra-op thread (tests are small-op bound; on a shared 2-core machine
-two threads mostly contend), deterministic seeds per test, and the legacy ONNX exporter as the
-default for tests that export only as a means (CLI, bench, docs, API).
+"""Suite-wide settings: one intra-op thread in the test process and in the CLI subprocesses it
+starts (tests are small-op bound, and pytest-xdist already runs one worker per core), deterministic
+seeds per test, and the legacy ONNX exporter as the default for tests that export only as a means
+(CLI, bench, docs, API).
 
 torch's dynamo exporter, the product default, costs 2-35x more per export (docs/deployment.md §6.1)
 and would put the suite far over its 10 minutes. The tests of the exporter itself name
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 os.environ.setdefault("US3L_ONNX_EXPORTER", "torchscript")  # inherited by the CLI subprocesses too
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -76,9 +76,9 @@ def _hand(model: _Toy, reg: GroupRegularizer, epoch: int, names: list[str]) -> f
             size = p.shape[0] // reg.bins
             for c in range(p.shape[0]):
                 b = min(c // size, reg.bins - 1) if size else reg.bins - 1
-                total += coeffs[b] * float(p[c].double().pow(2).sum())
+                total += coeffs[b] * float(p[c].detach().double().pow(2).sum())
         else:
-            total += reg.lam * float(p.double().pow(2).sum())
+            total += reg.lam * float(p.detach().double().pow(2).sum())
     return total
 
 
@@ -86,9 +86,9 @@ def test_forward_sum_and_exclusions():
     model = _Toy()
     reg = GroupRegularizer(0.1, total_epochs=10)
     base = ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "head.weight", "head.bias"]
-    sub = float(reg(model, 0.5, 7))
+    sub = float(reg(model, 0.5, 7).detach())
     assert sub == pytest.approx(_hand(model, reg, 7, base + ["predictor.weight", "predictor.bias"]), rel=1e-5)
-    full = float(reg(model, 1.0, 7))  # predictor skipped at the max width
+    full = float(reg(model, 1.0, 7).detach())  # predictor skipped at the max width
     assert full == pytest.approx(_hand(model, reg, 7, base), rel=1e-5)
 
 
@@ -127,7 +127,7 @@ def test_gradient_form_equals_autograd_form_and_keeps_the_value(width):
     for n, g in got.items():
         extra = 1.0 if n == "conv.weight" else 0.0
         assert torch.allclose(g, expected[n] + extra, atol=1e-7), n
-    assert float(reg.value(model, width, 3)) == pytest.approx(float(reg(model, width, 3)), rel=1e-6)
+    assert float(reg.value(model, width, 3)) == pytest.approx(float(reg(model, width, 3).detach()), rel=1e-6)
     assert not reg.value(model, width, 3).requires_grad
 
 
