@@ -152,6 +152,9 @@ class ExportConfig:
                         ("max_batch", self.max_batch), ("opt_batch", self.opt_batch)):
             if v < 1:
                 raise ConfigError(f"{what} {v} is invalid; valid: a positive integer")
+        from us3l.core.checks import check_number
+
+        check_number("--input-size", self.input_size, minimum=4, integer=True)
         if self.threads < 0:
             raise ConfigError(f"threads {self.threads} is invalid; valid: 0 (torch's setting) or a positive integer")
 

@@ -256,6 +256,18 @@ class EvalConfig:
     divisor: int = DEFAULT_DIVISOR
     artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
 
+    def __post_init__(self) -> None:
+        from us3l.core.checks import check_number
+
+        check_number("--calib-batches", self.calib_batches, minimum=1, integer=True)
+        check_number("--batch-size", self.batch_size, minimum=1, integer=True)
+        check_number("--knn-k", self.knn_k, minimum=1, integer=True)
+        check_number("--image-size", self.image_size, minimum=4, integer=True)
+        if self.method not in METHODS:
+            raise unknown_name("evaluation method", self.method, METHODS)
+        if not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"--device {self.device!r} is invalid; valid: cpu, cuda, cuda:N")
+
 
 @dataclass
 class EvalResult:
@@ -274,6 +286,8 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     protocol are unchanged; otherwise the file is replaced.
     """
     ckpt_path = Path(cfg.checkpoint)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"--device {cfg.device}: CUDA is not available on this machine; valid here: cpu")
     ckpt = load_checkpoint(ckpt_path)
     spec = _resolve_dataset(ckpt, cfg)
     lo, hi = ckpt.width_range

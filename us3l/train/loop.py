@@ -63,6 +63,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, progress: ProgressFn | None = None) -> None:
         self.cfg, self.progress = cfg, progress
+        check_out_dir(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
         self.dist = runtime.init_distributed(cfg.device)
         self.device = runtime.resolve_device(cfg.device, self.dist.local_rank)
         if cfg.threads and self.device.type == "cpu":
@@ -195,7 +196,10 @@ class Trainer:
         """
         cfg = self.cfg
         stop = cfg.epochs if until_epoch is None else min(int(until_epoch), cfg.epochs)
+        if cfg.overwrite and self.dist.is_main:
+            clear_run(self.out_dir)
         writer = _MetricsWriter(self.out_dir, self.start_epoch, cfg.tensorboard) if self.dist.is_main else None
+        pending: list[dict] = []  # records of epochs not yet covered by a written checkpoint
         total = cfg.epochs * self.steps_per_epoch
         try:
             if self.start_epoch >= cfg.epochs:
@@ -205,10 +209,14 @@ class Trainer:
                 stats = measure_collapse(self.raw_model.online_encoder(), self.held_out, self._probe_widths(),
                                          cfg.collapse_std_ratio)
                 record["collapse"] = [s.to_dict() for s in stats]
-                if writer is not None:  # metrics first: a resumed run rewrites records after its epoch
-                    writer.write(record)
+                pending.append(record)
                 if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, stop):
                     self._save(epoch + 1)
+                    # metrics after the checkpoint: a record never names an epoch that no checkpoint
+                    # holds (a resumed run restarts after the checkpoint's epoch anyway)
+                    for done in pending if writer is not None else ():
+                        writer.write(done)
+                    pending.clear()
                 report_collapse(stats, epoch + 1, cfg.fail_on_collapse)
         finally:
             if writer is not None:
@@ -277,6 +285,38 @@ class Trainer:
         return {"epoch": epoch + 1, "lr": lr, "steps": self.steps_per_epoch, "global_step": self.global_step,
                 "widths_per_iter": n_widths / self.steps_per_epoch, **shown,
                 "images_per_s": images / elapsed, "epoch_time_s": elapsed}
+
+
+RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, "tb")
+
+
+def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace an earlier run in ``out_dir`` unless told to resume or overwrite it.
+
+    Raises:
+        ConfigError: ``out_dir`` holds a run (checkpoint, metrics or TensorBoard logs) and neither
+            ``resume`` nor ``overwrite`` is set, or it is a file.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; valid: a folder (it is created when missing)")
+    if resume or overwrite:
+        return
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if found:
+        raise ConfigError(f"{out_dir} already holds a training run ({', '.join(found)}); pass --resume to continue it, "
+                          "--overwrite to replace it, or choose another --out")
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove the files of an earlier run (checkpoint, metrics, TensorBoard logs) before ``overwrite``."""
+    import shutil
+
+    for name in RUN_FILES:
+        target = out_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
 
 
 def epoch_steps(images_per_process: int, batch: int, drop_last: bool) -> int:
