@@ -160,6 +160,11 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn | None = None) -> BenchResu
     """
     started = time.perf_counter()
     accuracy_read = _read_accuracy(cfg)
+    from us3l.core.files import check_writable_dir
+
+    check_writable_dir(cfg.out_dir or DEFAULT_OUT)
+    if cfg.lut is not None:
+        check_writable_dir(Path(cfg.lut).parent, "--lut folder")
     profile = get_device(cfg.device, cfg.devices_file)
     runner_name = resolve_runner(cfg.runner or profile.runner, profile)
     runner_cls = get_runner(runner_name)

@@ -311,7 +311,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     if seal is not None and seal[0] != seal[1]:
         raise CheckpointError(f"checkpoint {path} is corrupt: its bytes do not match the sha256 sealed in it "
                               "(damaged on disk or in transfer); use another copy or retrain")
-    data = _torch_load(path)
+    data = load_plain(path)
     if not isinstance(data, dict) or data.get("magic") != MAGIC:
         raise CheckpointError(
             f"{path} is not a us3l-deploy checkpoint (a reference US3L checkpoint? convert it with 'us3l import')"
@@ -349,13 +349,14 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     return ckpt
 
 
-CODE_REFUSED = ("contains Python objects that would run code when loaded (a pickle with executable globals); "
+CODE_REFUSED = ("contains Python objects that would execute code when loaded (a pickle with executable globals); "
                 "refused, nothing from it was run. Load only checkpoints written by us3l (train, import), "
                 "or convert a trusted reference file with 'us3l import'")
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with its failures as one-line :class:`CheckpointError`s.
+def load_plain(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with its failures as one-line :class:`CheckpointError`s
+    (``what`` names the file in them: a code-carrying pickle is reported as such, not as corrupt).
 
     torch warns once (a long multi-line text) when a weights-only load fails; that warning is
     silenced here because the error says the same in one line.
@@ -373,9 +374,9 @@ def _torch_load(path: Path) -> Any:
         lowered = text.lower()
         if any(k in lowered for k in ("unsupported global", "unsupported class", "weights only load failed",
                                       "unsupported operand")) and "eof" not in lowered:
-            raise CheckpointError(f"checkpoint {path} {CODE_REFUSED}") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({first[:120]})") from None
+            raise CheckpointError(f"{what} {path} {CODE_REFUSED}") from None
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch file ({first[:120]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError, KeyError,
             IndexError, UnicodeDecodeError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:120]})") from None
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({first[:120]})") from None

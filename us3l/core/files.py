@@ -141,3 +141,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     """Write ``obj`` as JSON (trailing newline) atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def check_writable_dir(folder: str | os.PathLike, what: str = "--out") -> Path:
+    """Check, before any work, that ``folder`` is (or can be created as) a writable directory.
+
+    Returns the folder. Creates nothing: the nearest existing ancestor must be a writable folder.
+
+    Raises:
+        ConfigError: ``folder`` is a file, lies under a file, or its nearest existing ancestor is
+            not writable (read-only file system, missing permission).
+    """
+    from .errors import ConfigError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is a file; valid: a folder (created when missing)")
+    anchor = folder
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise ConfigError(f"cannot write to {what} {folder}: {anchor} is a file, not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {what} {folder}: {anchor} is not writable (read-only or no permission); "
+                          f"choose a writable {what}")
+    return folder
+

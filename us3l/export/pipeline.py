@@ -214,7 +214,8 @@ class _Run:
         name, sidecar_name = stem + exporter.suffix, stem + ".json"
         plan = bn_plan(net, self.calib, w, cfg.snap, cfg.bn_images)
         key = self.key(w, exporter.name, precision, plan)
-        old = cached_artifact(self.out_dir / name, self.out_dir / sidecar_name, key, cfg.force)
+        old = cached_artifact(self.out_dir / name, self.out_dir / sidecar_name, key, cfg.force,
+                              repairable=name in self.staging.repairable)
         if old is not None:
             self.locations[name] = self.out_dir / name
             if sorted(old.get("aliases", [])) != sorted(group.aliases):

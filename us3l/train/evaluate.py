@@ -109,8 +109,11 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
         f_test = extract_features(model, test_x, w, batch_size, device, divisor, size)
         row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
                                "source": "pytorch"}
+        if has_bn:  # what was used, not what was asked (a small set gives fewer batches)
+            row["calib_images"] = int(min(len(train_x), calib_batches * batch_size))
         if method in ("knn", "both"):
             row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
+            row["knn_k"] = int(min(k, len(train_x)))
         if method in ("linear", "both"):
             row["linear"] = linear_probe_accuracy(f_train, train_y, f_test, test_y, n_classes, probe)
         log.info("width %s: %s", w, {key: v for key, v in row.items() if key != "width"})

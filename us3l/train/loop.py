@@ -297,8 +297,9 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
         ConfigError: ``out_dir`` holds a run (checkpoint, metrics or TensorBoard logs) and neither
             ``resume`` nor ``overwrite`` is set, or it is a file.
     """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; valid: a folder (it is created when missing)")
+    from us3l.core.files import check_writable_dir
+
+    check_writable_dir(out_dir)
     if resume or overwrite:
         return
     found = [name for name in RUN_FILES if (out_dir / name).exists()]
