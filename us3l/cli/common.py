@@ -44,6 +44,12 @@ def environment_error(exc: BaseException) -> str | None:
 
     torch and onnx wrap write failures in ``RuntimeError``; those are recognised by their text.
     """
+    seen = 0
+    while not (isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS) and seen < 6:
+        inner = exc.__cause__ or exc.__context__  # torch's zip writer re-raises ENOSPC as RuntimeError
+        if inner is None:
+            break
+        exc, seen = inner, seen + 1
     if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
         where = f" ({exc.filename})" if exc.filename else ""
         hint = {errno.ENOSPC: "free some space or choose another --out",

@@ -236,7 +236,13 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> str:
     payload = to_plain(ckpt.to_dict())
     with atomic_open(path) as fh:
         hashing = _HashingWriter(fh)
-        torch.save(payload, hashing)
+        try:
+            torch.save(payload, hashing)
+        except RuntimeError as exc:  # torch's zip writer hides a failed write (a full disk) behind its own error
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
         seal = SEAL_PREFIX + hashing.sha.hexdigest().encode()
         fh.seek(-2, os.SEEK_END)  # the end record's comment length, 0 as torch.save wrote it
         fh.write(len(seal).to_bytes(2, "little"))

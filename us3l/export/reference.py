@@ -166,7 +166,7 @@ def import_reference(cfg: ImportConfig) -> Any:
     out = Path(cfg.out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; valid: the checkpoint file to write, e.g. {out / 'r18.pt'}")
-    check_writable_dir(out.parent)
+    check_writable_dir(out.parent, "--out folder")
     if cfg.calibrated_width is not None:
         validate_width(cfg.calibrated_width)
     state, info = read_reference(cfg.source)

@@ -22,8 +22,10 @@ generation per channel configuration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +37,7 @@ import torch.distributed as dist
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_split, resize_images
 from us3l.core.errors import CheckpointError, ConfigError, DataError
+from us3l.core.files import atomic_write_text
 
 from . import runtime
 from .augment import SSLAugment, asymmetric_pair, two_views
@@ -302,7 +305,7 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     check_writable_dir(out_dir)
     if resume or overwrite:
         return
-    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    found = [name for name in (CHECKPOINT_NAME, METRICS_NAME) if (out_dir / name).exists()]
     if found:
         raise ConfigError(f"{out_dir} already holds a training run ({', '.join(found)}); pass --resume to continue it, "
                           "--overwrite to replace it, or choose another --out")
@@ -360,7 +363,13 @@ class _MetricsWriter:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue
-        self.path.write_text("".join(k + "\n" for k in kept))
+            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        # else the file appears with the first record: a run that fails before its first
+        # checkpoint leaves no metrics file (and so no "existing run" for the next one)
+        if start_epoch == 0 and (out_dir / "tb").is_dir():
+            import shutil  # a fresh run (checked by check_out_dir): logs of a run that never checkpointed
+
+            shutil.rmtree(out_dir / "tb")
         self.tb = None
         if tensorboard:
             try:
@@ -371,8 +380,16 @@ class _MetricsWriter:
                 log.warning("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only", self.path)
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:  # a full disk: never leave half a record
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            raise
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":
