@@ -216,6 +216,7 @@ class Staging:
             self._release(remove_created=True)
             raise
         self._moves: list[tuple[Path, Path]] = []
+        self.settled: set[str] = set()  # files this run found in place and verified (cache hits)
 
     def path(self, name: str) -> Path:
         """A staging path whose file will land at ``out_dir / name`` on commit."""
@@ -243,7 +244,7 @@ class Staging:
             for staged, final in self._moves:
                 if staged.exists():
                     os.replace(staged, final)
-            leftover = sorted(n for n in self.repairable - set(names) if (self.out_dir / n).exists())
+            leftover = sorted(n for n in self.repairable - set(names) - self.settled if (self.out_dir / n).exists())
             if leftover:  # files of an earlier interrupted commit this run did not rebuild
                 atomic_write_json(journal, {"files": leftover})
             else:

@@ -218,6 +218,7 @@ class _Run:
                               repairable=name in self.staging.repairable)
         if old is not None:
             self.locations[name] = self.out_dir / name
+            self.staging.settled.update((name, sidecar_name))
             if sorted(old.get("aliases", [])) != sorted(group.aliases):
                 self.staging.write_json(sidecar_name, {**old, "aliases": group.aliases})
             log.info("Reusing %s (same cache key, hash verified)", name)

@@ -297,8 +297,8 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to replace an earlier run in ``out_dir`` unless told to resume or overwrite it.
 
     Raises:
-        ConfigError: ``out_dir`` holds a run (checkpoint, metrics or TensorBoard logs) and neither
-            ``resume`` nor ``overwrite`` is set, or it is a file.
+        ConfigError: ``out_dir`` holds a run (a checkpoint or metrics) and neither ``resume`` nor
+            ``overwrite`` is set, or it cannot be written (a file, read-only, no permission).
     """
     from us3l.core.files import check_writable_dir
 
