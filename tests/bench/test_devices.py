@@ -51,11 +51,17 @@ def test_profiles_parsed(tmp_path):
     assert profiles["pi"].threads == 4 and profiles["pi"].python == "/opt/venv/bin/python"
 
 
-def test_project_file_in_cwd_is_found(tmp_path, monkeypatch):
-    write(tmp_path, GOOD)
+def test_project_file_in_cwd_is_read_only_when_named(tmp_path, monkeypatch):
+    """A us3l-devices.toml that came with a cloned folder decides which commands run: it is not
+    trusted silently (issue 15, class 7), only with --devices-file."""
+    path = write(tmp_path, GOOD)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "nocfg"))
     monkeypatch.chdir(tmp_path)
-    assert get_device("pi").host == "pi"
-    assert list_devices() == ["cpu", "cuda", "jetson", "orin", "pi"]
+    with pytest.raises(UnknownNameError, match="read only when named: pass --devices-file us3l-devices.toml"):
+        get_device("pi")
+    assert list_devices() == ["cpu", "cuda", "jetson"]
+    assert get_device("pi", path).host == "pi"
+    assert list_devices(path) == ["cpu", "cuda", "jetson", "orin", "pi"]
 
 
 def test_user_config_file_is_the_fallback(tmp_path, monkeypatch):

@@ -108,7 +108,7 @@ def test_uncalibrated_import_has_empty_bank_and_calibrated_width_is_refused(tmp_
     ("unmappable", r"cannot be mapped: module\.queue"),
     ("missing", r"missing layer1\.0\.conv1\.weight"),
     ("wrong_arch", r"does not fit us_resnet50_cifar"),
-    ("corrupt", r"unreadable or corrupt"),
+    ("corrupt", r"reference checkpoint .* is truncated or corrupt"),
     ("no_state_dict", r"no 'state_dict'"),
 ])
 def test_clear_failures(tmp_path, case, match):

@@ -52,7 +52,7 @@ def test_evaluate_rows_and_bn_bank(ckpt):
     assert [r["width"] for r in rows] == [1.0, 0.25]
     assert [r["feature_dim"] for r in rows] == [128, 32]
     for r in rows:
-        assert set(r) == {"width", "precision", "feature_dim", "knn", "linear", "source"}
+        assert set(r) == {"width", "precision", "feature_dim", "knn", "linear", "source", "calib_images", "knn_k"}
         assert (r["precision"], r["source"]) == ("fp32", "pytorch")
         assert 0.3 < r["knn"] <= 1.0 and 0.0 <= r["linear"] <= 1.0  # random init is still far above chance
     assert ("0.25", "done") == (str(calls[-1][0]), calls[-1][1])

@@ -77,6 +77,11 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
 
     if arch is None and str(source) in list_models():
         return None, str(source), None
+    text = str(source)
+    if arch is None and not any(c in text for c in "/\\.") and not path.exists():
+        from ..core.errors import unknown_name
+
+        raise unknown_name("architecture", text, list_models())
     raise CheckpointError(f"checkpoint {source} does not exist or is not a file (an architecture name is accepted "
                           f"too: {', '.join(list_models())})")
 
@@ -204,8 +209,11 @@ def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, s
     """
     from ..core.width import parse_widths
 
+    from ..core.checks import check_number
+
     if snap < 1:
         raise ConfigError(f"snap must be a positive channel divisor, got {snap}; valid: 8, 16, 32")
+    check_number("--input-size", input_size, minimum=4, integer=True)
     path, arch, model = _resolve_source(source, None)
     if model is not None:
         network = model.network

@@ -103,7 +103,8 @@ class TrainResult:
 class WidthAccuracy:
     """Accuracy of one width at one precision (fractions in [0, 1]; ``None`` when that protocol was
     not run). ``source`` is ``pytorch`` or ``artifact`` (then ``artifact`` names the file);
-    ``top1`` is a classifier artifact's own top-1."""
+    ``top1`` is a classifier artifact's own top-1. ``calib_images`` and ``knn_k`` are the BN
+    calibration images and kNN neighbours actually used (fewer than asked on a small set)."""
 
     width: float
     feature_dim: int
@@ -113,6 +114,8 @@ class WidthAccuracy:
     top1: float | None = None
     source: str | None = None
     artifact: str | None = None
+    calib_images: int | None = None
+    knn_k: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``accuracy.json`` row: keys of protocols that were not run are left out."""
@@ -141,7 +144,8 @@ class EvalResult:
     def from_rows(cls, checkpoint: Path, checkpoint_hash: str, accuracy_file: Path, protocol: dict[str, Any],
                   rows: Sequence[dict[str, Any]]) -> EvalResult:
         results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), r.get("knn"), r.get("linear"),
-                                      str(r.get("precision") or "fp32"), r.get("top1"), r.get("source"), r.get("artifact"))
+                                      str(r.get("precision") or "fp32"), r.get("top1"), r.get("source"), r.get("artifact"),
+                                      r.get("calib_images"), r.get("knn_k"))
                         for r in rows)
         return cls(checkpoint, checkpoint_hash, accuracy_file, str(protocol.get("dataset", {}).get("name", "")),
                    protocol, tuple(sorted(results, key=lambda r: (r.width, r.precision))))

@@ -84,8 +84,9 @@ def _config_dict(cfg: BenchConfig, widths: list[float]) -> dict:
     return data
 
 
-def _accuracy(cfg: BenchConfig, checkpoint_hash: str | None) -> tuple[Path | None, str | None, dict]:
-    """``(accuracy file, note why it was not joined, table keyed by (width, precision))``."""
+def _read_accuracy(cfg: BenchConfig) -> tuple[Path | None, dict | None, dict]:
+    """``(accuracy file, its content, table keyed by (width, precision))``, read and validated
+    before any work so that a bad table fails before anything is measured or written."""
     acc_path = cfg.accuracy
     if acc_path is None and cfg.checkpoint is not None:
         candidate = Path(cfg.checkpoint).with_name("accuracy.json")
@@ -93,11 +94,20 @@ def _accuracy(cfg: BenchConfig, checkpoint_hash: str | None) -> tuple[Path | Non
     if not acc_path:
         return None, None, {}
     data = read_accuracy_file(acc_path)  # read once: provenance check, then the table
+    return acc_path, data, accuracy_table(data["results"], acc_path)
+
+
+def _accuracy(cfg: BenchConfig, checkpoint_hash: str | None,
+              read: tuple[Path | None, dict | None, dict]) -> tuple[Path | None, str | None, dict]:
+    """``(accuracy file, note why it was not joined, table keyed by (width, precision))``."""
+    acc_path, data, table = read
+    if not acc_path or data is None:
+        return None, None, {}
     note = accuracy_mismatch(data, acc_path, checkpoint_hash, cfg.snap)
     if note:
         log.info("%s", note)  # returned in report["accuracy_note"]; the CLI prints it
         return acc_path, note, {}
-    return acc_path, None, accuracy_table(data["results"], acc_path)
+    return acc_path, None, table
 
 
 def default_widths(lo: float, hi: float, ladder: list[float], acc: dict) -> list[float]:
@@ -149,6 +159,12 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn | None = None) -> BenchResu
         >>> # run_bench(BenchConfig(arch="us_resnet18_cifar", widths="0.5,1.0", precision="fp32,int8", budget_ms=5))
     """
     started = time.perf_counter()
+    accuracy_read = _read_accuracy(cfg)
+    from us3l.core.files import check_writable_dir
+
+    check_writable_dir(cfg.out_dir or DEFAULT_OUT)
+    if cfg.lut is not None:
+        check_writable_dir(Path(cfg.lut).parent, "--lut folder")
     profile = get_device(cfg.device, cfg.devices_file)
     runner_name = resolve_runner(cfg.runner or profile.runner, profile)
     runner_cls = get_runner(runner_name)
@@ -162,7 +178,7 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn | None = None) -> BenchResu
     table = LatencyTable(cfg.lut or (out_dir / "lut.json" if cfg.out_dir else default_cache_path()))
     info = _width_info(source, table, cfg.force)
     lo, hi, ladder = float(info["lo"]), float(info["hi"]), [float(w) for w in info["ladder"]]
-    acc_path, acc_note, acc = _accuracy(cfg, info.get("hash"))
+    acc_path, acc_note, acc = _accuracy(cfg, info.get("hash"), accuracy_read)
     widths = parse_widths(cfg.widths, lo, hi) if cfg.widths else default_widths(lo, hi, ladder, acc)
     timing = TimingConfig(warmup_ms=cfg.warmup_ms, duration_s=cfg.duration_s, iterations=cfg.iterations,
                           rounds=cfg.rounds, idle_gap_ms=cfg.idle_gap_ms)

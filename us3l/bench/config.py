@@ -78,10 +78,18 @@ class BenchConfig:
             if bad or not parts:
                 raise ConfigError(f"precision {self.precision!r} is invalid; valid: {', '.join(PRECISIONS)} "
                                   "or a list such as fp32,int8")
-        if self.remeasure < 0:
-            raise ConfigError(f"--remeasure must be >= 0, got {self.remeasure}")
-        if self.budget_ms is not None and self.budget_ms <= 0:
-            raise ConfigError(f"--budget-ms must be > 0, got {self.budget_ms}")
+        from us3l.core.checks import check_number
+
+        check_number("--remeasure", self.remeasure, minimum=0, integer=True)
+        check_number("--budget-ms", self.budget_ms, minimum=0, exclusive=True)
+        check_number("--duration", self.duration_s, minimum=0, exclusive=True, maximum=24 * 3600)
+        check_number("--iterations", self.iterations, minimum=1, integer=True)
+        check_number("--warmup-ms", self.warmup_ms, minimum=0, maximum=3600e3)
+        check_number("--rounds", self.rounds, minimum=1, integer=True)
+        check_number("--idle-gap-ms", self.idle_gap_ms, minimum=0, maximum=3600e3)
+        check_number("--search-step", self.search_step, minimum=0, exclusive=True)
+        if self.snap not in (8, 16, 32):
+            raise ConfigError(f"--snap {self.snap} is not supported; valid: 8, 16, 32")
         if self.search and self.budget_ms is None:
             raise ConfigError("--search needs --budget-ms")
         if self.threads is not None and self.threads < 1:

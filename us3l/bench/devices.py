@@ -1,7 +1,9 @@
 """Benchmark devices: built-ins (``cpu``, ``cuda``, ``jetson``) and named TOML profiles.
 
-Profiles live in ``us3l-devices.toml`` in the working directory, else in the user config dir
-(``$XDG_CONFIG_HOME/us3l/devices.toml``, default ``~/.config/us3l/devices.toml``)::
+Profiles live in the user config dir (``$XDG_CONFIG_HOME/us3l/devices.toml``, default
+``~/.config/us3l/devices.toml``), or in a file named with ``--devices-file``. A
+``us3l-devices.toml`` in the working directory is read only when named: a profile decides which
+commands run, so a file that arrived with a cloned project must not be trusted silently::
 
     [devices.orin]
     host = "orin.local"            # ssh destination (a ~/.ssh/config alias works too)
@@ -15,7 +17,12 @@ Profiles live in ``us3l-devices.toml`` in the working directory, else in the use
     trtexec = "/usr/src/tensorrt/bin/trtexec"
     ssh_options = ["ProxyJump=bastion"]
 
-A typo raises :class:`ConfigError` naming the file, the line and the valid keys.
+A typo raises :class:`ConfigError` naming the file, the line and the valid keys. Values are
+checked too: ports in 1..65535, runner names from the registry, ssh settings only with a
+``host``, ssh options from :data:`SAFE_SSH_OPTIONS` only (options such as ``ProxyCommand`` or
+``LocalCommand`` run local commands), and host-key checking never switched off
+(``known_hosts = "/dev/null"`` with accepting new keys, ``StrictHostKeyChecking=no``). A profile
+named like a built-in device (``[devices.cpu]``) is an error, not silently ignored.
 """
 
 from __future__ import annotations
@@ -93,6 +100,55 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "tegrastats": (str,), "trt_version": (str,),
 }
 VALID_KEYS = tuple(_TYPES)
+#: ``ssh -o`` options a profile may set (lower case). Everything that can run a local command
+#: (ProxyCommand, LocalCommand, PermitLocalCommand, KnownHostsCommand, Match exec, ...), load
+#: code (PKCS11Provider, SecurityKeyProvider) or forward local resources (ForwardAgent, X11) is left out.
+SAFE_SSH_OPTIONS = frozenset({
+    "addressfamily", "bindaddress", "bindinterface", "certificatefile", "checkhostip", "ciphers", "compression",
+    "connectionattempts", "connecttimeout", "controlmaster", "controlpath", "controlpersist", "globalknownhostsfile",
+    "hostkeyalgorithms", "hostkeyalias", "hostname", "identitiesonly", "identityfile", "ipqos", "kexalgorithms",
+    "loglevel", "macs", "port", "preferredauthentications", "proxyjump", "pubkeyacceptedalgorithms",
+    "pubkeyacceptedkeytypes", "rekeylimit", "serveralivecountmax", "serveraliveinterval", "stricthostkeychecking",
+    "tcpkeepalive", "updatehostkeys", "user", "userknownhostsfile", "verifyhostkeydns",
+})
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Keys that only mean something for an ssh device (a profile with them but no ``host`` would run locally).
+SSH_KEYS = ("user", "port", "identity_file", "ssh_options", "known_hosts", "accept_new_host_key", "workdir")
+
+
+def _is_null_file(path: str) -> bool:
+    return os.path.realpath(os.path.expanduser(path)) == os.devnull
+
+
+def check_ssh_option(option: str, device: str) -> str:
+    """``option`` (``Key=Value``) when it is on the safe list, else :class:`ConfigError`."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9]*)\s*[= ]\s*(\S.*)$", option)
+    if not m or "\n" in option:
+        raise ConfigError(f"ssh option {option!r} of device {device!r} is invalid; valid: 'Key=Value'")
+    key, value = m.group(1).lower(), m.group(2).strip()
+    if key not in SAFE_SSH_OPTIONS:
+        raise ConfigError(f"ssh option {m.group(1)!r} of device {device!r} is not allowed (it could run local commands "
+                          f"or weaken security); valid: {', '.join(sorted(SAFE_SSH_OPTIONS))}")
+    if value.startswith("-"):
+        raise ConfigError(f"ssh option {option!r} of device {device!r} has a value starting with '-'; refused")
+    if key == "stricthostkeychecking" and value.lower() not in ("yes", "accept-new", "ask"):
+        raise ConfigError(f"ssh option {option!r} of device {device!r} turns host-key checking off; "
+                          "valid: yes or accept-new (add the device's key to known_hosts instead)")
+    if key in ("userknownhostsfile", "globalknownhostsfile") and any(_is_null_file(v) for v in value.split()):
+        raise ConfigError(f"ssh option {option!r} of device {device!r} discards host keys, which turns host-key "
+                          "checking off; name a real known_hosts file")
+    return option
+
+
+def check_host_key_policy(profile: DeviceProfile, accept_new: bool = False) -> None:
+    """Refuse settings that together switch host-key checking off.
+
+    Raises:
+        ConfigError: ``known_hosts`` is ``/dev/null`` (every key is forgotten) while new keys are accepted.
+    """
+    if profile.known_hosts and _is_null_file(profile.known_hosts) and (accept_new or profile.accept_new_host_key):
+        raise ConfigError(f"device {profile.name!r}: known_hosts {profile.known_hosts!r} with accepting new host keys "
+                          "accepts any key on every connection (host checking off); name a real known_hosts file")
 
 
 def user_config_file() -> Path:
@@ -102,11 +158,55 @@ def user_config_file() -> Path:
 
 
 def default_devices_file(cwd: Path | None = None) -> Path | None:
-    """The project file in ``cwd`` if present, else the user file if present, else ``None``."""
-    for path in ((cwd or Path.cwd()) / PROJECT_FILE, user_config_file()):
-        if path.is_file():
-            return path
-    return None
+    """The user file if present, else ``None``. A ``us3l-devices.toml`` in ``cwd`` is never read
+    unless named with ``--devices-file`` (see the module docstring)."""
+    path = user_config_file()
+    return path if path.is_file() else None
+
+
+def _validate_profile(path: Path, text: str, name: str, entries: dict) -> None:
+    """Ranges, registry names and the ssh rules of one ``[devices.NAME]`` table (types already checked)."""
+    table = f"devices.{name}"
+
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{path}:{_line_of(text, table, key)}: {message}")
+
+    port = entries.get("port")
+    if port is not None and not 1 <= port <= 65535:
+        fail("port", f"port {port} in [devices.{name}] is invalid; valid: 1..65535")
+    for key in ("connect_timeout", "command_timeout", "threads"):
+        if key in entries and entries[key] < 1:
+            fail(key, f"{key} {entries[key]} in [devices.{name}] is invalid; valid: an integer >= 1")
+    for key in ("power_mode", "power_modes"):
+        values = entries.get(key)
+        values = [values] if isinstance(values, int) else (values or [])
+        if any(v < 0 for v in values):
+            fail(key, f"{key} {entries[key]!r} in [devices.{name}] is invalid; valid: nvpmodel ids >= 0")
+    if "precision" in entries and entries["precision"] not in PRECISIONS:
+        fail("precision", f"precision {entries['precision']!r} in [devices.{name}] is invalid; valid: {', '.join(PRECISIONS)}")
+    local = entries.get("local_device")
+    if local is not None and not (local in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", local)):
+        fail("local_device", f"local_device {local!r} in [devices.{name}] is invalid; valid: cpu, cuda, cuda:N")
+    if "runner" in entries:
+        from .runners.registry import list_runners
+
+        valid = [r for r in list_runners() if r != "onnxruntime-agent"]
+        if entries["runner"] not in valid:
+            fail("runner", f"runner {entries['runner']!r} in [devices.{name}] is unknown; valid: {', '.join(valid)}")
+    for key in ("host", "user"):
+        value = entries.get(key)
+        if value is not None and (not value or value.startswith("-") or re.search(r"[\s@]" if key == "user" else r"\s", value)):
+            fail(key, f"{key} {value!r} in [devices.{name}] is invalid; valid: a name without spaces, not starting with '-'")
+    if "host" not in entries:
+        given = [k for k in SSH_KEYS if k in entries]
+        if given:
+            fail(given[0], f"[devices.{name}] sets {', '.join(given)} but no host, so it would silently run on this "
+                           "machine; add host = \"...\" or remove the ssh settings")
+    for option in entries.get("ssh_options", ()):
+        try:
+            check_ssh_option(option, name)
+        except ConfigError as exc:
+            fail("ssh_options", str(exc))
 
 
 def _line_of(text: str, table: str, key: str | None) -> int:
@@ -175,6 +275,7 @@ def load_profiles(path: Path) -> dict[str, DeviceProfile]:
         if name in BUILTIN_DEVICES:
             raise ConfigError(f"{path}:{_line_of(text, table, None)}: profile name {name!r} is a built-in device; "
                               f"choose another name")
+        _validate_profile(Path(path), text, name, entries)
         kwargs = dict(entries)
         for key in ("ssh_options", "power_modes"):
             if key in kwargs:
@@ -184,6 +285,10 @@ def load_profiles(path: Path) -> dict[str, DeviceProfile]:
         if kwargs.get("runner") == "trtexec" and "trtexec" not in kwargs and kwargs.get("jetson", False):
             kwargs["trtexec"] = DEFAULT_TRTEXEC
         profiles[name] = DeviceProfile(name=name, source=str(path), **kwargs)
+        try:
+            check_host_key_policy(profiles[name])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}:{_line_of(text, table, 'known_hosts')}: {exc}") from None
     return profiles
 
 
@@ -201,16 +306,18 @@ def get_device(name: str, devices_file: Path | None = None) -> DeviceProfile:
         UnknownNameError: unknown device (the message lists built-ins and profiles).
         ConfigError: the devices file is invalid.
     """
+    path = devices_file or default_devices_file()
+    profiles = load_profiles(path) if path else {}  # a profile named like a built-in fails here
     if name in BUILTIN_DEVICES:
         return BUILTIN_DEVICES[name]
-    path = devices_file or default_devices_file()
-    profiles = load_profiles(path) if path else {}
     if name not in profiles:
         err = unknown_name("device", name, sorted(set(BUILTIN_DEVICES) | set(profiles)))
-        where = f" (profiles from {path})" if path else f" (no {PROJECT_FILE} here and no {user_config_file()})"
+        where = f" (profiles from {path})" if path else f" (no {user_config_file()})"
+        if devices_file is None and (Path.cwd() / PROJECT_FILE).is_file():
+            where += f"; ./{PROJECT_FILE} is read only when named: pass --devices-file {PROJECT_FILE}"
         raise type(err)(str(err) + where)
     return profiles[name]
 
 
-__all__ = ["DeviceProfile", "BUILTIN_DEVICES", "VALID_KEYS", "get_device", "list_devices", "load_profiles",
+__all__ = ["DeviceProfile", "BUILTIN_DEVICES", "VALID_KEYS", "SAFE_SSH_OPTIONS", "check_ssh_option", "check_host_key_policy", "get_device", "list_devices", "load_profiles",
            "default_devices_file", "user_config_file"]

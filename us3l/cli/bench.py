@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
                                                              exists=True, dir_okay=False)] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (latency does not depend on weights).  [default: the checkpoint's]")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, jetson, or a profile name from us3l-devices.toml.")] = "cpu",
-        devices_file: Annotated[Optional[Path], typer.Option(help="Device profiles TOML.  [default: ./us3l-devices.toml, then ~/.config/us3l/devices.toml]")] = None,
+        devices_file: Annotated[Optional[Path], typer.Option(help="Device profiles TOML (a ./us3l-devices.toml is read only when named here).  [default: ~/.config/us3l/devices.toml]")] = None,
         widths: Annotated[Optional[str], typer.Option("--widths", "--width", help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: 0.25:1.0:0.25 plus the checkpoint's calibrated and evaluated widths]")] = None,
         batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
         runner: Annotated[Optional[str], typer.Option(help="torch, onnxruntime, tensorrt or trtexec.  [default: the device's]")] = None,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,11 +29,58 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: errno values of faults in the environment rather than in the program: each ends a command
+#: with one line and exit code 2 (the atomic writers have already removed their temp files).
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                                errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.EIO, errno.ENOENT})
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that clean-up runs as for Ctrl-C (exit code 143)."""
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """One line for an OS-level fault (full disk, read-only or unwritable folder...), else None.
+
+    torch and onnx wrap write failures in ``RuntimeError``; those are recognised by their text.
+    """
+    seen = 0
+    while not (isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS) and seen < 6:
+        inner = exc.__cause__ or exc.__context__  # torch's zip writer re-raises ENOSPC as RuntimeError
+        if inner is None:
+            break
+        exc, seen = inner, seen + 1
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = {errno.ENOSPC: "free some space or choose another --out",
+                errno.EDQUOT: "free some space or choose another --out",
+                errno.EROFS: "choose a writable --out", errno.EACCES: "choose a writable --out",
+                errno.EPERM: "choose a writable --out"}.get(exc.errno or 0, "check the path")
+        return f"{exc.strerror or exc}{where}; {hint}"
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and any(k in text for k in ("No space left on device", "file write failed",
+                                                                 "Disk quota exceeded", "Read-only file system")):
+        return f"writing a file failed ({text.strip().splitlines()[0][:160]}); free some space or choose another --out"
+    return None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def user_errors(fn: F) -> F:
-    """Render :class:`US3LError` as one line on stderr with exit code 2 (no traceback)."""
+    """Render :class:`US3LError` as one line on stderr with exit code 2 (no traceback).
+
+    Environment faults (a full disk, a read-only or unwritable ``--out``) get one line and exit
+    code 2 as well. Ctrl-C prints ``interrupted`` and exits 130; SIGTERM prints the same line and
+    exits 143. Both unwind normally, so atomic writes leave the previous file intact.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
         except US3LError as exc:
@@ -39,6 +89,18 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
+        except Terminated:
+            err_console.print("interrupted")
+            raise typer.Exit(143) from None
+        except (OSError, RuntimeError) as exc:
+            line = environment_error(exc)
+            if line is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 

@@ -73,6 +73,7 @@ def register(app: typer.Typer) -> None:
                                                         help="One optimizer step per iteration, or one per sampled width.  [default: per width]")] = None,
         out: Annotated[Path, typer.Option(help="Output folder for checkpoint.pt, metrics.jsonl and tb/.")] = Path("runs/us3l"),
         resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the same options.")] = False,
+        overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in OUT (checkpoint, metrics.jsonl, tb/); without it or --resume an existing run is refused.")] = False,
         device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.  [default: auto]")] = None,
         amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).  [default: the recipe's]")] = None,
         channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for model and images (faster convolutions on GPUs).  [default: off]")] = None,
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
                 recipe=recipe, progress=progress, arch=arch, data=data,
                 data_root=str(data_root) if data_root else None, image_size=image_size, epochs=epochs,
                 batch_size=batch_size, lr=lr, method=method.value if method else None, ssl=ssl.value if ssl else None,
-                single_width=width, accumulate=accumulate, out_dir=str(out), resume=resume, device=device, amp=amp,
+                single_width=width, accumulate=accumulate, out_dir=str(out), resume=resume, overwrite=overwrite or None, device=device, amp=amp,
                 channels_last=channels_last,
                 fail_on_collapse=fail_on_collapse or None, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
             )

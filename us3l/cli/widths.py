@@ -30,6 +30,12 @@ def register(app: typer.Typer) -> None:
 
         if checkpoint is not None and (arch is not None or input_size is not None):
             raise ConfigError("give a checkpoint or --arch/--input-size, not both (the checkpoint fixes the network)")
+        if arch is not None:
+            from ..core.errors import unknown_name
+            from ..core.models import list_models
+
+            if arch not in list_models():
+                raise unknown_name("architecture", arch, list_models())
         source = checkpoint if checkpoint is not None else (arch or "us_resnet_mini")
         rows = width_table(source, widths, snap=snap, input_size=input_size)
         if as_json:

@@ -70,8 +70,14 @@ def read_accuracy_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(rows, list):
         raise DataError(f"accuracy file {path} has no 'results' list; expected {{'results': [{{'width', 'knn'?, 'linear'?}}]}}")
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("width"), (int, float)):
-            raise DataError(f"accuracy file {path}: row {i} has no 'width'")
+        if not isinstance(row, dict) or not isinstance(row.get("width"), (int, float)) \
+                or isinstance(row.get("width"), bool) or not 0 < row["width"] <= 1:
+            raise DataError(f"accuracy file {path}: row {i} has no 'width' in (0, 1]")
+        for key in ("knn", "linear"):
+            value = row.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value <= 1):
+                raise DataError(f"accuracy file {path}: row {i} has {key} {value!r}; valid: a fraction in [0, 1] or null")
         if row_precision(row) not in PRECISIONS:
             raise DataError(f"accuracy file {path}: row {i} has precision {row.get('precision')!r}; "
                             f"valid: {', '.join(PRECISIONS)}")

@@ -5,11 +5,20 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts writt
 other object is refused. Writes are atomic (temp file in the same directory, fsync, rename).
 The ``content_hash`` (sha256 over the backbone tensors) identifies the weights in artifacts and
 latency tables and is verified on load.
+
+Integrity seal (format 2): the whole file is hashed. ``torch.save`` writes a zip archive; its
+end record gets the comment ``us3l-sha256:<hex>``, the sha256 of every byte ``torch.save`` wrote
+(weights, BN bank, heads, optimizer state, metadata, the archive's own records). Zip readers,
+``torch.load`` among them, ignore the comment; :func:`load_checkpoint` recomputes the hash before
+unpickling anything and refuses a file whose bytes changed. Files of format 1 (written before
+the seal) still load, with a warning, and only their weights are verified; rewriting them (for
+example ``us3l eval CKPT --store-bn``) seals them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import platform
@@ -26,7 +35,13 @@ from .errors import CheckpointError
 from .files import atomic_open
 from .width import DEFAULT_WIDTH_RANGE, format_width, round_width
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2  # 2: whole-file sha256 seal in the zip comment; 1: weights hash only
+SEAL_PREFIX = b"us3l-sha256:"
+SEAL_LEN = len(SEAL_PREFIX) + 64
+_EOCD = b"PK\x05\x06"  # zip end-of-central-directory signature; the record is 22 bytes + comment
+_EOCD_LEN = 22
 MAGIC = "us3l-deploy-checkpoint"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -217,9 +232,69 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> str:
         raise CheckpointError(f"cannot create directory {path.parent}: {exc.strerror}") from None
     ckpt.content_hash = state_hash(ckpt.model)
     ckpt.versions = library_versions()
+    ckpt.format_version = FORMAT_VERSION
+    payload = to_plain(ckpt.to_dict())
     with atomic_open(path) as fh:
-        torch.save(to_plain(ckpt.to_dict()), fh)
+        hashing = _HashingWriter(fh)
+        try:
+            torch.save(payload, hashing)
+        except RuntimeError as exc:  # torch's zip writer hides a failed write (a full disk) behind its own error
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
+        seal = SEAL_PREFIX + hashing.sha.hexdigest().encode()
+        fh.seek(-2, os.SEEK_END)  # the end record's comment length, 0 as torch.save wrote it
+        fh.write(len(seal).to_bytes(2, "little"))
+        fh.write(seal)
     return ckpt.content_hash
+
+
+class _HashingWriter:
+    """A write-only file object that hashes what passes through it (``torch.save`` only writes)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.sha = fh, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def file_seal(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``(recorded, actual)`` sha256 of a sealed checkpoint file, or None when it carries no seal.
+
+    A file whose last bytes read ``us3l-sha256:`` counts as sealed; its end record must then be
+    intact (signature, comment length), else the recorded value is returned as ``"damaged"``.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size < SEAL_LEN + _EOCD_LEN:
+        return None
+    with path.open("rb") as fh:
+        fh.seek(size - SEAL_LEN - _EOCD_LEN)
+        tail = fh.read()
+        seal = tail[_EOCD_LEN:]
+        if not seal.startswith(SEAL_PREFIX):
+            return None
+        eocd = tail[:_EOCD_LEN]
+        recorded = seal[len(SEAL_PREFIX):].decode("ascii", "replace")
+        if eocd[:4] != _EOCD or int.from_bytes(eocd[-2:], "little") != SEAL_LEN:
+            recorded = "damaged"
+        sha = hashlib.sha256()
+        fh.seek(0)
+        remaining = size - SEAL_LEN - 2
+        while remaining > 0:
+            chunk = fh.read(min(remaining, 1 << 22))
+            if not chunk:
+                break
+            sha.update(chunk)
+            remaining -= len(chunk)
+        sha.update(b"\x00\x00")
+    return recorded, sha.hexdigest()
 
 
 _FIELDS = ("arch", "arch_kwargs", "model")
@@ -236,24 +311,26 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "unsupported global" in str(exc).lower() or "unsupported class" in str(exc).lower():
-            raise CheckpointError(
-                f"checkpoint {path} contains objects that would execute code on load; refused (only tensors and plain data are allowed)"
-            ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({first[:120]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError, KeyError,
-            IndexError, UnicodeDecodeError, MemoryError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:120]})") from None
+        seal = file_seal(path) if verify else None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror})") from None
+    if seal is not None and seal[0] != seal[1]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its bytes do not match the sha256 sealed in it "
+                              "(damaged on disk or in transfer); use another copy or retrain")
+    data = load_plain(path)
     if not isinstance(data, dict) or data.get("magic") != MAGIC:
         raise CheckpointError(
             f"{path} is not a us3l-deploy checkpoint (a reference US3L checkpoint? convert it with 'us3l import')"
         )
     if int(data.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {data['format_version']}; this tool reads <= {FORMAT_VERSION}")
+    version = data.get("format_version", 0)
+    if verify and seal is None and (not isinstance(version, int) or version >= 2):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its integrity seal is missing or damaged; "
+                              "use another copy or retrain")
+    if verify and seal is None:
+        log.warning("checkpoint %s predates whole-file integrity hashes (format %s): only its weights are verified; "
+                    "rewrite it to seal it (e.g. us3l eval %s --store-bn)", path, version, path)
     missing = [k for k in _FIELDS if k not in data]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks required field(s) {', '.join(missing)}")
@@ -276,3 +353,36 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     if verify and ckpt.content_hash and state_hash(ckpt.model) != ckpt.content_hash:
         raise CheckpointError(f"checkpoint {path} is corrupt: weights do not match the recorded content hash")
     return ckpt
+
+
+CODE_REFUSED = ("contains Python objects that would execute code when loaded (a pickle with executable globals); "
+                "refused, nothing from it was run. Load only checkpoints written by us3l (train, import), "
+                "or convert a trusted reference file with 'us3l import'")
+
+
+def load_plain(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with its failures as one-line :class:`CheckpointError`s
+    (``what`` names the file in them: a code-carrying pickle is reported as such, not as corrupt).
+
+    torch warns once (a long multi-line text) when a weights-only load fails; that warning is
+    silenced here because the error says the same in one line.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"(?s).*weights_only", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"(?s).*Weights only load failed", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        lowered = text.lower()
+        if any(k in lowered for k in ("unsupported global", "unsupported class", "weights only load failed",
+                                      "unsupported operand")) and "eof" not in lowered:
+            raise CheckpointError(f"{what} {path} {CODE_REFUSED}") from None
+        raise CheckpointError(f"{what} {path} is corrupt or not a PyTorch file ({first[:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, TypeError, KeyError,
+            IndexError, UnicodeDecodeError, MemoryError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({first[:120]})") from None

@@ -3,21 +3,96 @@
 Write to a sibling temp file, flush + fsync, then ``os.replace``; on any failure the temp file
 is removed and the target is left as it was. The file gets the mode a plain ``open()`` would give
 it (0666 less the umask: 0644 under umask 022), not the temp file's private 0600.
+
+A process killed mid-write (kill -9, power loss) cannot remove its temp file, so temp names
+carry the writer's host and process id (``.NAME.<pid>@<host>.<random>.tmp``) and every later write
+of ``NAME`` removes the temp files of writers on this host that no longer run
+(:func:`sweep_stale_temps`). Temp files of the older unnamed form (``.NAME.<random>.tmp``) are
+removed once they are an hour old.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 
 _UMASK_LOCK = threading.Lock()
+#: Age after which a temp file of the older form (no writer id in its name) counts as abandoned.
+LEGACY_TEMP_AGE_S = 3600.0
+
+
+def host_tag() -> str:
+    """Eight hex digits naming this host in temp-file names (host names may hold dots and dashes)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def writer_tag() -> str:
+    """``<pid>@<host tag>``: who owns a temp file or staging folder."""
+    return f"{os.getpid()}@{host_tag()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a process we may not signal still runs)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def writer_gone(tag: str) -> bool:
+    """True when ``<pid>@<host tag>`` names a process of this host that no longer runs."""
+    pid, _, host = tag.partition("@")
+    return host == host_tag() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder tree; a path already gone is fine."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove temp files that killed writers of ``path`` left beside it; returns what was removed."""
+    path = Path(path)
+    ours = re.compile(rf"^\.{re.escape(path.name)}\.(\d+@[0-9a-f]{{8}})\.[^./]+\.tmp$")
+    legacy = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp$")
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = ours.match(entry.name)
+        try:
+            stale = bool(m and writer_gone(m.group(1))) or bool(
+                legacy.match(entry.name) and now - entry.stat().st_mtime > LEGACY_TEMP_AGE_S)
+        except OSError:
+            continue
+        if stale:
+            remove_path(entry)
+            removed.append(entry)
+    return removed
 
 
 def current_umask() -> int:
@@ -37,7 +112,8 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp creates 0600
@@ -65,3 +141,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     """Write ``obj`` as JSON (trailing newline) atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def check_writable_dir(folder: str | os.PathLike, what: str = "--out") -> Path:
+    """Check, before any work, that ``folder`` is (or can be created as) a writable directory.
+
+    Returns the folder. Creates nothing: the nearest existing ancestor must be a writable folder.
+
+    Raises:
+        ConfigError: ``folder`` is a file, lies under a file, or its nearest existing ancestor is
+            not writable (read-only file system, missing permission).
+    """
+    from .errors import ConfigError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is a file; valid: a folder (created when missing)")
+    anchor = folder
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise ConfigError(f"cannot write to {what} {folder}: {anchor} is a file, not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {what} {folder}: {anchor} is not writable (read-only or no permission); "
+                          f"choose a writable {what}")
+    return folder
+

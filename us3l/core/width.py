@@ -23,6 +23,8 @@ DEFAULT_DIVISOR = 8
 DEFAULT_WIDTH_RANGE = (0.25, 1.0)
 # Widths are compared after rounding to this many decimals (avoids 0.30000000000000004 keys).
 WIDTH_DECIMALS = 6
+#: Most widths one list or range may name (a ladder of 0.001 steps over [0.25, 1.0] has 751).
+MAX_WIDTHS = 1001
 
 
 def make_divisible(v: float, divisor: int = DEFAULT_DIVISOR, min_value: int = 1) -> int:
@@ -111,7 +113,7 @@ def parse_widths(
 
     Raises:
         WidthError: empty input, non-numbers, NaN, an empty or backwards range, a non-positive
-            step, or a width outside ``[lo, hi]``.
+            step, more than :data:`MAX_WIDTHS` widths, or a width outside ``[lo, hi]``.
 
     Examples:
         >>> parse_widths("0.25:1.0:0.25")
@@ -132,7 +134,11 @@ def parse_widths(
             raise WidthError(f"range step must be > 0, got {step:g}; valid: 'start:stop:step' with step > 0")
         if stop < start:
             raise WidthError(f"range {text!r} is empty (stop < start); valid: 'start:stop:step' with start <= stop")
-        n = int(math.floor((stop - start) / step + 1e-6)) + 1
+        count = (stop - start) / step + 1e-6
+        n = int(math.floor(count)) + 1 if math.isfinite(count) and count < 10 * MAX_WIDTHS else -1
+        if n < 0 or n > MAX_WIDTHS:
+            raise WidthError(f"range {text!r} names {'%.3g' % (count + 1)} widths; valid: at most {MAX_WIDTHS} (use a larger step, "
+                             "e.g. 0.25:1.0:0.05)")
         raw = [start + i * step for i in range(n)]
     elif ":" in text:
         raise WidthError(f"width range {text!r} is malformed; valid: 'start:stop:step', e.g. '0.25:1.0:0.05'")
@@ -140,10 +146,14 @@ def parse_widths(
         parts = [p for p in (s.strip() for s in text.split(",")) if p]
         if not parts:
             raise WidthError("no widths given; valid: a list '0.25,0.5,1.0' or a range 'start:stop:step'")
+        if len(parts) > MAX_WIDTHS:
+            raise WidthError(f"{len(parts)} widths given; valid: at most {MAX_WIDTHS}")
         raw = [_number(p, "width") for p in parts]
     out: list[float] = []
+    seen: set[float] = set()
     for value in raw:
         w = validate_width(value, lo, hi)
-        if w not in out:
+        if w not in seen:
+            seen.add(w)
             out.append(w)
     return out

@@ -152,6 +152,9 @@ class ExportConfig:
                         ("max_batch", self.max_batch), ("opt_batch", self.opt_batch)):
             if v < 1:
                 raise ConfigError(f"{what} {v} is invalid; valid: a positive integer")
+        from us3l.core.checks import check_number
+
+        check_number("--input-size", self.input_size, minimum=4, integer=True)
         if self.threads < 0:
             raise ConfigError(f"threads {self.threads} is invalid; valid: 0 (torch's setting) or a positive integer")
 
@@ -211,9 +214,11 @@ class _Run:
         name, sidecar_name = stem + exporter.suffix, stem + ".json"
         plan = bn_plan(net, self.calib, w, cfg.snap, cfg.bn_images)
         key = self.key(w, exporter.name, precision, plan)
-        old = cached_artifact(self.out_dir / name, self.out_dir / sidecar_name, key, cfg.force)
+        old = cached_artifact(self.out_dir / name, self.out_dir / sidecar_name, key, cfg.force,
+                              repairable=name in self.staging.repairable)
         if old is not None:
             self.locations[name] = self.out_dir / name
+            self.staging.settled.update((name, sidecar_name))
             if sorted(old.get("aliases", [])) != sorted(group.aliases):
                 self.staging.write_json(sidecar_name, {**old, "aliases": group.aliases})
             log.info("Reusing %s (same cache key, hash verified)", name)

@@ -17,8 +17,6 @@ entries of each BN buffer; ``calibrated_width=w`` copies exactly those entries i
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +65,9 @@ def read_reference(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"reference checkpoint {path} does not exist or is not a file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"reference checkpoint {path} is unreadable or corrupt ({first[:120]})") from None
+    from us3l.core.checkpoint import load_plain
+
+    data = load_plain(path, "reference checkpoint")
     state = data.get("state_dict") if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} has no 'state_dict'; valid: a reference US3L checkpoint (epoch, arch, state_dict)")
@@ -165,6 +161,14 @@ def import_reference(cfg: ImportConfig) -> Any:
     from us3l.core.models import get_model
     from us3l.core.width import validate_width
 
+    from us3l.core.files import check_writable_dir
+
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; valid: the checkpoint file to write, e.g. {out / 'r18.pt'}")
+    check_writable_dir(out.parent, "--out folder")
+    if cfg.calibrated_width is not None:
+        validate_width(cfg.calibrated_width)
     state, info = read_reference(cfg.source)
     if cfg.arch is not None and cfg.arch not in SUPPORTED:
         raise ConfigError(f"architecture {cfg.arch!r} cannot be imported from reference checkpoints; valid: {', '.join(SUPPORTED)}")

@@ -244,6 +244,7 @@ def prepare_bn(net: Network, calib: CalibrationSet, width: float, divisor: int, 
         load_bn_stats(net.model, net.checkpoint.bn_stats_for(float(plan["bank_width"])), width, divisor)
         return
     x = calib.images()[: plan["images"]]
+    plan["images"] = int(len(x))  # the sidecar records what was used (a small set has fewer than asked)
     log.info("Recalibrating BN at width %s on %d %s images", format_width(width), len(x), calib.kind)
     calibrate_bn(net.model, x.split(batch_size), width, divisor=divisor)
     net.model.eval()

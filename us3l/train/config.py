@@ -8,6 +8,7 @@ travels inside the checkpoint (``Checkpoint.train_config``). Named presets live 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 AUGMENTATIONS = ("symmetric", "asymmetric")
 
 # Fields that may differ between a run and its resumption (they do not change the maths).
-RESUME_IGNORED = ("resume", "out_dir", "device", "log_interval", "fail_on_collapse", "threads", "tensorboard",
+RESUME_IGNORED = ("resume", "overwrite", "out_dir", "device", "log_interval", "fail_on_collapse", "threads", "tensorboard",
                   "channels_last")
 
 
@@ -92,6 +93,7 @@ class TrainConfig:
     device: str = "auto"
     out_dir: str = "runs/us3l"
     resume: bool = False
+    overwrite: bool = False  # replace an existing run in out_dir (default: refuse, naming --resume/--overwrite)
     log_interval: int = 20
     save_every: int = 1
     tensorboard: bool = True
@@ -168,7 +170,9 @@ def _problems(c: TrainConfig):
         yield f"lr must be > 0, got {c.lr}"
     if not 0 <= c.momentum < 1:
         yield f"momentum must be in [0, 1), got {c.momentum}"
-    if c.weight_decay < 0 or (c.group_reg_lambda is not None and c.group_reg_lambda < 0):
+    if c.resume and c.overwrite:
+        yield "resume and overwrite exclude each other: continue the run in out_dir, or replace it"
+    if not math.isfinite(c.weight_decay) or c.weight_decay < 0 or (c.group_reg_lambda is not None and c.group_reg_lambda < 0):
         yield "weight_decay and group_reg_lambda must be >= 0"
     if not 0 < c.width_min <= c.width_max <= 1.0:
         yield f"width range ({c.width_min}, {c.width_max}) is invalid; valid: 0 < width_min <= width_max <= 1.0"

@@ -109,8 +109,11 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
         f_test = extract_features(model, test_x, w, batch_size, device, divisor, size)
         row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
                                "source": "pytorch"}
+        if has_bn:  # what was used, not what was asked (a small set gives fewer batches)
+            row["calib_images"] = int(min(len(train_x), calib_batches * batch_size))
         if method in ("knn", "both"):
             row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
+            row["knn_k"] = int(min(k, len(train_x)))
         if method in ("linear", "both"):
             row["linear"] = linear_probe_accuracy(f_train, train_y, f_test, test_y, n_classes, probe)
         log.info("width %s: %s", w, {key: v for key, v in row.items() if key != "width"})
@@ -256,6 +259,18 @@ class EvalConfig:
     divisor: int = DEFAULT_DIVISOR
     artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
 
+    def __post_init__(self) -> None:
+        from us3l.core.checks import check_number
+
+        check_number("--calib-batches", self.calib_batches, minimum=1, integer=True)
+        check_number("--batch-size", self.batch_size, minimum=1, integer=True)
+        check_number("--knn-k", self.knn_k, minimum=1, integer=True)
+        check_number("--image-size", self.image_size, minimum=4, integer=True)
+        if self.method not in METHODS:
+            raise unknown_name("evaluation method", self.method, METHODS)
+        if not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"--device {self.device!r} is invalid; valid: cpu, cuda, cuda:N")
+
 
 @dataclass
 class EvalResult:
@@ -274,6 +289,8 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     protocol are unchanged; otherwise the file is replaced.
     """
     ckpt_path = Path(cfg.checkpoint)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"--device {cfg.device}: CUDA is not available on this machine; valid here: cpu")
     ckpt = load_checkpoint(ckpt_path)
     spec = _resolve_dataset(ckpt, cfg)
     lo, hi = ckpt.width_range

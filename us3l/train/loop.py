@@ -22,8 +22,10 @@ generation per channel configuration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +37,7 @@ import torch.distributed as dist
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_split, resize_images
 from us3l.core.errors import CheckpointError, ConfigError, DataError
+from us3l.core.files import atomic_write_text
 
 from . import runtime
 from .augment import SSLAugment, asymmetric_pair, two_views
@@ -63,6 +66,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, progress: ProgressFn | None = None) -> None:
         self.cfg, self.progress = cfg, progress
+        check_out_dir(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
         self.dist = runtime.init_distributed(cfg.device)
         self.device = runtime.resolve_device(cfg.device, self.dist.local_rank)
         if cfg.threads and self.device.type == "cpu":
@@ -195,7 +199,10 @@ class Trainer:
         """
         cfg = self.cfg
         stop = cfg.epochs if until_epoch is None else min(int(until_epoch), cfg.epochs)
+        if cfg.overwrite and self.dist.is_main:
+            clear_run(self.out_dir)
         writer = _MetricsWriter(self.out_dir, self.start_epoch, cfg.tensorboard) if self.dist.is_main else None
+        pending: list[dict] = []  # records of epochs not yet covered by a written checkpoint
         total = cfg.epochs * self.steps_per_epoch
         try:
             if self.start_epoch >= cfg.epochs:
@@ -205,10 +212,14 @@ class Trainer:
                 stats = measure_collapse(self.raw_model.online_encoder(), self.held_out, self._probe_widths(),
                                          cfg.collapse_std_ratio)
                 record["collapse"] = [s.to_dict() for s in stats]
-                if writer is not None:  # metrics first: a resumed run rewrites records after its epoch
-                    writer.write(record)
+                pending.append(record)
                 if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, stop):
                     self._save(epoch + 1)
+                    # metrics after the checkpoint: a record never names an epoch that no checkpoint
+                    # holds (a resumed run restarts after the checkpoint's epoch anyway)
+                    for done in pending if writer is not None else ():
+                        writer.write(done)
+                    pending.clear()
                 report_collapse(stats, epoch + 1, cfg.fail_on_collapse)
         finally:
             if writer is not None:
@@ -279,6 +290,39 @@ class Trainer:
                 "images_per_s": images / elapsed, "epoch_time_s": elapsed}
 
 
+RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, "tb")
+
+
+def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace an earlier run in ``out_dir`` unless told to resume or overwrite it.
+
+    Raises:
+        ConfigError: ``out_dir`` holds a run (a checkpoint or metrics) and neither ``resume`` nor
+            ``overwrite`` is set, or it cannot be written (a file, read-only, no permission).
+    """
+    from us3l.core.files import check_writable_dir
+
+    check_writable_dir(out_dir)
+    if resume or overwrite:
+        return
+    found = [name for name in (CHECKPOINT_NAME, METRICS_NAME) if (out_dir / name).exists()]
+    if found:
+        raise ConfigError(f"{out_dir} already holds a training run ({', '.join(found)}); pass --resume to continue it, "
+                          "--overwrite to replace it, or choose another --out")
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove the files of an earlier run (checkpoint, metrics, TensorBoard logs) before ``overwrite``."""
+    import shutil
+
+    for name in RUN_FILES:
+        target = out_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
 def epoch_steps(images_per_process: int, batch: int, drop_last: bool) -> int:
     """Iterations per epoch: full batches, plus the last smaller one unless ``drop_last``.
 
@@ -319,7 +363,13 @@ class _MetricsWriter:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue
-        self.path.write_text("".join(k + "\n" for k in kept))
+            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        # else the file appears with the first record: a run that fails before its first
+        # checkpoint leaves no metrics file (and so no "existing run" for the next one)
+        if start_epoch == 0 and (out_dir / "tb").is_dir():
+            import shutil  # a fresh run (checked by check_out_dir): logs of a run that never checkpointed
+
+            shutil.rmtree(out_dir / "tb")
         self.tb = None
         if tensorboard:
             try:
@@ -330,8 +380,16 @@ class _MetricsWriter:
                 log.warning("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only", self.path)
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:  # a full disk: never leave half a record
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            raise
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":

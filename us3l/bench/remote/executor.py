@@ -152,6 +152,9 @@ def ssh_options(profile: DeviceProfile, accept_new: bool = False) -> list[str]:
     Raises:
         ConfigError: an ssh option that is not ``Key=Value``.
     """
+    from ..devices import check_host_key_policy, check_ssh_option
+
+    check_host_key_policy(profile, accept_new)
     opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(profile.connect_timeout)}",
             "-o", f"StrictHostKeyChecking={'accept-new' if accept_new or profile.accept_new_host_key else 'yes'}",
             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3"]
@@ -162,9 +165,7 @@ def ssh_options(profile: DeviceProfile, accept_new: bool = False) -> list[str]:
     if profile.user:
         opts += ["-o", f"User={profile.user}"]
     for opt in profile.ssh_options:
-        if not re.match(r"^[A-Za-z][A-Za-z0-9]*[= ]\S", opt):
-            raise ConfigError(f"ssh option {opt!r} of device {profile.name!r} is invalid; valid: 'Key=Value'")
-        opts += ["-o", opt]
+        opts += ["-o", check_ssh_option(opt, profile.name)]
     return opts
 
 

@@ -1,0 +1,328 @@
+"""Issue 15: bad input and environment faults, one case per class and per command.
+
+Every case runs the real CLI in-process (typer's CliRunner) in a fresh working folder and checks:
+the exit code; a message about the intended problem (so a usage error on a mistyped flag cannot
+pass for it); no traceback; no file added, removed or changed (hidden temp files and staging
+folders included, unless the case is about repairing them); and no code run from a file (a
+canary that a code-carrying pickle would create never appears).
+
+Classes (the issue's numbering): 1 environment faults, 2 numeric options, 4 leftovers and repair,
+5 integrity, 6 misleading messages, 7 device-profile trust, 8 overwriting a run, 9 records that
+disagree with what happened. Class 3 (bad images) belongs to the streaming image pipeline
+(issue 11); class 10 (SIGTERM) and the kill -9 / concurrency / full-disk faults need a
+subprocess and live in tests/cli/test_fault_injection.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from us3l.cli.main import app
+from us3l.core.files import host_tag
+
+TINY = dict(image_size=8, batch_size=16, proj_hidden_dim=32, proj_out_dim=16, pred_hidden_dim=32,
+            max_steps_per_epoch=1, log_interval=1, collapse_batch=32, tensorboard=False, epochs=1)
+DEAD_PID = 99999999  # above any pid_max: no process has it
+
+
+class _Evil:
+    """Pickles to a call of ``os.mkdir(canary)``: loading it would run code."""
+
+    def __init__(self, canary: Path) -> None:
+        self.canary = str(canary)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.canary,))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict[str, Path]:
+    """A tiny trained run (checkpoint with training state, metrics), an evil pickle, a flipped copy."""
+    from us3l.train.config import TrainConfig
+    from us3l.train.loop import train
+
+    d = tmp_path_factory.mktemp("reliability")
+    run = d / "run"
+    train(TrainConfig(out_dir=str(run), **TINY))
+    canary = d / "CODE-RAN"
+    evil = d / "evil.pt"
+    torch.save({"magic": "us3l-deploy-checkpoint", "format_version": 2, "x": _Evil(canary)}, evil)
+    data = bytearray((run / "checkpoint.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped = d / "flipped.pt"
+    flipped.write_bytes(bytes(data))
+    return {"run": run, "ckpt": run / "checkpoint.pt", "evil": evil, "canary": canary, "flipped": flipped}
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """Every file and folder under ``root`` (hidden ones too) with size and modification time."""
+    out = {}
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).parts
+        if rel[0] == ".home" and (len(rel) == 1 or rel[1] == "Microsoft"):
+            continue  # onnxruntime's own telemetry folder under the fake HOME
+        st = p.lstat()
+        out[str(p.relative_to(root))] = None if p.is_dir() else (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _devices(cwd: Path, body: str, name: str = "d.toml") -> None:
+    (cwd / name).write_text(body)
+
+
+def _accuracy_bad(cwd: Path) -> None:
+    (cwd / "BAD.json").write_text(json.dumps({"results": [{"width": 0.5, "knn": "high"}]}))
+
+
+def _afile(cwd: Path) -> None:
+    (cwd / "afile").write_text("not a folder\n")
+
+
+def _existing_run(cwd: Path, base: dict[str, Path]) -> None:
+    shutil.copytree(base["run"], cwd / "run")
+
+
+# (id, class, argv with {ckpt}/{evil}/{flipped} placeholders, setup(cwd), exit code, message regex)
+CASES: list[tuple[str, int, list[str], Callable[[Path], None] | None, int, str]] = [
+    # 1: environment faults
+    ("train-out-under-file", 1, ["train", "--out", "afile/run", "--epochs", "1"], _afile, 2,
+     r"cannot write to --out afile/run: afile is a file"),
+    ("import-out-under-file", 1, ["import", "{ckpt}", "--out", "afile/r.pt"], _afile, 2,
+     r"--out folder afile is a file; valid: a folder"),
+    ("export-out-under-file", 1, ["export", "--arch", "us_resnet_mini", "--out", "afile/x"], _afile, 2,
+     r"cannot write to afile/x: afile is not a writable directory"),
+    ("bench-out-under-file", 1, ["bench", "--arch", "us_resnet_mini", "--out", "afile/b", "--widths", "0.5"], _afile, 2,
+     r"cannot write to --out afile/b: afile is a file"),
+    ("eval-cuda-without-cuda", 1, ["eval", "{ckpt}", "--device", "cuda"], None, 2,
+     r"--device cuda: CUDA is not available on this machine"),
+    # 2: numeric options
+    ("train-batch-0", 2, ["train", "--batch-size", "0", "--out", "r"], None, 2, r"batch_size must be >= 1, got 0"),
+    ("train-lr-nan", 2, ["train", "--lr", "nan", "--out", "r"], None, 2, r"lr must be > 0, got nan"),
+    ("eval-knn-k-0", 2, ["eval", "{ckpt}", "--knn-k", "0"], None, 2, r"--knn-k 0 is invalid; valid: an integer >= 1"),
+    ("eval-batch-negative", 2, ["eval", "{ckpt}", "--batch-size", "-4"], None, 2, r"--batch-size -4 is invalid"),
+    ("eval-image-size-0", 2, ["eval", "{ckpt}", "--image-size", "0"], None, 2, r"--image-size 0 is invalid"),
+    ("export-input-size-0", 2, ["export", "{ckpt}", "--input-size", "0", "--out", "x"], None, 2,
+     r"--input-size 0 is invalid; valid: an integer >= 4"),
+    ("export-atol-nan", 2, ["export", "{ckpt}", "--atol", "nan", "--out", "x"], None, 2, r"atol nan is invalid"),
+    ("widths-input-size-0", 2, ["widths", "--arch", "us_resnet_mini", "--input-size", "0"], None, 2,
+     r"--input-size 0 is invalid"),
+    ("widths-tiny-step", 2, ["widths", "--widths", "0.25:1.0:0.000001"], None, 2,
+     r"names 7.5e\+05 widths; valid: at most 1001"),
+    ("bench-duration-nan", 2, ["bench", "--arch", "us_resnet_mini", "--duration", "nan"], None, 2,
+     r"--duration nan is invalid; valid: a finite number > 0"),
+    ("bench-budget-nan", 2, ["bench", "--arch", "us_resnet_mini", "--budget-ms", "nan"], None, 2,
+     r"--budget-ms nan is invalid"),
+    ("bench-budget-inf", 2, ["bench", "--arch", "us_resnet_mini", "--budget-ms", "inf"], None, 2,
+     r"--budget-ms inf is invalid"),
+    ("bench-batch-0", 2, ["bench", "--arch", "us_resnet_mini", "--batch", "0"], None, 2, r"--batch '0' is invalid"),
+    ("import-width-nan", 2, ["import", "{ckpt}", "--out", "r.pt", "--calibrated-width", "nan"], None, 2,
+     r"width nan is outside the model's range|not finite"),
+    # 5: integrity (a byte flipped in the middle of the file)
+    ("eval-flipped", 5, ["eval", "{flipped}"], None, 2, r"is corrupt"),
+    ("export-flipped", 5, ["export", "{flipped}", "--out", "x"], None, 2, r"is corrupt"),
+    ("widths-flipped", 5, ["widths", "{flipped}"], None, 2, r"is corrupt"),
+    ("bench-flipped", 5, ["bench", "{flipped}", "--widths", "0.5"], None, 2, r"is corrupt"),
+    # 6: messages that mislead
+    ("widths-unknown-arch", 6, ["widths", "--arch", "nope"], None, 2, r"unknown architecture 'nope'; valid: us_"),
+    ("export-unknown-arch", 6, ["export", "nope", "--out", "x"], None, 2, r"unknown architecture 'nope'"),
+    ("eval-code-pickle", 6, ["eval", "{evil}"], None, 2, r"would execute code when loaded.*refused, nothing from it was run"),
+    ("import-code-pickle", 6, ["import", "{evil}", "--out", "r.pt"], None, 2, r"would execute code when loaded"),
+    ("bench-bad-accuracy", 6, ["bench", "{ckpt}", "--accuracy", "BAD.json", "--widths", "0.5"], _accuracy_bad, 2,
+     r"accuracy file BAD.json: row 0 has knn 'high'"),
+    # 7: device-profile trust
+    ("bench-cwd-profile-not-read", 7, ["bench", "--arch", "us_resnet_mini", "--device", "pi"],
+     lambda c: _devices(c, '[devices.pi]\nhost = "pi"\n', "us3l-devices.toml"), 2,
+     r"unknown device 'pi'.*read only when named: pass --devices-file us3l-devices.toml"),
+    ("bench-proxycommand", 7, ["bench", "--arch", "us_resnet_mini", "--device", "e", "--devices-file", "d.toml"],
+     lambda c: _devices(c, '[devices.e]\nhost = "e"\nssh_options = ["ProxyCommand=mkdir CODE-RAN"]\n'), 2,
+     r"d.toml:3: ssh option 'ProxyCommand' of device 'e' is not allowed"),
+    ("bench-localcommand", 7, ["bench", "--arch", "us_resnet_mini", "--device", "e", "--devices-file", "d.toml"],
+     lambda c: _devices(c, '[devices.e]\nhost = "e"\nssh_options = ["PermitLocalCommand yes", "LocalCommand=id"]\n'), 2,
+     r"ssh option 'PermitLocalCommand' of device 'e' is not allowed"),
+    ("bench-devnull-known-hosts", 7, ["bench", "--arch", "us_resnet_mini", "--device", "e", "--devices-file", "d.toml"],
+     lambda c: _devices(c, '[devices.e]\nhost = "e"\nknown_hosts = "/dev/null"\naccept_new_host_key = true\n'), 2,
+     r"accepts any key on every connection \(host checking off\)"),
+    ("bench-strict-no", 7, ["bench", "--arch", "us_resnet_mini", "--device", "e", "--devices-file", "d.toml"],
+     lambda c: _devices(c, '[devices.e]\nhost = "e"\nssh_options = ["StrictHostKeyChecking=no"]\n'), 2,
+     r"turns host-key checking off"),
+    ("bench-user-without-host", 7, ["bench", "--arch", "us_resnet_mini", "--device", "e", "--devices-file", "d.toml"],
+     lambda c: _devices(c, '[devices.e]\nuser = "me"\nport = 2222\n'), 2,
+     r"sets user, port but no host, so it would silently run on this machine"),
+    ("bench-builtin-clash", 7, ["bench", "--arch", "us_resnet_mini", "--device", "cpu", "--devices-file", "d.toml"],
+     lambda c: _devices(c, '[devices.cpu]\nrunner = "torch"\n'), 2, r"profile name 'cpu' is a built-in device"),
+    ("bench-port-range", 7, ["bench", "--arch", "us_resnet_mini", "--device", "e", "--devices-file", "d.toml"],
+     lambda c: _devices(c, '[devices.e]\nhost = "e"\nport = 70000\n'), 2, r"d.toml:3: port 70000 .* valid: 1..65535"),
+    ("bench-unknown-runner", 7, ["bench", "--arch", "us_resnet_mini", "--device", "e", "--devices-file", "d.toml"],
+     lambda c: _devices(c, '[devices.e]\nrunner = "nope"\n'), 2, r"runner 'nope' in \[devices.e\] is unknown; valid: "),
+    # 8: overwriting a run
+    ("train-existing-run", 8, ["train", "--out", "run", "--epochs", "1"], "existing-run", 2,
+     r"run already holds a training run \(checkpoint.pt, metrics.jsonl\); pass --resume to continue it, "
+     r"--overwrite to replace it"),
+    ("train-resume-and-overwrite", 8, ["train", "--out", "run", "--resume", "--overwrite"], "existing-run", 2,
+     r"resume and overwrite exclude each other"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_line_and_leaves_nothing(case, base, tmp_path, monkeypatch):
+    name, klass, argv, setup, code, pattern = case
+    if name == "eval-cuda-without-cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    monkeypatch.chdir(tmp_path)
+    for var in ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / ".home"))
+    if setup == "existing-run":
+        _existing_run(tmp_path, base)
+    elif setup is not None:
+        setup(tmp_path)
+    argv = [a.format(ckpt=base["ckpt"], evil=base["evil"], flipped=base["flipped"]) for a in argv]
+    before, inputs = _snapshot(tmp_path), _snapshot(base["run"])
+    result = CliRunner().invoke(app, argv)
+    text = " ".join(result.output.split())
+    assert result.exit_code == code, f"class {klass}: {text}"
+    assert re.search(pattern, text), f"class {klass}: expected /{pattern}/ in: {text}"
+    assert "No such option" not in text and "Usage:" not in text, text
+    assert "Traceback" not in text and (result.exception is None or isinstance(result.exception, SystemExit)), text
+    assert text.count("error:") == 1, text
+    assert _snapshot(tmp_path) == before, "files were left behind or changed"
+    assert _snapshot(base["run"]) == inputs
+    assert not base["canary"].exists(), "code from a file was run"
+
+
+def test_matrix_covers_every_class_and_command():
+    classes = {c[1] for c in CASES} | {4, 9}  # 4 and 9: the repair and record tests below
+    commands = {c[2][0] for c in CASES}
+    assert classes >= {1, 2, 4, 5, 6, 7, 8, 9}
+    assert commands == {"train", "eval", "export", "import", "widths", "bench"}
+
+
+def test_full_disk_is_one_line_and_writes_nothing(base, tmp_path, monkeypatch):
+    """Class 1, simulated ENOSPC (the real tmpfs variant is in test_fault_injection.py): every file
+    the commands write goes through the atomic writer, whose writes now fail as on a full disk."""
+    import errno
+
+    import us3l.core.files as files
+
+    real_fdopen = files.os.fdopen
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.fh.__exit__(*exc)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode="r", *a, **k: Full(real_fdopen(fd, mode, *a, **k)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
+    shutil.copy(base["ckpt"], tmp_path / "ckpt.pt")
+    runs = {
+        "train": ["train", "--out", "run", "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "16",
+                  "--image-size", "8"],
+        "export": ["export", "--arch", "us_resnet_mini", "--widths", "0.5", "--out", "x"],
+        "import": ["import", "ckpt.pt", "--out", "r.pt"],  # fails on reading (not a reference file) first
+        "eval": ["eval", "ckpt.pt", "--widths", "1.0", "--calib-batches", "1"],
+    }
+    before = _snapshot(tmp_path)
+    for command in ("train", "export", "eval"):
+        result = CliRunner().invoke(app, runs[command])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2, (command, text)
+        assert "No space left on device" in text and "Traceback" not in text, (command, text)
+        left = {k for k in set(_snapshot(tmp_path)) - set(before)}
+        # train made its folder before the disk filled; nothing else, and never a metrics record
+        assert left <= {"run", "run/metrics.jsonl"}, (command, left)
+        if (tmp_path / "run" / "metrics.jsonl").exists():
+            assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+    assert _snapshot(tmp_path) == before
+
+
+def test_export_repairs_an_interrupted_commit_and_removes_stale_staging(base, tmp_path):
+    """Class 4: an artifact without its sidecar (a commit killed between the two), listed in the
+    commit journal, is rebuilt without --force; a killed run's staging folder is removed."""
+    from us3l.export.artifacts import JOURNAL_NAME, STAGING_PREFIX
+
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "us_resnet_mini_w0.5.onnx").write_bytes(b"half")  # the artifact landed, its sidecar did not
+    (out / JOURNAL_NAME).write_text(json.dumps({"files": ["us_resnet_mini_w0.5.onnx", "us_resnet_mini_w0.5.json"]}))
+    (out / f"{STAGING_PREFIX}killed").mkdir()
+    (out / f"{STAGING_PREFIX}killed" / "part.onnx").write_bytes(b"partial")
+    result = CliRunner().invoke(app, ["export", "--arch", "us_resnet_mini", "--widths", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["us_resnet_mini_w0.5.json", "us_resnet_mini_w0.5.onnx"]
+    side = json.loads((out / "us_resnet_mini_w0.5.json").read_text())
+    from us3l.export.source import file_digest
+
+    assert side["sha256"] == file_digest(out / "us_resnet_mini_w0.5.onnx")
+    # without the journal, a foreign file at the artifact's name is still protected
+    (out / "us_resnet_mini_w0.25.onnx").write_bytes(b"someone else's")
+    result = CliRunner().invoke(app, ["export", "--arch", "us_resnet_mini", "--widths", "0.25", "--out", str(out)])
+    assert result.exit_code == 2 and "pass --force" in result.output
+    assert (out / "us_resnet_mini_w0.25.onnx").read_bytes() == b"someone else's"
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(base, tmp_path):
+    """Class 4: the next atomic write of a file removes the temp files a killed writer left."""
+    ckpt = tmp_path / "ckpt.pt"
+    shutil.copy(base["ckpt"], ckpt)
+    stale = tmp_path / f".ckpt.pt.{DEAD_PID}@{host_tag()}.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    alive = tmp_path / f".ckpt.pt.{os.getppid()}@{host_tag()}.abcd1234.tmp"  # a running writer's: kept
+    alive.write_bytes(b"in progress")
+    result = CliRunner().invoke(app, ["eval", str(ckpt), "--widths", "1.0", "--calib-batches", "1", "--store-bn"])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and alive.exists()
+
+
+def test_records_name_what_was_used(base, tmp_path):
+    """Class 9: 180 calibration images exist, 512 are asked for: the sidecar says 180; eval rows
+    record the calibration images and k actually used."""
+    x = np.random.default_rng(0).standard_normal((180, 3, 8, 8)).astype("float32")
+    np.save(tmp_path / "calib.npy", x)
+    result = CliRunner().invoke(app, ["export", str(base["ckpt"]), "--widths", "0.5", "--calib-data",
+                                      str(tmp_path / "calib.npy"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 0, result.output
+    side = json.loads(next((tmp_path / "x").glob("*.json")).read_text())
+    assert side["bn"] == {"source": "recalibrated", "data": side["bn"]["data"], "images": 180}
+    ckpt = tmp_path / "ckpt.pt"
+    shutil.copy(base["ckpt"], ckpt)
+    result = CliRunner().invoke(app, ["eval", str(ckpt), "--widths", "1.0", "--calib-batches", "2",
+                                      "--batch-size", "1000", "--knn-k", "5000", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)[0]
+    assert row["calib_images"] == 1437 and row["knn_k"] == 1437  # the digits training split
+
+
+def test_train_overwrite_replaces_the_run(base, tmp_path, monkeypatch):
+    """Class 8: --overwrite replaces checkpoint, metrics and TensorBoard logs."""
+    monkeypatch.chdir(tmp_path)
+    _existing_run(tmp_path, base)
+    (tmp_path / "run" / "tb").mkdir()
+    (tmp_path / "run" / "tb" / "events.old").write_text("old")
+    (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e}) for e in (1, 2, 3)) + "\n")
+    result = CliRunner().invoke(app, ["train", "--out", "run", "--overwrite", "--epochs", "1", "--max-steps-per-epoch",
+                                      "1", "--batch-size", "16", "--image-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (tmp_path / "run" / "tb" / "events.old").exists()
