@@ -71,7 +71,7 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
     if not isinstance(source, (str, os.PathLike)):
         raise ConfigError(f"source {source!r} is invalid; valid: a checkpoint path, an architecture name or a SlimmableModel")
     path = Path(source)
-    if path.is_file():
+    if path.is_file() or (path / "config.json").is_file():  # a checkpoint file or a packed model directory
         return path, arch, None
     from ..core.models import list_models
 
