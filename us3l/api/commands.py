@@ -327,3 +327,8 @@ def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None
 
     ckpt = run_import(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
     return SlimmableModel(ckpt.build_model(), ckpt, out)
+
+
+# ---------------------------------------------------------------------------- task models (us3l.api.tasks)
+
+from .tasks import finetune, pack, predict  # noqa: E402  (one namespace: the CLI calls these through it)
