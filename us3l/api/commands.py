@@ -164,7 +164,12 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
                 report(done, None, f"width {format_width(width)}: {what}")
 
         out = run_eval(cfg, stage)
-    return EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
+    result = EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
+    if out.classifier is not None:
+        import dataclasses
+
+        result = dataclasses.replace(result, classifier=out.classifier)
+    return result
 
 
 # ---------------------------------------------------------------------------- widths

@@ -354,3 +354,24 @@ def evaluate_task_model(model: nn.Module, train_x: Tensor, test_x: Tensor, test_
                      "top1": correct / len(test_x), "source": "pytorch"})
         log.info("width %s: top-1 %.4f", format_width(w), rows[-1]["top1"])
     return rows, bank
+
+
+def write_probe_classifier(ckpt: Checkpoint, heads: dict[str, Any], spec: DatasetSpec, path: str | Path) -> Path:
+    """Save ``us3l eval --method linear``'s probes as a task checkpoint (per-width heads).
+
+    Args:
+        ckpt: the evaluated checkpoint (its backbone is kept as is).
+        heads: ``{format_width(w): {"weight", "bias", "bn"}}`` from ``evaluate_checkpoint(heads_out=...)``.
+        spec: the evaluation data (class names, normalisation, preprocessing).
+        path: destination (written atomically).
+    """
+    bank = dict(ckpt.bn_bank)
+    bank.update({w: {n: {"mean": s["mean"].cpu(), "var": s["var"].cpu()} for n, s in h["bn"].items()} for w, h in heads.items()})
+    probe_heads = {w: {"weight": h["weight"].cpu(), "bias": h["bias"].cpu()} for w, h in heads.items()}
+    task = task_info(spec, ckpt.content_hash, "per-width", "linear-probe", default_image_size(spec))
+    out = Checkpoint(arch=ckpt.arch, arch_kwargs=dict(ckpt.arch_kwargs), model=ckpt.model, width_range=tuple(ckpt.width_range),
+                     method=ckpt.method, epoch=ckpt.epoch, train_config={}, dataset=spec.to_dict(), bn_bank=bank,
+                     training=None, extra={"heads": probe_heads, "task": task,
+                                           "parent": {"method": ckpt.method, "sha256": ckpt.content_hash}})
+    save_checkpoint(out, path)
+    return Path(path)
