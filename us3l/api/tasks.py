@@ -178,12 +178,12 @@ def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k:
     return PredictResult(Path(artifact), info["outputs"], info.get("width"), preds)
 
 
-def pack(checkpoint: PathLike, out: PathLike) -> PackResult:
+def pack(checkpoint: PathLike, out: PathLike | None = None) -> PackResult:
     """Write a checkpoint as a shareable model directory (``model.safetensors`` + ``config.json``).
 
     Keeps the backbone, BN bank, classifier head, class names, normalisation and provenance; drops
     the optimiser, EMA and resume state. ``accuracy.json`` beside the checkpoint is copied along
-    when it describes these weights.
+    when it describes these weights. ``out`` defaults to ``model/`` beside the checkpoint file.
 
     Raises:
         CheckpointError: unreadable checkpoint or unwritable ``out``.
@@ -196,6 +196,10 @@ def pack(checkpoint: PathLike, out: PathLike) -> PackResult:
 
     src = Path(checkpoint)
     ckpt = load_checkpoint(src)
+    if out is None:
+        if src.is_dir():
+            raise ConfigError(f"{src} is already a model directory; give --out for a copy")
+        out = src.parent / "model"
     directory = pack_checkpoint(ckpt, out, source=str(src.resolve()))
     files = [directory / WEIGHTS_FILE, directory / CONFIG_FILE]
     acc = (src if src.is_dir() else src.parent) / "accuracy.json"

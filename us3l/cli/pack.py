@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def command(
         checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (training or task checkpoint).")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write (created if needed).")],
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Model directory to write (created if needed).  [default: model/ beside the checkpoint]")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Write model.safetensors + config.json (Hugging Face Hub layout), without optimizer, EMA or resume state.
