@@ -88,7 +88,8 @@ def _accuracy(cfg: BenchConfig, checkpoint_hash: str | None) -> tuple[Path | Non
     """``(accuracy file, note why it was not joined, table keyed by (width, precision))``."""
     acc_path = cfg.accuracy
     if acc_path is None and cfg.checkpoint is not None:
-        candidate = Path(cfg.checkpoint).with_name("accuracy.json")
+        src = Path(cfg.checkpoint)  # beside a checkpoint file, inside a packed model directory
+        candidate = src / "accuracy.json" if src.is_dir() else src.with_name("accuracy.json")
         acc_path = candidate if candidate.is_file() else None
     if not acc_path:
         return None, None, {}

@@ -283,6 +283,9 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     """
     ckpt_path = Path(cfg.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
+    if cfg.store_bn and ckpt_path.is_dir():
+        raise ConfigError(f"--store-bn rewrites a checkpoint file; {ckpt_path} is a packed model directory "
+                          "(store the statistics in the checkpoint, then 'us3l pack' it again)")
     spec = _resolve_dataset(ckpt, cfg)
     lo, hi = ckpt.width_range
     widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
@@ -304,7 +307,7 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
                                    cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.store_bn, progress,
                                    cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path, heads_out=heads)
     protocol = eval_protocol(cfg.method, spec, cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.divisor)
-    out = ckpt_path.parent / ACCURACY_FILE
+    out = (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
     if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in):
         protocol = _artifact_protocol(out, ckpt.content_hash, protocol)  # keep the table's protocol
     merged = {row_key(r): r for r in _previous_rows(out, ckpt.content_hash, protocol)}
