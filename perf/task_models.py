@@ -6,6 +6,8 @@ with the ``digits`` recipe into ``--work``):
 - (a) ``knn``: weighted kNN on the SSL features (``us3l eval``'s protocol: BN recalibrated per width,
   k=20, cosine, T=0.07);
 - (b) ``frozen``: the frozen-backbone shared linear head (``us3l finetune --freeze-backbone``);
+  for reference, ``probe`` is ``us3l eval``'s linear probe, trained separately per width on
+  standardised features (deterministic given the checkpoint);
 - (c) ``finetune``: universally slimmable fine-tuning (``us3l finetune``: sandwich rule, in-place
   distillation), one checkpoint for all widths;
 - (d) ``scratch``: the same architecture trained supervised from random weights, separately at each
@@ -120,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     from us3l.core.checkpoint import load_checkpoint
     from us3l.train.evaluate import evaluate_checkpoint
 
-    knn_rows = evaluate_checkpoint(load_checkpoint(ckpt), list(widths), "knn", calib_batches=2 if args.tiny else 50)
+    knn_rows = evaluate_checkpoint(load_checkpoint(ckpt), list(widths), "both", calib_batches=2 if args.tiny else 50)
     knn = {str(r["width"]): r["knn"] for r in knn_rows}
+    probe = {str(r["width"]): r["linear"] for r in knn_rows}
     jobs = [(str(ckpt), m, s, w, opts) for s in seeds for m in METHODS for w in ((None,) if m != "scratch" else widths)]
     runs: list[dict[str, Any]] = []
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else None
@@ -135,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         for w, a in r["top1"].items():
             table[r["method"]][w].append(a)
     print(f"\ntop-1 per width (%), {args.recipe}, {len(seeds)} seed(s), mean±std")
-    print(f"{'width':>6} {'(a) kNN':>8} {'(b) frozen':>11} {'(c) finetune':>13} {'(d) scratch':>12}")
+    print(f"{'width':>6} {'(a) kNN':>8} {'probe':>6} {'(b) frozen':>11} {'(c) finetune':>13} {'(d) scratch':>12}")
     goals = []
     for w in map(str, widths):
         b, c, d = (statistics.fmean(table[m][w]) for m in METHODS)
-        print(f"{w:>6} {100 * knn[w]:8.1f} {_fmt(table['frozen'][w]):>11} {_fmt(table['finetune'][w]):>13} "
+        print(f"{w:>6} {100 * knn[w]:8.1f} {100 * probe[w]:6.1f} {_fmt(table['frozen'][w]):>11} {_fmt(table['finetune'][w]):>13} "
               f"{_fmt(table['scratch'][w]):>12}")
         goals.append({"width": float(w), "c_minus_b": c - b, "c_minus_d": c - d, "c_ge_b": c >= b,
                       "c_within_1pt_of_d": c >= d - 0.01})
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({
             "settings": {"recipe": args.recipe, "epochs": opts.get("epochs"), "seeds": seeds, "tiny": args.tiny,
                          "ssl_checkpoint": str(ckpt), "widths": list(widths)},
-            "knn": knn, "runs": runs,
+            "knn": knn, "probe": probe, "runs": runs,
             "summary": {m: {w: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
                             for w, v in table[m].items()} for m in METHODS},
             "goals": goals, "wall_seconds": round(wall, 1)}, indent=2) + "\n")

@@ -21,7 +21,7 @@ def test_tiny_task_model_figures(tmp_path):
                            "--json", str(out)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
-    assert sorted(data["knn"]) == ["0.25", "1.0"] and data["settings"]["tiny"]
+    assert sorted(data["knn"]) == sorted(data["probe"]) == ["0.25", "1.0"] and data["settings"]["tiny"]
     assert {(r["method"], r["width"]) for r in data["runs"]} == {
         ("frozen", None), ("finetune", None), ("scratch", 0.25), ("scratch", 1.0)}
     for m in ("frozen", "finetune", "scratch"):
