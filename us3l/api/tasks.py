@@ -109,7 +109,9 @@ class PackResult:
 
 
 def _checkpoint_arg(checkpoint: Any, what: str) -> str:
-    model_cls = getattr(__import__("sys").modules.get("us3l.api.model"), "SlimmableModel", None)
+    import sys
+
+    model_cls = getattr(sys.modules.get("us3l.api.model"), "SlimmableModel", None)
     if model_cls is not None and isinstance(checkpoint, model_cls):
         return str(checkpoint._saved_path(what))
     if not isinstance(checkpoint, (str, os.PathLike)):
