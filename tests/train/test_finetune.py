@@ -95,3 +95,23 @@ def test_eval_linear_keeps_a_usable_classifier(ssl_ckpt, tmp_path):
     with torch.no_grad(), use_width(net, 0.25):
         top1 = float((static_head(clf, 0.25, 32)(net(x)).argmax(1) == y).float().mean())
     assert top1 == pytest.approx(res.accuracy(0.25, "linear"), abs=1 / len(y) + 1e-9)
+
+
+def test_finetune_on_a_fashion_mnist_slice(ssl_ckpt, tmp_path):
+    from us3l.api import finetune
+    import numpy as np
+
+    from us3l.core.data import FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, write_idx
+
+    root, rng = tmp_path / "slice", np.random.default_rng(0)  # IDX files in the Fashion-MNIST layout
+    for split, n in (("train", 64), ("test", 32)):
+        write_idx(root / FASHION_MNIST_FILES[split][0], rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / FASHION_MNIST_FILES[split][1], rng.integers(0, 10, n, dtype=np.uint8))
+    res = finetune(ssl_ckpt, dataset="fashion-mnist", data_root=str(root), out_dir=str(tmp_path / "ft"),
+                   widths="0.25", **TINY)
+    task = load_checkpoint(res.checkpoint)
+    assert task.train_config["finetune"]["batch_size"] == 128  # the fashion_mnist recipe, picked from --data
+    assert classes_of(task) == list(FASHION_MNIST_CLASSES) and task.arch_kwargs["input_size"] == 28
+    pre = task.extra["task"]["preprocess"]
+    assert pre["color"] == "gray" and pre["size"] == 28 and pre["mean"] == [0.286] * 3
+    assert 0 <= res.top1(0.25) <= 1
