@@ -121,7 +121,7 @@ def test_probs_rows_sum_to_one(task, tmp_path):
     import onnxruntime as ort
 
     _, out = task
-    res = export(out.checkpoint, "0.25", out=tmp_path, outputs="probs")
+    res = export(out.checkpoint, "0.25", out=tmp_path, outputs="probs", onnx_exporter="dynamo")  # Sequential: positional shapes
     sess = ort.InferenceSession(str(res.artifacts[0].path), providers=["CPUExecutionProvider"])
     p = sess.run(None, {"input": np.random.default_rng(0).standard_normal((3, 3, 16, 16), dtype=np.float32)})[0]
     assert np.allclose(p.sum(1), 1, atol=1e-5) and (p >= 0).all()

@@ -199,7 +199,8 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
                 torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
                                   input_names=[input_name], output_names=outputs, dynamic_axes=axes)
                 return buf.getvalue()
-            shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+            # positional (not keyed by the forward's argument name: nn.Sequential's is "input")
+            shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, DYNAMO_NATIVE_OPSET),
                                         external_data=False, input_names=[input_name], output_names=outputs,
                                         dynamic_shapes=shapes, verbose=False)
