@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names reso
     from .api import (Artifact, BenchResult, Choice, CollapseScore, EvalResult, ExportResult, LatencyRow,
                       SlimmableModel, TrainConfig, TrainResult, WidthAccuracy, WidthInfo, bench, evaluate, export,
                       import_reference, load, train, widths)
+    from .api import FinetuneResult, PackResult, PredictResult, finetune, pack, predict
     from .core import (Checkpoint, US3LError, bn_stats, calibrate_bn, channel_config, channels_at, find_aliases,
                        format_width, get_model, list_models, load_bn_stats, load_checkpoint, make_divisible,
                        model_width, parse_widths, profile_width, register_model, save_checkpoint, slice_to_width,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names reso
 #: The Python API (us3l.api): one call per CLI command, and the typed results.
 _API = ("load", "evaluate", "widths", "import_reference", "SlimmableModel", "TrainResult", "EvalResult",
         "WidthAccuracy", "WidthInfo", "BenchResult", "LatencyRow", "Choice", "CollapseScore", "TrainConfig",
-        "ExportResult", "Artifact")
+        "ExportResult", "Artifact", "finetune", "predict", "pack", "FinetuneResult", "PredictResult", "PackResult")
 #: Rooms whose name is also a command: ``us3l.train``, ``us3l.export`` and ``us3l.bench`` are the
 #: room packages, and calling one runs the API call of the same name (``us3l.export(ckpt, "0.5")``).
 _ROOM_CALLS = ("train", "export", "bench")

@@ -18,7 +18,7 @@ COMMANDS = sorted(ROOT.commands)
 
 
 def test_all_commands_present():
-    assert COMMANDS == ["bench", "eval", "export", "import", "train", "widths"]
+    assert COMMANDS == ["bench", "eval", "export", "finetune", "import", "pack", "predict", "train", "widths"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -67,6 +67,9 @@ API_CALLS = {
     "export": ("export", ["export", "--arch", "us_resnet_mini"]),
     "bench": ("bench", ["bench", "--arch", "us_resnet_mini"]),
     "import": ("import_reference", ["import", "REF", "--out", "x.pt"]),
+    "finetune": ("finetune", ["finetune", "CKPT", "--epochs", "1"]),
+    "predict": ("predict", ["predict", "model.onnx", "digit.png"]),
+    "pack": ("pack", ["pack", "CKPT", "--out", "model"]),
 }
 
 

@@ -25,7 +25,8 @@ from .results import (BenchResult, Choice, CollapseScore, EvalResult, LatencyRow
                       WidthInfo)
 
 if TYPE_CHECKING:
-    from .commands import bench, evaluate, export, import_reference, load, train, widths
+    from .commands import bench, evaluate, export, finetune, import_reference, load, pack, predict, train, widths
+    from .tasks import FinetuneResult, PackResult, Prediction, PredictResult
     from .model import SlimmableModel
     from us3l.export import Artifact, ExportResult
     from us3l.train.config import TrainConfig
@@ -39,6 +40,13 @@ _LAZY = {
     "export": "us3l.api.commands",
     "bench": "us3l.api.commands",
     "import_reference": "us3l.api.commands",
+    "finetune": "us3l.api.commands",
+    "predict": "us3l.api.commands",
+    "pack": "us3l.api.commands",
+    "FinetuneResult": "us3l.api.tasks",
+    "PredictResult": "us3l.api.tasks",
+    "Prediction": "us3l.api.tasks",
+    "PackResult": "us3l.api.tasks",
     "TrainConfig": "us3l.train.config",
     "ExportResult": "us3l.export",
     "Artifact": "us3l.export",
@@ -47,6 +55,7 @@ _LAZY = {
 __all__ = [
     "Artifact", "BenchResult", "Choice", "ExportResult", "TrainConfig", "CollapseScore", "EvalResult", "LatencyRow", "SlimmableModel", "TrainResult",
     "WidthAccuracy", "WidthInfo", "bench", "evaluate", "export", "import_reference", "load", "train", "widths",
+    "FinetuneResult", "PackResult", "PredictResult", "Prediction", "finetune", "pack", "predict",
 ]
 
 

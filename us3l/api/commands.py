@@ -71,7 +71,7 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
     if not isinstance(source, (str, os.PathLike)):
         raise ConfigError(f"source {source!r} is invalid; valid: a checkpoint path, an architecture name or a SlimmableModel")
     path = Path(source)
-    if path.is_file():
+    if path.is_file() or (path / "config.json").is_file():  # a checkpoint file or a packed model directory
         return path, arch, None
     from ..core.models import list_models
 
@@ -169,7 +169,12 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
                 report(done, None, f"width {format_width(width)}: {what}")
 
         out = run_eval(cfg, stage)
-    return EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
+    result = EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
+    if out.classifier is not None:
+        import dataclasses
+
+        result = dataclasses.replace(result, classifier=out.classifier)
+    return result
 
 
 # ---------------------------------------------------------------------------- widths
@@ -335,3 +340,8 @@ def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None
 
     ckpt = run_import(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
     return SlimmableModel(ckpt.build_model(), ckpt, out)
+
+
+# ---------------------------------------------------------------------------- task models (us3l.api.tasks)
+
+from .tasks import finetune, pack, predict  # noqa: E402  (one namespace: the CLI calls these through it)

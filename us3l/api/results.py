@@ -139,6 +139,7 @@ class EvalResult:
     dataset: str
     protocol: dict[str, Any]
     results: tuple[WidthAccuracy, ...]
+    classifier: Path | None = None  # the linear probes as a usable task checkpoint (method linear/both)
 
     @classmethod
     def from_rows(cls, checkpoint: Path, checkpoint_hash: str, accuracy_file: Path, protocol: dict[str, Any],

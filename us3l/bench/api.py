@@ -89,7 +89,8 @@ def _read_accuracy(cfg: BenchConfig) -> tuple[Path | None, dict | None, dict]:
     before any work so that a bad table fails before anything is measured or written."""
     acc_path = cfg.accuracy
     if acc_path is None and cfg.checkpoint is not None:
-        candidate = Path(cfg.checkpoint).with_name("accuracy.json")
+        src = Path(cfg.checkpoint)  # beside a checkpoint file, inside a packed model directory
+        candidate = src / "accuracy.json" if src.is_dir() else src.with_name("accuracy.json")
         acc_path = candidate if candidate.is_file() else None
     if not acc_path:
         return None, None, {}

@@ -75,3 +75,5 @@ def register(app: typer.Typer) -> None:
             return
         render(result)
         console.print(f"wrote {result.accuracy_file}" + (" and the BN bank" if store_bn else ""))
+        if result.classifier is not None:
+            console.print(f"classifier (the linear probes, per width): {result.classifier}")

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
     @app.command("export", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file (omit it and give --arch for an untrained network).")] = None,
+        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory (omit it and give --arch for an untrained network).")] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (random weights).  [default: the checkpoint's]")] = None,
         width: Annotated[str, typer.Option("--widths", "--width", "-w", help="Width 0.35, a list 0.25,0.5 or a range 0.25:1.0:0.05.")] = "1.0",
         fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, trt (a TensorRT engine, needs a GPU; alias engine) or pt2 (torch.export).")] = "onnx",
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[Optional[str], typer.Option(help="Artifact file-name prefix.  [default: checkpoint stem or arch]")] = None,
         simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxsim.")] = True,
         onnx_exporter: Annotated[Optional[str], typer.Option(help="torch's ONNX exporter: dynamo (supported) or torchscript (legacy, ~2-30x faster).  [default: $US3L_ONNX_EXPORTER, else dynamo]")] = None,
+        outputs: Annotated[str, typer.Option(help="What the artifact outputs: features, logits or probs (the task checkpoint's classifier), or stages (multi-scale maps C2..C5).")] = "features",
         as_json: Annotated[bool, typer.Option("--json", help="Print the artifacts as JSON instead of a table.")] = False,
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
     ) -> None:
@@ -112,7 +113,7 @@ def register(app: typer.Typer) -> None:
                             **({"onnx_exporter": onnx_exporter} if onnx_exporter else {}),
                             min_cosine=min_cosine,
                             include_head=str(include_head) if include_head else None, input_size=input_size,
-                            force=force)
+                            force=force, **({"outputs": outputs} if outputs != "features" else {}))
         finally:
             if bar.live.is_started:
                 bar.stop()

@@ -10,7 +10,7 @@ import typer
 from ..core import __version__
 from .common import setup_logging
 
-COMMAND_MODULES = ("train", "eval", "export", "import_", "bench", "widths")
+COMMAND_MODULES = ("train", "eval", "export", "import_", "bench", "widths", "finetune", "predict", "pack")
 
 app = typer.Typer(
     name="us3l",

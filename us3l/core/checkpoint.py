@@ -308,6 +308,10 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
             and files whose weights do not match their recorded hash (one line each).
     """
     path = Path(path)
+    if path.is_dir():  # a model directory written by 'us3l pack' (model.safetensors + config.json)
+        from .modelfile import load_model_dir
+
+        return load_model_dir(path, verify)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     try:

@@ -172,7 +172,7 @@ def lower_opset(model: Any, target: int) -> Any:
 
 
 def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool,
-                        input_name: str = "input", output_name: str = "features",
+                        input_name: str = "input", output_name: str | list[str] = "features",
                         exporter: str | None = None) -> bytes:
     """Serialise a plain module to ONNX bytes (single file, weights inline) at exactly ``opset``.
 
@@ -181,7 +181,7 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
         example: an example input (its batch size is irrelevant when ``dynamic_batch``).
         opset: target opset; the file is written at this opset or the call fails.
         dynamic_batch: name axis 0 ``batch`` on input and output.
-        input_name / output_name: graph I/O names.
+        input_name / output_name: graph I/O names (a list for several outputs).
         exporter: ``dynamo`` (default, torch's supported exporter) or ``torchscript`` (legacy, faster).
 
     Raises:
@@ -191,16 +191,18 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
     if exporter not in ONNX_EXPORTERS:
         raise ExportError(f"unknown ONNX exporter {exporter!r}; valid: {', '.join(ONNX_EXPORTERS)}")
     buf = io.BytesIO()
+    outputs = [output_name] if isinstance(output_name, str) else list(output_name)
     with _quiet_exporter(), torch.no_grad():
         try:
             if exporter == "torchscript":
-                axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
+                axes = {input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}} if dynamic_batch else None
                 torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
-                                  input_names=[input_name], output_names=[output_name], dynamic_axes=axes)
+                                  input_names=[input_name], output_names=outputs, dynamic_axes=axes)
                 return buf.getvalue()
-            shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+            # positional (not keyed by the forward's argument name: nn.Sequential's is "input")
+            shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, DYNAMO_NATIVE_OPSET),
-                                        external_data=False, input_names=[input_name], output_names=[output_name],
+                                        external_data=False, input_names=[input_name], output_names=outputs,
                                         dynamic_shapes=shapes, verbose=False)
             proto = program.model_proto
         except Exception as exc:  # torch raises many types; surface one line
@@ -296,7 +298,7 @@ class OnnxExporter(Exporter):
         log.info("Exporting ONNX (%s exporter, opset %d) -> %s", exporter, req.opset, req.path.name)
         example = torch.zeros((req.batch or 2, *req.input_shape))
         data = torch_to_onnx_bytes(req.static, example, req.opset, req.batch is None, req.input_name,
-                                   req.output_name, exporter)
+                                   list(req.output_names) or req.output_name, exporter)
         model = onnx.load_from_string(data)
         if req.simplify:
             model = simplify_onnx(model)

@@ -38,6 +38,8 @@ from us3l.core.width import format_width, parse_widths
 
 from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, artifact_stem, cached_artifact, jsonable, tool_versions
 from .onnx_exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_EXPORTERS, default_exporter
+from .outputs import (check_outputs, deploy_module, flatten_outputs, metadata_props, multi_output_runner,
+                      output_names, stage_taps)
 from .onnx_quant import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_MIN_COSINE, RANGES_SUFFIX, accuracy_gate, enforce_gate
 from .parity import DEFAULT_TOLERANCE, compare, enforce
 from .registry import Exporter, ExportRequest, get_exporter
@@ -83,6 +85,8 @@ class ExportConfig:
         atol / rtol: parity tolerance (None: per-precision default, fp32 1e-4).
         simplify: run onnxsim.
         include_head: ``.pt`` with a linear probe ``{"weight", "bias"}`` appended to the features.
+        outputs: ``features`` (default), ``logits`` / ``probs`` (the task checkpoint's classifier, or
+            ``include_head``) or ``stages`` (multi-scale maps, :mod:`us3l.export.outputs`).
         input_size: square input side (default: the architecture's).
         force: rebuild and overwrite existing artifacts.
         seed: seed for the untrained network and data order.
@@ -126,6 +130,7 @@ class ExportConfig:
     opt_batch: int = 1
     timing_cache: str | None = None
     threads: int = 1
+    outputs: str = "features"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", FORMAT_ALIASES.get(self.format, self.format))
@@ -178,6 +183,10 @@ class _Run:
         self.out_dir = Path(cfg.out_dir)
         self.input_shape = (net.model.in_chans, calib.input_size, calib.input_size)
         self.head_digest = file_digest(cfg.include_head) if cfg.include_head else None
+        if self.head_digest is None and cfg.outputs in ("logits", "probs") and net.checkpoint is not None:
+            from us3l.core.taskmodel import head_digest
+
+            self.head_digest = head_digest(net.checkpoint)
         self.locations: dict[str, Path] = {}  # artifact name -> where it is now (staging or out_dir)
         self.timing_name = f"{cfg.name or _base(cfg, net)}.timing.cache"
         if cfg.format == "trt" and not cfg.timing_cache and (self.out_dir / self.timing_name).is_file():
@@ -188,7 +197,7 @@ class _Run:
         return jsonable({"checkpoint": self.net.source_hash, "width": format_width(width), "format": fmt, "opset": c.opset,
                 "batch": c.batch, "snap": c.snap, "precision": precision, "tool": __version__, "bn": plan,
                 "input_shape": list(self.input_shape), "head": self.head_digest, "simplify": c.simplify,
-                "exporter": c.onnx_exporter,
+                "exporter": c.onnx_exporter, **({"outputs": c.outputs} if c.outputs != "features" else {}),
                 "parity": [self._tolerance(precision), c.parity_images] if precision == "fp32"
                 else ["cosine", self._min_cosine(precision), c.gate_images],
                 "int8": [c.calibration, c.int8_images, self.calib.describe()] if precision == "int8" else None,
@@ -210,7 +219,8 @@ class _Run:
 
     def artifact(self, group: _Group, exporter: Exporter, precision: str, onnx: Artifact | None = None) -> Artifact:
         cfg, net, w = self.cfg, self.net, group.width
-        stem = artifact_stem(cfg.name or _base(cfg, net), w, cfg.snap, cfg.batch, exporter.name, precision)
+        prefix = (cfg.name or _base(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
+        stem = artifact_stem(prefix, w, cfg.snap, cfg.batch, exporter.name, precision)
         name, sidecar_name = stem + exporter.suffix, stem + ".json"
         plan = bn_plan(net, self.calib, w, cfg.snap, cfg.bn_images)
         key = self.key(w, exporter.name, precision, plan)
@@ -228,16 +238,21 @@ class _Run:
         static = slice_to_width(net.model, w, cfg.snap)
         feature_dim = int(net.model.feature_dim(w, cfg.snap))
         head = load_head(cfg.include_head, feature_dim, net.model.max_feature_dim)
-        deploy: nn.Module = nn.Sequential(static, head).eval() if head is not None else static
+        if head is None and cfg.outputs in ("logits", "probs"):
+            head = _checkpoint_head(net, w, feature_dim)
+        deploy: nn.Module = deploy_module(static, head, cfg.outputs)
+        names = output_names(cfg.outputs, head, static)
         reduced = precision != "fp32"
         calib_x, held_out = self.split() if reduced else (None, None)
         x = held_out if reduced else self.calib.images()[: cfg.parity_images]
         with torch.no_grad(), use_width(net.model, w, cfg.snap):
-            ref = net.model(x)
-            ref = head(ref) if head is not None else ref
+            ref_out = deploy_module(net.model, head, cfg.outputs)(x)
+        ref = torch.from_numpy(flatten_outputs(ref_out)) if cfg.outputs == "stages" else ref_out
         meta = {"us3l.width": format_width(w), "us3l.arch": net.arch, "us3l.checkpoint_sha256": net.source_hash,
                 "us3l.tool_version": __version__, "us3l.snap": str(cfg.snap), "us3l.untrained": str(net.untrained).lower(),
                 "us3l.aliases": ",".join(format_width(a) for a in group.aliases)}
+        classes, preprocess = self.task_facts()
+        meta.update(metadata_props(cfg.outputs, names, self.calib.normalization(), self.input_shape[-1], classes, preprocess))
         options = {"exporter": cfg.onnx_exporter, "workspace_mib": cfg.workspace_mib, "max_batch": cfg.max_batch,
                    "opt_batch": cfg.opt_batch, "timing_cache": self.timing_cache_path(), "calibration": cfg.calibration}
         calib_np = None
@@ -249,11 +264,13 @@ class _Run:
                 raise ExportError("INT8 calibration needs real images; pass --calib-data")
             calib_np = calib_x.numpy()
         req = ExportRequest(static=deploy, path=self.staging.path(name), input_shape=self.input_shape, batch=cfg.batch,
-                            opset=cfg.opset, precision=precision, output_name="logits" if head is not None else "features",
+                            opset=cfg.opset, precision=precision, output_name=names[0],
+                            output_names=tuple(names) if len(names) > 1 else (),
                             metadata=meta, simplify=cfg.simplify, onnx_path=self.locations.get(onnx.path.name) if onnx else None,
                             calib_images=calib_np, options=options)
         facts = exporter.export(req)
-        out = exporter.runner(req.path, req)(x.numpy())
+        run_file = multi_output_runner(req.path, cfg.batch) if cfg.outputs == "stages" else exporter.runner(req.path, req)
+        out = run_file(x.numpy())
         runtime = facts.get("runtime", "onnxruntime" if exporter.name == "onnx" else exporter.name)
         what = f"{exporter.name} {precision} width {format_width(w)}"
         if reduced:  # quantisation error is large in absolute terms: gate on what the features keep
@@ -288,7 +305,12 @@ class _Run:
             "channels": group.channels, "feature_dim": feature_dim if head is None else head.out_features,
             "macs": macs, "params": params, "bn": plan,
             "input": {"name": req.input_name, "shape": shape, "dtype": "float32", "normalization": self.calib.normalization()},
-            "output": {"name": req.output_name, "shape": [cfg.batch or "batch", feature_dim if head is None else head.out_features]},
+            "output": {"name": req.output_name, "names": names, "kind": cfg.outputs,
+                       "shape": None if cfg.outputs == "stages"
+                       else [cfg.batch or "batch", feature_dim if head is None else head.out_features]},
+            "stages": [{"name": n, "module": m, "stride": s, "channels": int(o.shape[1]), "shape": [cfg.batch or "batch", *o.shape[1:]]}
+                       for (n, m, s), o in zip(stage_taps(static), ref_out)] if cfg.outputs == "stages" else None,
+            "classes": classes or None, "preprocess": preprocess,
             "head": {"path": str(cfg.include_head), "sha256": self.head_digest} if head is not None else None,
             "parity": record_dict, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(), "format_info": facts,
             "source_onnx": onnx.path.name if onnx else None, "cache_key": key,
@@ -298,6 +320,20 @@ class _Run:
         self.staging.write_json(sidecar_name, data)
         self.locations[name] = req.path
         return Artifact.from_sidecar(self.out_dir / sidecar_name, data, cached=False)
+
+    def task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
+        """(class names, preprocessing record) the artifact's users need; empty/None when unknown."""
+        from us3l.core.preprocess import preprocessing_for
+        from us3l.core.taskmodel import classes_of
+
+        ckpt = self.net.checkpoint
+        classes = classes_of(ckpt) if ckpt is not None else []
+        spec = self.calib._spec()
+        if spec is not None:
+            return classes, preprocessing_for(spec, self.input_shape[-1])
+        task = ((ckpt.extra or {}).get("task") or {}) if ckpt is not None else {}
+        pre = task.get("preprocess")
+        return classes, ({**pre, "size": int(self.input_shape[-1])} if pre else None)
 
     def timing_cache_path(self) -> str | None:
         if self.cfg.format != "trt":
@@ -341,6 +377,7 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
     if cfg.precision not in exporter.precisions:
         raise ConfigError(f"format {cfg.format} cannot produce {cfg.precision}; valid: {', '.join(exporter.precisions)}")
     exporter.check_available(cfg.precision)
+    check_outputs(cfg.outputs, cfg.format, cfg.precision)
     if network is None:
         net = load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.input_size)
     else:
@@ -376,6 +413,16 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
     result.seconds = time.perf_counter() - t0
     log.info("Export finished: %d artifact(s), %d reused, %.1fs", len(result.artifacts), result.num_cached, result.seconds)
     return result
+
+
+def _checkpoint_head(net: Network, width: float, feature_dim: int) -> nn.Module:
+    """The task checkpoint's classifier at ``width`` as a plain linear layer."""
+    from us3l.core.taskmodel import has_head, static_head
+
+    if net.checkpoint is None or not has_head(net.checkpoint):
+        raise ExportError("--outputs logits/probs needs a classifier: a task checkpoint ('us3l finetune', or the "
+                          "classifier 'us3l eval --method linear' writes) or --include-head")
+    return static_head(net.checkpoint, width, feature_dim)
 
 
 def config_dict(cfg: ExportConfig) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class ExportRequest:
     precision: str = "fp32"
     input_name: str = "input"
     output_name: str = "features"
+    output_names: tuple[str, ...] = ()  # several named outputs (--outputs stages); else output_name
     metadata: dict[str, str] = field(default_factory=dict)
     simplify: bool = True
     onnx_path: Path | None = None

@@ -41,13 +41,14 @@ from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec, default_image_size, load_split, num_classes
 from us3l.core.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, unknown_name
-from us3l.core.width import DEFAULT_DIVISOR, default_widths, parse_widths, round_width
+from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
 from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, _batches, _linear_cfg,  # noqa: F401
-                     extract_features, knn_accuracy, linear_probe_accuracy)
+                     extract_features, knn_accuracy, linear_probe_accuracy, train_linear_probe)
 
 log = logging.getLogger(__name__)
 METHODS = ("knn", "linear", "both")
+PROBE_CLASSIFIER_FILE = "linear-classifier.pt"  # beside the checkpoint: the probes as a task checkpoint
 Progress = Callable[[float, str], None]
 
 
@@ -55,7 +56,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
                         calib_batches: int = 50, knn_k: int | None = None,
                         linear: LinearProbeConfig | str = "fast", store_bn: bool = False, progress: Progress | None = None,
                         batch_size: int = 256, device: str | torch.device = "cpu",
-                        divisor: int = DEFAULT_DIVISOR, save_to: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+                        divisor: int = DEFAULT_DIVISOR, save_to: str | os.PathLike | None = None,
+                        heads_out: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Accuracy of each width of ``ckpt`` after BN recalibration at that width.
 
     Args:
@@ -70,6 +72,9 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
         progress: called as ``progress(width, stage)`` with stage "calibrate", "evaluate", "done".
         batch_size / device / divisor: inference batch, device and channel divisor.
         save_to: with ``store_bn``, write the updated checkpoint here atomically (None: do not save).
+        heads_out: a dict that receives, per width (``format_width``), the linear probe as
+            ``{"weight", "bias"}`` (standardisation folded in) and the width's BN statistics under
+            ``"bn"`` (the classifier ``run_eval`` writes).
 
     Returns:
         One row per width: ``{"width", "feature_dim", "knn"?, "linear"?}``, accuracies in [0, 1].
@@ -115,7 +120,9 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
             row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
             row["knn_k"] = int(min(k, len(train_x)))
         if method in ("linear", "both"):
-            row["linear"] = linear_probe_accuracy(f_train, train_y, f_test, test_y, n_classes, probe)
+            row["linear"], weight, bias = train_linear_probe(f_train, train_y, f_test, test_y, n_classes, probe)
+            if heads_out is not None:
+                heads_out[format_width(w)] = {"weight": weight, "bias": bias, "bn": bn_stats(model, w, divisor)}
         log.info("width %s: %s", w, {key: v for key, v in row.items() if key != "width"})
         rows.append(row)
         if progress:
@@ -280,6 +287,7 @@ class EvalResult:
     accuracy_path: Path
     checkpoint_hash: str
     protocol: dict[str, Any] = field(default_factory=dict)
+    classifier: Path | None = None  # the linear probes as a task checkpoint (method linear/both)
 
 
 def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
@@ -292,6 +300,9 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailableError(f"--device {cfg.device}: CUDA is not available on this machine; valid here: cpu")
     ckpt = load_checkpoint(ckpt_path)
+    if cfg.store_bn and ckpt_path.is_dir():
+        raise ConfigError(f"--store-bn rewrites a checkpoint file; {ckpt_path} is a packed model directory "
+                          "(store the statistics in the checkpoint, then 'us3l pack' it again)")
     spec = _resolve_dataset(ckpt, cfg)
     lo, hi = ckpt.width_range
     widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
@@ -307,12 +318,13 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
                 progress(0.0, f"evaluate {Path(a).name}")
             rows.append(evaluate_artifact(ckpt, a, cfg.method, spec, cfg.knn_k, cfg.linear_preset, cfg.batch_size,
                                           cfg.divisor))
-    else:
+    heads: dict[str, Any] = {}
+    if not cfg.artifacts:
         rows = evaluate_checkpoint(ckpt, widths, cfg.method, spec,
                                    cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.store_bn, progress,
-                                   cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path)
+                                   cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path, heads_out=heads)
     protocol = eval_protocol(cfg.method, spec, cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.divisor)
-    out = ckpt_path.parent / ACCURACY_FILE
+    out = (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
     if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in):
         protocol = _artifact_protocol(out, ckpt.content_hash, protocol)  # keep the table's protocol
     merged = {row_key(r): r for r in _previous_rows(out, ckpt.content_hash, protocol)}
@@ -320,7 +332,13 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     order = {"fp32": 0, "fp16": 1, "int8": 2}
     write_accuracy(out, [merged[k] for k in sorted(merged, key=lambda k: (k[0], order.get(k[1], 9)))], protocol,
                    ckpt.content_hash)
-    return EvalResult(rows=rows, accuracy_path=out, checkpoint_hash=ckpt.content_hash, protocol=protocol)
+    classifier = None
+    if heads and cfg.divisor == DEFAULT_DIVISOR:
+        from .finetune import write_probe_classifier
+
+        classifier = write_probe_classifier(ckpt, heads, spec, out.parent / PROBE_CLASSIFIER_FILE)
+    return EvalResult(rows=rows, accuracy_path=out, checkpoint_hash=ckpt.content_hash, protocol=protocol,
+                      classifier=classifier)
 
 
 def _resolve_dataset(ckpt: Checkpoint, cfg: EvalConfig) -> DatasetSpec:

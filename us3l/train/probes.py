@@ -152,6 +152,15 @@ def linear_probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test
     Returns:
         Top-1 accuracy of the trained head on the test features.
     """
+    return train_linear_probe(train_f, train_y, test_f, test_y, n_classes, cfg)[0]
+
+
+def train_linear_probe(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, n_classes: int,
+                       cfg: LinearProbeConfig = LINEAR_PRESETS["fast"]) -> tuple[float, Tensor, Tensor]:
+    """:func:`linear_probe_accuracy` that also returns the head as ``(weight, bias)`` on the raw
+    features: the standardisation is folded in (``W / std``, ``b - W @ (mean / std)``), so the head is
+    a usable classifier of the backbone's features."""
+    mean = std = None
     if cfg.standardize:
         mean, std = train_f.mean(0, keepdim=True), train_f.std(0, keepdim=True).clamp_min(1e-6)
         train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
@@ -172,4 +181,9 @@ def linear_probe_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test
                 opt.step()
             sched.step()
         with torch.no_grad():
-            return float((head(test_f).argmax(1) == test_y).float().mean())
+            acc = float((head(test_f).argmax(1) == test_y).float().mean())
+            weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
+            if mean is not None and std is not None:
+                weight = weight / std
+                bias = bias - weight @ mean.reshape(-1)
+            return acc, weight, bias

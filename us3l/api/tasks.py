@@ -1,0 +1,217 @@
+"""Task-model calls: ``finetune``, ``predict`` and ``pack`` (re-exported by :mod:`us3l.api.commands`).
+
+Each builds its room's config, calls the room's entry point and returns a typed, torch-free result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from ..core.errors import ConfigError
+from .progress import ProgressArg, resolve_progress
+from .results import WidthAccuracy
+
+if TYPE_CHECKING:
+    from us3l.train.finetune import FinetuneConfig
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What :func:`finetune` wrote: the task checkpoint and its top-1 per width.
+
+    Attributes:
+        checkpoint: ``OUT/checkpoint.pt`` (backbone, shared head, class names, normalisation, BN bank).
+        accuracy_file: ``OUT/accuracy.json`` (top-1 per width; ``us3l bench`` joins it).
+        checkpoint_hash: the task checkpoint's content hash.
+        results: one :class:`WidthAccuracy` (``top1`` set) per evaluated width.
+        seconds: wall time; history: per-epoch mean losses.
+    """
+
+    checkpoint: Path
+    accuracy_file: Path
+    checkpoint_hash: str
+    results: tuple[WidthAccuracy, ...]
+    seconds: float
+    history: tuple[dict[str, float], ...] = ()
+
+    def top1(self, width: float) -> float:
+        """Top-1 of ``width``.
+
+        Raises:
+            ConfigError: the width was not evaluated.
+        """
+        for r in self.results:
+            if abs(r.width - width) < 1e-9 and r.top1 is not None:
+                return float(r.top1)
+        raise ConfigError(f"width {width} was not evaluated; evaluated: {', '.join(str(r.width) for r in self.results)}")
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.results]
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    index: int
+    name: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image (``logits`` only for a logits artifact)."""
+
+    image: Path
+    top: tuple[ClassScore, ...]
+    logits: tuple[float, ...] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.top[0].name
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"image": str(self.image), "top": [{"index": c.index, "name": c.name, "prob": c.prob} for c in self.top]}
+        if self.logits is not None:
+            d["logits"] = list(self.logits)
+        return d
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    artifact: Path
+    outputs: str
+    width: float | None
+    predictions: tuple[Prediction, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": str(self.artifact), "outputs": self.outputs, "width": self.width,
+                "predictions": [p.to_dict() for p in self.predictions]}
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """The model directory :func:`pack` wrote, and the sizes before and after."""
+
+    directory: Path
+    files: tuple[Path, ...]
+    size_bytes: int
+    source_bytes: int
+    content_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"directory": str(self.directory), "files": [str(f) for f in self.files], "size_bytes": self.size_bytes,
+                "source_bytes": self.source_bytes, "content_hash": self.content_hash}
+
+
+def _checkpoint_arg(checkpoint: Any, what: str) -> str:
+    import sys
+
+    model_cls = getattr(sys.modules.get("us3l.api.model"), "SlimmableModel", None)
+    if model_cls is not None and isinstance(checkpoint, model_cls):
+        return str(checkpoint._saved_path(what))
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise ConfigError(f"{what} needs a checkpoint path or model directory, got {type(checkpoint).__name__}")
+    return str(checkpoint)
+
+
+def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: str | None = None,
+             progress: ProgressArg = None, **overrides: Any) -> FinetuneResult:
+    """Universally slimmable supervised fine-tuning of a checkpoint's backbone plus one shared head.
+
+    Args:
+        checkpoint: the SSL checkpoint (file, packed model directory or saved :class:`SlimmableModel`).
+        config: a full :class:`us3l.train.finetune.FinetuneConfig` (its ``checkpoint`` is replaced).
+        recipe: ``digits`` (default), ``fashion_mnist`` or ``cifar`` (see ``us3l finetune --help``).
+        overrides: :class:`~us3l.train.finetune.FinetuneConfig` fields (``None`` values ignored), e.g.
+            ``epochs=5, freeze_backbone=True, out_dir="runs/ft"``.
+
+    Returns:
+        :class:`FinetuneResult` (task checkpoint, ``accuracy.json``, top-1 per width).
+
+    Raises:
+        ConfigError, UnknownNameError, CheckpointError, DataError, WidthError: one-line user errors.
+    """
+    from us3l.train.finetune import FinetuneConfig, get_finetune_recipe, run_finetune
+
+    path = _checkpoint_arg(checkpoint, "finetune")
+    if config is not None and recipe is not None:
+        raise ConfigError("give a FinetuneConfig or a recipe name, not both")
+    if config is None:
+        name = recipe
+        if name is None:
+            from ..core.checkpoint import load_checkpoint
+
+            data = overrides.get("dataset") or ((load_checkpoint(path).dataset or {}).get("name") or "digits")
+            name = {"fashion-mnist": "fashion_mnist", "cifar10": "cifar", "cifar100": "cifar"}.get(data, "digits")
+        config = FinetuneConfig(checkpoint=path, **get_finetune_recipe(name))
+    cfg = config.replace(checkpoint=path, **overrides)
+    with resolve_progress(progress, "fine-tuning") as report:
+        out = run_finetune(cfg, report)
+    results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), precision=r.get("precision", "fp32"),
+                                  top1=r.get("top1"), source=r.get("source")) for r in out.rows)
+    return FinetuneResult(out.checkpoint, out.accuracy_path, out.checkpoint_hash, results, out.seconds, tuple(out.history))
+
+
+def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5) -> PredictResult:
+    """Classify image files with an exported classifier (``us3l export ... --outputs logits|probs``).
+
+    Args:
+        artifact: the ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT, where it runs) file.
+        images: an image file, a directory of images, or a list of files.
+        top_k: classes reported per image.
+
+    Raises:
+        ConfigError, DataError, BackendUnavailableError: one-line user errors.
+    """
+    from us3l.core.preprocess import image_files
+    from us3l.export.predict import predict_images
+
+    files: list[Path] = []
+    for item in ([images] if isinstance(images, (str, os.PathLike)) else list(images)):
+        files += image_files(item)
+    info, records = predict_images(artifact, files, top_k)
+    preds = tuple(Prediction(Path(r["image"]), tuple(ClassScore(t["index"], t["name"], t["prob"]) for t in r["top"]),
+                             tuple(r["logits"]) if "logits" in r else None) for r in records)
+    return PredictResult(Path(artifact), info["outputs"], info.get("width"), preds)
+
+
+def pack(checkpoint: PathLike, out: PathLike | None = None) -> PackResult:
+    """Write a checkpoint as a shareable model directory (``model.safetensors`` + ``config.json``).
+
+    Keeps the backbone, BN bank, classifier head, class names, normalisation and provenance; drops
+    the optimiser, EMA and resume state. ``accuracy.json`` beside the checkpoint is copied along
+    when it describes these weights. ``out`` defaults to ``model/`` beside the checkpoint file.
+
+    Raises:
+        CheckpointError: unreadable checkpoint or unwritable ``out``.
+    """
+    import json
+    import shutil
+
+    from ..core.checkpoint import load_checkpoint
+    from ..core.modelfile import CONFIG_FILE, WEIGHTS_FILE, pack_checkpoint
+
+    src = Path(checkpoint)
+    ckpt = load_checkpoint(src)
+    if out is None:
+        if src.is_dir():
+            raise ConfigError(f"{src} is already a model directory; give --out for a copy")
+        out = src.parent / "model"
+    directory = pack_checkpoint(ckpt, out, source=str(src.resolve()))
+    files = [directory / WEIGHTS_FILE, directory / CONFIG_FILE]
+    acc = (src if src.is_dir() else src.parent) / "accuracy.json"
+    if acc.is_file() and acc.resolve() != (directory / "accuracy.json").resolve():
+        try:
+            same = json.loads(acc.read_text()).get("checkpoint") == ckpt.content_hash
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if same:
+            shutil.copyfile(acc, directory / "accuracy.json")
+            files.append(directory / "accuracy.json")
+    source_bytes = sum(f.stat().st_size for f in src.iterdir() if f.is_file()) if src.is_dir() else src.stat().st_size
+    return PackResult(directory, tuple(files), sum(f.stat().st_size for f in files[:2]), source_bytes, ckpt.content_hash)

@@ -1,0 +1,140 @@
+"""Task models: a slimmable backbone plus a classifier head, with what a deployed model needs.
+
+A *task checkpoint* is an ordinary :class:`~us3l.core.checkpoint.Checkpoint` (the backbone in
+``model``, its per-width BN bank in ``bn_bank``) whose ``extra`` carries:
+
+- ``extra["head"] = {"weight": (K, D_max), "bias": (K,)}``: one **shared, input-slimmed** linear
+  head (``us3l finetune``, with or without ``--freeze-backbone``). At width ``w`` it reads the first
+  ``feature_dim(w)`` features, as the slimmable ``fc`` of the architecture does (MobileNetV2's
+  feature dimension is 1280 at every width, so its head is never sliced);
+- or ``extra["heads"] = {"0.25": {"weight": (K, D_w), "bias": (K,)}, ...}``: one head per width (the
+  linear probes ``us3l eval --method linear`` trains, standardisation folded into the weights);
+- ``extra["task"]``: ``classes`` (names, index = class id), ``normalization`` (``mean``/``std``),
+  ``input_size``, ``preprocess`` (:func:`us3l.core.preprocess.preprocessing_for`), ``dataset``,
+  ``head`` (``shared`` | ``per-width``), ``trained_by`` and the parent checkpoint's hash.
+
+Nothing here imports another room.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .width import format_width, round_width
+
+
+def class_names(spec: Any) -> list[str]:
+    """Class names of a dataset (index = label): Fashion-MNIST's and image folders' names, digits
+    ``"0".."9"``, CIFAR ``"0".."N-1"`` (the pickles carry no names we read)."""
+    from . import data
+
+    if spec.name == "fashion-mnist":
+        return list(data.FASHION_MNIST_CLASSES)
+    if spec.name == "imagefolder":
+        return list(data._folder_classes(data._require_root(spec)))
+    return [str(i) for i in range(data.num_classes(spec))]
+
+
+def task_info(spec: Any, parent_hash: str, head: str, trained_by: str, input_size: int) -> dict[str, Any]:
+    """``extra["task"]`` for a classifier trained on dataset ``spec``."""
+    from .data import dataset_stats
+    from .preprocess import preprocessing_for
+
+    mean, std = dataset_stats(spec)
+    return {"classes": class_names(spec), "normalization": {"mean": list(mean), "std": list(std)},
+            "input_size": int(input_size), "preprocess": preprocessing_for(spec, input_size),
+            "dataset": spec.to_dict(), "head": head, "trained_by": trained_by, "parent": parent_hash}
+
+
+def has_head(ckpt: Any) -> bool:
+    """True when ``ckpt`` carries a classifier (shared or per-width heads)."""
+    extra = ckpt.extra or {}
+    return bool(extra.get("head")) or bool(extra.get("heads"))
+
+
+def head_tensors(ckpt: Any, width: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of the classifier at ``width`` (a shared head is returned whole: the caller
+    slices its inputs to the width's feature dimension).
+
+    Raises:
+        CheckpointError: no head, or per-width heads that lack ``width``.
+    """
+    extra = ckpt.extra or {}
+    if extra.get("head"):
+        head = extra["head"]
+    elif extra.get("heads"):
+        heads = extra["heads"]
+        head = heads.get(format_width(width))
+        if head is None:
+            have = ", ".join(sorted(heads, key=float))
+            raise CheckpointError(f"the classifier has linear-probe heads for widths {have} only, not "
+                                  f"{format_width(width)}; rerun 'us3l eval --method linear --widths {format_width(width)}'")
+    else:
+        raise CheckpointError("checkpoint has no classifier head; fine-tune it ('us3l finetune') or train a probe "
+                              "('us3l eval --method linear'), or pass --include-head")
+    w, b = head.get("weight"), head.get("bias")
+    if not isinstance(w, torch.Tensor) or w.ndim != 2 or not isinstance(b, torch.Tensor) or b.shape != (w.shape[0],):
+        raise CheckpointError("checkpoint's classifier head is malformed (needs weight K x D and bias K)")
+    return w, b
+
+
+def static_head(ckpt: Any, width: float, feature_dim: int) -> nn.Linear:
+    """The plain ``nn.Linear`` the classifier is at ``width`` (inputs sliced to ``feature_dim``).
+
+    Raises:
+        CheckpointError: see :func:`head_tensors`, or a head narrower than the features.
+    """
+    w, b = head_tensors(ckpt, width)
+    if w.shape[1] < feature_dim:
+        raise CheckpointError(f"classifier head takes {w.shape[1]} features; width {format_width(width)} gives {feature_dim}")
+    head = nn.Linear(feature_dim, w.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(w[:, :feature_dim])
+        head.bias.copy_(b)
+    return head.eval()
+
+
+def head_digest(ckpt: Any) -> str | None:
+    """sha256 of the classifier's tensors (None without one): part of export cache keys."""
+    from .checkpoint import state_hash
+
+    extra = ckpt.extra or {}
+    if extra.get("head"):
+        return state_hash(dict(extra["head"]))
+    if extra.get("heads"):
+        return state_hash({f"{w}.{k}": v for w, h in extra["heads"].items() for k, v in h.items()})
+    return None
+
+
+def build_classifier(ckpt: Any) -> nn.Module:
+    """The slimmable backbone with its shared head as the architecture's ``fc`` (``forward`` gives
+    logits at the current width).
+
+    Raises:
+        CheckpointError: no shared head (per-width probes have no slimmable form).
+    """
+    extra = ckpt.extra or {}
+    if not extra.get("head"):
+        raise CheckpointError("checkpoint has no shared classifier head (per-width probe heads cannot be slimmed)")
+    w, b = head_tensors(ckpt, 1.0)
+    model = ckpt.build_model(num_classes=int(w.shape[0]))
+    fc = model.fc
+    if tuple(fc.weight.shape) != tuple(w.shape):
+        raise CheckpointError(f"classifier head has shape {tuple(w.shape)}, {ckpt.arch}'s fc needs {tuple(fc.weight.shape)}")
+    with torch.no_grad():
+        fc.weight.copy_(w)
+        fc.bias.copy_(b)
+    return model
+
+
+def classes_of(ckpt: Any) -> list[str]:
+    """The class names of a task checkpoint (``[]`` without task information)."""
+    return list(((ckpt.extra or {}).get("task") or {}).get("classes") or [])
+
+
+def per_width_key(width: float) -> str:
+    return format_width(round_width(width))

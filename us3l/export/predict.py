@@ -1,0 +1,133 @@
+"""Run an exported classifier on image files with exactly the preprocessing it records.
+
+The artifact's facts come from its sidecar (``NAME.json`` beside it) or, for an ONNX file without
+one, from its own ``metadata_props`` (``us3l.preprocess``, ``us3l.classes``, ``us3l.outputs``).
+Images are decoded and preprocessed by :func:`us3l.core.preprocess.load_image` (numpy + Pillow),
+run in ONNX Runtime (``.onnx``) or TensorRT (``.engine`` / ``.plan``, where TensorRT and a GPU
+exist; imported only then), and turned into the top-k classes with their names and probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from us3l.core.errors import ConfigError, DataError
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+CLASSIFIER_OUTPUTS = ("logits", "probs")
+
+
+def artifact_info(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"format", "outputs", "classes", "preprocess", "input_name", "batch"}`` of an artifact.
+
+    Raises:
+        ConfigError: missing file, or neither a sidecar nor ONNX metadata says how to feed it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"artifact {p} does not exist; valid: an .onnx or .engine file written by 'us3l export'")
+    sidecar = p.with_name(p.name[: -len(p.suffix)] + ".json") if p.suffix else p.with_suffix(".json")
+    data: dict[str, Any] | None = None
+    if sidecar.is_file():
+        try:
+            data = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict) or data.get("artifact") != p.name:
+            data = None
+    if data is not None:
+        shape = (data.get("input") or {}).get("shape") or []
+        out = data.get("output") or {}
+        return {"format": data.get("format") or ("trt" if p.suffix in ENGINE_SUFFIXES else "onnx"),
+                "outputs": out.get("kind") or ("logits" if data.get("head") else "features"),
+                "classes": list(data.get("classes") or []), "preprocess": data.get("preprocess"),
+                "input_name": (data.get("input") or {}).get("name", "input"),
+                "batch": shape[0] if shape and isinstance(shape[0], int) else None, "width": data.get("width")}
+    if p.suffix in ENGINE_SUFFIXES:
+        raise ConfigError(f"engine {p.name} has no sidecar {sidecar.name}; an engine carries no preprocessing record")
+    try:
+        import onnx
+
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # onnx raises several types for foreign files
+        raise ConfigError(f"{p} is not a readable ONNX file ({type(exc).__name__})") from None
+    props = {m.key: m.value for m in model.metadata_props}
+    if "us3l.preprocess" not in props:
+        raise ConfigError(f"{p.name} records no preprocessing (no sidecar, no us3l.preprocess metadata); "
+                          "export it again with this version of us3l")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return {"format": "onnx", "outputs": props.get("us3l.outputs", "features"),
+            "classes": json.loads(props.get("us3l.classes", "[]")), "preprocess": json.loads(props["us3l.preprocess"]),
+            "input_name": model.graph.input[0].name, "batch": dims[0].dim_value or None if dims else None,
+            "width": float(props["us3l.width"]) if "us3l.width" in props else None}
+
+
+def artifact_runner(path: Path, info: dict[str, Any], threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running the artifact on float32 NCHW batches (its first output).
+
+    Raises:
+        BackendUnavailableError: onnxruntime or TensorRT missing (one line naming the fix).
+    """
+    from .onnx_exporter import batched_runner
+
+    if info["format"] == "trt" or path.suffix in ENGINE_SUFFIXES:
+        from .trt_exporter import engine_runner, import_tensorrt
+
+        trt = import_tensorrt()
+        return engine_runner(trt, path.read_bytes(), info.get("input_name", "input"), int(info.get("batch") or 1))
+    from .onnx_exporter import ort_session
+
+    sess = ort_session(path, threads=threads)
+    name = sess.get_inputs()[0].name
+    return batched_runner(lambda x: np.asarray(sess.run(None, {name: x})[0], dtype=np.float32), info.get("batch"))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int = 5,
+                   batch_size: int = 64) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(artifact info, one record per image)``; each record is ``{"image", "top": [{"index",
+    "name", "prob"}...], "logits"?}`` sorted by probability.
+
+    Raises:
+        ConfigError: not a classifier artifact, or a bad ``top_k``. DataError: undecodable image.
+    """
+    from us3l.core.preprocess import load_image
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k {top_k} is invalid; valid: a positive integer")
+    path = Path(artifact)
+    info = artifact_info(path)
+    if info["outputs"] not in CLASSIFIER_OUTPUTS:
+        raise ConfigError(f"{path.name} outputs {info['outputs']}, not class scores; export a classifier with "
+                          "'us3l export TASK_CKPT --outputs logits' (or probs)")
+    if not info.get("preprocess"):
+        raise DataError(f"{path.name} records no preprocessing (exported without a known dataset); export it from a "
+                        "task checkpoint")
+    run = artifact_runner(path, info)
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        x = np.stack([load_image(f, info["preprocess"]) for f in chunk])
+        out = run(np.ascontiguousarray(x, dtype=np.float32))
+        probs = out if info["outputs"] == "probs" else softmax(out.astype(np.float64))
+        for f, row, p in zip(chunk, out, probs):
+            order = np.argsort(-p, kind="stable")[:top_k]
+            names = info["classes"]
+            rec: dict[str, Any] = {"image": str(f), "top": [
+                {"index": int(i), "name": names[int(i)] if int(i) < len(names) else str(int(i)), "prob": float(p[i])}
+                for i in order]}
+            if info["outputs"] == "logits":
+                rec["logits"] = [float(v) for v in row]
+            records.append(rec)
+    return info, records

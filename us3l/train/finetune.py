@@ -1,0 +1,377 @@
+"""Universally slimmable supervised fine-tuning: one task checkpoint that classifies at every width.
+
+``run_finetune(FinetuneConfig(...))`` is the one entry point behind ``us3l finetune``.
+
+- **Model.** The SSL checkpoint's backbone plus one shared, input-slimmed linear head (the
+  architecture's ``fc``: at width ``w`` it reads the first ``feature_dim(w)`` features).
+- **Sandwich rule with in-place distillation** (US-Nets; docs/method.md §8 for the width draws):
+  each step runs the max width, the min width and ``num_widths - 2`` uniform widths, gradients
+  accumulated, one optimiser step. The max width learns from the labels (cross-entropy with
+  optional label smoothing); every other width learns from the max width's soft predictions of the
+  same images (detached), ``-sum softmax(z_max) * log_softmax(z_w)``. With ``distill=False`` every
+  width learns from the labels.
+- **--freeze-backbone** trains only the head (a linear probe for all widths at once): features come
+  from the frozen backbone (no gradient), the shared head is trained with the same sandwich rule.
+- **BN.** Training uses batch statistics; afterwards the running statistics are recalibrated at each
+  evaluation width on un-augmented training images (cumulative average, as ``us3l eval``) and stored
+  in the checkpoint's BN bank, so export needs no data.
+- **Output.** ``OUT/checkpoint.pt`` (a task checkpoint, :mod:`us3l.core.taskmodel`: backbone, head,
+  class names, normalisation and preprocessing, BN bank; no optimiser state) and
+  ``OUT/accuracy.json`` (top-1 per width, the table ``us3l bench`` joins).
+
+Data come through :func:`task_data` only (the in-memory loader of ``us3l.core.data`` today), so the
+training data pipeline can be swapped in one place. Augmentation: a random translation of up to
+``shift`` of the image side (replicate padding) for small images; none with ``augment="none"``.
+
+Recipes (:data:`FINETUNE_RECIPES`) are sized for a CPU; the reference repository's transfer configs
+(CIFAR, DTD, Flowers, Pets, Aircraft) are not reproduced here (they need those datasets, ImageNet-size
+inputs and a GPU): ``cifar`` keeps the usual transfer schedule (SGD 0.9, cosine, wd 5e-4).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from us3l.core.accuracy import ACCURACY_FILE, write_accuracy
+from us3l.core.bn import bn_stats, calibrate_bn
+from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, strip_prefixes
+from us3l.core.context import use_width
+from us3l.core.data import DatasetSpec, default_image_size, load_split, num_classes, resize_images
+from us3l.core.errors import ConfigError, DataError, unknown_name
+from us3l.core.taskmodel import task_info
+from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
+
+from .sampling import sample_widths
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, "int | None", str], None]
+AUGMENTS = ("shift", "none")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything ``us3l finetune`` needs (one frozen config per command).
+
+    Attributes:
+        checkpoint: the SSL checkpoint (or packed model directory) whose backbone is fine-tuned.
+        out_dir: where ``checkpoint.pt`` and ``accuracy.json`` go (default: ``finetune`` beside
+            the checkpoint, ``linear`` with ``freeze_backbone``).
+        dataset / data_root / image_size: labelled data (default: the checkpoint's training set).
+        epochs / batch_size / lr / momentum / weight_decay: SGD with a cosine schedule.
+        label_smoothing: for the max width's cross-entropy.
+        num_widths: widths per step (sandwich: max, min and ``num_widths - 2`` random ones).
+        distill: in-place distillation of the sub-widths from the max width.
+        freeze_backbone: train only the shared head.
+        init: ``checkpoint`` (the SSL weights) or ``scratch`` (random weights of the same
+            architecture: the supervised baseline).
+        train_width: train only this one width (the separately trained baselines), else the range.
+        widths: evaluation (and BN bank) widths; default 0.25/0.5/0.75/1.0 within the range.
+        augment / shift: ``shift`` (random translation up to ``shift`` x side) or ``none``.
+        calib_batches / eval_batch_size: BN recalibration batches of ``eval_batch_size`` images.
+        max_steps_per_epoch: cap (tests and smoke runs); None = the whole split.
+        seed / device: reproducibility and placement.
+    """
+
+    checkpoint: str
+    out_dir: str | None = None
+    dataset: str | None = None
+    data_root: str | None = None
+    image_size: int | None = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    num_widths: int = 4
+    distill: bool = True
+    freeze_backbone: bool = False
+    init: str = "checkpoint"
+    train_width: float | None = None
+    widths: str | None = None
+    augment: str = "shift"
+    shift: float = 0.125
+    calib_batches: int = 20
+    eval_batch_size: int = 256
+    max_steps_per_epoch: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def replace(self, **changes: Any) -> FinetuneConfig:
+        """A copy with ``changes`` applied (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` (one line) for values no run could use."""
+        for name in ("epochs", "batch_size", "calib_batches", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} {getattr(self, name)} is invalid; valid: a positive integer")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ConfigError(f"max-steps-per-epoch {self.max_steps_per_epoch} is invalid; valid: a positive integer")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr {self.lr} is invalid; valid: a positive number")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError("weight-decay must be >= 0 and momentum in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label-smoothing {self.label_smoothing} is invalid; valid: [0, 1)")
+        if self.num_widths < 1:
+            raise ConfigError(f"num-widths {self.num_widths} is invalid; valid: 1 (max only), 2 (max, min) or more")
+        if self.augment not in AUGMENTS:
+            raise unknown_name("augmentation", self.augment, AUGMENTS)
+        if not 0 <= self.shift < 0.5:
+            raise ConfigError(f"shift {self.shift} is invalid; valid: a fraction of the image side in [0, 0.5)")
+        if self.init not in ("checkpoint", "scratch"):
+            raise unknown_name("initialisation", self.init, ("checkpoint", "scratch"))
+        if self.freeze_backbone and self.init == "scratch":
+            raise ConfigError("--freeze-backbone with init=scratch would train a head on random features; drop one")
+
+
+#: CPU-sized presets (see the module docstring).
+FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {"epochs": 30, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1},
+    "fashion_mnist": {"epochs": 10, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1,
+                      "shift": 0.1},
+    "cifar": {"epochs": 100, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1, "shift": 0.125},
+}
+#: learning rate of the head alone (--freeze-backbone): a linear head on frozen features tolerates more
+FROZEN_LR_SCALE = 4.0
+
+
+def get_finetune_recipe(name: str) -> dict[str, Any]:
+    """The overrides of recipe ``name``.
+
+    Raises:
+        UnknownNameError: unknown recipe (lists the valid ones).
+    """
+    if name not in FINETUNE_RECIPES:
+        raise unknown_name("fine-tuning recipe", name, sorted(FINETUNE_RECIPES))
+    return dict(FINETUNE_RECIPES[name])
+
+
+def task_data(spec: DatasetSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(train_x, train_y, test_x, test_y)``: normalised float32 NCHW images at the spec's size and
+    int64 labels. The one place fine-tuning reads data (swap the pipeline here)."""
+    size = default_image_size(spec)
+    train_x, train_y = load_split(spec, "train")
+    test_x, test_y = load_split(spec, "test")
+    return resize_images(train_x, size), train_y, resize_images(test_x, size), test_y
+
+
+def _shift(x: Tensor, frac: float, gen: torch.Generator) -> Tensor:
+    """Random translation of each image by up to ``frac`` of its side (replicate padding)."""
+    n, _, h, w = x.shape
+    p = int(round(frac * h))
+    if p < 1:
+        return x
+    padded = F.pad(x, (p, p, p, p), mode="replicate")
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    c, wp = x.shape[1], padded.shape[3]
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, c, h, wp)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
+
+
+def soft_cross_entropy(student: Tensor, teacher: Tensor) -> Tensor:
+    """``-sum softmax(teacher) * log_softmax(student)``, averaged over the batch (teacher detached)."""
+    return -(F.softmax(teacher.detach(), dim=1) * F.log_softmax(student, dim=1)).sum(1).mean()
+
+
+@dataclass
+class FinetuneOutcome:
+    """What :func:`run_finetune` wrote and measured."""
+
+    checkpoint: Path
+    accuracy_path: Path
+    rows: list[dict[str, Any]]
+    checkpoint_hash: str
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _resolve(cfg: FinetuneConfig, ckpt: Checkpoint) -> DatasetSpec:
+    if cfg.dataset is not None:
+        return DatasetSpec(cfg.dataset, cfg.data_root, cfg.image_size)
+    if not ckpt.dataset:
+        raise DataError("the checkpoint records no training dataset; pass one with --data NAME [--data-root PATH]")
+    spec = DatasetSpec.from_dict(ckpt.dataset)
+    if cfg.data_root is not None:
+        spec = replace(spec, root=cfg.data_root)
+    if cfg.image_size is not None:
+        spec = replace(spec, image_size=cfg.image_size)
+    return spec
+
+
+def _build(cfg: FinetuneConfig, ckpt: Checkpoint, k: int, size: int) -> nn.Module:
+    from us3l.core.models import get_model
+
+    kwargs = dict(ckpt.arch_kwargs)
+    if "input_size" in kwargs:
+        kwargs["input_size"] = size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if cfg.init == "scratch":
+            kwargs["num_classes"] = k
+            model = get_model(ckpt.arch, **kwargs)
+        else:
+            model = ckpt.build_model(num_classes=k)
+            if "input_size" in kwargs and kwargs["input_size"] != model.input_size:
+                model.input_size = int(size)
+    return model
+
+
+def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> FinetuneOutcome:
+    """Fine-tune, recalibrate BN per width, measure top-1 per width, write the task checkpoint.
+
+    Raises:
+        ConfigError, UnknownNameError, CheckpointError, DataError, WidthError: one-line user errors.
+    """
+    cfg.validate()
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(cfg.checkpoint)
+    spec = _resolve(cfg, ckpt)
+    lo, hi = ckpt.width_range
+    eval_widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
+    if cfg.train_width is not None:
+        lo = hi = parse_widths([cfg.train_width], lo, hi)[0]
+        eval_widths = [lo]
+    size = default_image_size(spec)
+    train_x, train_y, test_x, test_y = task_data(spec)
+    k = num_classes(spec)
+    if len(train_x) == 0 or len(test_x) == 0:
+        raise DataError(f"dataset {spec.name} has an empty split")
+    device = torch.device(cfg.device)
+    model = _build(cfg, ckpt, k, size).to(device)
+    lr = cfg.lr * (FROZEN_LR_SCALE if cfg.freeze_backbone else 1.0)
+    if cfg.freeze_backbone:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("fc."))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    history: list[dict[str, float]] = []
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(train_x), generator=gen)
+        sums = {"loss_max": 0.0, "loss_sub": 0.0}
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x, y = train_x[idx], train_y[idx]
+            if cfg.augment == "shift":
+                x = _shift(x, cfg.shift, gen)
+            x, y = x.to(device), y.to(device)
+            widths = [hi] if lo == hi else sample_widths(rng, cfg.num_widths, lo, hi, sandwich=True)
+            opt.zero_grad(set_to_none=True)
+            teacher = None
+            for j, w in enumerate(widths):
+                with use_width(model, w):
+                    if cfg.freeze_backbone:
+                        with torch.no_grad():
+                            feats = model.forward_features(x)
+                        logits = model.fc(feats)
+                    else:
+                        logits = model(x)
+                if j == 0 or not cfg.distill:
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    teacher = logits.detach() if j == 0 else teacher
+                    sums["loss_max" if j == 0 else "loss_sub"] += float(loss.detach()) / (1 if j == 0 else len(widths) - 1)
+                else:
+                    loss = soft_cross_entropy(logits, teacher)
+                    sums["loss_sub"] += float(loss.detach()) / (len(widths) - 1)
+                if not torch.isfinite(loss):
+                    from .step import TrainingDivergedError
+
+                    raise TrainingDivergedError(f"non-finite fine-tuning loss at epoch {epoch} step {i} (width {format_width(w)}); "
+                                        f"lower --lr (now {cfg.lr:g})")
+                loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if progress:
+                progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}")
+        history.append({"epoch": epoch + 1, **{key: v / steps_per_epoch for key, v in sums.items()}})
+        log.info("epoch %d: %s", epoch + 1, history[-1])
+    rows, bank = evaluate_task_model(model, train_x, test_x, test_y, eval_widths, cfg.calib_batches,
+                                     cfg.eval_batch_size, device)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).parent / ("linear" if cfg.freeze_backbone else "finetune")
+    state = {key: v.detach().cpu().clone() for key, v in strip_prefixes(model.state_dict()).items()}
+    head = {"weight": state.pop("fc.weight"), "bias": state.pop("fc.bias")}
+    trained_by = "scratch" if cfg.init == "scratch" else ("frozen-backbone" if cfg.freeze_backbone else "finetune")
+    task = task_info(spec, ckpt.content_hash, "shared", trained_by, size)
+    arch_kwargs = dict(ckpt.arch_kwargs)
+    if "input_size" in arch_kwargs:
+        arch_kwargs["input_size"] = size
+    result = Checkpoint(arch=ckpt.arch, arch_kwargs=arch_kwargs, model=state,
+                        width_range=(lo, hi) if cfg.train_width is not None else tuple(ckpt.width_range),
+                        method="finetune", epoch=cfg.epochs, train_config={"finetune": asdict(cfg)},
+                        dataset=spec.to_dict(), bn_bank=bank, training=None,
+                        extra={"head": head, "task": task, "parent": {"method": ckpt.method, "sha256": ckpt.content_hash}})
+    ckpt_path = out_dir / "checkpoint.pt"
+    digest = save_checkpoint(result, ckpt_path)
+    protocol = {"method": "top1", "trained_by": trained_by, "dataset": spec.to_dict(), "bn_calibration": "cumulative",
+                "calib_batches": cfg.calib_batches, "divisor": DEFAULT_DIVISOR, "epochs": cfg.epochs, "seed": cfg.seed}
+    acc_path = out_dir / ACCURACY_FILE
+    write_accuracy(acc_path, rows, protocol, digest)
+    return FinetuneOutcome(ckpt_path, acc_path, rows, digest, time.perf_counter() - t0, history)
+
+
+def evaluate_task_model(model: nn.Module, train_x: Tensor, test_x: Tensor, test_y: Tensor, widths: list[float],
+                        calib_batches: int, batch_size: int, device: torch.device | str = "cpu"
+                        ) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, Tensor]]]]:
+    """Recalibrate BN at each width on un-augmented training images (a fixed seeded order), then
+    top-1 on the test split. Returns ``(rows, BN bank)``."""
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
+    calib = [train_x[order[i:i + batch_size]] for i in range(0, min(len(train_x), calib_batches * batch_size), batch_size)]
+    rows, bank = [], {}
+    for w in widths:
+        calibrate_bn(model, calib, w, device=device)
+        bank[format_width(w)] = {n: {"mean": s["mean"].cpu(), "var": s["var"].cpu()} for n, s in bn_stats(model, w).items()}
+        model.eval()
+        correct = 0
+        with torch.no_grad(), use_width(model, w):
+            for i in range(0, len(test_x), batch_size):
+                logits = model(test_x[i:i + batch_size].to(device))
+                correct += int((logits.argmax(1).cpu() == test_y[i:i + batch_size]).sum())
+        rows.append({"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w)),
+                     "top1": correct / len(test_x), "source": "pytorch"})
+        log.info("width %s: top-1 %.4f", format_width(w), rows[-1]["top1"])
+    return rows, bank
+
+
+def write_probe_classifier(ckpt: Checkpoint, heads: dict[str, Any], spec: DatasetSpec, path: str | Path) -> Path:
+    """Save ``us3l eval --method linear``'s probes as a task checkpoint (per-width heads).
+
+    Args:
+        ckpt: the evaluated checkpoint (its backbone is kept as is).
+        heads: ``{format_width(w): {"weight", "bias", "bn"}}`` from ``evaluate_checkpoint(heads_out=...)``.
+        spec: the evaluation data (class names, normalisation, preprocessing).
+        path: destination (written atomically).
+    """
+    bank = dict(ckpt.bn_bank)
+    bank.update({w: {n: {"mean": s["mean"].cpu(), "var": s["var"].cpu()} for n, s in h["bn"].items()} for w, h in heads.items()})
+    probe_heads = {w: {"weight": h["weight"].cpu(), "bias": h["bias"].cpu()} for w, h in heads.items()}
+    task = task_info(spec, ckpt.content_hash, "per-width", "linear-probe", default_image_size(spec))
+    out = Checkpoint(arch=ckpt.arch, arch_kwargs=dict(ckpt.arch_kwargs), model=ckpt.model, width_range=tuple(ckpt.width_range),
+                     method=ckpt.method, epoch=ckpt.epoch, train_config={}, dataset=spec.to_dict(), bn_bank=bank,
+                     training=None, extra={"heads": probe_heads, "task": task,
+                                           "parent": {"method": ckpt.method, "sha256": ckpt.content_hash}})
+    save_checkpoint(out, path)
+    return Path(path)
