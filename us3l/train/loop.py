@@ -22,6 +22,7 @@ generation per channel configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -41,6 +42,7 @@ from . import pipeline, runtime
 from .augment import SSLAugment, asymmetric_pair, two_views
 from .collapse import measure_collapse, report_collapse
 from .config import RESUME_IGNORED, TrainConfig
+from .config_file import save_resolved
 from .ema import cosine_momentum
 from .group_reg import GroupRegularizer
 from .ssl_model import build_ssl_model
@@ -172,6 +174,7 @@ class Trainer:
         ckpt = Checkpoint.from_model(self.raw_model.backbone, method=self.cfg.method, epoch=epoch,
                                      train_config=self.cfg.to_dict(), dataset=self.spec.to_dict(), training=training)
         save_checkpoint(ckpt, self.checkpoint_path)
+        save_resolved(dataclasses.replace(self.cfg, resume=False), self.out_dir)  # --resume reads it back
         log.info("saved %s (epoch %d)", self.checkpoint_path, epoch)
 
     def _restore(self) -> None:
