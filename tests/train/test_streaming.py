@@ -70,16 +70,26 @@ def test_listing_decoding_and_bad_files(folder, tmp_path):
         list_split(tmp_path / "train.txt", "val")
 
 
-def test_two_view_crops_come_from_the_full_image(tmp_path):
+@pytest.mark.parametrize("decoder", ["pillow", "fast"])
+def test_two_view_crops_come_from_the_full_image(tmp_path, monkeypatch, request, decoder):
     """A wide image whose left and right borders are a unique colour (red): a centre crop of the
-    decoded image (the old pre-cut pipeline) never shows it, the crops drawn on the full image do."""
+    decoded image (the old pre-cut pipeline) never shows it, the crops drawn on the full image do.
+    Both decoders: Pillow, and simplejpeg + OpenCV (the ``fast`` extra) when installed."""
     from PIL import Image
 
+    monkeypatch.setenv("US3L_DECODER", "pillow" if decoder == "pillow" else "auto")
+    pipeline.fast_backend.cache_clear()
+    request.addfinalizer(pipeline.fast_backend.cache_clear)  # later tests see the environment's decoder
+    if decoder == "fast" and pipeline.fast_backend() is None:
+        pytest.skip("the 'fast' extra (simplejpeg, opencv-python-headless) is not installed")
     pixels = np.zeros((40, 80, 3), dtype=np.uint8)
     pixels[:, :, 1] = 160  # green everywhere
     pixels[:, :10] = pixels[:, -10:] = (255, 0, 0)  # red side borders, outside the centre 40x40
-    Image.fromarray(pixels).save(tmp_path / "border.png")
-    path = str(tmp_path / "border.png")
+    Image.fromarray(pixels).save(tmp_path / "border.jpg", quality=95)
+    path = str(tmp_path / "border.jpg")
+    if decoder == "fast":
+        rng = np.random.default_rng(0)
+        assert pipeline._fast_views(path, 16, (0.2, 1.0), rng, 2) is not None  # the fast path is the one used
 
     def red(view):
         return bool(((view[..., 0] > 200) & (view[..., 1] < 60)).any())

@@ -1,0 +1,232 @@
+"""The streaming input pipeline's speed and memory (run by hand: ``python -m perf.data_pipeline``).
+
+Makes synthetic JPEG folders (``--sizes``, default 4,000 and 16,000 images of about 500x375 in 10
+class folders; kept in ``--cache`` between runs) and measures:
+
+- **peak RSS** of ``us3l train --data imagefolder`` for a fixed number of steps on each folder
+  (the process tree, summed, sampled every 0.1 s; forked loader processes share pages, so the
+  sum over-counts equally for both folders): the ratio largest/smallest folder (goal <= 1.10: memory
+  is bounded by batch x workers x prefetch, not by the dataset);
+- **first step**: seconds from the command's start to its first progress line on the largest folder
+  (goal <= 15 s: nothing is decoded up front);
+- **loader throughput** in one process: decode + two RandomResizedCrops + flips (what a loader
+  worker does per image) against Pillow decoding alone (``Image.open(...).convert("RGB")``) of
+  the same files; the ratio (goal >= 0.8). Draft mode lets a JPEG decode at a reduced scale when
+  both crops allow it, so the ratio can exceed 1;
+- **data-wait fraction** (the share of step time spent waiting for the loader, from
+  ``metrics.jsonl``) of a ``us_resnet18_cifar`` run at 64x64 on the smallest folder.
+
+``--gpu`` adds the GPU variant: ``us_resnet50`` at 224x224, AMP, 14 workers, on CUDA; its data-wait
+fraction and images/s. ``--tiny``: a smoke run (200/400 images, a few steps; the numbers mean nothing).
+Prints one JSON object (last line); ``--json FILE`` writes it too. The machine may be shared with
+other jobs: the figures are as measured, under whatever load there was (recorded as ``loadavg``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+GOALS = {"rss_ratio_max": 1.10, "first_step_s_max": 15.0, "loader_ratio_min": 0.8}
+
+
+def make_jpegs(root: Path, n: int, classes: int = 10, size: tuple[int, int] = (500, 375), seed: int = 0) -> Path:
+    """``root/train/cNN/*.jpg`` (n images) and ``root/val`` (n/10): smooth colour fields plus noise."""
+    import numpy as np
+    from PIL import Image
+
+    marker = root / f".complete-{n}"
+    if marker.is_file():
+        return root
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for split, count in (("train", n), ("val", max(classes, n // 10))):
+        for i in range(count):
+            folder = root / split / f"c{i % classes:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            tile = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(tile).resize((w + int(rng.integers(-40, 41)), h + int(rng.integers(-30, 31))),
+                                              Image.BICUBIC)
+            noise = rng.integers(-12, 13, (img.size[1], img.size[0], 3))
+            pixels = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:06d}.jpg", quality=85)
+    marker.write_text("ok")
+    return root
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run_train(args: list[str], env: dict[str, str]) -> dict:
+    """Run ``us3l train`` with plain progress lines; peak RSS of the tree and the first step's time."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "us3l.cli.main", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    peak, first, lines = 0, None, []
+
+    def sample() -> None:
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+        if first is None and " 1/" in line and line.startswith("training "):
+            first = time.perf_counter() - start
+    proc.wait()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"us3l train failed ({proc.returncode}): {''.join(lines)[-2000:]}")
+    return {"peak_rss_mb": peak / 2**20, "first_step_s": first, "wall_s": time.perf_counter() - start}
+
+
+def last_metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def loader_throughput(root: Path, n: int, size: int = 224) -> dict:
+    """Images/s in one process: Pillow decode alone vs the worker's decode + two crops (same files)."""
+    import numpy as np
+    from PIL import Image
+
+    from us3l.core.images import list_split
+    from us3l.train.pipeline import TwoViewFiles
+
+    from us3l.train import pipeline
+
+    paths = list(list_split(root, "train").paths[:n])
+    for p in paths:  # warm the page cache for both
+        Path(p).read_bytes()
+
+    def best_rate(fn, repeats: int = 3) -> float:  # the best of a few passes: the machine may be shared
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for i, p in enumerate(paths):
+                fn(i, p)
+            rates.append(len(paths) / (time.perf_counter() - t))
+        return max(rates)
+
+    def decode(i: int, p: str) -> None:
+        with Image.open(p) as img:
+            np.asarray(img.convert("RGB"))
+
+    data = TwoViewFiles(paths, size, (0.2, 1.0), seed=0)
+
+    def crop(i: int, p: str) -> None:
+        assert data[(i, 0)][2] is None
+
+    floor = best_rate(decode)
+    rates = {}
+    for name in ("pillow", "auto"):
+        os.environ["US3L_DECODER"] = name
+        pipeline.fast_backend.cache_clear()
+        if name == "auto" and pipeline.fast_backend() is None:
+            continue
+        rates[pipeline.decoder_name()] = best_rate(crop)
+    os.environ.pop("US3L_DECODER")
+    pipeline.fast_backend.cache_clear()
+    used = pipeline.decoder_name()
+    return {"images": len(paths), "size": size, "pillow_decode_per_s": floor, "decode_crop_per_s": rates,
+            "ratio_by_decoder": {k: v / floor for k, v in rates.items()}, "decoder": used,
+            "ratio": rates[used] / floor}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="4000,16000", help="folder sizes (images), comma-separated")
+    ap.add_argument("--steps", type=int, default=20, help="training steps per RSS run")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None, help="loader processes (default: the CLI's)")
+    ap.add_argument("--wait-steps", type=int, default=10, help="steps of the us_resnet18_cifar data-wait run")
+    ap.add_argument("--cache", default=None, help="folder for the synthetic images (default: a temp folder)")
+    ap.add_argument("--gpu", action="store_true", help="also the GPU variant (us_resnet50, 224 px, 14 workers)")
+    ap.add_argument("--gpu-steps", type=int, default=100)
+    ap.add_argument("--tiny", action="store_true", help="smoke run: tiny folders and few steps")
+    ap.add_argument("--json", default=None, help="write the figures here too")
+    a = ap.parse_args()
+    sizes = [200, 400] if a.tiny else [int(s) for s in a.sizes.split(",")]
+    steps, wait_steps = (3, 2) if a.tiny else (a.steps, a.wait_steps)
+    cache = Path(a.cache) if a.cache else Path(tempfile.mkdtemp(prefix="us3l-perf-images-"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "US3L_PROGRESS_SECONDS": "0"}
+    common = ["--epochs", "1", "--batch-size", str(a.batch_size), "--threads", "1", "--set", "log_interval=1",
+              "--set", "tensorboard=false", "--set", "collapse_batch=32"]
+    if a.workers is not None:
+        common += ["--workers", str(a.workers)]
+    from us3l.train.pipeline import decoder_name
+
+    result: dict = {"decoder": decoder_name(), "tiny": a.tiny, "loadavg_start": os.getloadavg(), "cpus": os.cpu_count(), "goals": GOALS,
+                    "argv": sys.argv[1:], "folders": {}}
+    t = time.perf_counter()
+    folders = {n: make_jpegs(cache / f"jpeg{n}", n) for n in sizes}
+    result["make_folders_s"] = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, root in folders.items():
+            out = Path(tmp) / f"run{n}"
+            rec = run_train(["--data", "imagefolder", "--data-root", str(root), "--image-size", "64",
+                             "--max-steps-per-epoch", str(steps), "--out", str(out), *common], env)
+            rec["data_wait"] = last_metrics(out)["data_wait"]
+            result["folders"][str(n)] = rec
+        small, large = str(min(sizes)), str(max(sizes))
+        result["rss_ratio"] = result["folders"][large]["peak_rss_mb"] / result["folders"][small]["peak_rss_mb"]
+        result["first_step_s_largest"] = result["folders"][large]["first_step_s"]
+        result["loader"] = loader_throughput(folders[min(sizes)], 40 if a.tiny else 400)
+        out = Path(tmp) / "r18"
+        rec = run_train(["--data", "imagefolder", "--data-root", str(folders[min(sizes)]), "--arch",
+                         "us_resnet18_cifar", "--image-size", "64", "--max-steps-per-epoch", str(wait_steps),
+                         "--out", str(out), *common], env)
+        m = last_metrics(out)
+        result["r18_64px"] = {**rec, "data_wait": m["data_wait"], "images_per_s": m["images_per_s"]}
+        if a.gpu:
+            out = Path(tmp) / "gpu"
+            gpu_common = [c for c in common if c not in ("--threads", "1")]
+            rec = run_train(["--data", "imagefolder", "--data-root", str(folders[max(sizes)]), "--recipe",
+                             "imagenet_r50_byol", "--image-size", "224", "--device", "cuda", "--workers", "14",
+                             "--max-steps-per-epoch", str(3 if a.tiny else a.gpu_steps), "--out", str(out),
+                             *[c for c in gpu_common if c != str(a.batch_size)]], env)
+            m = last_metrics(out)
+            result["gpu_r50_224px"] = {**rec, "data_wait": m["data_wait"], "images_per_s": m["images_per_s"]}
+    result["loadavg_end"] = os.getloadavg()
+    result["pass"] = {"rss_ratio": result["rss_ratio"] <= GOALS["rss_ratio_max"],
+                      "first_step": (result["first_step_s_largest"] or 1e9) <= GOALS["first_step_s_max"],
+                      "loader_ratio": result["loader"]["ratio"] >= GOALS["loader_ratio_min"]}
+    for n, rec in result["folders"].items():
+        print(f"{n:>6} images: peak RSS {rec['peak_rss_mb']:.0f} MB, first step {rec['first_step_s']:.1f} s, "
+              f"data wait {rec['data_wait']:.0%}", file=sys.stderr)
+    loader = result["loader"]
+    print(f"RSS ratio {result['rss_ratio']:.3f} (goal <= 1.10); loader ratio {loader['ratio']:.2f} with "
+          f"{loader['decoder']} ({loader['ratio_by_decoder']}; floor {loader['pillow_decode_per_s']:.0f} img/s; "
+          f"goal >= 0.8); us_resnet18_cifar 64 px data wait {result['r18_64px']['data_wait']:.1%}", file=sys.stderr)
+    text = json.dumps(result)
+    if a.json:
+        Path(a.json).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
