@@ -34,29 +34,38 @@ import threading
 import time
 from pathlib import Path
 
+DISTINCT = 200  # distinct JPEGs per folder
 GOALS = {"rss_ratio_max": 1.10, "first_step_s_max": 15.0, "loader_ratio_min": 0.8}
 
 
 def make_jpegs(root: Path, n: int, classes: int = 10, size: tuple[int, int] = (500, 375), seed: int = 0) -> Path:
-    """``root/train/cNN/*.jpg`` (n images) and ``root/val`` (n/10): smooth colour fields plus noise."""
+    """``root/train/cNN/*.jpg`` (n images) and ``root/val`` (n/10): smooth colour fields plus noise,
+    :data:`DISTINCT` distinct images repeated (every file is still opened and decoded on its own)."""
     import numpy as np
     from PIL import Image
 
     marker = root / f".complete-{n}"
     if marker.is_file():
         return root
+    import io
+
     rng = np.random.default_rng(seed)
     w, h = size
+    encoded = []  # DISTINCT distinct images, written round-robin (encoding 20,000 would take long on 2 cores)
+    for _ in range(DISTINCT):
+        tile = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(tile).resize((w + int(rng.integers(-40, 41)), h + int(rng.integers(-30, 31))),
+                                          Image.BICUBIC)
+        noise = rng.integers(-12, 13, (img.size[1], img.size[0], 3))
+        pixels = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=85)
+        encoded.append(buf.getvalue())
     for split, count in (("train", n), ("val", max(classes, n // 10))):
         for i in range(count):
             folder = root / split / f"c{i % classes:02d}"
             folder.mkdir(parents=True, exist_ok=True)
-            tile = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-            img = Image.fromarray(tile).resize((w + int(rng.integers(-40, 41)), h + int(rng.integers(-30, 31))),
-                                              Image.BICUBIC)
-            noise = rng.integers(-12, 13, (img.size[1], img.size[0], 3))
-            pixels = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i:06d}.jpg", quality=85)
+            (folder / f"{i:06d}.jpg").write_bytes(encoded[i % DISTINCT])
     marker.write_text("ok")
     return root
 

@@ -151,7 +151,7 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
-               resize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               resize: bool = True, max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a whole split into memory.
 
     Args:
@@ -162,6 +162,9 @@ def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
             CIFAR at its stored 32 px so that upsampled recipes (CIFAR at 224 px, 30 GB if resized
             up front) resize per batch with :func:`resize_images` instead. Digits are always
             returned at the spec's size (they are tiny).
+        max_images: image folders only: decode a seeded random subset of at most this many files
+            (calibration of an export needs a few hundred, not the whole folder); other datasets
+            are small and returned whole.
 
     Returns:
         ``(images, labels)``: float32 ``(N, 3, S, S)`` and int64 ``(N,)``; fresh tensors per call
@@ -185,7 +188,7 @@ def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
     else:
         root = _require_root(spec)
         if spec.name == "imagefolder":
-            raw, labels_np = _folder_split(root, split, size)
+            raw, labels_np = _folder_split(root, split, size, max_images)
         else:
             raw, labels_np = _cifar_split(root, spec.name, split)
         x = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)
@@ -461,7 +464,7 @@ def _folder_classes(root: Path) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=4)
-def _folder_split(root: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _folder_split(root: Path, split: str, size: int, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The whole split decoded (centre view); bad images are skipped with a warning.
 
     Training and evaluation stream image folders instead (``us3l.train.pipeline``); this loads
@@ -472,8 +475,12 @@ def _folder_split(root: Path, split: str, size: int) -> tuple[np.ndarray, np.nda
     from .images import BadImageError, list_split, load_center
 
     files = list_split(root, split)
+    picked = range(len(files))
+    if max_images is not None and max_images < len(files):
+        order = np.random.default_rng(0).permutation(len(files))[:max_images]
+        picked = sorted(int(i) for i in order)
     images, labels, bad = [], [], []
-    for path, label in zip(files.paths, files.labels):
+    for path, label in ((files.paths[i], files.labels[i]) for i in picked):
         try:
             images.append(load_center(path, size))
         except BadImageError as exc:
