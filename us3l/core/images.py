@@ -89,10 +89,11 @@ def list_split(root: str | os.PathLike, split: str) -> ImageList:
     if split == "train":
         folder = train
     else:
-        folder = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
-        if folder is None:
+        found = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+        if found is None:
             raise DataError(f"image folder {root} has no val/ or test/ split (needed for kNN/linear evaluation); "
                             "expected val/<class>/*.jpg")
+        folder = found
     if not classes:  # flat, unlabelled
         paths = _images_in(folder)
         if not paths:
@@ -268,7 +269,7 @@ def load_center(path: str, size: int) -> np.ndarray:
         left, top = (nw - size) / 2, (nh - size) / 2
         box = (left / nw * w * sx, top / nh * h * sy, (left + size) / nw * w * sx, (top + size) / nh * h * sy)
         try:
-            out = img.resize((size, size), Image.BILINEAR, box=box)
+            out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
         except _DECODE_ERRORS as exc:
             raise BadImageError(path, _reason(exc)) from None
         return np.asarray(out, dtype=np.uint8)

@@ -322,16 +322,16 @@ class Trainer:
                 batch = self.images01[order[step * self.batch:(step + 1) * self.batch]]
                 yield (batch.pin_memory() if pin else batch).to(self.device, non_blocking=True)
             return
-        previous = None
-        for batch in self.stream.epoch(epoch):
-            self.bad_images.record(batch["bad"], self.stream.describe)
-            if len(batch["images"]) < 2:  # batch-norm and contrastive negatives need two images:
+        previous: dict | None = None
+        for item in self.stream.epoch(epoch):
+            self.bad_images.record(item["bad"], self.stream.describe)
+            if len(item["images"]) < 2:  # batch-norm and contrastive negatives need two images:
                 if previous is None:  # every rank must take the same number of steps (DDP)
-                    raise DataError(f"a batch of {self.stream.describe(batch['bad'][0][0]) if batch['bad'] else 'images'}"
+                    raise DataError(f"a batch of {self.stream.describe(item['bad'][0][0]) if item['bad'] else 'images'}"
                                     " and its neighbours holds fewer than 2 readable images; remove the bad files")
-                batch = previous  # repeat the last good batch rather than desynchronise the ranks
-            previous = batch
-            yield pipeline.views_on_device(batch, self.device)
+                item = previous  # repeat the last good batch rather than desynchronise the ranks
+            previous = item
+            yield pipeline.views_on_device(item, self.device)
 
 
 def epoch_steps(images_per_process: int, batch: int, drop_last: bool) -> int:

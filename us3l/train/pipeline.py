@@ -185,9 +185,9 @@ def crop_views(path: str, size: int, scale: tuple[float, float], rng: np.random.
         try:
             for v, ((left, top, w, h), flip) in enumerate(zip(boxes, flips)):
                 box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-                view = img.resize((size, size), Image.BILINEAR, box=box)
+                view = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
                 if flip:
-                    view = view.transpose(Image.FLIP_LEFT_RIGHT)
+                    view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 out[v] = np.asarray(view, dtype=np.uint8)
         except (OSError, ValueError) as exc:
             raise BadImageError(path, f"{type(exc).__name__}: {exc}") from None
@@ -256,7 +256,9 @@ class EpochSampler(DistributedSampler):
     """
 
     def __init__(self, n: int, world: int, rank: int, seed: int, limit: int | None = None) -> None:
-        super().__init__(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        # the sampler reads only len() of its data source
+        super().__init__(range(n), num_replicas=world, rank=rank, shuffle=True,  # type: ignore[arg-type]
+                         seed=seed, drop_last=True)
         self.limit = limit
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
