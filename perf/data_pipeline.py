@@ -18,8 +18,9 @@ class folders; kept in ``--cache`` between runs) and measures:
 - **data-wait fraction** (the share of step time spent waiting for the loader, from
   ``metrics.jsonl``) of a ``us_resnet18_cifar`` run at 64x64 on the smallest folder.
 
-``--gpu`` adds the GPU variant: ``us_resnet50`` at 224x224, AMP, 14 workers, on CUDA; its data-wait
-fraction and images/s. ``--tiny``: a smoke run (200/400 images, a few steps; the numbers mean nothing).
+``--gpu`` adds the GPU variant: ``us_resnet50`` at 224x224 (the ``imagenet_r50_byol`` recipe: batch 60,
+AMP), channels-last, 14 workers, on CUDA; its data-wait fraction and images/s (``--gpu-only``: that
+run alone). ``--tiny``: a smoke run (200/400 images, a few steps; the numbers mean nothing).
 Prints one JSON object (last line); ``--json FILE`` writes it too. The machine may be shared with
 other jobs: the figures are as measured, under whatever load there was (recorded as ``loadavg``).
 """
@@ -57,7 +58,7 @@ def make_jpegs(root: Path, n: int, classes: int = 10, size: tuple[int, int] = (5
     for _ in range(DISTINCT):
         tile = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
         img = Image.fromarray(tile).resize((w + int(rng.integers(-40, 41)), h + int(rng.integers(-30, 31))),
-                                          Image.BICUBIC)
+                                          Image.Resampling.BICUBIC)
         noise = rng.integers(-12, 13, (img.size[1], img.size[0], 3))
         pixels = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
         buf = io.BytesIO()
@@ -183,6 +184,17 @@ def loader_throughput(root: Path, n: int, size: int = 224) -> dict:
             "ratio": rates[used] / floor}
 
 
+def _memory_figures(result: dict, folders_rec: dict, small: str, large: str, steps: int, common: list[str],
+                    env: dict[str, str], tmp: Path) -> None:
+    result["rss_ratio"] = folders_rec[large]["peak_pss_mb"] / folders_rec[small]["peak_pss_mb"]
+    result["rss_ratio_by_measure"] = {k: folders_rec[large][k] / folders_rec[small][k]
+                                      for k in ("peak_pss_mb", "peak_rss_mb", "main_peak_rss_mb")}
+    result["first_step_s_largest"] = folders_rec[large]["first_step_s"]
+    # the same command on the embedded digits (no files at all): start-up + one step on this machine
+    result["digits_baseline"] = run_train(["--image-size", "64", "--max-steps-per-epoch", str(steps),
+                                           "--out", str(tmp / "digits"), *common], env)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="4000,16000", help="folder sizes (images), comma-separated")
@@ -193,6 +205,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="folder for the synthetic images (default: a temp folder)")
     ap.add_argument("--gpu", action="store_true", help="also the GPU variant (us_resnet50, 224 px, 14 workers)")
     ap.add_argument("--gpu-steps", type=int, default=100)
+    ap.add_argument("--gpu-only", action="store_true", help="with --gpu: only the GPU run (folders still made)")
     ap.add_argument("--tiny", action="store_true", help="smoke run: tiny folders and few steps")
     ap.add_argument("--no-loader", action="store_true", help="skip the loader-throughput measurement")
     ap.add_argument("--no-r18", action="store_true", help="skip the us_resnet18_cifar data-wait run")
@@ -214,7 +227,7 @@ def main() -> None:
     folders = {n: make_jpegs(cache / f"jpeg{n}", n) for n in sizes}
     result["make_folders_s"] = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
-        for n, root in folders.items():
+        for n, root in ({} if a.gpu_only else folders).items():
             out = Path(tmp) / f"run{n}"
             rec = run_train(["--data", "imagefolder", "--data-root", str(root), "--image-size", "64",
                              "--max-steps-per-epoch", str(steps), "--out", str(out), *common], env)
@@ -222,14 +235,10 @@ def main() -> None:
             result["folders"][str(n)] = rec
         small, large = str(min(sizes)), str(max(sizes))
         folders_rec = result["folders"]
-        result["rss_ratio"] = folders_rec[large]["peak_pss_mb"] / folders_rec[small]["peak_pss_mb"]
-        result["rss_ratio_by_measure"] = {k: folders_rec[large][k] / folders_rec[small][k]
-                                          for k in ("peak_pss_mb", "peak_rss_mb", "main_peak_rss_mb")}
-        result["first_step_s_largest"] = folders_rec[large]["first_step_s"]
-        # the same command on the embedded digits (no files at all): start-up + one step on this machine
-        out = Path(tmp) / "digits"
-        result["digits_baseline"] = run_train(["--image-size", "64", "--max-steps-per-epoch", str(steps),
-                                               "--out", str(out), *common], env)
+        if a.gpu_only:
+            a.no_loader = a.no_r18 = True
+        else:
+            _memory_figures(result, folders_rec, small, large, steps, common, env, Path(tmp))
         if not a.no_loader:
             result["loader"] = loader_throughput(folders[min(sizes)], 40 if a.tiny else 400)
         if not a.no_r18:
@@ -241,30 +250,37 @@ def main() -> None:
             result["r18_64px"] = {**rec, "data_wait": m["data_wait"], "images_per_s": m["images_per_s"]}
         if a.gpu:
             out = Path(tmp) / "gpu"
-            gpu_common = [c for c in common if c not in ("--threads", "1")]
-            rec = run_train(["--data", "imagefolder", "--data-root", str(folders[max(sizes)]), "--recipe",
-                             "imagenet_r50_byol", "--image-size", "224", "--device", "cuda", "--workers", "14",
-                             "--max-steps-per-epoch", str(3 if a.tiny else a.gpu_steps), "--out", str(out),
-                             *[c for c in gpu_common if c != str(a.batch_size)]], env)
+            # the recipe's batch (60 per GPU), AMP and channels-last; the loader as the issue asks: 14 workers
+            rec = run_train(["--recipe", "imagenet_r50_byol", "--data-root", str(folders[max(sizes)]),
+                             "--image-size", "224", "--device", "cuda", "--workers", "14", "--channels-last",
+                             "--epochs", "1", "--max-steps-per-epoch", str(3 if a.tiny else a.gpu_steps),
+                             "--set", "log_interval=1", "--set", "tensorboard=false", "--out", str(out)], env)
             m = last_metrics(out)
             result["gpu_r50_224px"] = {**rec, "data_wait": m["data_wait"], "images_per_s": m["images_per_s"]}
     result["loadavg_end"] = os.getloadavg()
-    result["pass"] = {"rss_ratio": result["rss_ratio"] <= GOALS["rss_ratio_max"],
-                      "first_step": (result["first_step_s_largest"] or 1e9) <= GOALS["first_step_s_max"]}
+    result["pass"] = {}
+    if "rss_ratio" in result:
+        result["pass"] = {"rss_ratio": result["rss_ratio"] <= GOALS["rss_ratio_max"],
+                          "first_step": (result["first_step_s_largest"] or 1e9) <= GOALS["first_step_s_max"]}
     if "loader" in result:
         result["pass"]["loader_ratio"] = result["loader"]["ratio"] >= GOALS["loader_ratio_min"]
     for n, rec in result["folders"].items():
         print(f"{n:>6} images: peak PSS {rec['peak_pss_mb']:.0f} MB (RSS sum {rec['peak_rss_mb']:.0f}, main "
               f"{rec['main_peak_rss_mb']:.0f}), first step {rec['first_step_s']:.1f} s, data wait {rec['data_wait']:.0%}",
               file=sys.stderr)
-    print(f"memory ratio {result['rss_ratio']:.3f} (goal <= 1.10); digits baseline first step "
-          f"{result['digits_baseline']['first_step_s']:.1f} s", file=sys.stderr)
+    if "rss_ratio" in result:
+        print(f"memory ratio {result['rss_ratio']:.3f} (goal <= 1.10); digits baseline first step "
+              f"{result['digits_baseline']['first_step_s']:.1f} s", file=sys.stderr)
     if "loader" in result:
         loader = result["loader"]
         print(f"loader ratio {loader['ratio']:.2f} with {loader['decoder']} ({loader['ratio_by_decoder']}; floor "
               f"{loader['pillow_decode_per_s']:.0f} img/s; goal >= 0.8)", file=sys.stderr)
     if "r18_64px" in result:
         print(f"us_resnet18_cifar 64 px data wait {result['r18_64px']['data_wait']:.1%}", file=sys.stderr)
+    if "gpu_r50_224px" in result:
+        g = result["gpu_r50_224px"]
+        print(f"us_resnet50 224 px, 14 workers, CUDA: data wait {g['data_wait']:.1%}, {g['images_per_s']:.0f} img/s",
+              file=sys.stderr)
     text = json.dumps(result)
     if a.json:
         Path(a.json).write_text(text + "\n")
