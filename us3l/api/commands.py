@@ -125,7 +125,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
              dataset: str | None = None, data_root: PathLike | None = None, image_size: int | None = None,
              calib_batches: int = 50, batch_size: int = 256, knn_k: int | None = None, linear_preset: str = "fast",
              store_bn: bool = False, device: str = "cpu", progress: ProgressArg = None,
-             artifacts: Sequence[PathLike] = ()) -> EvalResult:
+             artifacts: Sequence[PathLike] = (), workers: int | None = None) -> EvalResult:
     """Accuracy per width: BN recalibration on training images at each width, then kNN and/or a linear probe.
 
     Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it).
@@ -142,6 +142,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
         device: torch device.
         artifacts: exported ONNX files (FP32/FP16/INT8) of this checkpoint to measure in ONNX Runtime
             instead of the PyTorch widths; their rows are keyed by the artifact's precision.
+        workers: loader processes decoding image files (default: from the CPU count).
 
     Raises:
         CheckpointError, DataError, WidthError, ConfigError: one-line user errors.
@@ -156,7 +157,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
     cfg = EvalConfig(checkpoint=str(path), widths=_width_text(widths), method=method, dataset=dataset,
                      data_root=str(data_root) if data_root is not None else None, image_size=image_size,
                      calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k, linear_preset=linear_preset,
-                     store_bn=store_bn, device=device, artifacts=tuple(str(a) for a in artifacts))
+                     store_bn=store_bn, device=device, artifacts=tuple(str(a) for a in artifacts), workers=workers)
     done = 0
     with resolve_progress(progress, "evaluating") as report:
 

@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         knn_k: Annotated[int | None, typer.Option(help="kNN neighbours.  [default: 20, or 200 on sets of 10k+ images]")] = None,
         linear_preset: Annotated[str, typer.Option(help="Linear-probe recipe: fast, or cifar (docs/method.md section 11, 100 epochs).")] = "fast",
         device: Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")] = "cpu",
+        workers: Annotated[int | None, typer.Option(help="Processes decoding image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
         artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint to measure in ONNX Runtime instead of the PyTorch widths; repeatable; its row is keyed by its precision.  [default: none]",
                                                               exists=True, dir_okay=False)] = None,
     ) -> None:
@@ -69,7 +70,7 @@ def register(app: typer.Typer) -> None:
             result = evaluate(checkpoint, widths, method=method.value, dataset=data, data_root=data_root,
                               image_size=image_size, calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k,
                               linear_preset=linear_preset, store_bn=store_bn, device=device, progress=progress,
-                              artifacts=tuple(artifact or ()))
+                              artifacts=tuple(artifact or ()), workers=workers)
         if as_json:
             typer.echo(json.dumps(result.to_rows()))
             return

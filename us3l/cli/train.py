@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, example, is_main_process, print_json, progress_bar, user_errors
+from .common import console, err_console, example, is_main_process, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import TrainResult
@@ -25,6 +25,31 @@ class Method(str, Enum):
     us3l = "us3l"
     naive = "naive"
     single = "single"
+
+
+class BadImage(str, Enum):
+    skip = "skip"
+    fail = "fail"
+
+
+def dataset_label(cfg: object) -> str:
+    """The dataset as the progress bar names it: ``imagefolder:NAME`` for image files."""
+    data, root = getattr(cfg, "data"), getattr(cfg, "data_root")
+    return f"{data}:{Path(root).name}" if data == "imagefolder" and root else str(data)
+
+
+def describe_run(cfg: object) -> str:
+    """The start line: dataset, image size in use (and where it comes from), loader processes."""
+    from ..core.data import DatasetSpec, default_image_size
+
+    size = default_image_size(DatasetSpec(getattr(cfg, "data"), getattr(cfg, "data_root"), getattr(cfg, "image_size")))
+    origin = "set" if getattr(cfg, "image_size") is not None else "the dataset's default; --image-size to change"
+    line = f"training {getattr(cfg, 'arch')} on {dataset_label(cfg)} at {size}x{size} px ({origin})"
+    if getattr(cfg, "data") == "imagefolder":
+        from us3l.train.pipeline import resolve_workers
+
+        line += f", {resolve_workers(getattr(cfg, 'workers'))} loader process(es)"
+    return line
 
 
 class SSL(str, Enum):
@@ -58,7 +83,10 @@ def register(app: typer.Typer) -> None:
     @app.command("train", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        recipe: Annotated[str, typer.Option(help="Preset: digits (CPU default) or a paper recipe; see --list-recipes.")] = "digits",
+        recipe: Annotated[str | None, typer.Option(help="Preset: digits (CPU default) or a paper recipe; see --list-recipes.  [default: digits, or the --config file's recipe]")] = None,
+        config: Annotated[Path | None, typer.Option(help="TOML file with any training settings (the format --print-config writes); flags override it.  [default: none]")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="Override any setting: key=value (TOML value), repeatable; e.g. --set prefetch=4.  [default: none]")] = None,
+        print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration as TOML and exit.")] = False,
         arch: Annotated[str | None, typer.Option(help="Backbone architecture name.  [default: the recipe's]")] = None,
         data: Annotated[str | None, typer.Option(help="Dataset: digits, fashion-mnist, cifar10, cifar100 or imagefolder.  [default: the recipe's]")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles, Fashion-MNIST IDX files or train/ + val/ class folders); not for digits.  [default: the recipe's; fashion-mnist /usr/share/datasets/fashion-mnist]")] = None,
@@ -71,9 +99,12 @@ def register(app: typer.Typer) -> None:
         width: Annotated[float | None, typer.Option(help="Width trained by --method single, in [0.25, 1.0].  [default: 1.0]")] = None,
         accumulate: Annotated[bool | None, typer.Option("--accumulate/--step-per-width",
                                                         help="One optimizer step per iteration, or one per sampled width.  [default: per width]")] = None,
-        out: Annotated[Path, typer.Option(help="Output folder for checkpoint.pt, metrics.jsonl and tb/.")] = Path("runs/us3l"),
-        resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the same options.")] = False,
+        out: Annotated[Path | None, typer.Option(help="Output folder for checkpoint.pt, config.toml, metrics.jsonl and tb/.  [default: runs/us3l]")] = None,
+        resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the options saved in OUT/config.toml.")] = False,
         overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in OUT (checkpoint, metrics.jsonl, tb/); without it or --resume an existing run is refused.")] = False,
+        workers: Annotated[int | None, typer.Option(help="Processes decoding and cropping image files (0: in the training process).  [default: CPUs - 1, at most 14]")] = None,
+        threads: Annotated[int | None, typer.Option(help="Torch intra-op threads on CPU (0: PyTorch's default; 1 is often fastest on a shared CPU).  [default: 0]")] = None,
+        on_bad_image: Annotated[BadImage | None, typer.Option(help="An unreadable, truncated or decompression-bomb image: skip (count, warn) or fail (stop, exit 2).  [default: skip]")] = None,
         device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.  [default: auto]")] = None,
         amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).  [default: the recipe's]")] = None,
         channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", help="NHWC memory format for model and images (faster convolutions on GPUs).  [default: off]")] = None,
@@ -97,16 +128,24 @@ def register(app: typer.Typer) -> None:
             for name in list_recipes():
                 console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
             return
+        from us3l.train.config_file import resolve, to_toml
+
+        flags = dict(arch=arch, data=data, data_root=str(data_root) if data_root else None, image_size=image_size,
+                     epochs=epochs, batch_size=batch_size, lr=lr, method=method.value if method else None,
+                     ssl=ssl.value if ssl else None, single_width=width, accumulate=accumulate,
+                     out_dir=str(out) if out else None, resume=resume or None, overwrite=overwrite or None, device=device, amp=amp,
+                     channels_last=channels_last, fail_on_collapse=fail_on_collapse or None, seed=seed,
+                     max_steps_per_epoch=max_steps_per_epoch, workers=workers, threads=threads,
+                     on_bad_image=on_bad_image.value if on_bad_image else None)
+        cfg = resolve(recipe, config, set_, flags, resume_dir=(out or Path("runs/us3l")) if resume else None)
+        if print_config:
+            typer.echo(to_toml(cfg), nl=False)
+            return
         main = is_main_process()
-        with progress_bar(f"training ({recipe})", disable=not main) as progress:
-            result = train(
-                recipe=recipe, progress=progress, arch=arch, data=data,
-                data_root=str(data_root) if data_root else None, image_size=image_size, epochs=epochs,
-                batch_size=batch_size, lr=lr, method=method.value if method else None, ssl=ssl.value if ssl else None,
-                single_width=width, accumulate=accumulate, out_dir=str(out), resume=resume, overwrite=overwrite or None, device=device, amp=amp,
-                channels_last=channels_last,
-                fail_on_collapse=fail_on_collapse or None, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
-            )
+        if main:
+            err_console.print(describe_run(cfg), highlight=False, markup=False, soft_wrap=True)
+        with progress_bar(f"training {cfg.arch} on {dataset_label(cfg)}", disable=not main) as progress:
+            result = train(cfg, progress=progress)
         if main and as_json:  # under torchrun the other ranks trained the same model: one summary
             print_json(result)
         elif main:

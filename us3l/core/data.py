@@ -25,8 +25,10 @@ NCHW images (3 channels) and int64 labels. Decoded arrays are cached per process
   (``data_batch_1..5`` + ``test_batch``, or ``train`` + ``test``; the extracted
   ``cifar-10-batches-py`` / ``cifar-100-python`` sub-folder is found too). Unpickling is restricted
   to numpy arrays; anything else is refused.
-- ``imagefolder`` — ``root/train/<class>/*.png|jpg|jpeg`` and ``root/val`` (or ``root/test``),
-  shorter side resized then centre-cropped to ``image_size`` (default 224).
+- ``imagefolder`` — ``root/train/<class>/*.jpg`` and ``root/val`` (or ``root/test``), a flat folder
+  (unlabelled) or a file list ``train.csv|txt`` (:mod:`us3l.core.images`); here shorter side resized
+  then centre-cropped to ``image_size`` (default 224), bad files skipped with a warning. Training and
+  evaluation do not use this whole-split load: they stream (``us3l.train.pipeline``).
 
 Normalisation statistics: CIFAR per docs/method.md §12.2, ImageNet's for image folders, for digits
 the per-channel mean/std of the training split at its image size, and for Fashion-MNIST the mean/std
@@ -59,7 +61,6 @@ DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 _DEFAULT_SIZE = {"digits": 16, "fashion-mnist": 28, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
 _CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DIGITS_FILE = Path(__file__).with_name("assets") / "digits.npz"
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -150,7 +151,7 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
-               resize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               resize: bool = True, max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a whole split into memory.
 
     Args:
@@ -161,6 +162,9 @@ def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
             CIFAR at its stored 32 px so that upsampled recipes (CIFAR at 224 px, 30 GB if resized
             up front) resize per batch with :func:`resize_images` instead. Digits are always
             returned at the spec's size (they are tiny).
+        max_images: image folders only: decode a seeded random subset of at most this many files
+            (calibration of an export needs a few hundred, not the whole folder); other datasets
+            are small and returned whole.
 
     Returns:
         ``(images, labels)``: float32 ``(N, 3, S, S)`` and int64 ``(N,)``; fresh tensors per call
@@ -184,7 +188,7 @@ def load_split(spec: DatasetSpec, split: str, normalized: bool = True,
     else:
         root = _require_root(spec)
         if spec.name == "imagefolder":
-            raw, labels_np = _folder_split(root, split, size)
+            raw, labels_np = _folder_split(root, split, size, max_images)
         else:
             raw, labels_np = _cifar_split(root, spec.name, split)
         x = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)
@@ -378,11 +382,14 @@ def _require_root(spec: DatasetSpec) -> Path:
     layouts = {
         "cifar10": "a folder with data_batch_1..5 and test_batch (CIFAR-10 python version)",
         "cifar100": "a folder with train and test (CIFAR-100 python version)",
-        "imagefolder": "a folder with train/<class>/*.png|jpg and val/<class>/... (or test/)",
+        "imagefolder": "a folder with train/<class>/*.jpg and val/<class>/... (or test/), a flat folder of images, "
+                       "or a file list train.csv|txt",
     }
     if not spec.root:
         raise DataError(f"dataset {spec.name!r} needs a data root (--data-root): {layouts[spec.name]}")
     root = Path(spec.root).expanduser()
+    if spec.name == "imagefolder" and root.is_file() and root.suffix.lower() in (".csv", ".txt"):
+        return root  # a file list (us3l.core.images)
     if not root.is_dir():
         raise DataError(f"data root {root} of dataset {spec.name!r} does not exist; expected {layouts[spec.name]}")
     return root
@@ -446,52 +453,42 @@ def _cifar_split(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndar
     return images, labels
 
 
-@functools.lru_cache(maxsize=4)
 def _folder_classes(root: Path) -> tuple[str, ...]:
-    train = root / "train"
-    classes = tuple(sorted(p.name for p in train.iterdir() if p.is_dir())) if train.is_dir() else ()
+    from .images import list_split
+
+    classes = list_split(root, "train").classes
     if not classes:
-        raise DataError(f"image folder {root} has no class folders under train/; expected train/<class>/*.png|jpg")
+        raise DataError(f"image data {root} is unlabelled (a flat folder or a list without labels); class counts "
+                        "and kNN/linear evaluation need train/<class>/*.jpg or labelled file lists")
     return classes
 
 
-def _load_image(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((nw, nh), Image.BILINEAR)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except OSError as exc:
-        raise DataError(f"cannot decode image {path}: {str(exc)[:100]}") from None
-
-
 @functools.lru_cache(maxsize=4)
-def _folder_split(root: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    classes = _folder_classes(root)
-    if split == "train":
-        folder = root / "train"
-    else:
-        folder = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
-        if folder is None:
-            raise DataError(f"image folder {root} has no val/ or test/ folder; expected val/<class>/*.png|jpg")
-    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
-    if extra:
-        raise DataError(f"{folder} has class folder(s) {', '.join(extra[:5])} that train/ lacks")
-    images, labels = [], []
-    for index, cls in enumerate(classes):
-        cls_dir = folder / cls
-        if not cls_dir.is_dir():
+def _folder_split(root: Path, split: str, size: int, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The whole split decoded (centre view); bad images are skipped with a warning.
+
+    Training and evaluation stream image folders instead (``us3l.train.pipeline``); this loads
+    everything and suits small folders only.
+    """
+    import logging
+
+    from .images import BadImageError, list_split, load_center
+
+    files = list_split(root, split)
+    picked = range(len(files))
+    if max_images is not None and max_images < len(files):
+        order = np.random.default_rng(0).permutation(len(files))[:max_images]
+        picked = sorted(int(i) for i in order)
+    images, labels, bad = [], [], []
+    for path, label in ((files.paths[i], files.labels[i]) for i in picked):
+        try:
+            images.append(load_center(path, size))
+        except BadImageError as exc:
+            bad.append(str(exc))
             continue
-        for path in sorted(cls_dir.iterdir()):
-            if path.suffix.lower() in _IMAGE_SUFFIXES:
-                images.append(_load_image(path, size))
-                labels.append(index)
+        labels.append(int(label))
+    if bad:
+        logging.getLogger(__name__).warning("skipped %d bad image(s) in %s, first: %s", len(bad), files.source, bad[0])
     if not images:
-        raise DataError(f"{folder} contains no .png/.jpg images; expected {folder.name}/<class>/*.png|jpg")
+        raise DataError(f"{files.source} contains no readable images")
     return np.stack(images), np.asarray(labels, dtype=np.int64)

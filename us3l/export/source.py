@@ -172,7 +172,8 @@ class CalibrationSet:
         elif self._spec() is not None:
             from us3l.core.data import load_split
 
-            x, _ = load_split(self._spec(), "train", resize=False)  # native size; resize the subset only
+            # native size; resize the subset only (image folders: decode a subset of the files)
+            x, _ = load_split(self._spec(), "train", resize=False, max_images=self.limit)
             what = f"dataset {self._spec().name}"
         else:  # untrained networks, or parity inputs of a checkpoint whose bank covers the width
             x = torch.randn(RANDOM_IMAGES, self.in_chans, self.input_size, self.input_size, generator=gen)

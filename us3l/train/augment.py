@@ -31,6 +31,8 @@ class SSLAugment(nn.Module):
         blur_p: blur probability, overrides ``blur`` when given (0 = no blur).
         solarize_p: probability of solarizing (pixels >= 0.5 become 1 - x) after the blur.
         saturation: ColorJitter saturation strength (0.4 MoCo v2, 0.2 MoCo v3 / BYOL).
+        geometric: include RandomResizedCrop and the flip; ``False`` when the input pipeline's workers
+            already cropped and flipped the views (image files, :mod:`us3l.train.pipeline`).
 
     Examples:
         >>> aug = SSLAugment(16, (0.5,) * 3, (0.25,) * 3)
@@ -40,7 +42,7 @@ class SSLAugment(nn.Module):
 
     def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  blur: bool | None = None, scale: tuple[float, float] = (0.2, 1.0), blur_p: float | None = None,
-                 solarize_p: float = 0.0, saturation: float = 0.4) -> None:
+                 solarize_p: float = 0.0, saturation: float = 0.4, geometric: bool = True) -> None:
         super().__init__()
         import kornia.augmentation as K  # heavy; imported only where augmentation is built
 
@@ -55,8 +57,10 @@ class SSLAugment(nn.Module):
             raise ValueError(f"probabilities must lie in [0, 1], got blur_p={blur_p!r}, solarize_p={solarize_p!r}")
         self.blur_p, self.solarize_p = float(blur_p), float(solarize_p)
         self.blur = self.blur_p > 0
-        ops: list[nn.Module] = [
-            K.RandomResizedCrop((self.image_size, self.image_size), scale=tuple(scale)),
+        self.geometric = bool(geometric)
+        ops: list[nn.Module] = [K.RandomResizedCrop((self.image_size, self.image_size), scale=tuple(scale))] \
+            if self.geometric else []
+        ops += [
             K.ColorJitter(0.4, 0.4, saturation, 0.1, p=0.8),
             K.RandomGrayscale(p=0.2),
         ]
@@ -65,8 +69,8 @@ class SSLAugment(nn.Module):
             ops.append(K.RandomGaussianBlur((kernel, kernel), sigma=(0.1, 2.0), p=self.blur_p))
         if self.solarize_p > 0:
             ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=self.solarize_p))  # threshold exactly 0.5
+        ops += [K.RandomHorizontalFlip()] if self.geometric else []
         ops += [
-            K.RandomHorizontalFlip(),
             K.Normalize(mean=torch.tensor(mean, dtype=torch.float32), std=torch.tensor(std, dtype=torch.float32)),
         ]
         self.ops = nn.Sequential(*ops)
@@ -80,10 +84,12 @@ class SSLAugment(nn.Module):
 
 
 def asymmetric_pair(image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                    scale: tuple[float, float] = (0.08, 1.0)) -> tuple[SSLAugment, SSLAugment]:
+                    scale: tuple[float, float] = (0.08, 1.0), geometric: bool = True) -> tuple[SSLAugment, SSLAugment]:
     """The BYOL-style view pair of MoCo v3: blur p 1.0 / 0.1, solarize p 0 / 0.2, saturation 0.2."""
-    return (SSLAugment(image_size, mean, std, scale=scale, blur_p=1.0, solarize_p=0.0, saturation=0.2),
-            SSLAugment(image_size, mean, std, scale=scale, blur_p=0.1, solarize_p=0.2, saturation=0.2))
+    return (SSLAugment(image_size, mean, std, scale=scale, blur_p=1.0, solarize_p=0.0, saturation=0.2,
+                       geometric=geometric),
+            SSLAugment(image_size, mean, std, scale=scale, blur_p=0.1, solarize_p=0.2, saturation=0.2,
+                       geometric=geometric))
 
 
 def two_views(aug: SSLAugment, x: Tensor, aug2: SSLAugment | None = None) -> tuple[Tensor, Tensor]:

@@ -23,7 +23,8 @@ AUGMENTATIONS = ("symmetric", "asymmetric")
 
 # Fields that may differ between a run and its resumption (they do not change the maths).
 RESUME_IGNORED = ("resume", "overwrite", "out_dir", "device", "log_interval", "fail_on_collapse", "threads", "tensorboard",
-                  "channels_last")
+                  "channels_last", "workers", "prefetch", "on_bad_image")
+BAD_IMAGE_POLICIES = ("skip", "fail")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class TrainConfig:
     # pair of MoCo v3 (blur p 1.0 / 0.1, solarize p 0 / 0.2, jitter saturation 0.2; docs/method.md §13)
     augmentation: str = "symmetric"
     drop_last: bool = True  # False: also train on the last, smaller batch of each epoch (if >= 2 images)
+    # input pipeline (image files; us3l.train.pipeline): loader processes (None: from the CPU count),
+    # batches prefetched per process, and what a bad image file does ("skip": count + warn, "fail": stop)
+    workers: int | None = None
+    prefetch: int = 2
+    on_bad_image: str = "skip"
     # method
     method: str = "us3l"  # "us3l" | "naive" (US-Net + online SimCLR) | "single" (one width, plain SSL)
     ssl: str = "simclr_momentum"  # "simclr_momentum" | "byol" | "mocov3"
@@ -149,7 +155,8 @@ def _choice(name: str, value: Any, valid: tuple) -> str | None:
 def _problems(c: TrainConfig):
     for name, value, valid in (("method", c.method, METHODS), ("ssl", c.ssl, SSL_TYPES),
                                ("schedule", c.schedule, SCHEDULES), ("optimizer", c.optimizer, OPTIMIZERS),
-                               ("augmentation", c.augmentation, AUGMENTATIONS)):
+                               ("augmentation", c.augmentation, AUGMENTATIONS),
+                               ("on_bad_image", c.on_bad_image, BAD_IMAGE_POLICIES)):
         msg = _choice(name, value, valid)
         if msg:
             yield msg
@@ -161,6 +168,10 @@ def _problems(c: TrainConfig):
             yield f"{name} must be >= 1, got {getattr(c, name)}"
     if c.batch_size < 2:
         yield f"batch_size must be >= 2 (batch-norm and contrastive negatives), got {c.batch_size}"
+    if c.workers is not None and c.workers < 0:
+        yield f"workers must be >= 0 (0: decode in the training process), got {c.workers}"
+    if c.prefetch < 1:
+        yield f"prefetch must be >= 1, got {c.prefetch}"
     for name in ("lr_warmup_epochs", "group_reg_warmup", "threads"):
         if int(getattr(c, name)) < 0:
             yield f"{name} must be >= 0, got {getattr(c, name)}"

@@ -39,12 +39,13 @@ from torch import nn
 from us3l.core.accuracy import ACCURACY_FILE, read_accuracy, read_accuracy_file, row_key, write_accuracy  # noqa: F401
 from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from us3l.core.data import DatasetSpec, default_image_size, load_split, num_classes
+from us3l.core.data import DatasetSpec
 from us3l.core.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, unknown_name
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
 from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, _batches, _linear_cfg,  # noqa: F401
-                     extract_features, knn_accuracy, linear_probe_accuracy, train_linear_probe)
+                     extract_features, extract_stream, knn_accuracy, linear_probe_accuracy, train_linear_probe)
+from .pipeline import EvalStream, stream_num_classes
 
 log = logging.getLogger(__name__)
 METHODS = ("knn", "linear", "both")
@@ -57,7 +58,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
                         linear: LinearProbeConfig | str = "fast", store_bn: bool = False, progress: Progress | None = None,
                         batch_size: int = 256, device: str | torch.device = "cpu",
                         divisor: int = DEFAULT_DIVISOR, save_to: str | os.PathLike | None = None,
-                        heads_out: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                        heads_out: dict[str, Any] | None = None, workers: int | None = None) -> list[dict[str, Any]]:
     """Accuracy of each width of ``ckpt`` after BN recalibration at that width.
 
     Args:
@@ -75,6 +76,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
         heads_out: a dict that receives, per width (``format_width``), the linear probe as
             ``{"weight", "bias"}`` (standardisation folded in) and the width's BN statistics under
             ``"bn"`` (the classifier ``run_eval`` writes).
+        workers: loader processes decoding image files (None: from the CPU count; unused for in-memory sets).
 
     Returns:
         One row per width: ``{"width", "feature_dim", "knn"?, "linear"?}``, accuracies in [0, 1].
@@ -90,14 +92,16 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     probe = _linear_cfg(linear)
     widths = parse_widths(list(widths), *ckpt.width_range)
     spec = dataset if dataset is not None else _checkpoint_dataset(ckpt)
-    size = default_image_size(spec)  # CIFAR stays 32 px in memory; batches are resized on the fly
-    train_x, train_y = load_split(spec, "train", resize=False)
-    test_x, test_y = load_split(spec, "test", resize=False)
-    n_classes = num_classes(spec)
-    k = knn_k if knn_k is not None else (200 if len(train_x) >= 10_000 else 20)
-    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
-    # only the images calibration reads are gathered (the same batches as permuting the whole split)
-    calib = _batches(train_x[order[: calib_batches * batch_size]], batch_size, size)
+    # Batch by batch: image files are decoded by loader processes, in-memory sets (CIFAR at 32 px) are
+    # sliced and resized per batch; nothing holds a whole split of images at the evaluation size.
+    train_s = EvalStream(spec, "train", batch_size, workers)
+    test_s = EvalStream(spec, "test", batch_size, workers)
+    n_classes = stream_num_classes(spec)
+    k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
+    order = torch.randperm(len(train_s), generator=torch.Generator().manual_seed(0))
+    # only the images calibration reads (the same batches as permuting the whole split)
+    calib = train_s.subset(order[: calib_batches * batch_size]).images()
+    bank_only = method == "knn"  # a float16 bank of normalised features is all kNN needs
     model = ckpt.build_model().to(device)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     rows = []
@@ -110,15 +114,15 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
                 ckpt.add_bn_stats(w, bn_stats(model, w, divisor))
         if progress:
             progress(w, "evaluate")
-        f_train = extract_features(model, train_x, w, batch_size, device, divisor, size)
-        f_test = extract_features(model, test_x, w, batch_size, device, divisor, size)
+        f_train, train_y = extract_stream(model, train_s, w, device, divisor, bank=bank_only)
+        f_test, test_y = extract_stream(model, test_s, w, device, divisor, bank=bank_only)
         row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
                                "source": "pytorch"}
         if has_bn:  # what was used, not what was asked (a small set gives fewer batches)
-            row["calib_images"] = int(min(len(train_x), calib_batches * batch_size))
+            row["calib_images"] = int(len(calib))
         if method in ("knn", "both"):
             row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
-            row["knn_k"] = int(min(k, len(train_x)))
+            row["knn_k"] = int(min(k, len(train_y)))
         if method in ("linear", "both"):
             row["linear"], weight, bias = train_linear_probe(f_train, train_y, f_test, test_y, n_classes, probe)
             if heads_out is not None:
@@ -145,9 +149,9 @@ def _artifact_sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
-def _artifact_features(path: Path, images: torch.Tensor, batch_size: int, size: int,
-                       fixed_batch: int | None) -> torch.Tensor:
-    """Outputs of an ONNX artifact on ``images`` (ONNX Runtime CPU), resized per batch to ``size``."""
+def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: int,
+                       fixed_batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of an ONNX artifact on a split (ONNX Runtime CPU), resized per batch to ``size``; and the labels."""
     import numpy as np
 
     try:
@@ -159,20 +163,23 @@ def _artifact_features(path: Path, images: torch.Tensor, batch_size: int, size: 
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     step = fixed_batch or batch_size
-    out = []
-    for b in _batches(images, step, size):
-        x = b.float().numpy()
-        n = len(x)
-        if fixed_batch and n < fixed_batch:
-            x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
-        out.append(torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x)})[0], dtype=np.float32)[:n]))
-    return torch.cat(out)
+    out, labels = [], []
+    for images, y in stream:
+        labels.append(y)
+        for b in _batches(images, step, size):
+            x = b.float().numpy()
+            n = len(x)
+            if fixed_batch and n < fixed_batch:
+                x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
+            out.append(torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x)})[0],
+                                                   dtype=np.float32)[:n]))
+    return torch.cat(out), torch.cat(labels)
 
 
 def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str = "knn",
                       dataset: DatasetSpec | None = None, knn_k: int | None = None,
                       linear: LinearProbeConfig | str = "fast", batch_size: int = 256,
-                      divisor: int = DEFAULT_DIVISOR) -> dict[str, Any]:
+                      divisor: int = DEFAULT_DIVISOR, workers: int | None = None) -> dict[str, Any]:
     """Accuracy of one exported ONNX artifact of ``ckpt`` (same protocol as :func:`evaluate_checkpoint`).
 
     Returns:
@@ -209,18 +216,18 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
     shape = side["input"]["shape"]
     size = int(shape[-1])
     fixed = shape[0] if isinstance(shape[0], int) else None
-    train_x, train_y = load_split(spec, "train", resize=False)
-    test_x, test_y = load_split(spec, "test", resize=False)
-    n_classes = num_classes(spec)
-    f_test = _artifact_features(path, test_x, batch_size, size, fixed)
+    train_s = EvalStream(spec, "train", batch_size, workers)
+    test_s = EvalStream(spec, "test", batch_size, workers)
+    n_classes = stream_num_classes(spec)
+    f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed)
     row: dict[str, Any] = {"width": round_width(float(side["width"])), "precision": side.get("precision", "fp32"),
                            "feature_dim": int(side["feature_dim"]), "source": "artifact", "artifact": path.name,
                            "sha256": side.get("sha256")}
     if side.get("head"):
         row["top1"] = float((f_test.argmax(1) == test_y).float().mean())
         return row
-    f_train = _artifact_features(path, train_x, batch_size, size, fixed)
-    k = knn_k if knn_k is not None else (200 if len(train_x) >= 10_000 else 20)
+    f_train, train_y = _artifact_features(path, train_s, batch_size, size, fixed)
+    k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
     if method in ("knn", "both"):
         row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
     if method in ("linear", "both"):
@@ -265,6 +272,7 @@ class EvalConfig:
     device: str = "cpu"
     divisor: int = DEFAULT_DIVISOR
     artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
+    workers: int | None = None  # loader processes for image files (None: from the CPU count)
 
     def __post_init__(self) -> None:
         from us3l.core.checks import check_number
@@ -317,12 +325,13 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
             if progress:
                 progress(0.0, f"evaluate {Path(a).name}")
             rows.append(evaluate_artifact(ckpt, a, cfg.method, spec, cfg.knn_k, cfg.linear_preset, cfg.batch_size,
-                                          cfg.divisor))
+                                          cfg.divisor, cfg.workers))
     heads: dict[str, Any] = {}
     if not cfg.artifacts:
         rows = evaluate_checkpoint(ckpt, widths, cfg.method, spec,
                                    cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.store_bn, progress,
-                                   cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path, heads_out=heads)
+                                   cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path, heads_out=heads,
+                                   workers=cfg.workers)
     protocol = eval_protocol(cfg.method, spec, cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.divisor)
     out = (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
     if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in):

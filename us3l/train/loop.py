@@ -23,12 +23,13 @@ generation per channel configuration.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -38,11 +39,13 @@ from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_split, resize_images
 from us3l.core.errors import CheckpointError, ConfigError, DataError
 from us3l.core.files import atomic_write_text
+from us3l.core.images import list_split
 
-from . import runtime
+from . import pipeline, runtime
 from .augment import SSLAugment, asymmetric_pair, two_views
 from .collapse import measure_collapse, report_collapse
 from .config import RESUME_IGNORED, TrainConfig
+from .config_file import save_resolved
 from .ema import cosine_momentum
 from .group_reg import GroupRegularizer
 from .ssl_model import build_ssl_model
@@ -73,29 +76,46 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.out_dir = Path(cfg.out_dir)
         self.spec = DatasetSpec(cfg.data, cfg.data_root, cfg.image_size)
-        size = default_image_size(self.spec)
-        # Native resolution in memory; the random resized crop produces `size` (CIFAR at 224 px
-        # would otherwise hold ~30 GB).
-        self.images01, _ = load_split(self.spec, "train", normalized=False, resize=False)
-        held_out, _ = load_split(self.spec, "test", normalized=True, resize=False)
-        self.held_out = resize_images(held_out[: cfg.collapse_batch], size).to(self.device)
+        self.image_size = size = default_image_size(self.spec)
         self.batch = runtime.per_process_batch(cfg.batch_size, cfg.global_batch, self.dist.world)
-        self.steps_per_epoch = epoch_steps(len(self.images01) // self.dist.world, self.batch, cfg.drop_last)
+        self.stream: pipeline.TrainStream | None = None
+        self.bad_images = pipeline.BadImages(cfg.on_bad_image, str(cfg.data_root))
+        if pipeline.is_streamed(self.spec):  # image files: decoded and cropped by loader processes
+            files = list_split(pipeline._root(self.spec), "train")
+            self.images01: torch.Tensor | None = None
+            n_train = len(files)
+            self.held_out = pipeline.held_out_batch(self.spec, cfg.collapse_batch).to(self.device)
+        else:
+            # Native resolution in memory; the random resized crop produces `size` (CIFAR at 224 px
+            # would otherwise hold ~30 GB).
+            self.images01, _ = load_split(self.spec, "train", normalized=False, resize=False)
+            n_train = len(self.images01)
+            held_out, _ = load_split(self.spec, "test", normalized=True, resize=False)
+            self.held_out = resize_images(held_out[: cfg.collapse_batch], size).to(self.device)
+        self.steps_per_epoch = epoch_steps(n_train // self.dist.world, self.batch, cfg.drop_last)
         if self.steps_per_epoch < 1:
-            raise DataError(f"{len(self.images01)} training images cannot fill one batch of {self.batch} "
+            raise DataError(f"{n_train} training images cannot fill one batch of {self.batch} "
                             f"per process on {self.dist.world} process(es); lower --batch-size")
         if cfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        if self.images01 is None:
+            self.workers = pipeline.resolve_workers(cfg.workers)
+            self.stream = pipeline.TrainStream(files, size, (cfg.crop_scale_min, 1.0), cfg.seed, self.dist.rank,
+                                               self.dist.world, self.batch, self.steps_per_epoch, cfg.drop_last,
+                                               self.workers, cfg.prefetch, pin=self.device.type == "cuda")
+            log.info("streaming %d images from %s with %d loader process(es)", n_train, files.source, self.workers)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # finitely many conv shapes: widths round to 8 channels
         mean, std = dataset_stats(self.spec)
         runtime.seed_everything(cfg.seed)  # same initial weights on every rank
         self.augment2: SSLAugment | None = None
+        geometric = self.stream is None  # the loader processes crop and flip image files themselves
         if cfg.augmentation == "asymmetric":
-            pair = asymmetric_pair(size, mean, std, scale=(cfg.crop_scale_min, 1.0))
+            pair = asymmetric_pair(size, mean, std, scale=(cfg.crop_scale_min, 1.0), geometric=geometric)
             self.augment, self.augment2 = pair[0].to(self.device), pair[1].to(self.device)
         else:
-            self.augment = SSLAugment(size, mean, std, blur=cfg.blur, scale=(cfg.crop_scale_min, 1.0)).to(self.device)
+            self.augment = SSLAugment(size, mean, std, blur=cfg.blur, scale=(cfg.crop_scale_min, 1.0),
+                                      geometric=geometric).to(self.device)
         arch_kwargs = {"width_range": [cfg.width_min, cfg.width_max], "input_size": size, **cfg.arch_kwargs}
         teacher_width = cfg.single_width if cfg.method == "single" else cfg.width_max
         self.raw_model = build_ssl_model(cfg.arch, arch_kwargs, cfg.ssl, cfg.method, cfg.proj_hidden_dim,
@@ -158,6 +178,7 @@ class Trainer:
         ckpt = Checkpoint.from_model(self.raw_model.backbone, method=self.cfg.method, epoch=epoch,
                                      train_config=self.cfg.to_dict(), dataset=self.spec.to_dict(), training=training)
         save_checkpoint(ckpt, self.checkpoint_path)
+        save_resolved(dataclasses.replace(self.cfg, resume=False), self.out_dir)  # --resume reads it back
         log.info("saved %s (epoch %d)", self.checkpoint_path, epoch)
 
     def _restore(self) -> None:
@@ -242,21 +263,26 @@ class Trainer:
         cfg = self.cfg
         lr = runtime.lr_at(epoch, cfg.epochs, cfg.lr, cfg.lr_warmup_epochs)
         self._set_lr(lr)
-        order = runtime.shard_indices(len(self.images01), epoch, cfg.seed, self.dist.rank, self.dist.world)
         sums: dict[str, torch.Tensor] = {}
         n_widths, n_images, n_reg, t0, shown, digest = 0, 0, 0, time.perf_counter(), {}, b""
         all_finite = torch.ones((), dtype=torch.bool, device=self.device)
         self.raw_model.train()
-        pin = self.device.type == "cuda"
+        batches, wait, steps = self._epoch_batches(epoch), 0.0, 0
         for step in range(self.steps_per_epoch):
             if cfg.lr_per_iteration:
                 lr = runtime.lr_at_iteration(epoch + step / self.steps_per_epoch, cfg.epochs, cfg.lr,
                                              cfg.lr_warmup_epochs)
                 self._set_lr(lr)
-            idx = order[step * self.batch:(step + 1) * self.batch]
-            batch = self.images01[idx]
-            x = (batch.pin_memory() if pin else batch).to(self.device, non_blocking=True)
-            v1, v2 = two_views(self.augment, x, self.augment2)
+            t_wait = time.perf_counter()
+            got = next(batches, None)  # the loader's share of the step: the data-wait fraction
+            wait += time.perf_counter() - t_wait
+            if got is None:  # bad images skipped: this rank's shard ran out early
+                break
+            if isinstance(got, tuple):  # two views cropped by the loader: photometric part here
+                v1, v2 = self.augment(got[0]), (self.augment2 or self.augment)(got[1])
+            else:
+                v1, v2 = two_views(self.augment, got, self.augment2)
+            steps += 1
             widths = iteration_widths(self.width_rng, epoch, cfg.epochs, cfg.method, cfg.num_widths, cfg.width_min,
                                       cfg.width_max, cfg.sandwich, cfg.schedule, cfg.single_width)
             digest = width_digest(widths, digest)
@@ -272,22 +298,51 @@ class Trainer:
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_widths += len(widths)
-            n_images += len(idx)
+            n_images += len(v1)
             self.global_step += 1
             if log_now:
                 check_finite(all_finite, epoch + 1, step + 1)  # note: a CPU-GPU sync point
                 shown = {k: float(v) / (n_reg if k == "reg" else step + 1) for k, v in sums.items()}
                 if self.progress is not None and self.dist.is_main:
-                    ips = n_images * self.dist.world / (time.perf_counter() - t0)
+                    spent = time.perf_counter() - t0
+                    ips = n_images * self.dist.world / spent
                     self.progress(epoch * self.steps_per_epoch + step + 1, total,
                                   f"ep {epoch + 1}/{cfg.epochs} loss {shown['loss_base']:.3f} "
-                                  f"distill {shown['loss_distill']:.3f} {ips:.0f} img/s")
+                                  f"distill {shown['loss_distill']:.3f} {ips:.0f} img/s wait {wait / spent:.0%}")
+        if 0 < steps < self.steps_per_epoch:  # the shard ran out early: report the steps taken
+            check_finite(all_finite, epoch + 1, steps)
+            shown = {k: float(v) / (n_reg if k == "reg" else steps) for k, v in sums.items() if k != "reg" or n_reg}
         elapsed = time.perf_counter() - t0
         runtime.check_width_agreement(self.dist, digest, epoch + 1)
         images = n_images * self.dist.world
-        return {"epoch": epoch + 1, "lr": lr, "steps": self.steps_per_epoch, "global_step": self.global_step,
-                "widths_per_iter": n_widths / self.steps_per_epoch, **shown,
-                "images_per_s": images / elapsed, "epoch_time_s": elapsed}
+        record = {"epoch": epoch + 1, "lr": lr, "steps": steps, "global_step": self.global_step,
+                  "widths_per_iter": n_widths / max(steps, 1), **shown,
+                  "images_per_s": images / elapsed, "data_wait": wait / elapsed, "epoch_time_s": elapsed}
+        if self.stream is not None:
+            record["bad_images"] = self.bad_images.count
+        return record
+
+    def _epoch_batches(self, epoch: int) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of ``epoch`` on the device: one ``[0, 1]`` batch (in-memory data, both
+        views made by kornia) or a pair of views cropped by the loader processes (image files)."""
+        if self.stream is None:
+            assert self.images01 is not None
+            order = runtime.shard_indices(len(self.images01), epoch, self.cfg.seed, self.dist.rank, self.dist.world)
+            pin = self.device.type == "cuda"
+            for step in range(self.steps_per_epoch):
+                batch = self.images01[order[step * self.batch:(step + 1) * self.batch]]
+                yield (batch.pin_memory() if pin else batch).to(self.device, non_blocking=True)
+            return
+        previous: dict | None = None
+        for item in self.stream.epoch(epoch):
+            self.bad_images.record(item["bad"], self.stream.describe)
+            if len(item["images"]) < 2:  # batch-norm and contrastive negatives need two images:
+                if previous is None:  # every rank must take the same number of steps (DDP)
+                    raise DataError(f"a batch of {self.stream.describe(item['bad'][0][0]) if item['bad'] else 'images'}"
+                                    " and its neighbours holds fewer than 2 readable images; remove the bad files")
+                item = previous  # repeat the last good batch rather than desynchronise the ranks
+            previous = item
+            yield pipeline.views_on_device(item, self.device)
 
 
 RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, "tb")

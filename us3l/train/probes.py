@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from us3l.core.context import use_width
 from us3l.core.data import resize_images
-from us3l.core.errors import unknown_name
+from us3l.core.errors import DataError, unknown_name
 from us3l.core.width import DEFAULT_DIVISOR
 
 KNN_TEMPERATURE = 0.07
@@ -103,6 +103,34 @@ def extract_features(model: nn.Module, images: Tensor, width: float, batch_size:
 
 
 @torch.no_grad()
+def extract_stream(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], width: float,
+                   device: str | torch.device = "cpu", divisor: int = DEFAULT_DIVISOR,
+                   bank: bool = False) -> tuple[Tensor, Tensor]:
+    """Eval-mode features of a stream of ``(images, labels)`` batches at ``width``, batch by batch.
+
+    Args:
+        bank: keep L2-normalised float16 features (a kNN bank at half the memory) instead of float32.
+
+    Returns:
+        ``(features, labels)`` on the CPU.
+    """
+    model.eval()
+    feats, labels = [], []
+    with use_width(model, width, divisor):
+        for x, y in batches:
+            f = model(x.to(device, non_blocking=True)).float()
+            feats.append((F.normalize(f, dim=1).half() if bank else f).cpu())
+            labels.append(y)
+    if not feats:
+        raise DataError("no readable images to extract features from")
+    return torch.cat(feats), torch.cat(labels)
+
+
+KNN_QUERY_CHUNK = 1024
+KNN_BANK_CHUNK = 65536
+
+
+@torch.no_grad()
 def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, k: int = 20,
                  temperature: float = KNN_TEMPERATURE, n_classes: int | None = None) -> float:
     """Weighted kNN top-1 accuracy (the standard SSL kNN monitor; the reference has none, docs/method.md §11).
@@ -118,13 +146,26 @@ def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tenso
         Fraction of queries whose top-voted class is correct.
     """
     n_classes = int(n_classes or int(train_y.max()) + 1)
-    train_f, test_f = F.normalize(train_f.float(), dim=1), F.normalize(test_f.float(), dim=1)
-    k = min(k, len(train_f))
+    # The bank is float16 (normalised; already so when it comes from extract_stream(bank=True)); the
+    # similarity is computed in (query chunk x bank chunk) blocks and the top k merged block by block,
+    # so no (queries x bank) matrix is ever held.
+    if train_f.dtype == torch.float16:
+        bank = train_f
+    else:
+        bank = torch.cat([F.normalize(train_f[i:i + KNN_BANK_CHUNK].float(), dim=1).half()
+                          for i in range(0, len(train_f), KNN_BANK_CHUNK)])
+    k = min(k, len(bank))
     correct = 0
-    for start in range(0, len(test_f), 1024):
-        sim, idx = (test_f[start:start + 1024] @ train_f.t()).topk(k, dim=1)
-        votes = torch.zeros(len(sim), n_classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
-        correct += int((votes.argmax(1) == test_y[start:start + 1024]).sum())
+    for start in range(0, len(test_f), KNN_QUERY_CHUNK):
+        q = F.normalize(test_f[start:start + KNN_QUERY_CHUNK].float(), dim=1)
+        best_s = torch.empty(len(q), 0)
+        best_i = torch.empty(len(q), 0, dtype=torch.int64)
+        for b in range(0, len(bank), KNN_BANK_CHUNK):
+            s, i = (q @ bank[b:b + KNN_BANK_CHUNK].float().t()).topk(min(k, len(bank) - b), dim=1)
+            best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+            best_i = torch.cat([best_i, i + b], 1).gather(1, pick)
+        votes = torch.zeros(len(q), n_classes).scatter_add_(1, train_y[best_i], (best_s / temperature).exp())
+        correct += int((votes.argmax(1) == test_y[start:start + KNN_QUERY_CHUNK]).sum())
     return correct / len(test_f)
 
 
