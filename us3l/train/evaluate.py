@@ -100,7 +100,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
     order = torch.randperm(len(train_s), generator=torch.Generator().manual_seed(0))
     # only the images calibration reads (the same batches as permuting the whole split)
-    calib = train_s.subset(order[: calib_batches * batch_size]).images()
+    calib_stream = train_s.subset(order[: calib_batches * batch_size])
+    calib = calib_stream.images()
     bank_only = method == "knn"  # a float16 bank of normalised features is all kNN needs
     model = ckpt.build_model().to(device)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -119,7 +120,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
         row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
                                "source": "pytorch"}
         if has_bn:  # what was used, not what was asked (a small set gives fewer batches)
-            row["calib_images"] = int(len(calib))
+            row["calib_images"] = int(len(calib_stream))
         if method in ("knn", "both"):
             row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
             row["knn_k"] = int(min(k, len(train_y)))
