@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -474,4 +475,17 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> Path:
         >>> from us3l.train.config import TrainConfig
         >>> path = train(TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=2, out_dir="/tmp/run"))
     """
-    return Trainer(cfg, progress).fit()
+    out = Path(cfg.out_dir)
+    created = not out.exists()
+    try:
+        return Trainer(cfg, progress).fit()
+    except BaseException:
+        # A run that fails before its first checkpoint leaves nothing behind in a folder it created
+        # (its config.toml, an empty tb/); a folder that holds a checkpoint stays, for --resume.
+        if created and out.is_dir() and not (out / CHECKPOINT_NAME).exists() and _is_main_rank():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _is_main_rank() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
