@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -379,7 +379,13 @@ def main(argv: list[str] | None = None) -> int:
             done = [run_job(j, st) for j in jobs]
         else:
             with ProcessPoolExecutor(st.jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-                done = list(pool.map(run_job, jobs, [st] * len(jobs)))
+                futures = {pool.submit(run_job, j, st): i for i, j in enumerate(jobs)}
+                finished: dict[int, Job] = {}
+                for fut in as_completed(futures):  # one progress line per finished job (the run takes ~40 min)
+                    finished[futures[fut]] = fut.result()
+                    print(f"[{len(finished)}/{len(jobs)}] {finished[futures[fut]].name} done after "
+                          f"{(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr, flush=True)
+                done = [finished[i] for i in range(len(jobs))]
     except US3LError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
