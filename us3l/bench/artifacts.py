@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from us3l.core.errors import BackendUnavailableError, ConfigError
+from us3l.core.files import sha256_file
 from us3l.core.width import format_width, round_width
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,6 @@ class BenchArtifact:
         }
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _file_stamp(path: Path) -> list[int]:

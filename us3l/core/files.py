@@ -167,3 +167,11 @@ def check_writable_dir(folder: str | os.PathLike, what: str = "--out") -> Path:
                           f"choose a writable {what}")
     return folder
 
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (artifacts, checkpoints, model directories)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

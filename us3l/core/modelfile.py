@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .files import atomic_write_bytes, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_text, sha256_file
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -185,11 +185,7 @@ def _verify_payload(p: Path, config: dict) -> None:
         raise CheckpointError(f"model directory {p} is corrupt: {CONFIG_FILE} does not match the sha256 sealed in it "
                               "(edited or damaged); pack the checkpoint again")
     entry = (config.get("files") or {}).get(WEIGHTS_FILE) or {}
-    sha = hashlib.sha256()
-    with (p / WEIGHTS_FILE).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            sha.update(chunk)
-    if sha.hexdigest() != entry.get("sha256"):
+    if sha256_file(p / WEIGHTS_FILE) != entry.get("sha256"):
         raise CheckpointError(f"model directory {p} is corrupt: {WEIGHTS_FILE} does not match the sha256 in {CONFIG_FILE} "
                               "(damaged on disk or in transfer); pack the checkpoint again")
 
