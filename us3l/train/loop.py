@@ -488,4 +488,6 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> Path:
 
 
 def _is_main_rank() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """Rank 0 by torchrun's RANK, as :func:`runtime.init_distributed` reads it (the process group may
+    already be torn down when a failed run gets here)."""
+    return int(os.environ.get("RANK", "0")) == 0
