@@ -15,7 +15,9 @@ issue's protocol) per width {0.25, 0.5, 0.75, 1.0} and the linear probe ("fast" 
 and 1.0. The collapse monitor's scores (std of the l2-normalised projections x sqrt(d), effective
 rank, on the first 256 test images) are those of the last training epoch; for random init they are
 measured on a freshly initialised backbone + projector. Seeds: ``--seeds N`` repeats everything
-with seeds 100, 101, ... and reports mean ± std.
+with seeds 100, 101, ... (``--first-seed`` moves the start) and reports mean ± std; ``--include
+FILE`` adds the runs of an earlier ``--json`` with the same protocol, so seeds can be run in
+separate sessions and reported together.
 
 Runs ``--jobs`` trainings in parallel, each on one intra-op thread (on 2 cores, two one-thread
 processes beat one two-thread process that spins under contention). ``--estimate`` times a few
@@ -97,10 +99,10 @@ _ORDER = {("us3l", None): 1 / 24.5, ("naive", None): 1 / 34.0, ("individual", 1.
           ("random", None): 0.0}
 
 
-def make_jobs(seeds: int) -> list[Job]:
+def make_jobs(seeds: int, first_seed: int = 100) -> list[Job]:
     jobs = []
     for s in range(seeds):
-        seed = 100 + s
+        seed = first_seed + s
         jobs += [Job("us3l", seed), Job("naive", seed), *(Job("individual", seed, w) for w in WIDTHS),
                  Job("random", seed)]
     return sorted(jobs, key=lambda j: -_ORDER[(j.kind, j.width)])  # longest first: greedy LPT on the pool
@@ -164,6 +166,22 @@ def run_job(job: Job, st: Settings) -> Job:
     job.result = {"knn": knn, "linear": lin, "collapse": collapse, "train_s": round(train_s, 1),
                   "eval_s": round(time.perf_counter() - t1, 1)}
     return job
+
+
+#: settings that must agree for runs of two invocations to be reported together
+PROTOCOL = ("train_size", "test_size", "epochs", "batch_size", "max_steps_per_epoch", "knn_k", "calib_batches",
+            "eval_batch", "linear_epochs")
+
+
+def included_jobs(path: Path, st: Settings) -> list[Job]:
+    """The runs of an earlier ``--json`` (same protocol, else ValueError naming the difference)."""
+    prev = json.loads(Path(path).read_text())
+    diff = {k: (prev["settings"].get(k), getattr(st, k)) for k in PROTOCOL if prev["settings"].get(k) != getattr(st, k)}
+    if diff:
+        raise ValueError(f"--include {path}: its protocol differs from this run's: "
+                         + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items()))
+    return [Job(r["method"], r["seed"], r["width"],
+                {k: v for k, v in r.items() if k not in ("method", "seed", "width")}) for r in prev["runs"]]
 
 
 def raw_pixel_knn(st: Settings) -> float:
@@ -337,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-size", type=int, help="first N test images (default 2000)")
     p.add_argument("--epochs", type=int, help="SSL epochs of every trained network (default 4)")
     p.add_argument("--seeds", type=int, help="number of seeds, 100, 101, ... (default 1)")
+    p.add_argument("--first-seed", type=int, default=100, help="the first seed (default 100)")
+    p.add_argument("--include", type=Path, action="append", default=[],
+                   help="an earlier --json of this script (same protocol) whose runs join the tables; repeatable")
     p.add_argument("--jobs", type=int, help="parallel one-thread processes (default 2)")
     p.add_argument("--data-root", help="full Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--work", help="folder for the subset and checkpoints (default: a temp folder)")
@@ -372,8 +393,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 atomic_write_json(args.json, {"settings": asdict(st), "estimate": est})
             return 0
+        earlier = [j for path in args.include for j in included_jobs(path, st)]
         raw = raw_pixel_knn(st)
-        jobs = make_jobs(st.seeds)
+        jobs = make_jobs(st.seeds, args.first_seed)
+        clash = {j.name for j in jobs} & {j.name for j in earlier}
+        if clash:
+            raise ValueError(f"--include repeats runs of this invocation ({', '.join(sorted(clash))}); "
+                             "choose another --first-seed")
         if st.jobs == 1:
             _init_worker()
             done = [run_job(j, st) for j in jobs]
@@ -386,10 +412,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{len(finished)}/{len(jobs)}] {finished[futures[fut]].name} done after "
                           f"{(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr, flush=True)
                 done = [finished[i] for i in range(len(jobs))]
-    except US3LError as exc:
+    except (US3LError, ValueError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wall_s = time.perf_counter() - start
+    done = earlier + done
+    st = replace(st, seeds=len({j.seed for j in done}))
     table = summarise(done)
     goal_rows = goals(table, raw)
     render(table, raw, goal_rows, wall_s, st)
@@ -397,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.json, {
             "command": " ".join(["python", "perf/fmnist_claims.py", *(sys.argv[1:] if argv is None else argv)]),
             "settings": asdict(st), "wall_s": round(wall_s, 1), "raw_pixels_knn": raw,
+            "first_seed": args.first_seed, "included": [str(x) for x in args.include],
             "raw_pixels_knn_issue": RAW_PIXELS_ISSUE,
             "runs": [{"method": j.kind, "seed": j.seed, "width": j.width,
                       **{k: ({str(w): a for w, a in v.items()} if isinstance(v, dict) else v)

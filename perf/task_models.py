@@ -15,7 +15,16 @@ with the ``digits`` recipe into ``--work``):
 
 (b), (c) and (d) are repeated with ``--seeds`` seeds (0, 1, 2, ...: head initialisation, data order,
 augmentation and width draws); the table shows mean ± std over seeds (kNN is deterministic given
-the checkpoint). Jobs run ``--jobs`` at a time, one intra-op thread each. ``--tiny`` is a smoke run
+the checkpoint). Jobs run ``--jobs`` at a time, one intra-op thread each.
+
+``--int8``: the precision figures of the fine-tuned task model. The first seed's (c) checkpoint is
+exported per width as an ONNX classifier (``us3l export --outputs logits``) in FP32 and in static
+INT8 (QDQ, calibrated on training images), and each artifact's own top-1 is measured in ONNX
+Runtime (``us3l eval --artifact``), beside (c)'s PyTorch top-1.
+
+``--methods`` runs a subset of (b), (c), (d) and ``--include FILE`` adds the runs of an earlier
+``--json`` (e.g. the scratch baselines, run while the SSL checkpoint trained); ``--methods none
+--include FILE --int8`` only measures the artifacts. ``--tiny`` is a smoke run
 (an untrained checkpoint, one seed, 2 steps per epoch, widths 0.25 and 1.0). Prints the table and the issue's goals
 ((c) >= (b) and (c) within 1 point of (d) at every width); ``--json FILE`` writes every number.
 """
@@ -90,6 +99,28 @@ def _ssl_checkpoint(args: argparse.Namespace, work: Path) -> Path:
     return train(recipe="digits", out_dir=str(work / "ssl")).checkpoint
 
 
+def artifact_top1(task_ckpt: str, widths: tuple[float, ...], out: Path) -> list[dict[str, Any]]:
+    """Top-1 of the task checkpoint's FP32 and INT8 ONNX classifiers per width (ONNX Runtime)."""
+    from us3l.core.checkpoint import load_checkpoint
+    from us3l.export import ExportConfig, export
+    from us3l.train.evaluate import evaluate_artifact
+
+    ckpt = load_checkpoint(task_ckpt)
+    rows = []
+    for precision in ("fp32", "int8"):
+        t0 = time.perf_counter()
+        res = export(ExportConfig(checkpoint=task_ckpt, widths=tuple(widths), precision=precision, outputs="logits",
+                                  out_dir=str(out / precision), force=True))
+        seconds = time.perf_counter() - t0
+        for art in res.artifacts:
+            row = evaluate_artifact(ckpt, art.path)
+            rows.append({"width": row["width"], "precision": precision, "top1": row["top1"],
+                         "gate_mean_cosine": (art.parity or {}).get("mean_cosine"),
+                         "bytes": art.path.stat().st_size, "artifact": str(art.path)})
+        print(f"  exported and measured {precision} in {seconds:.0f}s", flush=True)
+    return rows
+
+
 def _fmt(values: list[float]) -> str:
     if not values:
         return "-"
@@ -106,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="parallel runs (one thread each; 1 = in this process)")
     ap.add_argument("--work", default="perf-task-models", help="working folder (checkpoints)")
     ap.add_argument("--tiny", action="store_true", help="smoke run: untrained checkpoint, one seed, 2 steps per epoch")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="which of frozen, finetune, scratch to run (default: all three)")
+    ap.add_argument("--include", action="append", default=[],
+                    help="an earlier --json of this script whose runs join the table (same recipe, epochs and "
+                         "widths; e.g. scratch baselines run while the SSL checkpoint trained); repeatable")
+    ap.add_argument("--int8", action="store_true",
+                    help="also export (c) per width as FP32 and INT8 ONNX classifiers and measure their top-1")
     ap.add_argument("--json", help="write every number to this file")
     args = ap.parse_args(argv)
     work = Path(args.work)
@@ -122,11 +160,25 @@ def main(argv: list[str] | None = None) -> int:
     from us3l.core.checkpoint import load_checkpoint
     from us3l.train.evaluate import evaluate_checkpoint
 
-    knn_rows = evaluate_checkpoint(load_checkpoint(ckpt), list(widths), "both", calib_batches=2 if args.tiny else 50)
-    knn = {str(r["width"]): r["knn"] for r in knn_rows}
-    probe = {str(r["width"]): r["linear"] for r in knn_rows}
-    jobs = [(str(ckpt), m, s, w, opts) for s in seeds for m in METHODS for w in ((None,) if m != "scratch" else widths)]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none"]
+    if any(m not in METHODS for m in methods):
+        ap.error(f"--methods {args.methods!r}: valid names are {', '.join(METHODS)}")
+    knn: dict[str, float] = {}
+    probe: dict[str, float] = {}
+    if methods and methods != ["scratch"]:  # scratch alone does not use the SSL weights: no kNN / probe
+        knn_rows = evaluate_checkpoint(load_checkpoint(ckpt), list(widths), "both", calib_batches=2 if args.tiny else 50)
+        knn = {str(r["width"]): r["knn"] for r in knn_rows}
+        probe = {str(r["width"]): r["linear"] for r in knn_rows}
     runs: list[dict[str, Any]] = []
+    for earlier in map(Path, args.include):
+        prev = json.loads(earlier.read_text())
+        same = {k: prev["settings"].get(k) for k in ("recipe", "epochs", "widths", "tiny")}
+        if same != {"recipe": args.recipe, "epochs": opts.get("epochs"), "widths": list(widths), "tiny": args.tiny}:
+            ap.error(f"--include {earlier}: its settings {same} differ from this run's")
+        runs += [r for r in prev["runs"] if r["method"] not in methods]  # this run's methods are re-measured
+        if not knn and prev.get("knn"):  # the SSL checkpoint's kNN / probe, measured by the earlier run
+            knn, probe = prev["knn"], prev["probe"]
+    jobs = [(str(ckpt), m, s, w, opts) for s in seeds for m in methods for w in ((None,) if m != "scratch" else widths)]
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else None
     with pool or _NoPool():
         for r in (pool.map(_job, jobs) if pool else map(_job, jobs)):
@@ -141,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'width':>6} {'(a) kNN':>8} {'probe':>6} {'(b) frozen':>11} {'(c) finetune':>13} {'(d) scratch':>12}")
     goals = []
     for w in map(str, widths):
-        b, c, d = (statistics.fmean(table[m][w]) for m in METHODS)
-        print(f"{w:>6} {100 * knn[w]:8.1f} {100 * probe[w]:6.1f} {_fmt(table['frozen'][w]):>11} {_fmt(table['finetune'][w]):>13} "
+        b, c, d = (statistics.fmean(table[m][w]) if table[m][w] else float("nan") for m in METHODS)
+        print(f"{w:>6} {_fmt([knn[w]] if w in knn else []):>8} {_fmt([probe[w]] if w in probe else []):>6} {_fmt(table['frozen'][w]):>11} {_fmt(table['finetune'][w]):>13} "
               f"{_fmt(table['scratch'][w]):>12}")
         goals.append({"width": float(w), "c_minus_b": c - b, "c_minus_d": c - d, "c_ge_b": c >= b,
                       "c_within_1pt_of_d": c >= d - 0.01})
@@ -150,16 +202,31 @@ def main(argv: list[str] | None = None) -> int:
                                             for g in goals))
     print("       (c) within 1 point of (d): " + ", ".join(
         f"{g['width']} {'yes' if g['c_within_1pt_of_d'] else 'NO'} ({100 * g['c_minus_d']:+.1f})" for g in goals))
+    int8_rows: list[dict[str, Any]] = []
+    if args.int8:
+        task = min((r for r in runs if r["method"] == "finetune"), key=lambda r: r["seed"], default=None)
+        if task is None:
+            ap.error("--int8 needs a (c) finetune run: in --methods or in an --include file")
+        int8_rows = artifact_top1(task["checkpoint"], widths, work / "artifacts")
+        torch_top1 = task["top1"]
+        print(f"\n(c) seed {task['seed']} as ONNX classifiers: top-1 per width (%), ONNX Runtime")
+        print(f"{'width':>6} {'pytorch':>8} {'fp32':>6} {'int8':>6} {'int8-fp32':>10} {'int8 cos':>9}")
+        for w in widths:
+            got = {r["precision"]: r for r in int8_rows if r["width"] == w}
+            fp, q = got["fp32"]["top1"], got["int8"]["top1"]
+            print(f"{w:>6} {100 * torch_top1[str(w)]:8.1f} {100 * fp:6.1f} {100 * q:6.1f} {100 * (q - fp):+10.1f} "
+                  f"{got['int8']['gate_mean_cosine'] or float('nan'):9.4f}")
     wall = time.perf_counter() - t0
     print(f"wall time {wall:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "settings": {"recipe": args.recipe, "epochs": opts.get("epochs"), "seeds": seeds, "tiny": args.tiny,
-                         "ssl_checkpoint": str(ckpt), "widths": list(widths)},
+                         "ssl_checkpoint": str(ckpt), "widths": list(widths),
+                         "methods": methods, "included": args.include},
             "knn": knn, "probe": probe, "runs": runs,
             "summary": {m: {w: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-                            for w, v in table[m].items()} for m in METHODS},
-            "goals": goals, "wall_seconds": round(wall, 1)}, indent=2) + "\n")
+                            for w, v in table[m].items() if v} for m in METHODS},
+            "goals": goals, "artifacts": int8_rows, "wall_seconds": round(wall, 1)}, indent=2) + "\n")
     return 0
 
 

@@ -1,4 +1,8 @@
-"""perf/task_models.py runs end to end in its tiny setting and writes the numbers it prints."""
+"""perf/task_models.py runs end to end in its tiny setting and writes the numbers it prints.
+
+Two calls, as the Fashion-MNIST figures were taken: the scratch baselines alone first (they do not
+need the SSL weights), then (b) and (c) with the first call's runs included and the INT8 part.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,28 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "perf" / "task_models.py"
 
 
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--jobs", "1", "--work", str(tmp_path / "w"), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
 @pytest.mark.slow
 def test_tiny_task_model_figures(tmp_path):
-    out = tmp_path / "figures.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--jobs", "1", "--work", str(tmp_path / "w"),
-                           "--json", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    first, out = tmp_path / "scratch.json", tmp_path / "figures.json"
+    proc = _run(tmp_path, "--methods", "scratch", "--json", str(first))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    early = json.loads(first.read_text())
+    assert early["knn"] == {} and {r["method"] for r in early["runs"]} == {"scratch"}
+    assert set(early["summary"]["scratch"]) == {"0.25", "1.0"} and early["summary"]["finetune"] == {}
+
+    proc = _run(tmp_path, "--methods", "frozen,finetune", "--include", str(first), "--int8", "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert sorted(data["knn"]) == sorted(data["probe"]) == ["0.25", "1.0"] and data["settings"]["tiny"]
     assert {(r["method"], r["width"]) for r in data["runs"]} == {
         ("frozen", None), ("finetune", None), ("scratch", 0.25), ("scratch", 1.0)}
+    assert [r for r in data["runs"] if r["method"] == "scratch"] == early["runs"]  # included, not re-run
     for m in ("frozen", "finetune", "scratch"):
         assert set(data["summary"][m]) == {"0.25", "1.0"}
         assert all(0 <= v["mean"] <= 1 and v["n"] == 1 for v in data["summary"][m].values())
@@ -31,3 +46,28 @@ def test_tiny_task_model_figures(tmp_path):
     assert "(c) within 1 point of (d)" in proc.stdout
     c = 100 * data["summary"]["finetune"]["1.0"]["mean"]
     assert f"{c:.1f}" in proc.stdout
+    # the INT8 part: one FP32 and one INT8 ONNX classifier per width, each measured on its own
+    arts = data["artifacts"]
+    assert sorted((a["width"], a["precision"]) for a in arts) == [
+        (0.25, "fp32"), (0.25, "int8"), (1.0, "fp32"), (1.0, "int8")]
+    for a in arts:
+        assert Path(a["artifact"]).is_file() and 0 <= a["top1"] <= 1
+    assert all(a["gate_mean_cosine"] is not None for a in arts if a["precision"] == "int8")
+    int8_bytes = {a["width"]: a["bytes"] for a in arts if a["precision"] == "int8"}
+    assert all(int8_bytes[a["width"]] < a["bytes"] for a in arts if a["precision"] == "fp32")
+    # the FP32 classifier agrees with (c)'s PyTorch top-1 (same weights and BN bank; exact parity gate)
+    torch_top1 = next(r for r in data["runs"] if r["method"] == "finetune")["top1"]
+    for a in arts:
+        if a["precision"] == "fp32":
+            assert abs(a["top1"] - torch_top1[str(a["width"])]) <= 0.01
+    assert "as ONNX classifiers" in proc.stdout
+
+
+def test_include_with_other_settings_is_refused(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"settings": {"recipe": "cifar", "epochs": None, "widths": [0.25, 1.0], "tiny": True},
+                                 "runs": []}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--jobs", "1", "--methods", "none",
+                           "--include", str(other), "--ssl-checkpoint", str(tmp_path / "unused.pt"),
+                           "--work", str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "differ from this run's" in proc.stderr

@@ -42,3 +42,35 @@ def test_bad_sizes_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--epochs", "0", "--work", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "must be >= 1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_seeds_from_two_invocations_are_reported_together(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+    first, both = tmp_path / "s100.json", tmp_path / "both.json"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--work", str(tmp_path / "w"), *args],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    assert run("--json", str(first)).returncode == 0
+    clash = run("--include", str(first))  # seed 100 again
+    assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "us3l_s100" in clash.stderr
+    proc = run("--first-seed", "101", "--include", str(first), "--json", str(both))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(both.read_text())
+    assert data["settings"]["seeds"] == 2 and data["first_seed"] == 101 and data["included"] == [str(first)]
+    assert sorted({r["seed"] for r in data["runs"]}) == [100, 101] and len(data["runs"]) == 14
+    earlier = json.loads(first.read_text())["runs"]
+    assert [r for r in data["runs"] if r["seed"] == 100] == earlier  # included as written, not re-run
+    assert all(len(v) == 2 for v in data["summary"]["us3l"]["knn"].values())
+    assert "2 seed(s)" in proc.stdout and "±" in proc.stdout
+
+
+def test_include_with_another_protocol_exit_2(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"settings": {"train_size": 10_000, "test_size": 2000, "epochs": 4}, "runs": []}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--include", str(other), "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "protocol differs" in proc.stderr
+    assert "train_size 10000 vs 128" in proc.stderr
