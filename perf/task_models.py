@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--include", action="append", default=[],
                     help="an earlier --json of this script whose runs join the table (same recipe, epochs and "
                          "widths; e.g. scratch baselines run while the SSL checkpoint trained); repeatable")
+    ap.add_argument("--knn-k", type=int, help="kNN neighbours of (a) (default: us3l eval's, 20 or 200 on 10k+ images)")
     ap.add_argument("--int8", action="store_true",
                     help="also export (c) per width as FP32 and INT8 ONNX classifiers and measure their top-1")
     ap.add_argument("--json", help="write every number to this file")
@@ -165,19 +166,25 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--methods {args.methods!r}: valid names are {', '.join(METHODS)}")
     knn: dict[str, float] = {}
     probe: dict[str, float] = {}
-    if methods and methods != ["scratch"]:  # scratch alone does not use the SSL weights: no kNN / probe
-        knn_rows = evaluate_checkpoint(load_checkpoint(ckpt), list(widths), "both", calib_batches=2 if args.tiny else 50)
-        knn = {str(r["width"]): r["knn"] for r in knn_rows}
-        probe = {str(r["width"]): r["linear"] for r in knn_rows}
     runs: list[dict[str, Any]] = []
     for earlier in map(Path, args.include):
-        prev = json.loads(earlier.read_text())
+        try:
+            prev = json.loads(earlier.read_text())
+        except (OSError, ValueError) as exc:
+            ap.error(f"--include {earlier}: cannot read it ({exc})")
         same = {k: prev["settings"].get(k) for k in ("recipe", "epochs", "widths", "tiny")}
         if same != {"recipe": args.recipe, "epochs": opts.get("epochs"), "widths": list(widths), "tiny": args.tiny}:
             ap.error(f"--include {earlier}: its settings {same} differ from this run's")
         runs += [r for r in prev["runs"] if r["method"] not in methods]  # this run's methods are re-measured
         if not knn and prev.get("knn"):  # the SSL checkpoint's kNN / probe, measured by the earlier run
             knn, probe = prev["knn"], prev["probe"]
+    if args.int8 and "finetune" not in methods and not any(r["method"] == "finetune" for r in runs):
+        ap.error("--int8 needs a (c) finetune run: in --methods or in an --include file")
+    if methods and methods != ["scratch"]:  # scratch alone does not use the SSL weights: no kNN / probe
+        knn_rows = evaluate_checkpoint(load_checkpoint(ckpt), list(widths), "both", calib_batches=2 if args.tiny else 50,
+                                       knn_k=args.knn_k)
+        knn = {str(r["width"]): r["knn"] for r in knn_rows}
+        probe = {str(r["width"]): r["linear"] for r in knn_rows}
     jobs = [(str(ckpt), m, s, w, opts) for s in seeds for m in methods for w in ((None,) if m != "scratch" else widths)]
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else None
     with pool or _NoPool():
@@ -204,9 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{g['width']} {'yes' if g['c_within_1pt_of_d'] else 'NO'} ({100 * g['c_minus_d']:+.1f})" for g in goals))
     int8_rows: list[dict[str, Any]] = []
     if args.int8:
-        task = min((r for r in runs if r["method"] == "finetune"), key=lambda r: r["seed"], default=None)
-        if task is None:
-            ap.error("--int8 needs a (c) finetune run: in --methods or in an --include file")
+        task = min((r for r in runs if r["method"] == "finetune"), key=lambda r: r["seed"])
         int8_rows = artifact_top1(task["checkpoint"], widths, work / "artifacts")
         torch_top1 = task["top1"]
         print(f"\n(c) seed {task['seed']} as ONNX classifiers: top-1 per width (%), ONNX Runtime")
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({
             "settings": {"recipe": args.recipe, "epochs": opts.get("epochs"), "seeds": seeds, "tiny": args.tiny,
                          "ssl_checkpoint": str(ckpt), "widths": list(widths),
-                         "methods": methods, "included": args.include},
+                         "methods": methods, "included": args.include, "knn_k": args.knn_k},
             "knn": knn, "probe": probe, "runs": runs,
             "summary": {m: {w: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
                             for w, v in table[m].items() if v} for m in METHODS},

@@ -71,3 +71,11 @@ def test_include_with_other_settings_is_refused(tmp_path):
                            "--include", str(other), "--ssl-checkpoint", str(tmp_path / "unused.pt"),
                            "--work", str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "differ from this run's" in proc.stderr
+
+
+def test_int8_without_a_finetune_run_is_refused_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--jobs", "1", "--methods", "scratch", "--int8",
+                           "--ssl-checkpoint", str(tmp_path / "unused.pt"), "--work", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--int8 needs a (c) finetune run" in proc.stderr
+    assert not (tmp_path / "w" / "scratch_s0").exists()
