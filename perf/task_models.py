@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -205,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(table['scratch'][w]):>12}")
         goals.append({"width": float(w), "c_minus_b": c - b, "c_minus_d": c - d, "c_ge_b": c >= b,
                       "c_within_1pt_of_d": c >= d - 0.01})
-    print("\ngoals: (c) >= (b): " + ", ".join(f"{g['width']} {'yes' if g['c_ge_b'] else 'NO'} ({100 * g['c_minus_b']:+.1f})"
-                                            for g in goals))
+    def verdict(ok: bool, diff: float) -> str:
+        return "n/a" if math.isnan(diff) else f"{'yes' if ok else 'NO'} ({100 * diff:+.1f})"
+
+    print("\ngoals: (c) >= (b): " + ", ".join(f"{g['width']} {verdict(g['c_ge_b'], g['c_minus_b'])}" for g in goals))
     print("       (c) within 1 point of (d): " + ", ".join(
-        f"{g['width']} {'yes' if g['c_within_1pt_of_d'] else 'NO'} ({100 * g['c_minus_d']:+.1f})" for g in goals))
+        f"{g['width']} {verdict(g['c_within_1pt_of_d'], g['c_minus_d'])}" for g in goals))
     int8_rows: list[dict[str, Any]] = []
     if args.int8:
         task = min((r for r in runs if r["method"] == "finetune"), key=lambda r: r["seed"])

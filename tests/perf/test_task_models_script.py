@@ -30,6 +30,7 @@ def test_tiny_task_model_figures(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     early = json.loads(first.read_text())
     assert early["knn"] == {} and {r["method"] for r in early["runs"]} == {"scratch"}
+    assert "(c) >= (b): 0.25 n/a" in proc.stdout  # no (b), (c) yet: no verdict
     assert set(early["summary"]["scratch"]) == {"0.25", "1.0"} and early["summary"]["finetune"] == {}
 
     proc = _run(tmp_path, "--methods", "frozen,finetune", "--include", str(first), "--int8", "--json", str(out))
