@@ -65,7 +65,8 @@ def _job(args: tuple[str, str, int, float | None, dict[str, Any]]) -> dict[str, 
     t0 = time.perf_counter()
     res = run_finetune(cfg)
     return {"method": method, "seed": seed, "width": width, "top1": {str(r["width"]): r["top1"] for r in res.rows},
-            "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(res.checkpoint)}
+            "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(res.checkpoint),
+            "history": res.history}  # per-epoch training losses (max width, sub-widths)
 
 
 class _NoPool:

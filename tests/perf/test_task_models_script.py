@@ -40,6 +40,7 @@ def test_tiny_task_model_figures(tmp_path):
     assert {(r["method"], r["width"]) for r in data["runs"]} == {
         ("frozen", None), ("finetune", None), ("scratch", 0.25), ("scratch", 1.0)}
     assert [r for r in data["runs"] if r["method"] == "scratch"] == early["runs"]  # included, not re-run
+    assert all(len(r["history"]) == 1 and r["history"][0]["loss_max"] > 0 for r in data["runs"])  # 1 tiny epoch
     for m in ("frozen", "finetune", "scratch"):
         assert set(data["summary"][m]) == {"0.25", "1.0"}
         assert all(0 <= v["mean"] <= 1 and v["n"] == 1 for v in data["summary"][m].values())
