@@ -11,14 +11,25 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "perf" / "fmnist_claims.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+
+
+def _run(work: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--work", str(work), *args],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def seed_100(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One tiny comparison (seed 100), shared by the tests below."""
+    root = tmp_path_factory.mktemp("claims")
+    out = root / "claims.json"
+    return out, _run(root / "w", "--json", str(out))
 
 
 @pytest.mark.slow
-def test_tiny_comparison_writes_the_table_and_json(tmp_path):
-    out = tmp_path / "claims.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--work", str(tmp_path / "w"), "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+def test_tiny_comparison_writes_the_table_and_json(seed_100):
+    out, proc = seed_100
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert data["settings"]["train_size"] == 128 and data["settings"]["test_size"] == 64
@@ -45,15 +56,14 @@ def test_bad_sizes_exit_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_seeds_from_two_invocations_are_reported_together(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
-    first, both = tmp_path / "s100.json", tmp_path / "both.json"
+def test_seeds_from_two_invocations_are_reported_together(seed_100, tmp_path):
+    first, proc = seed_100
+    both = tmp_path / "both.json"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--work", str(tmp_path / "w"), *args],
-                              capture_output=True, text=True, timeout=300, env=env)
+        return _run(tmp_path / "w", *args)
 
-    assert run("--json", str(first)).returncode == 0
     clash = run("--include", str(first))  # seed 100 again
     assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "us3l_s100" in clash.stderr
     proc = run("--first-seed", "101", "--include", str(first), "--json", str(both))
