@@ -177,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         same = {k: prev["settings"].get(k) for k in ("recipe", "epochs", "widths", "tiny")}
         if same != {"recipe": args.recipe, "epochs": opts.get("epochs"), "widths": list(widths), "tiny": args.tiny}:
             ap.error(f"--include {earlier}: its settings {same} differ from this run's")
-        runs += [r for r in prev["runs"] if r["method"] not in methods]  # this run's methods are re-measured
+        kept = [r for r in prev["runs"] if r["method"] not in methods]  # this run's methods are re-measured
+        if any(r["method"] != "scratch" for r in kept) and prev["settings"].get("ssl_checkpoint") != str(ckpt):
+            ap.error(f"--include {earlier}: its (b)/(c) runs start from {prev['settings'].get('ssl_checkpoint')}, "
+                     f"this run from {ckpt}")
+        runs += kept
         if not knn and prev.get("knn"):  # the SSL checkpoint's kNN / probe, measured by the earlier run
             knn, probe = prev["knn"], prev["probe"]
     if args.int8 and "finetune" not in methods and not any(r["method"] == "finetune" for r in runs):
@@ -203,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     goals = []
     for w in map(str, widths):
         b, c, d = (statistics.fmean(table[m][w]) if table[m][w] else float("nan") for m in METHODS)
-        print(f"{w:>6} {_fmt([knn[w]] if w in knn else []):>8} {_fmt([probe[w]] if w in probe else []):>6} {_fmt(table['frozen'][w]):>11} {_fmt(table['finetune'][w]):>13} "
-              f"{_fmt(table['scratch'][w]):>12}")
-        goals.append({"width": float(w), "c_minus_b": c - b, "c_minus_d": c - d, "c_ge_b": c >= b,
-                      "c_within_1pt_of_d": c >= d - 0.01})
+        print(f"{w:>6} {_fmt([knn[w]] if w in knn else []):>8} {_fmt([probe[w]] if w in probe else []):>6} "
+              f"{_fmt(table['frozen'][w]):>11} {_fmt(table['finetune'][w]):>13} {_fmt(table['scratch'][w]):>12}")
+        goals.append({"width": float(w), "c_minus_b": c - b, "c_minus_d": c - d,
+                      "c_ge_b": None if math.isnan(c - b) else c >= b,
+                      "c_within_1pt_of_d": None if math.isnan(c - d) else c >= d - 0.01})
     def verdict(ok: bool, diff: float) -> str:
         return "n/a" if math.isnan(diff) else f"{'yes' if ok else 'NO'} ({100 * diff:+.1f})"
 
@@ -232,15 +237,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{got['int8']['gate_mean_cosine'] or float('nan'):9.4f}")
     wall = time.perf_counter() - t0
     print(f"wall time {wall:.0f}s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
+    if args.json:  # a missing method's goal is null in the file (JSON has no NaN)
+        from us3l.core.files import atomic_write_json
+
+        goals = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in g.items()} for g in goals]
+        atomic_write_json(args.json, {
             "settings": {"recipe": args.recipe, "epochs": opts.get("epochs"), "seeds": seeds, "tiny": args.tiny,
                          "ssl_checkpoint": str(ckpt), "widths": list(widths),
                          "methods": methods, "included": args.include, "knn_k": args.knn_k},
             "knn": knn, "probe": probe, "runs": runs,
             "summary": {m: {w: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
                             for w, v in table[m].items() if v} for m in METHODS},
-            "goals": goals, "artifacts": int8_rows, "wall_seconds": round(wall, 1)}, indent=2) + "\n")
+            "goals": goals, "artifacts": int8_rows, "wall_seconds": round(wall, 1)})
     return 0
 
 

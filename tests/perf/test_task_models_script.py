@@ -31,6 +31,7 @@ def test_tiny_task_model_figures(tmp_path):
     early = json.loads(first.read_text())
     assert early["knn"] == {} and {r["method"] for r in early["runs"]} == {"scratch"}
     assert "(c) >= (b): 0.25 n/a" in proc.stdout  # no (b), (c) yet: no verdict
+    assert all(g["c_ge_b"] is None and g["c_minus_d"] is None for g in early["goals"])  # null, not NaN
     assert set(early["summary"]["scratch"]) == {"0.25", "1.0"} and early["summary"]["finetune"] == {}
 
     proc = _run(tmp_path, "--methods", "frozen,finetune", "--include", str(first), "--int8", "--json", str(out))
@@ -81,3 +82,14 @@ def test_int8_without_a_finetune_run_is_refused_before_any_work(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--int8 needs a (c) finetune run" in proc.stderr
     assert not (tmp_path / "w" / "scratch_s0").exists()
+
+
+def test_include_of_runs_from_another_ssl_checkpoint_is_refused(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"settings": {"recipe": "digits", "epochs": 1, "widths": [0.25, 1.0], "tiny": True,
+                                              "ssl_checkpoint": str(tmp_path / "a.pt")},
+                                 "runs": [{"method": "finetune", "seed": 0, "width": None, "top1": {}}]}))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--jobs", "1", "--methods", "none",
+                           "--include", str(other), "--ssl-checkpoint", str(tmp_path / "b.pt"),
+                           "--work", str(tmp_path / "w")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "start from" in proc.stderr and "b.pt" in proc.stderr
