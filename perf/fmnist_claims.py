@@ -175,13 +175,20 @@ PROTOCOL = ("train_size", "test_size", "epochs", "batch_size", "max_steps_per_ep
 
 def included_jobs(path: Path, st: Settings) -> list[Job]:
     """The runs of an earlier ``--json`` (same protocol, else ValueError naming the difference)."""
-    prev = json.loads(Path(path).read_text())
-    diff = {k: (prev["settings"].get(k), getattr(st, k)) for k in PROTOCOL if prev["settings"].get(k) != getattr(st, k)}
+    try:
+        prev = json.loads(Path(path).read_text())
+        settings, runs = dict(prev["settings"]), list(prev["runs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--include {path}: not a --json file of this script ({exc!r})") from None
+    diff = {k: (settings.get(k), getattr(st, k)) for k in PROTOCOL if settings.get(k) != getattr(st, k)}
     if diff:
         raise ValueError(f"--include {path}: its protocol differs from this run's: "
                          + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items()))
-    return [Job(r["method"], r["seed"], r["width"],
-                {k: v for k, v in r.items() if k not in ("method", "seed", "width")}) for r in prev["runs"]]
+    try:
+        return [Job(r["method"], r["seed"], r["width"],
+                    {k: v for k, v in r.items() if k not in ("method", "seed", "width")}) for r in runs]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"--include {path}: a run lacks {exc!r}") from None
 
 
 def raw_pixel_knn(st: Settings) -> float:
@@ -381,6 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     from us3l.core.errors import US3LError
     from us3l.core.files import atomic_write_json
 
+    jobs = make_jobs(st.seeds, args.first_seed)
+    try:  # earlier runs first: a wrong file is refused before any work
+        earlier = [j for path in args.include for j in included_jobs(path, st)]
+        clash = {j.name for j in jobs} & {j.name for j in earlier}
+        if clash:
+            raise ValueError(f"--include repeats runs of this invocation ({', '.join(sorted(clash))}); "
+                             "choose another --first-seed")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     try:
         write_fashion_mnist_subset(st.subset_root, st.train_size, st.test_size, st.data_root)
@@ -393,13 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 atomic_write_json(args.json, {"settings": asdict(st), "estimate": est})
             return 0
-        earlier = [j for path in args.include for j in included_jobs(path, st)]
         raw = raw_pixel_knn(st)
-        jobs = make_jobs(st.seeds, args.first_seed)
-        clash = {j.name for j in jobs} & {j.name for j in earlier}
-        if clash:
-            raise ValueError(f"--include repeats runs of this invocation ({', '.join(sorted(clash))}); "
-                             "choose another --first-seed")
         if st.jobs == 1:
             _init_worker()
             done = [run_job(j, st) for j in jobs]
@@ -412,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{len(finished)}/{len(jobs)}] {finished[futures[fut]].name} done after "
                           f"{(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr, flush=True)
                 done = [finished[i] for i in range(len(jobs))]
-    except (US3LError, ValueError, OSError, KeyError) as exc:
+    except US3LError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wall_s = time.perf_counter() - start
@@ -421,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(done)
     goal_rows = goals(table, raw)
     render(table, raw, goal_rows, wall_s, st)
+    if earlier:
+        print(f"(the wall time is this invocation's; {len(earlier)} run(s) came from {', '.join(map(str, args.include))})")
     if args.json:
         atomic_write_json(args.json, {
             "command": " ".join(["python", "perf/fmnist_claims.py", *(sys.argv[1:] if argv is None else argv)]),

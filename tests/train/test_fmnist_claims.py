@@ -84,3 +84,11 @@ def test_include_with_another_protocol_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "protocol differs" in proc.stderr
     assert "train_size 10000 vs 128" in proc.stderr
+
+
+def test_include_of_a_file_that_is_not_ours_exit_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--include", str(bad), "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "bad.json: not a --json file" in proc.stderr
