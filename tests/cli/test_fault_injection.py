@@ -92,12 +92,12 @@ def test_kill_9_during_a_checkpoint_write_then_sigterm_on_the_next_run(tmp_path)
 
 
 def _sidecars_match(out: Path) -> list[str]:
-    from us3l.export.source import file_digest
+    from us3l.core.files import sha256_file
 
     names = []
     for side in sorted(out.glob("[!.]*.json")):
         data = json.loads(side.read_text())
-        assert data["sha256"] == file_digest(out / data["artifact"]), side
+        assert data["sha256"] == sha256_file(out / data["artifact"]), side
         names.append(data["artifact"])
     return names
 

@@ -298,9 +298,9 @@ def test_export_repairs_an_interrupted_commit_and_removes_stale_staging(base, tm
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["us_resnet_mini_w0.5.json", "us_resnet_mini_w0.5.onnx"]
     side = json.loads((out / "us_resnet_mini_w0.5.json").read_text())
-    from us3l.export.source import file_digest
+    from us3l.core.files import sha256_file
 
-    assert side["sha256"] == file_digest(out / "us_resnet_mini_w0.5.onnx")
+    assert side["sha256"] == sha256_file(out / "us_resnet_mini_w0.5.onnx")
     # without the journal, a foreign file at the artifact's name is still protected
     (out / "us_resnet_mini_w0.25.onnx").write_bytes(b"someone else's")
     result = CliRunner().invoke(app, ["export", "--arch", "us_resnet_mini", "--widths", "0.25", "--out", str(out)])

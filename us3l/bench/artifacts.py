@@ -141,8 +141,6 @@ class BenchArtifact:
         }
 
 
-
-
 def _file_stamp(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from us3l.core.errors import ExportError
-
-from .source import file_digest
+from us3l.core.files import sha256_file
 
 SIDECAR_SCHEMA = "us3l-export/1"
 STAGING_PREFIX = ".us3l-export-"
@@ -163,7 +162,7 @@ def cached_artifact(artifact: Path, sidecar: Path, key: dict[str, Any], force: b
     """
     data = read_sidecar(sidecar)
     if data and data.get("artifact") == artifact.name and data.get("cache_key") == key and artifact.is_file() \
-            and file_digest(artifact) == data.get("sha256"):
+            and sha256_file(artifact) == data.get("sha256"):
         return None if force else data
     if not force and not repairable and artifact.exists():
         raise ExportError(f"{artifact} already exists and was built from something else (or changed since); "

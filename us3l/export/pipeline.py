@@ -32,6 +32,7 @@ from torch import nn
 from us3l.core import __version__
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError, ExportError
+from us3l.core.files import sha256_file
 from us3l.core.profile import count_macs
 from us3l.core.slicing import channel_config, find_aliases, slice_to_width
 from us3l.core.width import format_width, parse_widths
@@ -43,7 +44,7 @@ from .outputs import (check_outputs, deploy_module, flatten_outputs, metadata_pr
 from .onnx_quant import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_MIN_COSINE, RANGES_SUFFIX, accuracy_gate, enforce_gate
 from .parity import DEFAULT_TOLERANCE, compare, enforce
 from .registry import Exporter, ExportRequest, get_exporter
-from .source import CalibrationSet, Network, bn_plan, check_input_size, file_digest, load_head, load_network, prepare_bn
+from .source import CalibrationSet, Network, bn_plan, check_input_size, load_head, load_network, prepare_bn
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class _Run:
         self.cfg, self.net, self.calib, self.staging = cfg, net, calib, staging
         self.out_dir = Path(cfg.out_dir)
         self.input_shape = (net.model.in_chans, calib.input_size, calib.input_size)
-        self.head_digest = file_digest(cfg.include_head) if cfg.include_head else None
+        self.head_digest = sha256_file(cfg.include_head) if cfg.include_head else None
         if self.head_digest is None and cfg.outputs in ("logits", "probs") and net.checkpoint is not None:
             from us3l.core.taskmodel import head_digest
 
@@ -292,7 +293,7 @@ class _Run:
                 calibration["ranges_file"] = ranges_name
                 calibration["tensorrt"] = {"<=10": "trtexec --int8 --calib=<cache derived from ranges_file>",
                                            ">=11": "symmetric int8 Q/DQ ONNX derived from ranges_file"}
-        sha = file_digest(req.path)
+        sha = sha256_file(req.path)
         with torch.no_grad():
             macs = count_macs(deploy, torch.zeros(1, *self.input_shape))
         params = int(sum(p.numel() for p in deploy.parameters()))

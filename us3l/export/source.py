@@ -27,7 +27,6 @@ from torch import nn
 from us3l.core.bn import calibrate_bn, load_bn_stats
 from us3l.core.context import use_width
 from us3l.core.errors import CheckpointError, ConfigError, DataError, ExportError
-from us3l.core.files import sha256_file
 from us3l.core.width import format_width
 
 log = logging.getLogger(__name__)
@@ -282,8 +281,3 @@ def load_head(path: str | None, feature_dim: int, max_feature_dim: int) -> nn.Li
         if b is not None:
             head.bias.copy_(b)
     return head.eval()
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (:func:`us3l.core.files.sha256_file`)."""
-    return sha256_file(path)

@@ -482,12 +482,6 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None) -> Path:
     except BaseException:
         # A run that fails before its first checkpoint leaves nothing behind in a folder it created
         # (its config.toml, an empty tb/); a folder that holds a checkpoint stays, for --resume.
-        if created and out.is_dir() and not (out / CHECKPOINT_NAME).exists() and _is_main_rank():
+        if created and out.is_dir() and not (out / CHECKPOINT_NAME).exists() and runtime.launch_rank() == 0:
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-
-def _is_main_rank() -> bool:
-    """Rank 0 by torchrun's RANK, as :func:`runtime.init_distributed` reads it (the process group may
-    already be torn down when a failed run gets here)."""
-    return int(os.environ.get("RANK", "0")) == 0

@@ -53,12 +53,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def launch_rank() -> int:
+    """This process's rank as ``torchrun`` sets it (``RANK``; 0 without torchrun). Readable after the
+    process group is gone, e.g. while a failed run cleans up."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device_name: str) -> DistInfo:
     """Join the ``torchrun`` process group from the environment (gloo on CPU, NCCL on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = launch_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
         return DistInfo(rank, world, local_rank, owns_group=False)
     cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
