@@ -8,7 +8,7 @@ For each seed, with the digits recipe's epochs, batch size and learning rate:
   width with the same SSL objective and the same number of epochs ("individually trained").
 
 Every checkpoint is evaluated by kNN after BN recalibration at each width
-(:func:`us3l.train.evaluate.evaluate_checkpoint`). Prints a rich table (mean ± std over seeds) and
+(:func:`us3l.trainer.evaluate.evaluate_checkpoint`). Prints a rich table (mean ± std over seeds) and
 writes all numbers, plus the collapse detector's last verdicts, as JSON.
 """
 
@@ -36,16 +36,16 @@ def _collapse_flags(out_dir: Path) -> dict:
 
 def run_one(method: str, seed: int, root: Path, overrides: dict, width: float | None = None) -> dict:
     """Train one configuration and evaluate it; returns accuracies per width and timings."""
-    from us3l.train.evaluate import evaluate_checkpoint
-    from us3l.train.loop import train
-    from us3l.train.recipes import get_recipe
+    from us3l.trainer.evaluate import evaluate_checkpoint
+    from us3l.trainer.loop import run_training
+    from us3l.trainer.recipes import get_recipe
     from us3l.core.checkpoint import load_checkpoint
 
     name = f"{method}_s{seed}" + (f"_w{width:g}" if width is not None else "")
     cfg = get_recipe("digits").replace(method=method, seed=seed, out_dir=str(root / name), single_width=width,
                                        tensorboard=False, **overrides)
     t0 = time.perf_counter()
-    path = train(cfg)
+    path = run_training(cfg)
     train_s = time.perf_counter() - t0
     rows = evaluate_checkpoint(load_checkpoint(path), [width] if width is not None else WIDTHS)
     return {"method": method, "seed": seed, "width": width, "train_s": train_s,

@@ -22,7 +22,7 @@ import torch
 
 from us3l.core.context import use_width
 from us3l.core.models import get_model
-from us3l.train.sampling import sample_widths
+from us3l.trainer.sampling import sample_widths
 
 
 def measure(arch: str, iterations: int, backend: str, batch: int, size: int) -> dict:

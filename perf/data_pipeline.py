@@ -142,9 +142,9 @@ def loader_throughput(root: Path, n: int, size: int = 224) -> dict:
     from PIL import Image
 
     from us3l.core.images import list_split
-    from us3l.train.pipeline import TwoViewFiles
+    from us3l.trainer.pipeline import TwoViewFiles
 
-    from us3l.train import pipeline
+    from us3l.trainer import pipeline
 
     paths = list(list_split(root, "train").paths[:n])
     for p in paths:  # warm the page cache for both
@@ -219,7 +219,7 @@ def main() -> None:
               "--set", "tensorboard=false", "--set", "collapse_batch=32"]
     if a.workers is not None:
         common += ["--workers", str(a.workers)]
-    from us3l.train.pipeline import decoder_name
+    from us3l.trainer.pipeline import decoder_name
 
     result: dict = {"decoder": decoder_name(), "tiny": a.tiny, "loadavg_start": os.getloadavg(), "cpus": os.cpu_count(), "goals": GOALS,
                     "argv": sys.argv[1:], "folders": {}}

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from us3l.export import ExportConfig, export
-from us3l.export.onnx_exporter import ort_session, simplify_onnx, torch_to_onnx_bytes
+from us3l.exporters import ExportConfig, run_export
+from us3l.exporters.onnx_exporter import ort_session, simplify_onnx, torch_to_onnx_bytes
 
 LADDER = "0.25:1.0:0.05"
 
@@ -79,10 +79,10 @@ class HandResNet18Cifar(nn.Module):
 def ladder(out_dir: Path, exporter: str = "dynamo") -> dict:
     cfg = ExportConfig(arch="us_resnet18_cifar", widths=LADDER, out_dir=str(out_dir), onnx_exporter=exporter)
     t = time.perf_counter()
-    cold = export(cfg)
+    cold = run_export(cfg)
     t_cold = time.perf_counter() - t
     t = time.perf_counter()
-    warm = export(cfg)
+    warm = run_export(cfg)
     t_cached = time.perf_counter() - t
     return {"widths": LADDER, "exporter": exporter, "artifacts": len(cold.artifacts), "cold_s": round(t_cold, 2),
             "cached_s": round(t_cached, 2), "cached_artifacts": warm.num_cached,

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from us3l.core.errors import US3LError
-    from us3l.train.finetune import FinetuneConfig, get_finetune_recipe, run_finetune
+    from us3l.trainer.finetune import FinetuneConfig, get_finetune_recipe, run_finetune
 
     try:
         cfg = FinetuneConfig(checkpoint=args.checkpoint, out_dir=str(Path(args.out) / args.kind), seed=args.seed,

@@ -64,7 +64,7 @@ class Settings:
     linear_epochs: int | None = None  # None: the "fast" preset's 60
 
     def train_config(self, method: str, seed: int, width: float | None, out: Path):
-        from us3l.train.recipes import get_recipe
+        from us3l.trainer.recipes import get_recipe
 
         return get_recipe("fashion_mnist").replace(
             data_root=str(self.subset_root), epochs=self.epochs, batch_size=self.batch_size, method=method,
@@ -128,10 +128,10 @@ def run_job(job: Job, st: Settings) -> Job:
 
     from us3l.core.checkpoint import Checkpoint, load_checkpoint
     from us3l.core.data import DatasetSpec
-    from us3l.train.collapse import measure_collapse
-    from us3l.train.evaluate import evaluate_checkpoint
-    from us3l.train.loop import Trainer, train
-    from us3l.train.probes import LINEAR_PRESETS
+    from us3l.trainer.collapse import measure_collapse
+    from us3l.trainer.evaluate import evaluate_checkpoint
+    from us3l.trainer.loop import Trainer, run_training
+    from us3l.trainer.probes import LINEAR_PRESETS
 
     out = Path(st.work) / "runs" / job.name
     spec = DatasetSpec("fashion-mnist", str(st.subset_root), 28)
@@ -146,7 +146,7 @@ def run_job(job: Job, st: Settings) -> Job:
     else:
         method = "single" if job.kind == "individual" else job.kind
         cfg = st.train_config(method, job.seed, job.width, out)
-        ckpt = load_checkpoint(train(cfg))
+        ckpt = load_checkpoint(run_training(cfg))
         collapse = _last_collapse(out)
     train_s = time.perf_counter() - t0
     linear = LINEAR_PRESETS["fast"]
@@ -193,7 +193,7 @@ def included_jobs(path: Path, st: Settings) -> list[Job]:
 
 def raw_pixel_knn(st: Settings) -> float:
     from us3l.core.data import DatasetSpec, load_split
-    from us3l.train.probes import KNN_TEMPERATURE, knn_accuracy
+    from us3l.trainer.probes import KNN_TEMPERATURE, knn_accuracy
 
     spec = DatasetSpec("fashion-mnist", str(st.subset_root), 28)
     x, y = load_split(spec, "train")
@@ -212,8 +212,8 @@ def estimate(st: Settings, budget_min: float, steps: int = 3) -> dict:
     from us3l.core.bn import calibrate_bn
     from us3l.core.data import DatasetSpec, load_split
     from us3l.core.models import get_model
-    from us3l.train.loop import Trainer
-    from us3l.train.probes import LINEAR_PRESETS, extract_features, knn_accuracy, linear_probe_accuracy
+    from us3l.trainer.loop import Trainer
+    from us3l.trainer.probes import LINEAR_PRESETS, extract_features, knn_accuracy, linear_probe_accuracy
 
     torch.set_num_threads(1)
     n_steps = max(1, st.train_size // st.batch_size)

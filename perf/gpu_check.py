@@ -33,8 +33,8 @@ BUDGET_S = 8 * 60
 
 def runner_latency(arch: str, widths: list[float], device: str, size: int, duration_s: float) -> dict[str, float]:
     """Median latency (ms, batch 1) of the ``torch`` runner per width on ``device``."""
-    from us3l.bench.artifacts import BenchArtifact, ModelSource
-    from us3l.bench.runners import RunnerOptions, TimingConfig, get_runner
+    from us3l.benchmarks.artifacts import BenchArtifact, ModelSource
+    from us3l.benchmarks.runners import RunnerOptions, TimingConfig, get_runner
 
     source = ModelSource(arch=arch)
     timing = TimingConfig(warmup_ms=200.0 * duration_s, duration_s=duration_s, rounds=1, rewarm_ms=0.0)

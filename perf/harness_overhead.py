@@ -32,8 +32,8 @@ from us3l.core.files import atomic_write_text
 
 def overhead(out: Path, width: float, blocks: int, runs: int, threads: int | None) -> dict:
     """Interleaved blocks of our runner vs a bare ``sess.run`` loop on the same session and feed."""
-    from us3l.bench.artifacts import ModelSource, prepare_artifacts
-    from us3l.bench.runners import RunnerOptions, TimingConfig, get_runner
+    from us3l.benchmarks.artifacts import ModelSource, prepare_artifacts
+    from us3l.benchmarks.runners import RunnerOptions, TimingConfig, get_runner
 
     art = prepare_artifacts(ModelSource(arch="us_resnet18_cifar"), [width], out)[0]
     timing = TimingConfig(warmup_ms=0, iterations=runs, rounds=1, rewarm_ms=0)

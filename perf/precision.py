@@ -30,7 +30,7 @@ WIDTHS = "0.25,0.5,0.75,1.0"
 
 def bench_pairs(source: dict, widths: str, precisions: str, out: Path, duration: float, rounds: int) -> dict:
     """One interleaved bench over every (width, precision) pair; returns the report."""
-    from us3l.bench import BenchConfig, run_bench
+    from us3l.benchmarks import BenchConfig, run_bench
 
     cfg = BenchConfig(**source, device="cpu", widths=widths, precision=precisions, duration_s=duration,
                       rounds=rounds, out_dir=out, plot=True, force=True)
@@ -69,7 +69,7 @@ def gate_cosines(out: Path) -> dict[str, float]:
 def artifact_accuracy(ckpt_path: Path, out: Path) -> list[dict]:
     """kNN accuracy of every artifact bench exported (ONNX Runtime, same protocol as eval)."""
     from us3l.core.checkpoint import load_checkpoint
-    from us3l.train.evaluate import evaluate_artifact, evaluate_checkpoint
+    from us3l.trainer.evaluate import evaluate_artifact, evaluate_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     rows = []
@@ -84,14 +84,14 @@ def artifact_accuracy(ckpt_path: Path, out: Path) -> list[dict]:
 
 def calibration_methods(ckpt_path: Path, widths: str, root: Path) -> list[dict]:
     from us3l.core.checkpoint import load_checkpoint
-    from us3l.export import ExportConfig, export
-    from us3l.train.evaluate import evaluate_artifact
+    from us3l.exporters import ExportConfig, run_export
+    from us3l.trainer.evaluate import evaluate_artifact
 
     ckpt = load_checkpoint(ckpt_path)
     rows = []
     for method in ("minmax", "entropy", "percentile"):
         t0 = time.perf_counter()
-        res = export(ExportConfig(checkpoint=str(ckpt_path), widths=widths, precision="int8", calibration=method,
+        res = run_export(ExportConfig(checkpoint=str(ckpt_path), widths=widths, precision="int8", calibration=method,
                                   out_dir=str(root / method), min_cosine=0.0))
         total = time.perf_counter() - t0
         for art in res.artifacts:
@@ -104,7 +104,7 @@ def calibration_methods(ckpt_path: Path, widths: str, root: Path) -> list[dict]:
 
 
 def choices(report: dict, budgets: list[float]) -> list[dict]:
-    from us3l.bench.choice import choose
+    from us3l.benchmarks.choice import choose
 
     primary = [r for r in report["results"] if r["batch"] == report["config"]["batches"][0]]
     if not budgets:

@@ -51,7 +51,7 @@ def _job(args: tuple[str, str, int, float | None, dict[str, Any]]) -> dict[str, 
     import torch
 
     torch.set_num_threads(1)
-    from us3l.train.finetune import FinetuneConfig, get_finetune_recipe, run_finetune
+    from us3l.trainer.finetune import FinetuneConfig, get_finetune_recipe, run_finetune
 
     ckpt, method, seed, width, opts = args
     out = Path(opts["work"]) / f"{method}_s{seed}" / (f"w{width}" if width is not None else "all")
@@ -104,14 +104,14 @@ def _ssl_checkpoint(args: argparse.Namespace, work: Path) -> Path:
 def artifact_top1(task_ckpt: str, widths: tuple[float, ...], out: Path) -> list[dict[str, Any]]:
     """Top-1 of the task checkpoint's FP32 and INT8 ONNX classifiers per width (ONNX Runtime)."""
     from us3l.core.checkpoint import load_checkpoint
-    from us3l.export import ExportConfig, export
-    from us3l.train.evaluate import evaluate_artifact
+    from us3l.exporters import ExportConfig, run_export
+    from us3l.trainer.evaluate import evaluate_artifact
 
     ckpt = load_checkpoint(task_ckpt)
     rows = []
     for precision in ("fp32", "int8"):
         t0 = time.perf_counter()
-        res = export(ExportConfig(checkpoint=task_ckpt, widths=tuple(widths), precision=precision, outputs="logits",
+        res = run_export(ExportConfig(checkpoint=task_ckpt, widths=tuple(widths), precision=precision, outputs="logits",
                                   out_dir=str(out / precision), force=True))
         seconds = time.perf_counter() - t0
         for art in res.artifacts:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     opts["widths"] = ",".join(map(str, widths))
 
     from us3l.core.checkpoint import load_checkpoint
-    from us3l.train.evaluate import evaluate_checkpoint
+    from us3l.trainer.evaluate import evaluate_checkpoint
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none"]
     if any(m not in METHODS for m in methods):

@@ -33,10 +33,10 @@ from pathlib import Path
 import psutil
 import torch
 
-from us3l.train.group_reg import GroupRegularizer
-from us3l.train.recipes import get_recipe
-from us3l.train.ssl_model import build_ssl_model
-from us3l.train.step import StepParts, build_losses, train_step
+from us3l.trainer.group_reg import GroupRegularizer
+from us3l.trainer.recipes import get_recipe
+from us3l.trainer.ssl_model import build_ssl_model
+from us3l.trainer.step import StepParts, build_losses, train_step
 
 WIDTHS = [1.0, 0.625, 0.25]
 RECIPE_OF = {"us_resnet18_cifar": "cifar100_r18_simclr", "us_resnet50_cifar": "cifar100_r50_simclr",
@@ -154,7 +154,7 @@ def iteration_overhead(batch: int, repeats: int, warmup: int, device: torch.devi
 
 def default_run(out: Path) -> dict:
     """Time ``us3l train`` (no arguments but --out) and compare kNN per width with random init."""
-    from us3l.train.evaluate import evaluate_checkpoint
+    from us3l.trainer.evaluate import evaluate_checkpoint
     from us3l.core.checkpoint import Checkpoint, load_checkpoint
     from us3l.core.models import get_model
 

@@ -5,8 +5,8 @@ seeds per test, and the legacy ONNX exporter as the default for tests that expor
 
 torch's dynamo exporter, the product default, costs 2-35x more per export (docs/deployment.md §6.1)
 and would put the suite far over its 10 minutes. The tests of the exporter itself name
-``dynamo`` explicitly (tests/export/test_onnx.py, the opset and pipeline tests), and
-tests/export/test_default_exporter.py checks that dynamo is the default without the variable.
+``dynamo`` explicitly (tests/exporters/test_onnx.py, the opset and pipeline tests), and
+tests/exporters/test_default_exporter.py checks that dynamo is the default without the variable.
 """
 
 import os

@@ -18,16 +18,16 @@ PACKAGE = ROOT / "us3l"
 #: What each room may import (besides itself, the standard library and third-party packages).
 ALLOWED = {
     "core": {"core"},
-    "train": {"core", "train"},
-    "export": {"core", "export"},
-    "bench": {"core", "export", "bench"},
-    "api": {"core", "train", "export", "bench", "api"},
-    "cli": {"core", "train", "export", "bench", "api", "cli"},
+    "trainer": {"core", "trainer"},
+    "exporters": {"core", "exporters"},
+    "benchmarks": {"core", "exporters", "benchmarks"},
+    "api": {"core", "trainer", "exporters", "benchmarks", "api"},
+    "cli": {"core", "trainer", "exporters", "benchmarks", "api", "cli"},
 }
 
 
 def _room(module: str) -> str | None:
-    """``us3l.train.loop`` -> ``train``; ``us3l`` itself -> ``""``; not ours -> None."""
+    """``us3l.trainer.loop`` -> ``train``; ``us3l`` itself -> ``""``; not ours -> None."""
     parts = module.split(".")
     if parts[0] != "us3l":
         return None
@@ -87,11 +87,11 @@ def test_rooms_import_only_downward():
 
 
 @pytest.mark.parametrize("room, planted", [
-    ("core/width.py", "from us3l.train import loop\n"),                  # core reaching up
-    ("train/ema.py", "def f():\n    from us3l.export import pipeline\n"),  # sideways, inside a function
-    ("export/parity.py", "from ..bench import stats\n"),                  # export -> bench, relative
-    ("bench/stats.py", "import us3l.api\n"),                              # a room reaching the top floor
-    ("core/bn.py", "from .. import train\n"),                             # a room through the top package
+    ("core/width.py", "from us3l.trainer import loop\n"),                       # core reaching up
+    ("trainer/ema.py", "def f():\n    from us3l.exporters import pipeline\n"),  # sideways, inside a function
+    ("exporters/parity.py", "from ..benchmarks import stats\n"),               # exporters -> benchmarks, relative
+    ("benchmarks/stats.py", "import us3l.api\n"),                              # a room reaching the top floor
+    ("core/bn.py", "from .. import trainer\n"),                                # a room through the top package
 ])
 def test_a_planted_upward_import_is_caught(tmp_path, room, planted):
     copy = tmp_path / "us3l"
@@ -102,19 +102,24 @@ def test_a_planted_upward_import_is_caught(tmp_path, room, planted):
     assert len(found) == 1 and found[0].startswith(f"us3l/{room}:"), found
 
 
-def test_import_us3l_is_lazy_and_the_api_is_there():
-    code = ("import sys, us3l\n"
+def test_import_us3l_is_lazy_and_the_api_verbs_are_plain_functions():
+    code = ("import inspect, pickle, sys, types, us3l\n"
             "assert 'torch' not in sys.modules, 'import us3l pulled in torch'\n"
             "us3l.load; us3l.evaluate; us3l.SlimmableModel\n"
-            "assert callable(us3l.train) and callable(us3l.export) and callable(us3l.bench)\n"
-            "import us3l.export.pipeline as p\n"  # the room is a package as well as a call
-            "assert p.__name__ == 'us3l.export.pipeline' and callable(us3l.export)\n"
-            "from us3l import export\n"
-            "assert export is us3l.export\n")
+            "for name in ('train', 'export', 'bench'):\n"
+            "    fn = getattr(us3l, name)\n"
+            "    assert isinstance(fn, types.FunctionType), (name, type(fn))\n"
+            "    assert fn.__module__ == 'us3l.api.commands' and fn.__doc__\n"
+            "    assert 'args' not in inspect.signature(fn).parameters\n"
+            "    assert pickle.loads(pickle.dumps(fn)) is fn\n"
+            "assert 'source' in inspect.signature(us3l.export).parameters\n"
+            "assert type(sys.modules['us3l']) is types.ModuleType\n"  # no module-class swap
+            "import us3l.exporters.pipeline as p\n"
+            "assert p.__name__ == 'us3l.exporters.pipeline' and isinstance(us3l.export, types.FunctionType)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "tests")
 
 
-def test_room_call_forwards_to_the_api(monkeypatch):
+def test_api_verbs_forward_to_the_api(monkeypatch):
     import us3l
     import us3l.api.commands as commands
 
@@ -126,8 +131,10 @@ def test_room_call_forwards_to_the_api(monkeypatch):
     assert seen == {"widths": (("us_resnet_mini", "0.5"), {}), "export": (("ckpt.pt", "0.5"), {"format": "onnx"})}
 
 
-@pytest.mark.parametrize("old", ["us3l_deploy", "trainer", "exporters", "benchmarks"])
-def test_old_top_level_packages_are_gone(old):
+@pytest.mark.parametrize("old", ["us3l_deploy", "trainer", "exporters", "benchmarks", "us3l.train", "us3l.export",
+                                 "us3l.bench"])
+def test_old_packages_are_gone(old):
+    """No shims: the old top-level packages and the old room names do not import."""
     proc = subprocess.run([sys.executable, "-I", "-c", f"import {old}"], cwd="/", capture_output=True, text=True)
     assert proc.returncode != 0 and "ModuleNotFoundError" in proc.stderr
 
@@ -157,7 +164,7 @@ def _vermin_38(path: Path) -> subprocess.CompletedProcess:
 def test_remote_agent_runs_on_jetpack_python(tmp_path):
     """The file uploaded to a Jetson runs on JetPack 5's Python 3.8 (JetPack 6 ships 3.10): checked by
     vermin, a static minimum-version analyser, so no 3.9+ syntax or library call slips in."""
-    proc = _vermin_38(PACKAGE / "bench" / "remote" / "agent_ort.py")
+    proc = _vermin_38(PACKAGE / "benchmarks" / "remote" / "agent_ort.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     control = tmp_path / "newer.py"  # the check is not vacuous: 3.9+ code fails it
     control.write_text("def f(d: dict) -> str:\n    return 'x'.removeprefix('y') + str(d | {})\n")

@@ -24,12 +24,10 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .core import __version__
+from .core.lazy import lazy_getattr
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names resolve lazily below
     from .api import (Artifact, BenchResult, Choice, CollapseScore, EvalResult, ExportResult, LatencyRow,
@@ -41,47 +39,22 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names reso
                        model_width, parse_widths, profile_width, register_model, save_checkpoint, slice_to_width,
                        use_width)
 
-#: The Python API (us3l.api): one call per CLI command, and the typed results.
-_API = ("load", "evaluate", "widths", "import_reference", "SlimmableModel", "TrainResult", "EvalResult",
-        "WidthAccuracy", "WidthInfo", "BenchResult", "LatencyRow", "Choice", "CollapseScore", "TrainConfig",
-        "ExportResult", "Artifact", "finetune", "predict", "pack", "FinetuneResult", "PredictResult", "PackResult")
-#: Rooms whose name is also a command: ``us3l.train``, ``us3l.export`` and ``us3l.bench`` are the
-#: room packages, and calling one runs the API call of the same name (``us3l.export(ckpt, "0.5")``).
-_ROOM_CALLS = ("train", "export", "bench")
+#: The Python API (us3l.api): one plain function per CLI command, and the typed results.
+#: ``us3l.train``, ``us3l.export`` and ``us3l.bench`` are these functions; the rooms that do the
+#: work are the packages ``us3l.trainer``, ``us3l.exporters`` and ``us3l.benchmarks``.
+_API = ("train", "export", "bench", "load", "evaluate", "widths", "import_reference", "finetune", "predict", "pack",
+        "SlimmableModel", "TrainResult", "EvalResult", "WidthAccuracy", "WidthInfo", "BenchResult", "LatencyRow",
+        "Choice", "CollapseScore", "TrainConfig", "ExportResult", "Artifact", "FinetuneResult", "PredictResult",
+        "PackResult")
 _CORE = ("US3LError", "channels_at", "make_divisible", "parse_widths", "format_width", "use_width", "model_width",
          "get_model", "list_models", "register_model", "slice_to_width", "channel_config", "find_aliases",
          "calibrate_bn", "bn_stats", "load_bn_stats", "Checkpoint", "save_checkpoint", "load_checkpoint",
          "profile_width")
 
-__all__ = ["__version__", *_API, *_ROOM_CALLS, *_CORE]
+__all__ = ["__version__", *_API, *_CORE]
+
+__getattr__ = lazy_getattr(__name__, {**{name: "api" for name in _API}, **{name: "core" for name in _CORE}})
 
 
-class _RoomCall(types.ModuleType):
-    """A room package that is also its command's API call: ``us3l.export(...)`` is
-    ``us3l.api.export(...)``, while ``us3l.export.pipeline`` stays the room's module."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        api = importlib.import_module("us3l.api")
-        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    # The import system binds each imported subpackage as an attribute of its parent; the rooms
-    # that share a command's name are made callable at that moment, however they were imported.
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _ROOM_CALLS and type(value) is types.ModuleType:
-            value.__class__ = _RoomCall
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ROOM_CALLS:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _API:
-        return getattr(importlib.import_module(".api", __name__), name)
-    if name in _CORE:
-        return getattr(importlib.import_module(".core", __name__), name)
-    raise AttributeError(f"module 'us3l' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -62,7 +62,7 @@ def test_kill_9_during_a_checkpoint_write_then_sigterm_on_the_next_run(tmp_path)
             state["bytes"] = 0
             return real_save(ckpt, path)
         c._HashingWriter.write = write
-        import us3l.train.loop as loop
+        import us3l.trainer.loop as loop
         loop.save_checkpoint = save
     """)
     args = [*TRAIN, "--epochs", "200", "--out", str(out)]
@@ -109,7 +109,7 @@ def test_kill_9_during_an_export_ladder_then_rerun_repairs(tmp_path):
     # the commit dies after its first rename: one artifact is in place without its sidecar, the
     # journal and the staging folder (with the other files) stay behind
     driver = _driver(tmp_path, """
-        import us3l.export.artifacts as a
+        import us3l.exporters.artifacts as a
         real, moved = a.os.replace, []
         def replace(src, dst):
             if ".us3l-export-" in str(src) and ".us3l-export-" not in str(dst):  # the commit's renames
@@ -139,7 +139,7 @@ def test_two_concurrent_exports_into_one_folder(tmp_path):
     # surely runs while the first is staging
     go = tmp_path / "go"
     slow = _driver(tmp_path, f"""
-        import us3l.export.pipeline as p
+        import us3l.exporters.pipeline as p
         real = p._Run.artifact
         def artifact(self, *a, **k):
             while not os.path.exists({str(go)!r}):

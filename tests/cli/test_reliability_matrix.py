@@ -48,12 +48,12 @@ class _Evil:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> dict[str, Path]:
     """A tiny trained run (checkpoint with training state, metrics), an evil pickle, a flipped copy."""
-    from us3l.train.config import TrainConfig
-    from us3l.train.loop import train
+    from us3l.trainer.config import TrainConfig
+    from us3l.trainer.loop import run_training
 
     d = tmp_path_factory.mktemp("reliability")
     run = d / "run"
-    train(TrainConfig(out_dir=str(run), **TINY))
+    run_training(TrainConfig(out_dir=str(run), **TINY))
     canary = d / "CODE-RAN"
     evil = d / "evil.pt"
     torch.save({"magic": "us3l-deploy-checkpoint", "format_version": 2, "x": _Evil(canary)}, evil)
@@ -185,7 +185,7 @@ CASES: list[tuple[str, int, list[str], Callable[[Path], None] | None, int, str]]
     ("pack-out-under-file", 1, ["pack", "{ckpt}", "--out", "afile/m"], _afile, 2, r"afile"),
     ("finetune-lr-nan", 2, ["finetune", "{ckpt}", "--lr", "nan", "--out", "f"], None, 2, r"lr nan is invalid"),
     ("finetune-epochs-0", 2, ["finetune", "{ckpt}", "--epochs", "0", "--out", "f"], None, 2, r"epochs 0 is invalid"),
-    # 3: images (the policy is --on-bad-image skip|fail; skip is tested in tests/train/test_streaming.py)
+    # 3: images (the policy is --on-bad-image skip|fail; skip is tested in tests/trainer/test_streaming.py)
     ("train-corrupt-image-fail", 3, ["train", "--data", "imagefolder", "--data-root", "imgs", "--image-size", "8",
                                      "--batch-size", "2", "--workers", "0", "--on-bad-image", "fail", "--epochs", "1",
                                      "--out", "r"], _folder_with_a_corrupt_image, 2,
@@ -286,7 +286,7 @@ def test_full_disk_is_one_line_and_writes_nothing(base, tmp_path, monkeypatch):
 def test_export_repairs_an_interrupted_commit_and_removes_stale_staging(base, tmp_path):
     """Class 4: an artifact without its sidecar (a commit killed between the two), listed in the
     commit journal, is rebuilt without --force; a killed run's staging folder is removed."""
-    from us3l.export.artifacts import JOURNAL_NAME, STAGING_PREFIX
+    from us3l.exporters.artifacts import JOURNAL_NAME, STAGING_PREFIX
 
     out = tmp_path / "x"
     out.mkdir()

@@ -17,7 +17,7 @@ Convention (also in docs/DEVELOPING.md, "Docs are tested"):
   first on PATH. Every ``us3l`` invocation gets tiny settings appended (see ``doc_blocks.TINY``;
   the later repeated option wins), and ``.venv/bin/us3l`` / ``.venv/bin/python`` become ``us3l`` /
   ``python``. Repository files are not there: a run-block must make what it uses.
-- ``toml`` blocks must load with the device-profile loader (us3l/bench/devices.py).
+- ``toml`` blocks must load with the device-profile loader (us3l/benchmarks/devices.py).
 - ``<!-- doctest: skip -->`` before a block exempts it from checking (for deliberately wrong
   examples or non-profile TOML).
 """
@@ -57,9 +57,9 @@ RUN_DOCS = [d for d in DOCS if d.is_file() and any(b.run for b in _blocks(d))]
 
 def _toml_problem(block: Block, tmp: Path) -> str | None:
     """``None`` when the block loads as device profiles with known runners and precisions."""
-    from us3l.bench.config import PRECISIONS
-    from us3l.bench.devices import load_profiles
-    from us3l.bench.runners import list_runners
+    from us3l.benchmarks.config import PRECISIONS
+    from us3l.benchmarks.devices import load_profiles
+    from us3l.benchmarks.runners import list_runners
     from us3l.core.errors import US3LError
 
     path = tmp / f"block_{block.line}.toml"

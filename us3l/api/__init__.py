@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from .commands import bench, evaluate, export, finetune, import_reference, load, pack, predict, train, widths
     from .tasks import FinetuneResult, PackResult, Prediction, PredictResult
     from .model import SlimmableModel
-    from us3l.export import Artifact, ExportResult
-    from us3l.train.config import TrainConfig
+    from us3l.exporters import Artifact, ExportResult
+    from us3l.trainer.config import TrainConfig
 
 _LAZY = {
     "SlimmableModel": "us3l.api.model",
@@ -47,9 +47,9 @@ _LAZY = {
     "PredictResult": "us3l.api.tasks",
     "Prediction": "us3l.api.tasks",
     "PackResult": "us3l.api.tasks",
-    "TrainConfig": "us3l.train.config",
-    "ExportResult": "us3l.export",
-    "Artifact": "us3l.export",
+    "TrainConfig": "us3l.trainer.config",
+    "ExportResult": "us3l.exporters",
+    "Artifact": "us3l.exporters",
 }
 
 __all__ = [

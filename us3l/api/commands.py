@@ -24,8 +24,8 @@ from .results import BenchResult, EvalResult, TrainResult, WidthInfo
 if TYPE_CHECKING:
     from torch import nn
 
-    from us3l.export import ExportResult
-    from us3l.train.config import TrainConfig
+    from us3l.exporters import ExportResult
+    from us3l.trainer.config import TrainConfig
 
     from .model import SlimmableModel
 
@@ -94,10 +94,10 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, progr
     """US3L self-supervised training of one universally slimmable checkpoint.
 
     Args:
-        config: a full :class:`us3l.train.config.TrainConfig`; default: the ``recipe`` preset.
+        config: a full :class:`us3l.trainer.config.TrainConfig`; default: the ``recipe`` preset.
         recipe: preset name (``digits`` when neither is given; see ``us3l train --list-recipes``).
         progress: a callback ``progress(done, total, message)`` per training step, or ``True`` for a rich bar.
-        overrides: :class:`~us3l.train.config.TrainConfig` fields to change (``None`` values are
+        overrides: :class:`~us3l.trainer.config.TrainConfig` fields to change (``None`` values are
             ignored), e.g. ``epochs=2, out_dir="runs/demo"``.
 
     Returns:
@@ -107,8 +107,8 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, progr
         ConfigError / UnknownNameError: invalid options or recipe. DataError: missing data.
         TrainingError: a non-finite loss or (with ``fail_on_collapse``) a collapsed representation.
     """
-    from us3l.train.loop import train as run_training
-    from us3l.train.recipes import get_recipe
+    from us3l.trainer.loop import run_training
+    from us3l.trainer.recipes import get_recipe
 
     if config is not None and recipe is not None:
         raise ConfigError("give a TrainConfig or a recipe name, not both")
@@ -147,7 +147,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
     Raises:
         CheckpointError, DataError, WidthError, ConfigError: one-line user errors.
     """
-    from us3l.train.evaluate import EvalConfig, run_eval
+    from us3l.trainer.evaluate import EvalConfig, run_eval
 
     path, arch, model = _resolve_source(checkpoint, None)
     if model is not None:
@@ -250,19 +250,19 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
         widths: ``0.35``, ``"0.25,0.5"``, a range ``"0.25:1.0:0.05"`` or floats (aliases export once).
         format: ``onnx``, ``trt`` (alias ``engine``) or ``pt2`` (torch.export).
         out: output directory (created only when every width passed its parity gate).
-        options: other :class:`us3l.export.ExportConfig` fields: ``batch``, ``opset``, ``snap``,
+        options: other :class:`us3l.exporters.ExportConfig` fields: ``batch``, ``opset``, ``snap``,
             ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``input_size``,
             ``name``, ``simplify``, ``force``, TensorRT build options.
 
     Returns:
-        :class:`us3l.export.ExportResult` with one :class:`us3l.export.Artifact` per distinct network.
+        :class:`us3l.exporters.ExportResult` with one :class:`us3l.exporters.Artifact` per distinct network.
 
     Raises:
         WidthError, ConfigError, CheckpointError, DataError, ExportError, ParityError,
         BackendUnavailableError: one-line user errors; nothing is written then.
     """
-    from us3l.export import ExportConfig
-    from us3l.export import export as run_export
+    from us3l.exporters import ExportConfig
+    from us3l.exporters import run_export
 
     path, arch_name, model = _resolve_source(source, arch)
     value = widths if isinstance(widths, (str, int, float)) else tuple(float(w) for w in widths)
@@ -270,7 +270,7 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
                        widths=value, format=format, out_dir=str(out), **options)
     network = None
     if model is not None:
-        from us3l.export.source import Network
+        from us3l.exporters.source import Network
 
         network = Network.of(model.network, model.checkpoint, path, model.seed)
     with resolve_progress(progress, f"exporting {format}") as report:
@@ -297,14 +297,14 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
         out: directory for ``report.json``, ``latency.csv``, ``latency.png`` and the lookup table
             (default ``./us3l-bench`` with the table in ``~/.cache/us3l``).
         devices_file / accuracy: explicit profiles file and accuracy table.
-        options: other :class:`us3l.bench.BenchConfig` fields: ``runner``, ``precision``, ``threads``,
+        options: other :class:`us3l.benchmarks.BenchConfig` fields: ``runner``, ``precision``, ``threads``,
             ``duration_s``, ``iterations``, ``warmup_ms``, ``rounds``, ``idle_gap_ms``, ``search``,
             ``power_modes``, ``accept_new_host_key``, ``force``, ``snap``, ``plot``, ``lut``.
 
     Raises:
         UnknownNameError, ConfigError, RemoteError, BackendUnavailableError, WidthError: one-line user errors.
     """
-    from us3l.bench import BenchConfig, run_bench
+    from us3l.benchmarks import BenchConfig, run_bench
 
     path, arch_name, model = _resolve_source(source, arch)
     if model is not None and model.checkpoint is not None:
@@ -334,8 +334,8 @@ def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None
     Raises:
         CheckpointError: unreadable file or keys that do not map (listed). ConfigError: unsupported arch.
     """
-    from us3l.export import ImportConfig
-    from us3l.export import import_reference as run_import
+    from us3l.exporters import ImportConfig
+    from us3l.exporters import import_reference as run_import
 
     from .model import SlimmableModel
 

@@ -27,7 +27,7 @@ from ..core.slicing import slice_to_width
 from ..core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths
 
 if TYPE_CHECKING:
-    from us3l.export import ExportResult
+    from us3l.exporters import ExportResult
 
     from .results import BenchResult, EvalResult, WidthInfo
 
@@ -284,7 +284,7 @@ class SlimmableModel:
 
         Uses this object's BN statistics (bank and unsaved calibrations), else recalibrates on the
         checkpoint's training data or ``calib_data``. ``options`` are
-        :class:`us3l.export.ExportConfig` fields (``batch``, ``opset``, ``snap``, ``precision``, ...).
+        :class:`us3l.exporters.ExportConfig` fields (``batch``, ``opset``, ``snap``, ``precision``, ...).
         """
         from .commands import export
 

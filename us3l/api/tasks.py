@@ -16,7 +16,7 @@ from .progress import ProgressArg, resolve_progress
 from .results import WidthAccuracy
 
 if TYPE_CHECKING:
-    from us3l.train.finetune import FinetuneConfig
+    from us3l.trainer.finetune import FinetuneConfig
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -125,9 +125,9 @@ def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: s
 
     Args:
         checkpoint: the SSL checkpoint (file, packed model directory or saved :class:`SlimmableModel`).
-        config: a full :class:`us3l.train.finetune.FinetuneConfig` (its ``checkpoint`` is replaced).
+        config: a full :class:`us3l.trainer.finetune.FinetuneConfig` (its ``checkpoint`` is replaced).
         recipe: ``digits`` (default), ``fashion_mnist`` or ``cifar`` (see ``us3l finetune --help``).
-        overrides: :class:`~us3l.train.finetune.FinetuneConfig` fields (``None`` values ignored), e.g.
+        overrides: :class:`~us3l.trainer.finetune.FinetuneConfig` fields (``None`` values ignored), e.g.
             ``epochs=5, freeze_backbone=True, out_dir="runs/ft"``.
 
     Returns:
@@ -136,7 +136,7 @@ def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: s
     Raises:
         ConfigError, UnknownNameError, CheckpointError, DataError, WidthError: one-line user errors.
     """
-    from us3l.train.finetune import FinetuneConfig, get_finetune_recipe, run_finetune
+    from us3l.trainer.finetune import FinetuneConfig, get_finetune_recipe, run_finetune
 
     path = _checkpoint_arg(checkpoint, "finetune")
     if config is not None and recipe is not None:
@@ -169,7 +169,7 @@ def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k:
         ConfigError, DataError, BackendUnavailableError: one-line user errors.
     """
     from us3l.core.preprocess import image_files
-    from us3l.export.predict import predict_images
+    from us3l.exporters.predict import predict_images
 
     files: list[Path] = []
     for item in ([images] if isinstance(images, (str, os.PathLike)) else list(images)):

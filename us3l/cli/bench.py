@@ -29,7 +29,7 @@ def render(result: BenchResult) -> None:
     """The latency table, the files written and the choice line."""
     from rich.markup import escape
 
-    from us3l.bench.report import render_table
+    from us3l.benchmarks.report import render_table
 
     from ..core.width import format_width
 
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         Widths are exported (ONNX) and measured in interleaved rounds; measured points are cached
         in a lookup table keyed by device fingerprint, runner, artifact, batch, precision and timing.
         """
-        from us3l.bench import parse_batches, parse_modes
+        from us3l.benchmarks import parse_batches, parse_modes
 
         from ..api import bench
 

@@ -10,7 +10,7 @@ import typer
 from .common import example, print_json, user_errors
 
 if TYPE_CHECKING:
-    from us3l.export import ExportResult
+    from us3l.exporters import ExportResult
 
 EXAMPLE = "us3l export runs/us3l/checkpoint.pt --widths 0.25:1.0:0.25 --precision int8 --out runs/us3l/onnx"
 
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         Widths that slice to the same network are exported once (listed as aliases); an identical
         second run reuses the files.
         """
-        from us3l.bench import parse_batches
+        from us3l.benchmarks import parse_batches
 
         from ..api import export
         from ..core.errors import ConfigError

@@ -46,7 +46,7 @@ def describe_run(cfg: object) -> str:
     origin = "set" if getattr(cfg, "image_size") is not None else "the dataset's default; --image-size to change"
     line = f"training {getattr(cfg, 'arch')} on {dataset_label(cfg)} at {size}x{size} px ({origin})"
     if getattr(cfg, "data") == "imagefolder":
-        from us3l.train.pipeline import resolve_workers
+        from us3l.trainer.pipeline import resolve_workers
 
         line += f", {resolve_workers(getattr(cfg, 'workers'))} loader process(es)"
     return line
@@ -123,12 +123,12 @@ def register(app: typer.Typer) -> None:
         from ..api import train
 
         if list_recipes_:
-            from us3l.train.recipes import list_recipes, recipe_doc
+            from us3l.trainer.recipes import list_recipes, recipe_doc
 
             for name in list_recipes():
                 console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
             return
-        from us3l.train.config_file import resolve, to_toml
+        from us3l.trainer.config_file import resolve, to_toml
 
         flags = dict(arch=arch, data=data, data_root=str(data_root) if data_root else None, image_size=image_size,
                      epochs=epochs, batch_size=batch_size, lr=lr, method=method.value if method else None,

@@ -28,7 +28,7 @@ NCHW images (3 channels) and int64 labels. Decoded arrays are cached per process
 - ``imagefolder`` — ``root/train/<class>/*.jpg`` and ``root/val`` (or ``root/test``), a flat folder
   (unlabelled) or a file list ``train.csv|txt`` (:mod:`us3l.core.images`); here shorter side resized
   then centre-cropped to ``image_size`` (default 224), bad files skipped with a warning. Training and
-  evaluation do not use this whole-split load: they stream (``us3l.train.pipeline``).
+  evaluation do not use this whole-split load: they stream (``us3l.trainer.pipeline``).
 
 Normalisation statistics: CIFAR per docs/method.md §12.2, ImageNet's for image folders, for digits
 the per-channel mean/std of the training split at its image size, and for Fashion-MNIST the mean/std
@@ -65,7 +65,7 @@ DIGITS_FILE = Path(__file__).with_name("assets") / "digits.npz"
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-# mean / std of all 60,000 training images (pixel / 255) at 28 px; tests/train/test_fashion_mnist.py
+# mean / std of all 60,000 training images (pixel / 255) at 28 px; tests/trainer/test_fashion_mnist.py
 # recomputes them from the installed files.
 FASHION_MNIST_STATS = ((0.2860,) * 3, (0.3530,) * 3)
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -467,7 +467,7 @@ def _folder_classes(root: Path) -> tuple[str, ...]:
 def _folder_split(root: Path, split: str, size: int, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The whole split decoded (centre view); bad images are skipped with a warning.
 
-    Training and evaluation stream image folders instead (``us3l.train.pipeline``); this loads
+    Training and evaluation stream image folders instead (``us3l.trainer.pipeline``); this loads
     everything and suits small folders only.
     """
     import logging

@@ -1,0 +1,431 @@
+"""The export pipeline: checkpoint → per width: BN statistics → slice → export → parity → write.
+
+``export(ExportConfig(...))`` is the one library entry point behind ``us3l export`` (and what the
+benchmarks call). Widths whose sliced channel configurations are identical are exported once
+(the others are listed as ``aliases``). A second identical run reuses artifacts whose sidecar
+records the same cache key and whose file hash still matches. Nothing reaches ``out_dir`` unless
+every width passed its parity gate (see :class:`us3l.exporters.artifacts.Staging`).
+
+Channel snapping (``snap``): the divisor of the one channel function
+(:func:`us3l.core.width.channels_at`) becomes 16 or 32 instead of the method's 8: each layer's
+count is rounded to the nearest multiple of the divisor (halves up), at least one divisor above
+when that rounding lost more than 10 % (the same rule, larger grid). Snapped networks differ
+from the method's (more channels at some widths, fewer at others) and get their own BN
+statistics, but parity stays exact against ``use_width(model, w, divisor=snap)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from us3l.core import __version__
+from us3l.core.context import use_width
+from us3l.core.errors import ConfigError, ExportError
+from us3l.core.files import sha256_file
+from us3l.core.profile import count_macs
+from us3l.core.slicing import channel_config, find_aliases, slice_to_width
+from us3l.core.width import format_width, parse_widths
+
+from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, artifact_stem, cached_artifact, jsonable, tool_versions
+from .onnx_exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_EXPORTERS, default_exporter
+from .outputs import (check_outputs, deploy_module, flatten_outputs, metadata_props, multi_output_runner,
+                      output_names, stage_taps)
+from .onnx_quant import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_MIN_COSINE, RANGES_SUFFIX, accuracy_gate, enforce_gate
+from .parity import DEFAULT_TOLERANCE, compare, enforce
+from .registry import Exporter, ExportRequest, get_exporter
+from .source import CalibrationSet, Network, bn_plan, check_input_size, load_head, load_network, prepare_bn
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Other names users type for a format (TensorRT users say "engine"; trtexec writes .engine files).
+FORMAT_ALIASES = {"engine": "trt"}
+SNAP_DIVISORS = (8, 16, 32)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything ``us3l export`` needs (one frozen config per command).
+
+    Args:
+        checkpoint: our checkpoint file; or None with ``arch`` for an untrained network.
+        arch: architecture name (untrained network, statistics from random inputs).
+        widths: ``"0.35"``, a list ``"0.25,0.5"``, a range ``"0.25:1.0:0.05"`` or a sequence of floats.
+        format: ``onnx`` | ``trt`` (alias ``engine``) | ``pt2`` (see :func:`us3l.exporters.list_exporters`).
+        out_dir: output directory (created on success only).
+        name: artifact name prefix (default: checkpoint stem or arch).
+        batch: fixed batch size, or None for a dynamic batch axis.
+        opset: ONNX opset (default 17, see :mod:`us3l.exporters.onnx_exporter`).
+        snap: channel divisor: 8 (the method), 16 or 32 (hardware snapping).
+        precision: ``fp32`` | ``fp16`` | ``int8``. ONNX INT8 is ONNX Runtime static quantization (QDQ,
+            per-channel weights) calibrated on real images; ONNX FP16 is ONNX Runtime's converter
+            (float32 I/O kept). Both are converted from the FP32 ONNX of the same width, which is
+            exported (and cached) too.
+        calib_data: ``.npy``/``.pt`` NCHW image array or a dataset ``name[:root]`` for BN
+            recalibration, parity inputs and INT8 calibration (default: the checkpoint's training data).
+        bn_images / calib_batch_size: images and batch size for BN recalibration.
+        int8_images: INT8 calibration images (fewer when the set is small: held-out gate images are
+            kept out of calibration).
+        calibration: INT8 calibration method: ``minmax`` (default, see :mod:`us3l.exporters.onnx_quant`),
+            ``entropy`` or ``percentile``.
+        parity_images: images compared in the FP32 parity gate.
+        gate_images / min_cosine: reduced precisions are gated on the mean cosine similarity of their
+            features to FP32 on this many held-out images (None: per precision, fp16 0.999, int8 0.95).
+        atol / rtol: parity tolerance (None: per-precision default, fp32 1e-4).
+        simplify: run onnxsim.
+        include_head: ``.pt`` with a linear probe ``{"weight", "bias"}`` appended to the features.
+        outputs: ``features`` (default), ``logits`` / ``probs`` (the task checkpoint's classifier, or
+            ``include_head``) or ``stages`` (multi-scale maps, :mod:`us3l.exporters.outputs`).
+        input_size: square input side (default: the architecture's).
+        force: rebuild and overwrite existing artifacts.
+        seed: seed for the untrained network and data order.
+        onnx_exporter: ``dynamo`` (default, torch's supported exporter; ``$US3L_ONNX_EXPORTER``
+            overrides the default) or ``torchscript``
+            (the legacy exporter: an explicit fallback, about 2x faster).
+        workspace_mib / max_batch / opt_batch / timing_cache: TensorRT build options.
+        threads: torch intra-op threads while exporting (restored afterwards; 0 = leave torch's
+            setting). Export work is many small calls: one thread costs little on an idle machine
+            and avoids a >3x slowdown from oversubscription on a shared one.
+    """
+
+    checkpoint: str | None = None
+    arch: str | None = None
+    widths: str | float | tuple[float, ...] = "1.0"
+    format: str = "onnx"
+    out_dir: str = "exports"
+    name: str | None = None
+    batch: int | None = None
+    opset: int = DEFAULT_OPSET
+    snap: int = 8
+    precision: str = "fp32"
+    calib_data: str | None = None
+    bn_images: int = 512
+    calib_batch_size: int = 64
+    int8_images: int = 500
+    calibration: str = DEFAULT_CALIBRATION
+    parity_images: int = 16
+    gate_images: int = 64
+    min_cosine: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    simplify: bool = True
+    include_head: str | None = None
+    input_size: int | None = None
+    force: bool = False
+    seed: int = 0
+    onnx_exporter: str = field(default_factory=default_exporter)
+    workspace_mib: int = 1024
+    max_batch: int = 32
+    opt_batch: int = 1
+    timing_cache: str | None = None
+    threads: int = 1
+    outputs: str = "features"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", FORMAT_ALIASES.get(self.format, self.format))
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.snap not in SNAP_DIVISORS:
+            raise ConfigError(f"--snap {self.snap} is not supported; valid: {', '.join(map(str, SNAP_DIVISORS))}")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"--batch {self.batch} is invalid; valid: a positive integer, or omit for a dynamic batch")
+        if self.onnx_exporter not in ONNX_EXPORTERS:
+            raise ConfigError(f"unknown ONNX exporter {self.onnx_exporter!r}; valid: {', '.join(ONNX_EXPORTERS)}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ConfigError(f"--calibration {self.calibration} is invalid; valid: {', '.join(CALIBRATION_METHODS)}")
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise ConfigError(f"--min-cosine {self.min_cosine} is invalid; valid: a number in [-1, 1]")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(f"--opset {self.opset} is not supported; valid: {MIN_OPSET}..{MAX_OPSET}")
+        for what, v in (("atol", self.atol), ("rtol", self.rtol)):
+            if v is not None and not v >= 0:
+                raise ConfigError(f"{what} {v} is invalid; valid: a number >= 0")
+        for what, v in (("bn_images", self.bn_images), ("calib_batch_size", self.calib_batch_size),
+                        ("int8_images", self.int8_images), ("parity_images", self.parity_images),
+                        ("gate_images", self.gate_images),
+                        ("max_batch", self.max_batch), ("opt_batch", self.opt_batch)):
+            if v < 1:
+                raise ConfigError(f"{what} {v} is invalid; valid: a positive integer")
+        from us3l.core.checks import check_number
+
+        check_number("--input-size", self.input_size, minimum=4, integer=True)
+        if self.threads < 0:
+            raise ConfigError(f"threads {self.threads} is invalid; valid: 0 (torch's setting) or a positive integer")
+
+
+@dataclass
+class _Group:
+    width: float
+    aliases: list[float]
+    channels: dict[str, int]
+
+
+def _base(cfg: ExportConfig, net: Network) -> str:
+    return Path(cfg.checkpoint).name.split(".")[0] if cfg.checkpoint else net.arch
+
+
+class _Run:
+    """State of one ``export`` call (internal)."""
+
+    def __init__(self, cfg: ExportConfig, net: Network, calib: CalibrationSet, staging: Staging) -> None:
+        self.cfg, self.net, self.calib, self.staging = cfg, net, calib, staging
+        self.out_dir = Path(cfg.out_dir)
+        self.input_shape = (net.model.in_chans, calib.input_size, calib.input_size)
+        self.head_digest = sha256_file(cfg.include_head) if cfg.include_head else None
+        if self.head_digest is None and cfg.outputs in ("logits", "probs") and net.checkpoint is not None:
+            from us3l.core.taskmodel import head_digest
+
+            self.head_digest = head_digest(net.checkpoint)
+        self.locations: dict[str, Path] = {}  # artifact name -> where it is now (staging or out_dir)
+        self.timing_name = f"{cfg.name or _base(cfg, net)}.timing.cache"
+        if cfg.format == "trt" and not cfg.timing_cache and (self.out_dir / self.timing_name).is_file():
+            shutil.copyfile(self.out_dir / self.timing_name, staging.dir / self.timing_name)
+
+    def key(self, width: float, fmt: str, precision: str, plan: dict[str, Any]) -> dict[str, Any]:
+        c = self.cfg
+        return jsonable({"checkpoint": self.net.source_hash, "width": format_width(width), "format": fmt, "opset": c.opset,
+                "batch": c.batch, "snap": c.snap, "precision": precision, "tool": __version__, "bn": plan,
+                "input_shape": list(self.input_shape), "head": self.head_digest, "simplify": c.simplify,
+                "exporter": c.onnx_exporter, **({"outputs": c.outputs} if c.outputs != "features" else {}),
+                "parity": [self._tolerance(precision), c.parity_images] if precision == "fp32"
+                else ["cosine", self._min_cosine(precision), c.gate_images],
+                "int8": [c.calibration, c.int8_images, self.calib.describe()] if precision == "int8" else None,
+                "trt": [c.workspace_mib, c.max_batch, c.opt_batch, c.int8_images] if fmt == "trt" else None})
+
+    def _min_cosine(self, precision: str) -> float:
+        return self.cfg.min_cosine if self.cfg.min_cosine is not None else DEFAULT_MIN_COSINE[precision]
+
+    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(calibration images, held-out gate images): the gate never sees a calibration image
+        (the last images of the seeded order are held out; at most a fifth of a small set)."""
+        x = self.calib.images()
+        n_gate = min(self.cfg.gate_images, max(1, len(x) // 5)) if len(x) > 1 else len(x)
+        return x[: min(self.cfg.int8_images, len(x) - n_gate) or len(x)], x[len(x) - n_gate:]
+
+    def _tolerance(self, precision: str) -> tuple[float, float]:
+        atol, rtol = DEFAULT_TOLERANCE[precision]
+        return (self.cfg.atol if self.cfg.atol is not None else atol, self.cfg.rtol if self.cfg.rtol is not None else rtol)
+
+    def artifact(self, group: _Group, exporter: Exporter, precision: str, onnx: Artifact | None = None) -> Artifact:
+        cfg, net, w = self.cfg, self.net, group.width
+        prefix = (cfg.name or _base(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
+        stem = artifact_stem(prefix, w, cfg.snap, cfg.batch, exporter.name, precision)
+        name, sidecar_name = stem + exporter.suffix, stem + ".json"
+        plan = bn_plan(net, self.calib, w, cfg.snap, cfg.bn_images)
+        key = self.key(w, exporter.name, precision, plan)
+        old = cached_artifact(self.out_dir / name, self.out_dir / sidecar_name, key, cfg.force,
+                              repairable=name in self.staging.repairable)
+        if old is not None:
+            self.locations[name] = self.out_dir / name
+            self.staging.settled.update((name, sidecar_name))
+            if sorted(old.get("aliases", [])) != sorted(group.aliases):
+                self.staging.write_json(sidecar_name, {**old, "aliases": group.aliases})
+            log.info("Reusing %s (same cache key, hash verified)", name)
+            return Artifact.from_sidecar(self.out_dir / sidecar_name, {**old, "aliases": group.aliases}, cached=True)
+        start = time.perf_counter()
+        prepare_bn(net, self.calib, w, cfg.snap, plan, cfg.calib_batch_size)
+        static = slice_to_width(net.model, w, cfg.snap)
+        feature_dim = int(net.model.feature_dim(w, cfg.snap))
+        head = load_head(cfg.include_head, feature_dim, net.model.max_feature_dim)
+        if head is None and cfg.outputs in ("logits", "probs"):
+            head = _checkpoint_head(net, w, feature_dim)
+        deploy: nn.Module = deploy_module(static, head, cfg.outputs)
+        names = output_names(cfg.outputs, head, static)
+        reduced = precision != "fp32"
+        calib_x, held_out = self.split() if reduced else (None, None)
+        x = held_out if reduced else self.calib.images()[: cfg.parity_images]
+        with torch.no_grad(), use_width(net.model, w, cfg.snap):
+            ref_out = deploy_module(net.model, head, cfg.outputs)(x)
+        ref = torch.from_numpy(flatten_outputs(ref_out)) if cfg.outputs == "stages" else ref_out
+        meta = {"us3l.width": format_width(w), "us3l.arch": net.arch, "us3l.checkpoint_sha256": net.source_hash,
+                "us3l.tool_version": __version__, "us3l.snap": str(cfg.snap), "us3l.untrained": str(net.untrained).lower(),
+                "us3l.aliases": ",".join(format_width(a) for a in group.aliases)}
+        classes, preprocess = self.task_facts()
+        meta.update(metadata_props(cfg.outputs, names, self.calib.normalization(), self.input_shape[-1], classes, preprocess))
+        options = {"exporter": cfg.onnx_exporter, "workspace_mib": cfg.workspace_mib, "max_batch": cfg.max_batch,
+                   "opt_batch": cfg.opt_batch, "timing_cache": self.timing_cache_path(), "calibration": cfg.calibration}
+        calib_np = None
+        ranges_name = stem + RANGES_SUFFIX if precision == "int8" and exporter.name == "onnx" else None
+        if ranges_name:
+            options["ranges_path"] = str(self.staging.path(ranges_name))
+        if precision == "int8":
+            if self.calib.kind == "random" and not net.untrained:
+                raise ExportError("INT8 calibration needs real images; pass --calib-data")
+            calib_np = calib_x.numpy()
+        req = ExportRequest(static=deploy, path=self.staging.path(name), input_shape=self.input_shape, batch=cfg.batch,
+                            opset=cfg.opset, precision=precision, output_name=names[0],
+                            output_names=tuple(names) if len(names) > 1 else (),
+                            metadata=meta, simplify=cfg.simplify, onnx_path=self.locations.get(onnx.path.name) if onnx else None,
+                            calib_images=calib_np, options=options)
+        facts = exporter.export(req)
+        run_file = multi_output_runner(req.path, cfg.batch) if cfg.outputs == "stages" else exporter.runner(req.path, req)
+        out = run_file(x.numpy())
+        runtime = facts.get("runtime", "onnxruntime" if exporter.name == "onnx" else exporter.name)
+        what = f"{exporter.name} {precision} width {format_width(w)}"
+        if reduced:  # quantisation error is large in absolute terms: gate on what the features keep
+            gate = accuracy_gate(ref.numpy(), out, self._min_cosine(precision), runtime, self.calib.kind, head is not None)
+            record_dict = gate.to_dict()
+            enforce_gate(gate, what)
+        else:
+            atol, rtol = self._tolerance(precision)
+            record = compare(ref.numpy(), out, atol, rtol, runtime, self.calib.kind)
+            enforce(record, what)
+            record_dict = record.to_dict()
+        calibration = None
+        if precision == "int8":
+            facts_cal = facts.pop("calibration", None) or {}  # the TRT exporter reports its calibrator here too
+            calibration = {**facts_cal, "method": facts_cal.get("method", "entropy2" if exporter.name == "trt" else cfg.calibration),
+                           "images": int(len(calib_np)), "data": self.calib.describe(), "kind": self.calib.kind,
+                           "held_out_gate_images": int(len(x))}
+            if ranges_name:
+                calibration["ranges_file"] = ranges_name
+                calibration["tensorrt"] = {"<=10": "trtexec --int8 --calib=<cache derived from ranges_file>",
+                                           ">=11": "symmetric int8 Q/DQ ONNX derived from ranges_file"}
+        sha = sha256_file(req.path)
+        with torch.no_grad():
+            macs = count_macs(deploy, torch.zeros(1, *self.input_shape))
+        params = int(sum(p.numel() for p in deploy.parameters()))
+        shape = [cfg.batch or "batch", *self.input_shape]
+        data = {
+            "schema": SIDECAR_SCHEMA, "artifact": name, "format": exporter.name, "precision": precision, "sha256": sha,
+            "size_bytes": req.path.stat().st_size, "width": w, "aliases": group.aliases, "divisor": cfg.snap,
+            "arch": net.arch, "arch_kwargs": net.arch_kwargs, "untrained": net.untrained,
+            "checkpoint": {"path": net.source_path, "sha256": net.source_hash, "method": net.method},
+            "channels": group.channels, "feature_dim": feature_dim if head is None else head.out_features,
+            "macs": macs, "params": params, "bn": plan,
+            "input": {"name": req.input_name, "shape": shape, "dtype": "float32", "normalization": self.calib.normalization()},
+            "output": {"name": req.output_name, "names": names, "kind": cfg.outputs,
+                       "shape": None if cfg.outputs == "stages"
+                       else [cfg.batch or "batch", feature_dim if head is None else head.out_features]},
+            "stages": [{"name": n, "module": m, "stride": s, "channels": int(o.shape[1]), "shape": [cfg.batch or "batch", *o.shape[1:]]}
+                       for (n, m, s), o in zip(stage_taps(static), ref_out)] if cfg.outputs == "stages" else None,
+            "classes": classes or None, "preprocess": preprocess,
+            "head": {"path": str(cfg.include_head), "sha256": self.head_digest} if head is not None else None,
+            "parity": record_dict, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(), "format_info": facts,
+            "source_onnx": onnx.path.name if onnx else None, "cache_key": key,
+            "build": {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "seconds": round(time.perf_counter() - start, 3), "host": platform.node()},
+        }
+        self.staging.write_json(sidecar_name, data)
+        self.locations[name] = req.path
+        return Artifact.from_sidecar(self.out_dir / sidecar_name, data, cached=False)
+
+    def task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
+        """(class names, preprocessing record) the artifact's users need; empty/None when unknown."""
+        from us3l.core.preprocess import preprocessing_for
+        from us3l.core.taskmodel import classes_of
+
+        ckpt = self.net.checkpoint
+        classes = classes_of(ckpt) if ckpt is not None else []
+        spec = self.calib._spec()
+        if spec is not None:
+            return classes, preprocessing_for(spec, self.input_shape[-1])
+        task = ((ckpt.extra or {}).get("task") or {}) if ckpt is not None else {}
+        pre = task.get("preprocess")
+        return classes, ({**pre, "size": int(self.input_shape[-1])} if pre else None)
+
+    def timing_cache_path(self) -> str | None:
+        if self.cfg.format != "trt":
+            return None
+        return self.cfg.timing_cache or str(self.staging.dir / self.timing_name)
+
+
+def run_export(cfg: ExportConfig, progress: Progress | None = None, network: Network | None = None) -> ExportResult:
+    """Export every requested width of a checkpoint (or an untrained architecture).
+
+    Args:
+        cfg: the export configuration.
+        progress: optional callback ``progress(done, total, message)``.
+        network: an already loaded network (the Python API's in-memory model, whose BN bank may
+            hold calibrations not yet saved); ``cfg.checkpoint`` then only names the artifacts.
+
+    Returns:
+        The artifacts, one per distinct channel configuration, in the order of ``cfg.widths``.
+
+    Raises:
+        WidthError, UnknownNameError, ConfigError, CheckpointError, DataError, BackendUnavailableError,
+        ExportError, ParityError: one-line user errors; nothing is written to ``out_dir`` then.
+
+    Examples:
+        >>> res = export(ExportConfig(arch="us_resnet_mini", widths="0.25,0.5", out_dir="/tmp/mini"))
+        >>> [a.path.name for a in res.artifacts]
+        ['us_resnet_mini_w0.25.onnx', 'us_resnet_mini_w0.5.onnx']
+    """
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _export(cfg, progress, network)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _export(cfg: ExportConfig, progress: Progress | None, network: Network | None) -> ExportResult:
+    t0 = time.perf_counter()
+    exporter = get_exporter(cfg.format)
+    if cfg.precision not in exporter.precisions:
+        raise ConfigError(f"format {cfg.format} cannot produce {cfg.precision}; valid: {', '.join(exporter.precisions)}")
+    exporter.check_available(cfg.precision)
+    check_outputs(cfg.outputs, cfg.format, cfg.precision)
+    if network is None:
+        net = load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.input_size)
+    else:
+        net = network
+        if cfg.input_size and int(cfg.input_size) != net.model.input_size:
+            check_input_size(net.model, int(cfg.input_size))
+    widths = parse_widths(cfg.widths, *net.model.width_range)
+    log.info("Exporting %s at %d width(s) as %s %s", net.arch, len(widths), cfg.format, cfg.precision)
+    groups: dict[float, _Group] = {}
+    for w, first in find_aliases(net.model, widths, cfg.snap).items():  # identical networks export once
+        if first == w:
+            groups[w] = _Group(w, [], channel_config(net.model, w, cfg.snap))
+        else:
+            groups[first].aliases.append(w)
+    calib = CalibrationSet(cfg.calib_data, net.checkpoint.dataset if net.checkpoint else None,
+                           int(cfg.input_size or net.model.input_size), net.model.in_chans, net.untrained, cfg.seed,
+                           limit=max(cfg.bn_images, cfg.int8_images + cfg.gate_images, cfg.parity_images))
+    result = ExportResult(out_dir=Path(cfg.out_dir))
+    with Staging(Path(cfg.out_dir)) as staging:
+        run = _Run(cfg, net, calib, staging)
+        needs_onnx = exporter.needs_onnx or (cfg.format == "onnx" and cfg.precision != "fp32")
+        onnx_exporter = get_exporter("onnx") if needs_onnx else None
+        for i, group in enumerate(groups.values()):
+            if progress:
+                progress(i, len(groups), f"w={format_width(group.width)}")
+            onnx_art = run.artifact(group, onnx_exporter, "fp32") if onnx_exporter else None
+            result.artifacts.append(run.artifact(group, exporter, cfg.precision, onnx_art))
+        if cfg.format == "trt" and not cfg.timing_cache and (staging.dir / run.timing_name).exists():
+            staging.path(run.timing_name)  # the updated timing cache lands with the engines
+        staging.commit()
+    if progress:
+        progress(len(groups), len(groups), "done")
+    result.seconds = time.perf_counter() - t0
+    log.info("Export finished: %d artifact(s), %d reused, %.1fs", len(result.artifacts), result.num_cached, result.seconds)
+    return result
+
+
+def _checkpoint_head(net: Network, width: float, feature_dim: int) -> nn.Module:
+    """The task checkpoint's classifier at ``width`` as a plain linear layer."""
+    from us3l.core.taskmodel import has_head, static_head
+
+    if net.checkpoint is None or not has_head(net.checkpoint):
+        raise ExportError("--outputs logits/probs needs a classifier: a task checkpoint ('us3l finetune', or the "
+                          "classifier 'us3l eval --method linear' writes) or --include-head")
+    return static_head(net.checkpoint, width, feature_dim)
+
+
+def config_dict(cfg: ExportConfig) -> dict[str, Any]:
+    """JSON-like form of a config (for logs and benchmark records)."""
+    return asdict(cfg)

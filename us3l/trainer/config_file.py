@@ -1,0 +1,240 @@
+"""Training configuration files: TOML in, TOML out, every :class:`~us3l.trainer.config.TrainConfig` field.
+
+A file holds any subset of the fields at the top level (``arch_kwargs`` as an inline table) and,
+optionally, ``recipe = "name"``: the shipped preset its values override. ``us3l train
+--print-config`` writes the resolved configuration with every field, so that reading it back gives
+the same run; unset optional fields are written as comments. The shipped recipes are such files
+too (``us3l/trainer/recipe_files/*.toml``, with a ``description``).
+
+Resolution (:func:`resolve`): defaults → recipe → ``--config`` file → ``--set key=value`` → explicit
+flags. With ``--resume`` the base is the run's saved ``config.toml`` (written beside the checkpoint),
+so the original options need not be repeated.
+
+Unknown keys and wrong types raise :class:`~us3l.core.errors.ConfigError`: one line naming the key,
+the expected type and, for a typo, the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from us3l.core.errors import ConfigError
+
+from .config import TrainConfig
+
+CONFIG_NAME = "config.toml"
+RECIPE_KEY = "recipe"
+DESCRIPTION_KEY = "description"
+RECIPE_DIR = Path(__file__).with_name("recipe_files")
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _type_text(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return " or ".join(_type_text(a) for a in inner) + " (or unset)"
+    if origin is tuple:
+        return "a list of strings"
+    if origin is dict or hint is dict:
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """``value`` checked against the field's type (ints accepted for floats, lists for tuples)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(key, value, inner[0], source) if len(inner) == 1 else value
+    ok = False
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    elif origin is dict or hint is dict:
+        ok = isinstance(value, dict)
+    if not ok:
+        raise ConfigError(f"{source}: '{key}' must be {_type_text(hint)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_fields(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Keys known and values of the right type (one :class:`ConfigError` line otherwise)."""
+    hints, names = _hints(), field_names()
+    out = {}
+    for key, value in data.items():
+        if key not in hints:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}; valid keys: {', '.join(names)}")
+        out[key] = _coerce(key, value, hints[key], source)
+    return out
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """A TOML file as a dict (one line on a missing file or a syntax error)."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+
+
+def load_file(path: str | os.PathLike) -> tuple[str | None, dict[str, Any]]:
+    """``(recipe or None, checked fields)`` of a config file."""
+    data = read_toml(path)
+    recipe = data.pop(RECIPE_KEY, None)
+    data.pop(DESCRIPTION_KEY, None)
+    if recipe is not None and not isinstance(recipe, str):
+        raise ConfigError(f"{path}: 'recipe' must be a string (a name from us3l train --list-recipes)")
+    return recipe, check_fields(data, str(path))
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` items: the value is read as TOML (``2``, ``0.5``, ``true``, ``["a"]``), else as a
+    plain string; ``none`` unsets an optional field."""
+    raw: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not key=value (for example --set lr=0.05)")
+        if text.lower() in ("none", "null"):
+            raw[key] = None
+            continue
+        try:
+            raw[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            raw[key] = text
+    hints = _hints()
+    for key, value in raw.items():
+        if value is None and key in hints and type(None) not in typing.get_args(hints[key]):
+            raise ConfigError(f"--set: '{key}' cannot be unset; it must be {_type_text(hints[key])}")
+    return check_fields(raw, "--set")
+
+
+# --------------------------------------------------------------------------- writing
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }" if v else "{}"
+    raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else _value(str(k))
+
+
+def to_toml(cfg: TrainConfig, header: str = "") -> str:
+    """Every field of ``cfg`` as TOML (``None`` fields as comments); :func:`load_file` reads it back."""
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    for name, value in cfg.to_dict().items():
+        lines.append(f"# {name} = (unset)" if value is None else f"{name} = {_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def save_resolved(cfg: TrainConfig, out_dir: str | os.PathLike) -> Path:
+    """Write ``cfg`` as ``out_dir/config.toml`` (atomic), beside the checkpoint."""
+    from us3l.core.files import atomic_write_text
+
+    return atomic_write_text(Path(out_dir) / CONFIG_NAME,
+                             to_toml(cfg, "resolved configuration of this run (us3l train --config reads it)"))
+
+
+# --------------------------------------------------------------------------- resolving
+
+def resolve(recipe: str | None = None, config: str | os.PathLike | None = None, sets: list[str] | None = None,
+            overrides: dict[str, Any] | None = None, resume_dir: str | os.PathLike | None = None) -> TrainConfig:
+    """The run's configuration: defaults → recipe → config file → ``--set`` → explicit flags.
+
+    Args:
+        recipe: preset name (``--recipe``); None: the file's ``recipe`` key, else ``digits``.
+        config: a TOML file (``--config``).
+        sets: ``key=value`` items (``--set``).
+        overrides: fields given as flags (``None`` values ignored).
+        resume_dir: with ``--resume``, the run folder whose saved configuration is the base
+            (``config.toml``, else the checkpoint's record) when no recipe or file is given.
+
+    Raises:
+        ConfigError / UnknownNameError: unknown keys, wrong types, invalid values or recipes.
+    """
+    from .recipes import get_recipe
+
+    fields: dict[str, Any] = {}
+    file_recipe = None
+    if config is not None:
+        file_recipe, fields = load_file(config)
+        if recipe is not None and file_recipe is not None and recipe != file_recipe:
+            raise ConfigError(f"--recipe {recipe} contradicts recipe = \"{file_recipe}\" in {config}; give one")
+    base_name = recipe or file_recipe
+    if base_name is not None:
+        base = get_recipe(base_name)
+    elif resume_dir is not None and config is None and _saved(resume_dir) is not None:
+        base = _saved(resume_dir)  # type: ignore[assignment]
+    else:
+        base = get_recipe("digits")
+    merged = {**base.to_dict(), **fields, **parse_set(list(sets or []))}
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig.from_dict(merged)
+
+
+def _saved(run_dir: str | os.PathLike) -> TrainConfig | None:
+    """The configuration a run folder recorded: ``config.toml``, else the checkpoint's ``train_config``."""
+    folder = Path(run_dir)
+    path = folder / CONFIG_NAME
+    if path.is_file():
+        _, fields = load_file(path)
+        return TrainConfig.from_dict({**TrainConfig().to_dict(), **fields})
+    ckpt = folder / "checkpoint.pt"
+    if ckpt.is_file():
+        from us3l.core.checkpoint import load_checkpoint
+
+        saved = load_checkpoint(ckpt).train_config
+        if saved:
+            known = set(field_names())
+            return TrainConfig.from_dict({k: v for k, v in dict(saved).items() if k in known})
+    return None
