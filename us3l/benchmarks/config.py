@@ -92,8 +92,9 @@ class BenchConfig:
             raise ConfigError(f"--snap {self.snap} is not supported; valid: 8, 16, 32")
         if self.search and self.budget_ms is None:
             raise ConfigError("--search needs --budget-ms")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        from us3l.core.threads import check_threads
+
+        check_threads(self.threads)
         if not 0 < self.search_step <= 0.25:
             raise ConfigError(f"search step must be in (0, 0.25], got {self.search_step}")
         if self.search and len(self.precisions or ()) > 1:

@@ -174,6 +174,10 @@ def run_bench(cfg: BenchConfig, progress: ProgressFn | None = None) -> BenchResu
         raise ConfigError(f"the torch runner measures the fp32 network; precision {','.join(precisions)} needs "
                           "--runner onnxruntime (or tensorrt/trtexec on a GPU)")
     threads = cfg.threads or profile.threads
+    if not threads and not profile.is_remote and profile.local_device == "cpu":  # auto: the CPUs free now
+        from us3l.core.threads import choose_threads
+
+        threads = choose_threads(0).threads
     source = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap)
     out_dir = cfg.out_dir or DEFAULT_OUT
     table = LatencyTable(cfg.lut or (out_dir / "lut.json" if cfg.out_dir else default_cache_path()))

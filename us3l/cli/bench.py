@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
         runner: Annotated[Optional[str], typer.Option(help="torch, onnxruntime, tensorrt or trtexec.  [default: the device's]")] = None,
         precision: Annotated[Optional[str], typer.Option(help="Precision or list, e.g. fp32,int8,fp16: every (width, precision) pair is measured.  [default: the device's]")] = None,
-        threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads.  [default: the device's, else the runtime's]")] = None,
+        threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads of the measured runtime; 0 = auto: one per CPU other processes leave idle (recorded in report.json).  [default: the device profile's, else auto on a CPU, else the runtime's]")] = None,
         duration: Annotated[float, typer.Option(help="Timed seconds per width and batch size.")] = 1.0,
         iterations: Annotated[Optional[int], typer.Option(help="Fixed timed runs per width and batch size (overrides --duration).  [default: time-based, --duration]")] = None,
         warmup_ms: Annotated[float, typer.Option(help="Warm-up per input shape, in milliseconds.")] = 200.0,

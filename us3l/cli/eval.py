@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..core.threads import threads_help
 from .common import console, example, progress_bar, user_errors
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int | None, typer.Option(help="Processes decoding image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
         artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint to measure in ONNX Runtime instead of the PyTorch widths; repeatable; its row is keyed by its precision.  [default: none]",
                                                               exists=True, dir_okay=False)] = None,
+        threads: Annotated[int, typer.Option(help=threads_help())] = 0,
     ) -> None:
         """Accuracy of each width: recalibrate BN on training data, then kNN and/or a linear probe.
 
@@ -70,7 +72,7 @@ def register(app: typer.Typer) -> None:
             result = evaluate(checkpoint, widths, method=method.value, dataset=data, data_root=data_root,
                               image_size=image_size, calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k,
                               linear_preset=linear_preset, store_bn=store_bn, device=device, progress=progress,
-                              artifacts=tuple(artifact or ()), workers=workers)
+                              artifacts=tuple(artifact or ()), workers=workers, threads=threads)
         if as_json:
             typer.echo(json.dumps(result.to_rows()))
             return

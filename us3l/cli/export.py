@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from ..core.threads import threads_help
 from .common import example, print_json, user_errors
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def register(app: typer.Typer) -> None:
         outputs: Annotated[str, typer.Option(help="What the artifact outputs: features, logits or probs (the task checkpoint's classifier), or stages (multi-scale maps C2..C5).")] = "features",
         as_json: Annotated[bool, typer.Option("--json", help="Print the artifacts as JSON instead of a table.")] = False,
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
+        threads: Annotated[int, typer.Option(help=threads_help())] = 0,
     ) -> None:
         """Export widths of a checkpoint to ONNX / TensorRT / torch.export (.pt2), each verified against PyTorch.
 
@@ -92,31 +94,20 @@ def register(app: typer.Typer) -> None:
 
         from ..api import export
         from ..core.errors import ConfigError
-        from .common import make_progress
+        from .common import progress_bar
 
         batches = parse_batches(batch) if batch is not None else ()
         if len(batches) > 1:
             raise ConfigError(f"--batch {batch!r}: an artifact has one fixed batch size; give one value, "
                               "or none for a dynamic batch axis (us3l bench --batch takes a list)")
-        bar = make_progress(transient=True)
-        task = bar.add_task("export", total=None, status="")
-
-        def progress(done: int, total: int | None, message: str) -> None:
-            if not bar.live.is_started:  # started on the first width, so early errors stay one line
-                bar.start()
-            bar.update(task, completed=done, total=total, status=message)
-
-        try:
+        with progress_bar("exporting", transient=True, lazy=True) as progress:  # drawn from the first width
             result = export(checkpoint, width, format=fmt, out=out, arch=arch, progress=progress, name=name,
                             batch=batches[0] if batches else None, opset=opset, snap=snap, precision=precision, calib_data=calib_data,
                             atol=atol, rtol=rtol, simplify=simplify, calibration=calibration,
                             **({"onnx_exporter": onnx_exporter} if onnx_exporter else {}),
                             min_cosine=min_cosine,
                             include_head=str(include_head) if include_head else None, input_size=input_size,
-                            force=force, **({"outputs": outputs} if outputs != "features" else {}))
-        finally:
-            if bar.live.is_started:
-                bar.stop()
+                            force=force, threads=threads, **({"outputs": outputs} if outputs != "features" else {}))
         if as_json:
             print_json({"out_dir": result.out_dir, "seconds": result.seconds, "artifacts": result.artifacts})
         else:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..core.threads import threads_help
 from .common import console, example, print_json, user_errors
 
 if TYPE_CHECKING:
@@ -37,12 +38,13 @@ def register(app: typer.Typer) -> None:
         artifact: Annotated[Path, typer.Argument(help="Classifier artifact from 'us3l export --outputs logits|probs' (.onnx, or a TensorRT .engine).")],
         images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
         top_k: Annotated[int, typer.Option(help="Classes reported per image.")] = 5,
+        threads: Annotated[int, typer.Option(help=threads_help())] = 0,
         as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON.")] = False,
     ) -> None:
         """Run an exported classifier on images with exactly the preprocessing recorded in the artifact."""
         from ..api import predict
 
-        result = predict(artifact, images, top_k=top_k)
+        result = predict(artifact, images, top_k=top_k, threads=threads)
         if as_json:
             print_json(result.to_dict())
             return

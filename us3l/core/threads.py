@@ -1,0 +1,243 @@
+"""CPU threads that hold on a shared machine: the one place that decides how many threads torch and
+ONNX Runtime use.
+
+Measured with ``perf/threads.py`` (docs/deployment.md, "CPU threads on a shared machine"): on a
+2-core machine beside two busy processes, PyTorch's default (one thread per core, OpenMP threads
+that spin while they wait) made training 5-15x slower than one thread, because every small
+parallel region waits at a barrier for a thread the scheduler has parked. On a quiet machine the
+same default is the fastest. So the default, ``threads=0`` ("auto"), is decided from what the
+machine is doing:
+
+- :func:`usable_cpus`: the CPUs this process may run on (affinity, and a cgroup CPU quota).
+- :func:`busy_elsewhere`: how many of those CPUs *other* processes keep busy, from ``/proc/stat``
+  minus this process's own CPU time over a short window (0.2 s at start-up).
+- :func:`auto_threads`: one thread per CPU that is free, at least one.
+- :class:`AutoThreads`: long loops (training epochs, fine-tuning) call :meth:`AutoThreads.tick` each
+  step; every :data:`RECHECK_S` seconds it re-measures the other processes over that window and
+  changes torch's thread count when the machine got busier or quieter.
+- :func:`prefer_passive_waiting`: ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of
+  spinning), set by the ``us3l`` command before torch is imported unless the user chose a policy.
+
+An explicit ``threads=N`` (``--threads N``) is used as given, and so is ``OMP_NUM_THREADS``.
+Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+AUTO = 0  # the ``threads`` value that means "decide from the machine's load"
+PROBE_S = 0.2  # start-up window over which other processes' CPU use is measured
+RECHECK_S = 10.0  # how often a long loop re-measures (AutoThreads)
+FREE_MARGIN = 0.3  # a CPU counts as free when others leave at least 1 - FREE_MARGIN of it idle
+
+
+def threads_help(default_text: str = "auto") -> str:
+    """The ``--threads`` help text every computing command shares."""
+    return ("CPU threads for torch and ONNX Runtime; 0 = auto: one per CPU that other processes leave idle, "
+            "re-checked during long runs (OMP_NUM_THREADS, when set, is used instead).  "
+            f"[default: 0, {default_text}]")
+
+
+def check_threads(value: int | None, option: str = "--threads") -> None:
+    """Raise :class:`~us3l.core.errors.ConfigError` (one line) for a negative thread count."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{option} {value!r} is invalid; valid: 0 (auto) or a positive number of threads")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity set, capped by a cgroup v2/v1 CPU quota (containers, CI)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota - 1e-9)))
+    return max(1, cpus)
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs allowed by the cgroup quota (``cpu.max`` or ``cfs_quota_us / cfs_period_us``), None if unlimited."""
+    try:
+        text = open("/sys/fs/cgroup/cpu.max").read().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+        period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class _Sample:
+    at: float  # monotonic seconds
+    busy: float  # CPU-seconds spent busy on our CPUs, all processes (None-equivalent: -1 when unknown)
+    own: float  # CPU-seconds of this process
+
+
+def _sample() -> _Sample:
+    now = time.monotonic()
+    times = os.times()
+    own = times.user + times.system
+    return _Sample(now, _busy_seconds(), own)
+
+
+def _busy_seconds() -> float:
+    """CPU-seconds all processes spent busy since boot on the CPUs this process may use (-1: unknown)."""
+    try:
+        allowed = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except AttributeError:
+        return -1.0
+    try:
+        with open("/proc/stat") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return -1.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    busy = 0
+    found = False
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name not in allowed:
+            continue
+        v = [int(x) for x in rest.split()]
+        # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
+        busy += v[0] + v[1] + v[2] + (v[5] if len(v) > 5 else 0) + (v[6] if len(v) > 6 else 0) \
+            + (v[7] if len(v) > 7 else 0)
+        found = True
+    return busy / tick if found else -1.0
+
+
+def busy_between(a: _Sample, b: _Sample) -> float | None:
+    """Mean number of CPUs other processes kept busy between two samples (None: not measurable here)."""
+    span = b.at - a.at
+    if a.busy < 0 or b.busy < 0 or span <= 0:
+        return None
+    return max(0.0, ((b.busy - a.busy) - (b.own - a.own)) / span)
+
+
+def busy_elsewhere(window_s: float = PROBE_S) -> float | None:
+    """CPUs kept busy by other processes, measured over ``window_s`` seconds (None: not measurable).
+
+    Where ``/proc/stat`` is missing (not Linux) the 1-minute load average stands in.
+    """
+    a = _sample()
+    if a.busy < 0:
+        try:
+            return float(os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return None
+    time.sleep(window_s)
+    return busy_between(a, _sample())
+
+
+def threads_for(busy_other: float | None, cpus: int) -> int:
+    """Threads for ``cpus`` usable CPUs of which others keep ``busy_other`` busy: one per free CPU, >= 1."""
+    if busy_other is None:
+        return cpus
+    free = cpus - busy_other
+    return max(1, min(cpus, int(math.floor(free + FREE_MARGIN))))
+
+
+def env_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive integer, else None."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0])
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """How many threads, and why (shown with ``--verbose`` and recorded in reports)."""
+
+    threads: int
+    auto: bool
+    reason: str
+
+
+def choose_threads(requested: int | None = AUTO, probe_s: float = PROBE_S) -> ThreadChoice:
+    """The thread count for ``requested`` (``0``/``None``: auto, measured now; ``N``: ``N``)."""
+    check_threads(requested)
+    if requested:
+        return ThreadChoice(int(requested), False, "--threads")
+    env = env_threads()
+    if env is not None:
+        return ThreadChoice(env, False, "OMP_NUM_THREADS")
+    cpus = usable_cpus()
+    if cpus == 1:
+        return ThreadChoice(1, True, "1 usable CPU")
+    other = busy_elsewhere(probe_s)
+    n = threads_for(other, cpus)
+    what = "unknown" if other is None else f"{other:.1f}"
+    return ThreadChoice(n, True, f"auto: {cpus} CPU(s), {what} busy with other processes")
+
+
+def set_torch_threads(n: int) -> None:
+    """Set torch's intra-op threads (a no-op when unchanged)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+class AutoThreads:
+    """torch's thread count for a long loop: chosen at start, re-measured every :data:`RECHECK_S` s.
+
+    Call :meth:`tick` once per step (it reads two small ``/proc`` files at most once per
+    ``every`` seconds). With an explicit count it sets that once and never changes it.
+    """
+
+    def __init__(self, requested: int | None = AUTO, every: float = RECHECK_S, apply: bool = True) -> None:
+        self.choice = choose_threads(requested)
+        self.every, self.apply = float(every), apply
+        self.threads = self.choice.threads
+        self._last = _sample()
+        self.changes: list[tuple[float, int, float]] = []  # (time since start, new threads, others' CPUs)
+        self._start = self._last.at
+        if apply:
+            set_torch_threads(self.threads)
+        log.info("CPU threads: %d (%s)", self.threads, self.choice.reason)
+
+    def tick(self) -> int:
+        """Re-measure when due and adjust; returns the thread count in use."""
+        if not self.choice.auto:
+            return self.threads
+        now = time.monotonic()
+        if now - self._last.at < self.every:
+            return self.threads
+        sample = _sample()
+        other = busy_between(self._last, sample)
+        self._last = sample
+        n = threads_for(other, usable_cpus())
+        if n != self.threads and other is not None:
+            log.info("CPU threads: %d -> %d (other processes now keep %.1f CPU(s) busy)", self.threads, n, other)
+            self.threads = n
+            self.changes.append((round(now - self._start, 1), n, round(other, 2)))
+            if self.apply:
+                set_torch_threads(n)
+        return self.threads
+
+
+def prefer_passive_waiting() -> None:
+    """Let idle OpenMP threads sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE``), unless the user
+    chose (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set). Takes effect only before torch is imported."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
