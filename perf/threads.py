@@ -1,0 +1,170 @@
+"""CPU threads on a shared machine: default vs 1 vs N threads, quiet and beside a CPU load, for
+``us3l train``, ``finetune``, ``eval``, ``export`` and ``bench`` (run by hand; not part of the suite).
+
+Each command runs on tiny but representative settings (the digits default network, a few steps,
+two widths) as a subprocess, with each thread setting, first with nothing else started by this
+script ("quiet": the machine's own load is recorded, it may not be idle) and then beside
+``--busy`` processes (default 2) that each keep one CPU busy, started and stopped here. Settings:
+
+- ``pytorch``: the old default, one thread per CPU with OpenMP's default spin-then-sleep waiting
+  (``--threads N``, ``GOMP_SPINCOUNT=300000``, libgomp's own default);
+- ``1``: ``--threads 1``;
+- ``N-passive``: ``--threads N`` with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep);
+- ``auto``: no option, the product default (us3l.core.threads).
+
+Reported per command and load: the wall time of each setting (median of ``--repeats``), its ratio
+to the fastest setting in that case, and the worst ratio per setting over everything. The goal:
+the default never more than 1.5x slower than the best, quiet or loaded. Settings rotate their order
+per command so drift does not favour one.
+
+Usage::
+
+    python perf/threads.py --json threads.json [--repeats 1] [--busy 2] [--commands train,eval]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import busy_processes, clean_env, loadavg, run_timed  # noqa: E402
+
+COMMANDS = ("train", "finetune", "eval", "export", "bench")
+VARIANTS = ("pytorch", "1", "N-passive", "auto")
+
+
+def variant(name: str, cpus: int) -> tuple[list[str], dict[str, str]]:
+    """``(extra arguments, extra environment)`` of a thread setting."""
+    if name == "pytorch":
+        return ["--threads", str(cpus)], {"GOMP_SPINCOUNT": "300000"}
+    if name == "1":
+        return ["--threads", "1"], {}
+    if name == "N-passive":
+        return ["--threads", str(cpus)], {"OMP_WAIT_POLICY": "PASSIVE"}
+    if name == "auto":
+        return [], {}
+    raise SystemExit(f"unknown setting {name!r}; valid: {', '.join(VARIANTS)}")
+
+
+def command(name: str, base: Path, out: Path) -> list[str]:
+    """The tiny but representative invocation of ``name`` (a fresh output folder ``out``)."""
+    ckpt = str(base / "checkpoint.pt")
+    if name == "train":
+        return ["train", "--epochs", "1", "--max-steps-per-epoch", "16", "--out", str(out)]
+    if name == "finetune":
+        return ["finetune", ckpt, "--epochs", "1", "--max-steps-per-epoch", "10", "--out", str(out)]
+    if name == "eval":
+        return ["eval", ckpt, "--widths", "0.25,1.0", "--calib-batches", "5"]
+    if name == "export":
+        return ["export", ckpt, "--widths", "0.25,1.0", "--out", str(out)]
+    if name == "bench":
+        return ["bench", ckpt, "--widths", "0.25,1.0", "--duration", "0.5", "--rounds", "3", "--no-plot",
+                "--out", str(out)]
+    raise SystemExit(f"unknown command {name!r}; valid: {', '.join(COMMANDS)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--commands", default=",".join(COMMANDS))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--loads", default="quiet,busy", help="quiet and/or busy")
+    ap.add_argument("--busy", type=int, default=2, help="busy processes in the loaded case")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds before one run counts as failed")
+    ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp folder)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    commands, variants = args.commands.split(","), args.variants.split(",")
+    loads = args.loads.split(",")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="us3l-threads-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "runs.log"
+    base = work / "base"
+    print(f"{cpus} CPU(s); work folder {work}; load average {loadavg()} at start", flush=True)
+    if not (base / "checkpoint.pt").is_file():
+        secs, rc = run_timed(["train", "--epochs", "1", "--max-steps-per-epoch", "6", "--threads", "1",
+                              "--out", str(base)], clean_env(), work, log, args.timeout)
+        if rc:
+            raise SystemExit(f"preparing the checkpoint failed (exit {rc}); see {log}")
+    results: list[dict] = []
+    for load in loads:
+        n_busy = args.busy if load == "busy" else 0
+        with busy_processes(n_busy):
+            for r in range(args.repeats):
+                for c_i, cmd in enumerate(commands):
+                    order = variants[c_i % len(variants):] + variants[:c_i % len(variants)]  # rotate per command
+                    for v in order:
+                        extra, env = variant(v, cpus)
+                        out = work / "out" / f"{load}-{cmd}-{v}-{r}"
+                        shutil.rmtree(out, ignore_errors=True)
+                        before = loadavg()
+                        secs, rc = run_timed(command(cmd, base, out) + extra, clean_env(env), work, log, args.timeout)
+                        row = {"load": load, "busy_processes": n_busy, "command": cmd, "setting": v, "repeat": r,
+                               "seconds": round(secs, 2), "exit": rc, "loadavg_before": before,
+                               "loadavg_after": loadavg()}
+                        if cmd == "bench" and rc == 0:
+                            report = json.loads((out / "report.json").read_text())
+                            row["bench_threads"] = report.get("threads")
+                            row["p50_ms"] = {str(x["width"]): round(x["p50_ms"], 4) for x in report["results"]}
+                        results.append(row)
+                        print(f"{load:5s} {cmd:8s} {v:9s} {secs:7.1f} s  exit {rc}  load {before}->{row['loadavg_after']}",
+                              flush=True)
+    summary = summarise(results, commands, variants, loads)
+    print_table(summary, commands, variants, loads)
+    if args.json:
+        args.json.write_text(json.dumps({"cpus": cpus, "busy_processes": args.busy, "repeats": args.repeats,
+                                         "runs": results, "summary": summary,
+                                         "measured_at": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
+        print(f"wrote {args.json}")
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def summarise(results: list[dict], commands: list[str], variants: list[str], loads: list[str]) -> dict:
+    """Median seconds per (load, command, setting), ratios to the best, the worst ratio per setting."""
+    cells: dict[str, dict] = {}
+    worst = {v: 0.0 for v in variants}
+    for load in loads:
+        for cmd in commands:
+            med = {}
+            for v in variants:
+                ok = [r["seconds"] for r in results if (r["load"], r["command"], r["setting"]) == (load, cmd, v)
+                      and r["exit"] == 0]
+                med[v] = statistics.median(ok) if ok else None
+            best = min((s for s in med.values() if s is not None), default=None)
+            for v in variants:
+                ratio = med[v] / best if med[v] is not None and best else None
+                cells[f"{load}/{cmd}/{v}"] = {"seconds": med[v], "ratio": None if ratio is None else round(ratio, 2)}
+                worst[v] = max(worst[v], ratio if ratio is not None else float("inf"))
+    loads_seen = {load: [r["loadavg_before"] for r in results if r["load"] == load] for load in loads}
+    return {"cells": cells, "worst_ratio": {v: round(w, 2) for v, w in worst.items()},
+            "loadavg": {k: [min(v), max(v)] if v else None for k, v in loads_seen.items()},
+            "goal": "the default ('auto') at most 1.5x the best setting in every case",
+            "goal_met": worst.get("auto", float("inf")) <= 1.5}
+
+
+def print_table(summary: dict, commands: list[str], variants: list[str], loads: list[str]) -> None:
+    print()
+    print("| load | command | " + " | ".join(variants) + " |")
+    print("|---|---|" + "---|" * len(variants))
+    for load in loads:
+        for cmd in commands:
+            cells = [summary["cells"][f"{load}/{cmd}/{v}"] for v in variants]
+            text = [f"{c['seconds']:.1f} s ({c['ratio']:.2f}x)" if c["seconds"] is not None else "failed" for c in cells]
+            print(f"| {load} | {cmd} | " + " | ".join(text) + " |")
+    print("| worst ratio | | " + " | ".join(f"{summary['worst_ratio'][v]:.2f}x" for v in variants) + " |")
+    print(f"load average seen before runs: {summary['loadavg']}")
+    print(f"goal ({summary['goal']}): {'met' if summary['goal_met'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
