@@ -16,11 +16,7 @@ from us3l.core.width import format_width
 
 from us3l.core.files import atomic_write_bytes, atomic_write_text
 
-CSV_COLUMNS = ("width", "precision", "aliases", "channels", "macs", "params", "accuracy", "accuracy_source", "p50_ms",
-               "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "ci_low_ms", "ci_high_ms",
-               "n", "throughput", "batch", "runner", "device", "threads", "power_mode", "power_mw", "energy_mj",
-               "gpu_compute_p50_ms", "int8_path", "source", "cached", "remeasured", "artifact", "sha256")
-# ci_low_ms / ci_high_ms: the 95 % bootstrap interval of the budget metric (--metric)
+from .rows import CSV_COLUMNS
 
 
 def _cell(value: Any) -> str:
