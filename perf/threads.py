@@ -13,7 +13,8 @@ script ("quiet": the machine's own load is recorded, it may not be idle) and the
 - ``auto``: no option, the product default (us3l.core.threads).
 
 Reported per command and load: the wall time of each setting (median of ``--repeats``), its ratio
-to the fastest setting in that case, and the worst ratio per setting over everything. The goal:
+to the fastest setting in that case, and the worst ratio per setting over everything. A run still
+going after ``--timeout`` seconds is stopped; its time and ratio are lower bounds (``>``). The goal:
 the default never more than 1.5x slower than the best, quiet or loaded. Settings rotate their order
 per command so drift does not favour one.
 
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -71,14 +73,20 @@ def command(name: str, base: Path, out: Path) -> list[str]:
     raise SystemExit(f"unknown command {name!r}; valid: {', '.join(COMMANDS)}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the busy processes and the running command are stopped
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--commands", default=",".join(COMMANDS))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--loads", default="quiet,busy", help="quiet and/or busy")
     ap.add_argument("--busy", type=int, default=2, help="busy processes in the loaded case")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds before one run counts as failed")
+    ap.add_argument("--timeout", type=float, default=300.0,
+                    help="seconds after which a run is stopped; its time counts as a lower bound ('>')")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp folder)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -135,15 +143,17 @@ def summarise(results: list[dict], commands: list[str], variants: list[str], loa
     worst = {v: 0.0 for v in variants}
     for load in loads:
         for cmd in commands:
-            med = {}
+            med, capped = {}, {}
             for v in variants:
-                ok = [r["seconds"] for r in results if (r["load"], r["command"], r["setting"]) == (load, cmd, v)
-                      and r["exit"] == 0]
+                mine = [r for r in results if (r["load"], r["command"], r["setting"]) == (load, cmd, v)]
+                ok = [r["seconds"] for r in mine if r["exit"] in (0, 124)]  # 124: stopped at --timeout (a lower bound)
                 med[v] = statistics.median(ok) if ok else None
-            best = min((s for s in med.values() if s is not None), default=None)
+                capped[v] = any(r["exit"] == 124 for r in mine)
+            best = min((s for v, s in med.items() if s is not None and not capped[v]), default=None)
             for v in variants:
                 ratio = med[v] / best if med[v] is not None and best else None
-                cells[f"{load}/{cmd}/{v}"] = {"seconds": med[v], "ratio": None if ratio is None else round(ratio, 2)}
+                cells[f"{load}/{cmd}/{v}"] = {"seconds": med[v], "ratio": None if ratio is None else round(ratio, 2),
+                                              "timed_out": capped[v]}
                 worst[v] = max(worst[v], ratio if ratio is not None else float("inf"))
     loads_seen = {load: [r["loadavg_before"] for r in results if r["load"] == load] for load in loads}
     return {"cells": cells, "worst_ratio": {v: round(w, 2) for v, w in worst.items()},
@@ -159,7 +169,9 @@ def print_table(summary: dict, commands: list[str], variants: list[str], loads: 
     for load in loads:
         for cmd in commands:
             cells = [summary["cells"][f"{load}/{cmd}/{v}"] for v in variants]
-            text = [f"{c['seconds']:.1f} s ({c['ratio']:.2f}x)" if c["seconds"] is not None else "failed" for c in cells]
+            text = [(f"{'>' if c['timed_out'] else ''}{c['seconds']:.1f} s ({'>' if c['timed_out'] else ''}"
+                     f"{c['ratio']:.2f}x)") if c["seconds"] is not None and c["ratio"] is not None else "failed"
+                    for c in cells]
             print(f"| {load} | {cmd} | " + " | ".join(text) + " |")
     print("| worst ratio | | " + " | ".join(f"{summary['worst_ratio'][v]:.2f}x" for v in variants) + " |")
     print(f"load average seen before runs: {summary['loadavg']}")

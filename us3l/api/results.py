@@ -268,6 +268,8 @@ class BenchResult:
             for other channel counts than ``--snap``), else ``None``.
         report / files: the full ``report.json`` content and the files written
             (``report``, ``csv``, ``plot``).
+        unstable / stability_note: rows stayed noisy after a re-measurement (the machine looked
+            busy; the choice is marked unstable), and the one line saying how noisy.
     """
 
     device: str
@@ -283,6 +285,8 @@ class BenchResult:
     accuracy_note: str | None
     report: dict[str, Any] = field(repr=False)
     files: dict[str, Path] = field(default_factory=dict)
+    unstable: bool = False
+    stability_note: str | None = None
 
     @classmethod
     def from_report(cls, report: dict[str, Any], files: dict[str, Path]) -> BenchResult:
@@ -300,7 +304,8 @@ class BenchResult:
                    threads=report.get("threads"), results=tuple(LatencyRow.from_record(r) for r in report["results"]),
                    pareto_widths=tuple(float(w) for w in report.get("pareto_widths", [])), budget_ms=budget,
                    metric=metric, chosen=pick, reason=choice.get("reason"), accuracy_note=report.get("accuracy_note"),
-                   report=report, files=dict(files))
+                   report=report, files=dict(files), unstable=bool(report.get("unstable")),
+                   stability_note=(report.get("stability") or {}).get("message"))
 
     def latency(self, width: float, metric: str | None = None, batch: int | None = None) -> float | None:
         """Measured ``metric`` latency (default: the run's metric) of ``width`` at ``batch`` (default: the first).

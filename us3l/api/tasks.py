@@ -171,7 +171,10 @@ def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k:
         ConfigError, DataError, BackendUnavailableError: one-line user errors.
     """
     from us3l.core.preprocess import image_files
+    from us3l.core.threads import check_threads
     from us3l.exporters.predict import predict_images
+
+    check_threads(threads)
 
     files: list[Path] = []
     for item in ([images] if isinstance(images, (str, os.PathLike)) else list(images)):

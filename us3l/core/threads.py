@@ -13,8 +13,9 @@ machine is doing:
   minus this process's own CPU time over a short window (0.2 s at start-up).
 - :func:`auto_threads`: one thread per CPU that is free, at least one.
 - :class:`AutoThreads`: long loops (training epochs, fine-tuning) call :meth:`AutoThreads.tick` each
-  step; every :data:`RECHECK_S` seconds it re-measures the other processes over that window and
-  changes torch's thread count when the machine got busier or quieter.
+  step; after :data:`FIRST_RECHECK_S` seconds and then every :data:`RECHECK_S` seconds it
+  re-measures the other processes over that window and changes torch's thread count when the
+  machine got busier or quieter.
 - :func:`prefer_passive_waiting`: ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of
   spinning), set by the ``us3l`` command before torch is imported unless the user chose a policy.
 
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 AUTO = 0  # the ``threads`` value that means "decide from the machine's load"
 PROBE_S = 0.2  # start-up window over which other processes' CPU use is measured
-RECHECK_S = 10.0  # how often a long loop re-measures (AutoThreads)
+RECHECK_S = 5.0  # how often a long loop re-measures (AutoThreads)
+FIRST_RECHECK_S = 2.0  # the first re-measure comes sooner: the start-up probe is short
 FREE_MARGIN = 0.3  # a CPU counts as free when others leave at least 1 - FREE_MARGIN of it idle
 
 
@@ -91,8 +93,12 @@ class _Sample:
     own: float  # CPU-seconds of this process
 
 
+def _now() -> float:
+    return time.monotonic()
+
+
 def _sample() -> _Sample:
-    now = time.monotonic()
+    now = _now()
     times = os.times()
     own = times.user + times.system
     return _Sample(now, _busy_seconds(), own)
@@ -212,6 +218,7 @@ class AutoThreads:
         self._last = _sample()
         self.changes: list[tuple[float, int, float]] = []  # (time since start, new threads, others' CPUs)
         self._start = self._last.at
+        self._checked = False
         if apply:
             set_torch_threads(self.threads)
         log.info("CPU threads: %d (%s)", self.threads, self.choice.reason)
@@ -220,9 +227,11 @@ class AutoThreads:
         """Re-measure when due and adjust; returns the thread count in use."""
         if not self.choice.auto:
             return self.threads
-        now = time.monotonic()
-        if now - self._last.at < self.every:
+        now = _now()
+        due = FIRST_RECHECK_S if not self._checked and self.every >= FIRST_RECHECK_S else self.every
+        if now - self._last.at < due:
             return self.threads
+        self._checked = True
         sample = _sample()
         other = busy_between(self._last, sample)
         self._last = sample

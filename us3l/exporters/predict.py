@@ -51,12 +51,12 @@ def artifact_info(path: str | os.PathLike) -> dict[str, Any]:
                 "batch": shape[0] if shape and isinstance(shape[0], int) else None, "width": data.get("width")}
     if p.suffix in ENGINE_SUFFIXES:
         raise ConfigError(f"engine {p.name} has no sidecar {sidecar.name}; an engine carries no preprocessing record")
-    try:
-        import onnx
+    from us3l.core.checks import check_onnx_file
 
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # onnx raises several types for foreign files
-        raise ConfigError(f"{p} is not a readable ONNX file ({type(exc).__name__})") from None
+    check_onnx_file(p)  # a truncated or foreign file: one line naming it
+    import onnx
+
+    model = onnx.load(str(p), load_external_data=False)
     props = {m.key: m.value for m in model.metadata_props}
     if "us3l.preprocess" not in props:
         raise ConfigError(f"{p.name} records no preprocessing (no sidecar, no us3l.preprocess metadata); "
