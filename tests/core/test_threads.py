@@ -56,7 +56,7 @@ def test_auto_threads_follow_the_load(monkeypatch):
     try:
         auto = th.AutoThreads(0, every=5.0)
         assert auto.threads == 2 and torch.get_num_threads() == 2
-        clock.update(t=2.0, busy=3.0, own=2.0)  # not due yet
+        clock.update(t=1.0, busy=1.5, own=1.0)  # not due yet (the first re-check comes after 2 s)
         assert auto.tick() == 2
         clock.update(t=6.0, busy=12.0, own=5.0)  # 6 s: 12 CPU-s busy, 5 ours -> others 7/6 = 1.2 CPUs
         assert auto.tick() == 1 and torch.get_num_threads() == 1

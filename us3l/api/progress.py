@@ -148,8 +148,8 @@ class _BarDisplay(Display):
 
 
 @contextlib.contextmanager
-def plain_heartbeat(console: Console, prefix: str = "") -> Iterator[Heartbeat]:
-    """The active heartbeat, or a new one printing plain lines on ``console`` for the block."""
+def plain_heartbeat(console: Console, prefix: str = "") -> Iterator[Display]:
+    """The active display (a heartbeat), or a new heartbeat printing plain lines on ``console`` for the block."""
     running = active()
     if running is not None:
         yield running

@@ -460,8 +460,9 @@ class _MetricsWriter:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:
-                log.warning("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only", self.path)
+            except ImportError:  # the default install has no tensorboard: metrics.jsonl is the log (said with -v)
+                log.info("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only",
+                         self.path)
 
     def write(self, record: dict) -> None:
         size = self.path.stat().st_size if self.path.exists() else 0

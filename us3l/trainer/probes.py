@@ -117,7 +117,10 @@ def extract_stream(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], w
     """
     model.eval()
     feats, labels = [], []
-    total = len(batches) if hasattr(batches, "batch_size") and hasattr(batches, "__len__") else None  # EvalStream: images
+    from collections.abc import Sized
+
+    # an EvalStream's length is its number of images (a plain list of batches: unknown here)
+    total = len(batches) if hasattr(batches, "batch_size") and isinstance(batches, Sized) else None
     with use_width(model, width, divisor), stage(f"features w{format_width(width)}", total=total,
                                                  unit="images") as progress:
         for x, y in batches:
