@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from us3l.core import __version__
+from us3l.core.version import __version__
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError, ExportError
 from us3l.core.files import sha256_file
