@@ -140,7 +140,8 @@ def test_print_config_round_trips_and_bad_keys_are_one_line(tmp_path):
 
 
 def test_config_resolution_order_and_resume_base(tmp_path):
-    from us3l.trainer.config_file import resolve, save_resolved, to_toml
+    from us3l.trainer.config_file import save_resolved, to_toml
+    from us3l.trainer.recipes import resolve
 
     (tmp_path / "c.toml").write_text('recipe = "fashion_mnist"\nepochs = 2\narch_kwargs = { }\n')
     cfg = resolve(None, tmp_path / "c.toml", ["lr=0.3", "image_size=none", "distill_layers=[]"], {"seed": 5})

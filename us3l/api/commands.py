@@ -1,6 +1,9 @@
-"""The library calls behind the CLI: ``train``, ``evaluate``, ``widths``, ``export``, ``bench``,
-``import_reference`` and ``load``. Each ``us3l`` command parses its flags and calls exactly one of
-these; the CLI only renders the typed result (one code path).
+"""The library calls behind the CLI: ``train``, ``evaluate``, ``widths``, ``export``, ``bench`` (and,
+from :mod:`us3l.api.tasks`, ``finetune``, ``predict``, ``pack``). Each ``us3l`` command parses its
+flags and calls exactly one of these; the CLI only renders the typed result (one code path).
+``load`` and ``import_reference`` return a :class:`~us3l.api.model.SlimmableModel` and live beside
+it in :mod:`us3l.api.model`, which calls these verbs; a model passed in here is taken by what it
+has (:class:`InMemoryModel`), so the two modules do not import each other.
 
 Every long function reports progress through ``progress``: a callback ``progress(done, total,
 message)`` (``total`` is ``None`` while unknown), ``True`` for a rich bar on stderr, or ``None``.
@@ -15,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..core.errors import CheckpointError, ConfigError
 from .progress import ProgressArg, resolve_progress
@@ -27,25 +30,22 @@ if TYPE_CHECKING:
     from us3l.exporters import ExportResult
     from us3l.trainer.config import TrainConfig
 
-    from .model import SlimmableModel
-
 PathLike = Union[str, "os.PathLike[str]"]
-Source = Union[PathLike, "SlimmableModel"]
 
 
-def load(checkpoint: PathLike) -> SlimmableModel:
-    """Load a checkpoint as a :class:`~us3l.api.model.SlimmableModel`.
+class InMemoryModel(Protocol):
+    """What the verbs use of a :class:`~us3l.api.model.SlimmableModel` given as a source."""
 
-    Raises:
-        CheckpointError: missing, corrupt, foreign or code-carrying file (one line).
+    network: nn.Module
+    checkpoint: Any
+    path: Path | None
+    seed: int
 
-    Examples:
-        >>> model = load("runs/us3l/checkpoint.pt")            # doctest: +SKIP
-        >>> model.calibrate(0.35).slice(0.35)                  # doctest: +SKIP
-    """
-    from .model import SlimmableModel
+    @property
+    def arch(self) -> str: ...
 
-    return SlimmableModel.load(checkpoint)
+
+Source = Union[PathLike, InMemoryModel]
 
 
 def _width_text(widths: str | Sequence[float] | None) -> str | None:
@@ -335,28 +335,6 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
     with resolve_progress(progress, f"measuring on {device}") as report:
         result = run_bench(cfg, progress=report)
     return BenchResult.from_report(result.report, result.paths)
-
-
-# ---------------------------------------------------------------------------- import
-
-
-def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None,
-                     calibrated_width: float | None = None) -> SlimmableModel:
-    """Convert a reference US3L checkpoint (``*.pth.tar``) into ours, save it at ``out`` and load it.
-
-    Keeps the online encoder; drops the momentum encoder, projector and predictors. With
-    ``calibrated_width`` the file's BN statistics enter the bank for that width unchanged.
-
-    Raises:
-        CheckpointError: unreadable file or keys that do not map (listed). ConfigError: unsupported arch.
-    """
-    from us3l.exporters import ImportConfig
-    from us3l.exporters import import_reference as run_import
-
-    from .model import SlimmableModel
-
-    ckpt = run_import(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
-    return SlimmableModel(ckpt.build_model(), ckpt, out)
 
 
 # ---------------------------------------------------------------------------- task models (us3l.api.tasks)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from us3l.core.width import format_width
-
 from us3l.core.files import atomic_write_bytes, atomic_write_text
+from us3l.core.precision import Precision
+from us3l.core.width import format_width
 
 from .rows import CSV_COLUMNS
 
@@ -42,8 +42,8 @@ def write_json(path: Path, report: dict) -> Path:
     return atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
 
 
-MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
-COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+MARKERS: dict[str, str] = {Precision.FP32: "o", Precision.FP16: "s", Precision.INT8: "^"}
+COLORS: dict[str, str] = {Precision.FP32: "tab:blue", Precision.FP16: "tab:orange", Precision.INT8: "tab:green"}
 
 
 def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | None, budget_ms: float | None,

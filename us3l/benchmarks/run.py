@@ -27,6 +27,7 @@ from typing import Any
 from us3l.core.accuracy import read_accuracy_file
 from us3l.core.errors import ConfigError
 from us3l.core.heartbeat import stage
+from us3l.core.precision import Precision
 from us3l.core.width import format_width, parse_widths, round_width
 
 from .artifacts import BenchArtifact, ModelSource, prepare_artifacts
@@ -224,8 +225,8 @@ class BenchRun:
         self.profile = get_device(cfg.device, cfg.devices_file)
         self.runner_name = resolve_runner(cfg.runner or self.profile.runner, self.profile)
         self.runner_cls = get_runner(self.runner_name)
-        self.precisions = list(cfg.precisions or (self.profile.precision,))
-        if self.runner_name == "torch" and self.precisions != ["fp32"]:
+        self.precisions = list(cfg.precisions or (Precision.parse(self.profile.precision),))
+        if self.runner_name == "torch" and any(p.reduced for p in self.precisions):
             raise ConfigError(f"the torch runner measures the fp32 network; precision {','.join(self.precisions)} "
                               "needs --runner onnxruntime (or tensorrt/trtexec on a GPU)")
         self.threads = cfg.threads or self.profile.threads
@@ -450,7 +451,7 @@ class BenchRun:
         for r in rows:
             ci = (r.ci_ms or {}).get(cfg.metric)
             r.ci_low_ms, r.ci_high_ms = (ci[0], ci[1]) if ci else (None, None)
-        order = {p: i for i, p in enumerate(self.precisions)}
+        order: dict[str, int] = {p.value: i for i, p in enumerate(self.precisions)}
         rows.sort(key=lambda r: (r.power_mode is not None, r.power_mode or 0, r.batch, order.get(r.precision, 9),
                                  r.width))
         self.rows = rows
@@ -460,7 +461,7 @@ class BenchRun:
         """The ``report.json`` dict (rows in :meth:`BenchRow.to_dict` form)."""
         cfg, acc = self.cfg, self.accuracy
         rows = [r.to_dict() for r in self.finish_rows()]
-        order = {p: i for i, p in enumerate(self.precisions)}
+        order: dict[str, int] = {p.value: i for i, p in enumerate(self.precisions)}
         modes = list(dict.fromkeys(r.get("power_mode") for r in rows))
         primary = [r for r in rows if r["batch"] == cfg.batches[0] and r.get("power_mode") == modes[0]]
         front = pareto_front(primary, cfg.metric)

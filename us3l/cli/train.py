@@ -140,7 +140,8 @@ def register(app: typer.Typer) -> None:
             for name in list_recipes():
                 console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
             return
-        from us3l.trainer.config_file import resolve, to_toml
+        from us3l.trainer.config_file import to_toml
+        from us3l.trainer.recipes import resolve
 
         flags = dict(arch=arch, data=data, data_root=str(data_root) if data_root else None, image_size=image_size,
                      epochs=epochs, batch_size=batch_size, lr=lr, method=method.value if method else None,

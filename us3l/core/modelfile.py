@@ -34,6 +34,7 @@ import torch
 
 from .errors import CheckpointError
 from .files import atomic_write_bytes, atomic_write_text, sha256_file
+from .state import state_hash
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -126,8 +127,6 @@ def _json_only(obj: Any) -> Any:
 
 def pack_files(ckpt: Any, source: str | None = None) -> tuple[bytes, str]:
     """``(model.safetensors bytes, config.json text)`` of checkpoint ``ckpt``."""
-    from .checkpoint import state_hash
-
     tensors = {f"model.{k}": v for k, v in ckpt.model.items()}
     for w, stats in ckpt.bn_bank.items():
         for layer, entry in stats.items():
@@ -209,15 +208,13 @@ def pack_checkpoint(ckpt: Any, out_dir: str | os.PathLike, source: str | None = 
     return out
 
 
-def load_model_dir(path: str | os.PathLike, verify: bool = True) -> Any:
-    """The :class:`~us3l.core.checkpoint.Checkpoint` a model directory holds (``training=None``).
+def read_model_dir(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """The :class:`~us3l.core.checkpoint.Checkpoint` fields a model directory holds (``training=None``);
+    ``load_checkpoint(directory)`` builds the checkpoint from them.
 
     Raises:
-        CheckpointError: missing files, another format, malformed weights, or weights that do not
-            match the recorded content hash.
+        CheckpointError: missing files, another format, malformed weights.
     """
-    from .checkpoint import Checkpoint, state_hash
-
     p = Path(path)
     if not is_model_dir(p):
         raise CheckpointError(f"{p} is not a model directory (needs {CONFIG_FILE} and {WEIGHTS_FILE}, written by 'us3l pack')")
@@ -260,17 +257,14 @@ def load_model_dir(path: str | os.PathLike, verify: bool = True) -> Any:
     if config.get("task"):
         extra["task"] = config["task"]
     try:
-        ckpt = Checkpoint(arch=config["arch"], arch_kwargs=dict(config["arch_kwargs"]), model=model,
-                          width_range=tuple(config.get("width_range") or (0.25, 1.0)), method=config.get("method", "untrained"),
-                          epoch=int(config.get("epoch", 0)), train_config=prov.get("train_config") or {},
-                          dataset=config.get("dataset"), bn_bank=bank, training=None, extra=extra,
-                          versions=prov.get("versions") or {}, format_version=int(prov.get("format_version", 1)),
-                          content_hash=str(config.get("content_hash") or ""))
+        return dict(arch=config["arch"], arch_kwargs=dict(config["arch_kwargs"]), model=model,
+                    width_range=tuple(config.get("width_range") or (0.25, 1.0)), method=config.get("method", "untrained"),
+                    epoch=int(config.get("epoch", 0)), train_config=prov.get("train_config") or {},
+                    dataset=config.get("dataset"), bn_bank=bank, training=None, extra=extra,
+                    versions=prov.get("versions") or {}, format_version=int(prov.get("format_version", 1)),
+                    content_hash=str(config.get("content_hash") or ""))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{p / CONFIG_FILE} lacks or mangles a required field ({exc})") from None
-    if verify and ckpt.content_hash and state_hash(ckpt.model) != ckpt.content_hash:
-        raise CheckpointError(f"model directory {p} is corrupt: weights do not match the recorded content hash")
-    return ckpt
 
 
 def _split_width(rest: str) -> tuple[str, str]:

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from us3l.core import __version__
+from us3l.core.version import __version__
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError, ExportError
 from us3l.core.files import sha256_file
+from us3l.core.precision import PRECISIONS, Precision  # noqa: F401  (PRECISIONS: re-exported)
 from us3l.core.profile import count_macs
 from us3l.core.slicing import channel_config, find_aliases, slice_to_width
 from us3l.core.width import format_width, parse_widths
@@ -43,14 +44,13 @@ from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, artifact
 from .onnx_exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_EXPORTERS, default_exporter
 from .outputs import (check_outputs, deploy_module, flatten_outputs, metadata_props, multi_output_runner,
                       output_names, stage_taps)
-from .onnx_quant import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_MIN_COSINE, RANGES_SUFFIX, accuracy_gate, enforce_gate
-from .parity import DEFAULT_TOLERANCE, compare, enforce
+from .onnx_quant import CALIBRATION_METHODS, DEFAULT_CALIBRATION, RANGES_SUFFIX, accuracy_gate, enforce_gate
+from .parity import compare, enforce
 from .registry import Exporter, ExportRequest, get_exporter
 from .source import CalibrationSet, Network, bn_plan, check_input_size, load_head, load_network, prepare_bn
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 #: Other names users type for a format (TensorRT users say "engine"; trtexec writes .engine files).
 FORMAT_ALIASES = {"engine": "trt"}
 SNAP_DIVISORS = (8, 16, 32)
@@ -111,7 +111,7 @@ class ExportConfig:
     batch: int | None = None
     opset: int = DEFAULT_OPSET
     snap: int = 8
-    precision: str = "fp32"
+    precision: str | Precision = Precision.FP32
     calib_data: str | None = None
     bn_images: int = 512
     calib_batch_size: int = 64
@@ -137,8 +137,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", FORMAT_ALIASES.get(self.format, self.format))
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "precision", Precision.parse(self.precision, "--precision"))
         if self.snap not in SNAP_DIVISORS:
             raise ConfigError(f"--snap {self.snap} is not supported; valid: {', '.join(map(str, SNAP_DIVISORS))}")
         if self.batch is not None and self.batch < 1:
@@ -190,7 +189,7 @@ class _Build:
 
     group: _Group
     exporter: Exporter
-    precision: str
+    precision: Precision
     names: _Names
     plan: dict[str, Any]
     key: dict[str, Any]
@@ -212,7 +211,7 @@ class _Build:
     @property
     def reduced(self) -> bool:
         """A precision below FP32 (gated on cosine similarity, on held-out images)."""
-        return self.precision != "fp32"
+        return self.precision.reduced
 
 
 def _base(cfg: ExportConfig, net: Network) -> str:
@@ -236,19 +235,21 @@ class _Run:
         if cfg.format == "trt" and not cfg.timing_cache and (self.out_dir / self.timing_name).is_file():
             shutil.copyfile(self.out_dir / self.timing_name, staging.dir / self.timing_name)
 
-    def key(self, width: float, fmt: str, precision: str, plan: dict[str, Any]) -> dict[str, Any]:
+    def key(self, width: float, fmt: str, precision: Precision, plan: dict[str, Any]) -> dict[str, Any]:
         c = self.cfg
         return jsonable({"checkpoint": self.net.source_hash, "width": format_width(width), "format": fmt, "opset": c.opset,
                 "batch": c.batch, "snap": c.snap, "precision": precision, "tool": __version__, "bn": plan,
                 "input_shape": list(self.input_shape), "head": self.head_digest, "simplify": c.simplify,
                 "exporter": c.onnx_exporter, **({"outputs": c.outputs} if c.outputs != "features" else {}),
-                "parity": [self._tolerance(precision), c.parity_images] if precision == "fp32"
-                else ["cosine", self._min_cosine(precision), c.gate_images],
-                "int8": [c.calibration, c.int8_images, self.calib.describe()] if precision == "int8" else None,
+                "parity": ["cosine", self._min_cosine(precision), c.gate_images] if precision.reduced
+                else [self._tolerance(precision), c.parity_images],
+                "int8": [c.calibration, c.int8_images, self.calib.describe()] if precision.plan.calibrated else None,
                 "trt": [c.workspace_mib, c.max_batch, c.opt_batch, c.int8_images] if fmt == "trt" else None})
 
-    def _min_cosine(self, precision: str) -> float:
-        return self.cfg.min_cosine if self.cfg.min_cosine is not None else DEFAULT_MIN_COSINE[precision]
+    def _min_cosine(self, precision: Precision) -> float:
+        default = precision.plan.min_cosine
+        assert default is not None, "only reduced precisions are gated on cosine similarity"
+        return self.cfg.min_cosine if self.cfg.min_cosine is not None else default
 
     def split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(calibration images, held-out gate images): the gate never sees a calibration image
@@ -257,11 +258,11 @@ class _Run:
         n_gate = min(self.cfg.gate_images, max(1, len(x) // 5)) if len(x) > 1 else len(x)
         return x[: min(self.cfg.int8_images, len(x) - n_gate) or len(x)], x[len(x) - n_gate:]
 
-    def _tolerance(self, precision: str) -> tuple[float, float]:
-        atol, rtol = DEFAULT_TOLERANCE[precision]
+    def _tolerance(self, precision: Precision) -> tuple[float, float]:
+        atol, rtol = precision.plan.tolerance
         return (self.cfg.atol if self.cfg.atol is not None else atol, self.cfg.rtol if self.cfg.rtol is not None else rtol)
 
-    def artifact(self, group: _Group, exporter: Exporter, precision: str, onnx: Artifact | None = None) -> Artifact:
+    def artifact(self, group: _Group, exporter: Exporter, precision: Precision, onnx: Artifact | None = None) -> Artifact:
         """One artifact of ``group`` in ``exporter``'s format at ``precision`` (``onnx``: the FP32 ONNX
         it is built from), reused when the cached one has the same key, else built in named steps:
         network -> reference outputs -> file -> gate -> sidecar record."""
@@ -281,12 +282,12 @@ class _Run:
         self.locations[names.file] = build.request.path
         return Artifact.from_sidecar(self.out_dir / names.sidecar, data, cached=False)
 
-    def names(self, group: _Group, exporter: Exporter, precision: str) -> _Names:
+    def names(self, group: _Group, exporter: Exporter, precision: Precision) -> _Names:
         """File names of the artifact, its sidecar and (ONNX INT8) its calibration ranges."""
         cfg = self.cfg
         prefix = (cfg.name or _base(cfg, self.net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
         stem = artifact_stem(prefix, group.width, cfg.snap, cfg.batch, exporter.name, precision)
-        ranges = stem + RANGES_SUFFIX if precision == "int8" and exporter.name == "onnx" else None
+        ranges = stem + RANGES_SUFFIX if precision.plan.calibrated and exporter.name == "onnx" else None
         return _Names(stem + exporter.suffix, stem + ".json", ranges)
 
     def reuse(self, group: _Group, names: _Names, key: dict[str, Any]) -> Artifact | None:
@@ -303,7 +304,7 @@ class _Run:
         log.info("Reusing %s (same cache key, hash verified)", names.file)
         return Artifact.from_sidecar(self.out_dir / names.sidecar, {**old, "aliases": group.aliases}, cached=True)
 
-    def network(self, group: _Group, exporter: Exporter, precision: str, names: _Names, plan: dict[str, Any],
+    def network(self, group: _Group, exporter: Exporter, precision: Precision, names: _Names, plan: dict[str, Any],
                 key: dict[str, Any], onnx: Artifact | None) -> _Build:
         """BN statistics for the width, the plain static network, its head and the deployed module."""
         cfg, net, w = self.cfg, self.net, group.width
@@ -324,7 +325,7 @@ class _Run:
         cfg, net = self.cfg, self.net
         if b.reduced:
             calib_x, b.inputs = self.split()
-            if b.precision == "int8":
+            if b.precision.plan.calibrated:
                 if self.calib.kind == "random" and not net.untrained:
                     raise ExportError("INT8 calibration needs real images; pass --calib-data")
                 b.calib_images = calib_x.numpy()
@@ -385,7 +386,7 @@ class _Run:
 
     def calibration_record(self, b: _Build) -> dict[str, Any] | None:
         """How an INT8 artifact was calibrated (method, images, data, ranges file), else ``None``."""
-        if b.precision != "int8":
+        if not b.precision.plan.calibrated:
             return None
         assert b.calib_images is not None and b.inputs is not None
         reported = b.facts.pop("calibration", None) or {}  # the TRT exporter reports its calibrator here too
@@ -515,13 +516,14 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
     result = ExportResult(out_dir=Path(cfg.out_dir))
     with Staging(Path(cfg.out_dir)) as staging:
         run = _Run(cfg, net, calib, staging)
-        needs_onnx = exporter.needs_onnx or (cfg.format == "onnx" and cfg.precision != "fp32")
+        precision = Precision.parse(cfg.precision)
+        needs_onnx = exporter.needs_onnx or (cfg.format == "onnx" and precision.plan.converted)
         onnx_exporter = get_exporter("onnx") if needs_onnx else None
         for i, group in enumerate(groups.values()):
             if progress:
                 progress(i, len(groups), f"w={format_width(group.width)}")
-            onnx_art = run.artifact(group, onnx_exporter, "fp32") if onnx_exporter else None
-            result.artifacts.append(run.artifact(group, exporter, cfg.precision, onnx_art))
+            onnx_art = run.artifact(group, onnx_exporter, Precision.FP32) if onnx_exporter else None
+            result.artifacts.append(run.artifact(group, exporter, precision, onnx_art))
         if cfg.format == "trt" and not cfg.timing_cache and (staging.dir / run.timing_name).exists():
             staging.path(run.timing_name)  # the updated timing cache lands with the engines
         staging.commit()
