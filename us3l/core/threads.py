@@ -42,9 +42,8 @@ FREE_MARGIN = 0.3  # a CPU counts as free when others leave at least 1 - FREE_MA
 
 def threads_help(default_text: str = "auto") -> str:
     """The ``--threads`` help text every computing command shares."""
-    return ("CPU threads for torch and ONNX Runtime; 0 = auto: one per CPU that other processes leave idle, "
-            "re-checked during long runs (OMP_NUM_THREADS, when set, is used instead).  "
-            f"[default: 0, {default_text}]")
+    return ("CPU threads (torch, ONNX Runtime); 0 = auto: one per CPU other processes leave idle, re-checked in "
+            f"long runs; OMP_NUM_THREADS overrides auto.  [default: 0, {default_text}]")
 
 
 def check_threads(value: int | None, option: str = "--threads") -> None:
