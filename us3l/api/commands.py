@@ -139,10 +139,11 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
              dataset: str | None = None, data_root: PathLike | None = None, image_size: int | None = None,
              calib_batches: int = 50, batch_size: int = 256, knn_k: int | None = None, linear_preset: str = "fast",
              store_bn: bool = False, device: str = "cpu", progress: ProgressArg = None,
-             artifacts: Sequence[PathLike] = (), workers: int | None = None, threads: int = 0) -> EvalResult:
+             artifacts: Sequence[PathLike] = (), workers: int | None = None, out: PathLike | None = None,
+             threads: int = 0) -> EvalResult:
     """Accuracy per width: BN recalibration on training images at each width, then kNN and/or a linear probe.
 
-    Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it).
+    Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it), or ``out``.
 
     Args:
         checkpoint: the checkpoint file (or a saved :class:`SlimmableModel`).
@@ -157,6 +158,8 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
         artifacts: exported ONNX files (FP32/FP16/INT8) of this checkpoint to measure in ONNX Runtime
             instead of the PyTorch widths; their rows are keyed by the artifact's precision.
         workers: loader processes decoding image files (default: from the CPU count).
+        out: the accuracy table to write (default: ``accuracy.json`` beside the checkpoint; ``bench``
+            reads it from there, or from ``accuracy=``).
         threads: CPU threads (0: auto, one per CPU other processes leave idle; :mod:`us3l.core.threads`).
 
     Raises:
@@ -173,7 +176,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
                      data_root=str(data_root) if data_root is not None else None, image_size=image_size,
                      calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k, linear_preset=linear_preset,
                      store_bn=store_bn, device=device, artifacts=tuple(str(a) for a in artifacts), workers=workers,
-                     threads=threads)
+                     out=str(out) if out is not None else None, threads=threads)
     done = 0
     with resolve_progress(progress, "evaluating") as report:
 
@@ -185,12 +188,12 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
             if report:
                 report(done, None, f"width {format_width(width)}: {what}" if width else what)
 
-        out = run_eval(cfg, stage)
-    result = EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
-    if out.classifier is not None:
+        done_eval = run_eval(cfg, stage)
+    result = EvalResult.from_rows(path, done_eval.checkpoint_hash, done_eval.accuracy_path, done_eval.protocol, done_eval.rows)
+    if done_eval.classifier is not None:
         import dataclasses
 
-        result = dataclasses.replace(result, classifier=out.classifier)
+        result = dataclasses.replace(result, classifier=done_eval.classifier)
     return result
 
 
@@ -213,14 +216,14 @@ def width_infos(network: nn.Module, widths: Sequence[float], snap: int) -> list[
 
 
 def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, snap: int = 8,
-           input_size: int | None = None) -> list[WidthInfo]:
+           image_size: int | None = None) -> list[WidthInfo]:
     """Channels, MACs, parameters and aliases per width of an architecture or a checkpoint's network.
 
     Args:
         source: an architecture name (``us_resnet18_cifar``), a checkpoint file or a :class:`SlimmableModel`.
         widths: a list/range text or floats, validated against the network's range.
         snap: channel divisor (8 is the method's rule; 16/32 snap channels for hardware).
-        input_size: input resolution for the MAC count (architectures only; default: the architecture's).
+        image_size: input side in pixels for the MAC count (architectures only; default: the architecture's).
 
     Raises:
         UnknownNameError / ConfigError / WidthError: bad architecture, divisor or widths.
@@ -235,7 +238,7 @@ def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, s
 
     if snap < 1:
         raise ConfigError(f"snap must be a positive channel divisor, got {snap}; valid: 8, 16, 32")
-    check_number("--input-size", input_size, minimum=4, integer=True)
+    check_number("--image-size", image_size, minimum=4, integer=True)
     path, arch, model = _resolve_source(source, None)
     if model is not None:
         network = model.network
@@ -246,7 +249,7 @@ def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, s
     else:
         from ..core.models import get_model
 
-        network = get_model(str(arch), **({"input_size": input_size} if input_size else {}))
+        network = get_model(str(arch), **({"input_size": image_size} if image_size else {}))
     lo, hi = network.width_range
     values = parse_widths(widths if isinstance(widths, str) else list(widths), lo, hi)
     return width_infos(network, values, snap)
@@ -267,7 +270,7 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
         format: ``onnx``, ``trt`` (alias ``engine``) or ``pt2`` (torch.export).
         out: output directory (created only when every width passed its parity gate).
         options: other :class:`us3l.exporters.ExportConfig` fields: ``batch``, ``opset``, ``snap``,
-            ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``input_size``,
+            ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``image_size``,
             ``name``, ``simplify``, ``force``, TensorRT build options.
 
     Returns:

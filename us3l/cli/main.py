@@ -12,7 +12,7 @@ prefer_passive_waiting()  # before torch is imported: idle OpenMP threads sleep 
 import typer  # noqa: E402
 
 from ..core import __version__  # noqa: E402
-from .common import setup_logging  # noqa: E402
+from .common import OneLineChoiceErrors, setup_logging  # noqa: E402
 
 COMMAND_MODULES = ("train", "eval", "export", "import_", "bench", "widths", "finetune", "predict", "pack")
 
@@ -24,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
     rich_markup_mode=None,
+    cls=OneLineChoiceErrors,
 )
 
 

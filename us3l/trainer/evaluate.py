@@ -297,6 +297,7 @@ class EvalConfig:
     artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
     workers: int | None = None  # loader processes for image files (None: from the CPU count)
     threads: int = 0  # CPU threads (0: auto, one per CPU other processes leave idle; us3l.core.threads)
+    out: str | None = None  # the accuracy table (None: accuracy.json beside the checkpoint, where bench looks)
 
     def __post_init__(self) -> None:
         from us3l.core.checks import check_number
@@ -359,7 +360,7 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
                                    cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path, heads_out=heads,
                                    workers=cfg.workers)
     protocol = eval_protocol(cfg.method, spec, cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.divisor)
-    out = (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
+    out = Path(cfg.out) if cfg.out else (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
     if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in):
         protocol = _artifact_protocol(out, ckpt.content_hash, protocol)  # keep the table's protocol
     merged = {row_key(r): r for r in _previous_rows(out, ckpt.content_hash, protocol)}
