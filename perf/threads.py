@@ -10,7 +10,11 @@ script ("quiet": the machine's own load is recorded, it may not be idle) and the
   (``--threads N``, ``GOMP_SPINCOUNT=300000``, libgomp's own default);
 - ``1``: ``--threads 1``;
 - ``N-passive``: ``--threads N`` with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep);
-- ``auto``: no option, the product default (us3l.core.threads).
+- ``auto``: no option, the product default (us3l.core.threads: the command sets passive waiting,
+  then one thread per usable CPU);
+- ``auto-spin``: no option, but OpenMP spinning (``GOMP_SPINCOUNT=300000``, as when torch was
+  imported before us3l could ask for passive waiting): auto then uses one thread per CPU that other
+  processes leave idle, re-measured while it runs.
 
 Reported per command and load: the wall time of each setting (median of ``--repeats``), its ratio
 to the fastest setting in that case, and the worst ratio per setting over everything. A run still
@@ -40,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import busy_processes, clean_env, loadavg, run_timed  # noqa: E402
 
 COMMANDS = ("train", "finetune", "eval", "export", "bench")
-VARIANTS = ("pytorch", "1", "N-passive", "auto")
+VARIANTS = ("pytorch", "1", "auto", "auto-spin")
+ALL_VARIANTS = ("pytorch", "1", "N-passive", "auto", "auto-spin")
 
 
 def variant(name: str, cpus: int) -> tuple[list[str], dict[str, str]]:
@@ -53,7 +58,9 @@ def variant(name: str, cpus: int) -> tuple[list[str], dict[str, str]]:
         return ["--threads", str(cpus)], {"OMP_WAIT_POLICY": "PASSIVE"}
     if name == "auto":
         return [], {}
-    raise SystemExit(f"unknown setting {name!r}; valid: {', '.join(VARIANTS)}")
+    if name == "auto-spin":
+        return [], {"GOMP_SPINCOUNT": "300000"}
+    raise SystemExit(f"unknown setting {name!r}; valid: {', '.join(ALL_VARIANTS)}")
 
 
 def command(name: str, base: Path, out: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -44,9 +45,10 @@ def test_others_busy_is_total_minus_own():
     assert th.busy_between(th._Sample(0.0, -1.0, 0.0), b) is None  # not measurable here
 
 
-def test_auto_threads_follow_the_load(monkeypatch):
+def test_auto_threads_follow_the_load_when_openmp_spins(monkeypatch):
     """Re-checks adjust torch's threads when other processes come and go (fake /proc samples)."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(th, "passive_waiting", lambda: False)
     monkeypatch.setattr(th, "usable_cpus", lambda: 2)
     monkeypatch.setattr(th, "busy_elsewhere", lambda window_s=th.PROBE_S: 0.0)
     clock = {"t": 0.0, "busy": 0.0, "own": 0.0}
@@ -83,13 +85,27 @@ def test_a_real_busy_process_is_seen():
     assert seen is not None and seen >= 0.6, seen  # its CPU (other test workers may add more)
 
 
-def test_passive_waiting_respects_the_users_choice(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    th.prefer_passive_waiting()
-    import os
+def _policy(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
+    return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          check=True).stdout.strip()
 
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    th.prefer_passive_waiting()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+def test_passive_waiting_before_torch_respects_the_users_choice():
+    show = ("from us3l.core.threads import prefer_passive_waiting as p, passive_waiting as w, choose_threads as c, "
+            "usable_cpus as u\n{pre}p()\nimport os\nprint(os.environ.get('OMP_WAIT_POLICY'), w(), c(0).threads == u())")
+    assert _policy(show.format(pre="")) == "PASSIVE True True"  # the CLI's case: set before torch, all CPUs
+    assert _policy(show.format(pre=""), OMP_WAIT_POLICY="active").startswith("active False")  # the user's choice
+    # torch imported first: setting the variable would change nothing, so it is not set and auto
+    # falls back to one thread per idle CPU
+    assert _policy(show.format(pre="import torch\n")).startswith("None False")
+    assert _policy(show.format(pre=""), GOMP_SPINCOUNT="0").startswith("None True")
+
+
+def test_auto_is_every_usable_cpu_when_waiting_is_passive(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(th, "passive_waiting", lambda: True)
+    monkeypatch.setattr(th, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(th, "busy_elsewhere", lambda window_s=th.PROBE_S: 2.5)  # a busy machine: no matter
+    choice = th.choose_threads(0)
+    assert choice.threads == 3 and not choice.auto and "OMP_WAIT_POLICY=PASSIVE" in choice.reason

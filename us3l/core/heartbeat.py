@@ -17,7 +17,9 @@ enclosing stages), its count and total, the elapsed time and an estimate of the 
     evaluating > width 0.5 > BN recalibration: 12/50, 0:04 elapsed, eta 0:13
 
 ``every`` is :data:`DEFAULT_EVERY_S` (environment ``US3L_PROGRESS_SECONDS`` overrides it; 0 prints
-every update). Stages are per process and may be opened from any thread; the innermost open stage
+every update). Before anything was printed the first heartbeat waits a little longer
+(:data:`STARTUP_QUIET_S`, at most twice ``every``), so a command refusing bad input after a slow
+start-up still prints its one error line alone. Stages are per process and may be opened from any thread; the innermost open stage
 is the one reported.
 """
 
@@ -31,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 DEFAULT_EVERY_S = 5.0  # at most this long between two plain lines (the issue's goal is 10 s)
+STARTUP_QUIET_S = 8.0  # before anything was printed, the first line waits up to this long (2 x every at most)
 
 
 def plain_every() -> float:
@@ -150,6 +153,7 @@ class Heartbeat(Display):
         self.last_line = time.monotonic()
         self.started = self.last_line
         self.shown: dict[int, tuple[int, str]] = {}  # id(stage) -> what was last printed of it
+        self.printed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -171,6 +175,7 @@ class Heartbeat(Display):
 
     def emit(self, text: str | None = None) -> None:
         with self.lock:
+            self.printed = True
             self.last_line = time.monotonic()
             self.write(self.line(self.last_line) if text is None else text)
 
@@ -200,9 +205,13 @@ class Heartbeat(Display):
     # ----------------------------------------------------------------- the thread
     def _run(self) -> None:
         tick = min(0.5, max(self.every / 4, 0.05))
+        # Start-up (imports, loading a checkpoint) is quiet for a little longer than `every`, within the
+        # 10 s goal: a command that fails on bad input within that time prints its one error line alone.
+        first = max(self.every, min(2 * self.every, STARTUP_QUIET_S))
         while not self._stop.wait(tick):
             with self.lock:
-                due = time.monotonic() - self.last_line >= self.every
+                wait = self.every if self.printed else first
+                due = time.monotonic() - self.last_line >= wait
             if due:
                 self.emit()
 

@@ -1,23 +1,23 @@
 """CPU threads that hold on a shared machine: the one place that decides how many threads torch and
 ONNX Runtime use.
 
-Measured with ``perf/threads.py`` (docs/deployment.md, "CPU threads on a shared machine"): on a
-2-core machine beside two busy processes, PyTorch's default (one thread per core, OpenMP threads
-that spin while they wait) made training 5-15x slower than one thread, because every small
-parallel region waits at a barrier for a thread the scheduler has parked. On a quiet machine the
-same default is the fastest. So the default, ``threads=0`` ("auto"), is decided from what the
-machine is doing:
+Measured with ``perf/threads.py`` (docs/deployment.md §15.8) on a 2-core machine shared with other
+jobs: PyTorch's default (one thread per CPU whose OpenMP threads *spin* while they wait) made
+training, fine-tuning and evaluation 4-13x slower than one thread, because the waiting threads
+burn the CPU time their partners need. The same number of threads waiting *passively* (sleeping,
+``OMP_WAIT_POLICY=PASSIVE``) was the fastest setting or within 1.1x of it, quiet or beside a load,
+ahead of one thread (more threads get a larger share of a contended CPU when they do not spin).
+So the default, ``threads=0`` ("auto"), is:
 
-- :func:`usable_cpus`: the CPUs this process may run on (affinity, and a cgroup CPU quota).
-- :func:`busy_elsewhere`: how many of those CPUs *other* processes keep busy, from ``/proc/stat``
-  minus this process's own CPU time over a short window (0.2 s at start-up).
-- :func:`auto_threads`: one thread per CPU that is free, at least one.
-- :class:`AutoThreads`: long loops (training epochs, fine-tuning) call :meth:`AutoThreads.tick` each
-  step; after :data:`FIRST_RECHECK_S` seconds and then every :data:`RECHECK_S` seconds it
-  re-measures the other processes over that window and changes torch's thread count when the
-  machine got busier or quieter.
-- :func:`prefer_passive_waiting`: ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of
-  spinning), set by the ``us3l`` command before torch is imported unless the user chose a policy.
+- with passive waiting in effect (:func:`passive_waiting`; the ``us3l`` command sets
+  ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported, :func:`prefer_passive_waiting`, unless the
+  user chose a policy): one thread per usable CPU (:func:`usable_cpus`: the affinity set, capped
+  by a cgroup CPU quota, which PyTorch's default ignores);
+- where OpenMP spins (torch was imported before anyone asked for passive waiting, e.g. a Python
+  program that imported torch first): one thread per CPU that other processes leave idle
+  (:func:`busy_elsewhere`, from ``/proc/stat`` minus this process's own CPU time over 0.2 s),
+  re-measured in long loops by :class:`AutoThreads` (after :data:`FIRST_RECHECK_S` s, then every
+  :data:`RECHECK_S` s), so a spinning team never fights a busy machine.
 
 An explicit ``threads=N`` (``--threads N``) is used as given, and so is ``OMP_NUM_THREADS``.
 Nothing here imports torch at module level.
@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -171,7 +172,12 @@ def env_threads() -> int | None:
 
 @dataclass(frozen=True)
 class ThreadChoice:
-    """How many threads, and why (shown with ``--verbose`` and recorded in reports)."""
+    """How many threads, and why (shown with ``--verbose``).
+
+    Attributes:
+        threads: the count. auto: re-measured from the load in long loops (spinning OpenMP only).
+        reason: where the count came from.
+    """
 
     threads: int
     auto: bool
@@ -189,10 +195,12 @@ def choose_threads(requested: int | None = AUTO, probe_s: float = PROBE_S) -> Th
     cpus = usable_cpus()
     if cpus == 1:
         return ThreadChoice(1, True, "1 usable CPU")
+    if passive_waiting():
+        return ThreadChoice(cpus, False, f"auto: {cpus} usable CPU(s); idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE)")
     other = busy_elsewhere(probe_s)
     n = threads_for(other, cpus)
     what = "unknown" if other is None else f"{other:.1f}"
-    return ThreadChoice(n, True, f"auto: {cpus} CPU(s), {what} busy with other processes")
+    return ThreadChoice(n, True, f"auto: {cpus} CPU(s), {what} busy with other processes (OpenMP spins: fewer threads)")
 
 
 def set_torch_threads(n: int) -> None:
@@ -244,8 +252,28 @@ class AutoThreads:
         return self.threads
 
 
+_SET_TOO_LATE = False  # we set the policy after torch was imported: OpenMP had read it already
+
+
 def prefer_passive_waiting() -> None:
     """Let idle OpenMP threads sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE``), unless the user
-    chose (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set). Takes effect only before torch is imported."""
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    chose (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set). Takes effect only before torch is imported
+    (the ``us3l`` command calls it first thing); called later it changes nothing."""
+    global _SET_TOO_LATE
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    if "torch" in sys.modules:
+        _SET_TOO_LATE = True
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def passive_waiting() -> bool:
+    """Whether torch's OpenMP threads sleep when idle: ``OMP_WAIT_POLICY=PASSIVE`` (or
+    ``GOMP_SPINCOUNT=0``) in the environment, set by the user or by :func:`prefer_passive_waiting`
+    before torch was imported."""
+    if _SET_TOO_LATE:
+        return False
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        return True
+    return os.environ.get("GOMP_SPINCOUNT", "").strip() == "0"
