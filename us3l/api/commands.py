@@ -72,6 +72,9 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
         raise ConfigError(f"source {source!r} is invalid; valid: a checkpoint path, an architecture name or a SlimmableModel")
     path = Path(source)
     if path.is_file() or (path / "config.json").is_file():  # a checkpoint file or a packed model directory
+        from ..core.files import check_torch_file
+
+        check_torch_file(path)  # a text file is said to be one before torch is even imported
         return path, arch, None
     from ..core.models import list_models
 

@@ -116,6 +116,9 @@ def _checkpoint_arg(checkpoint: Any, what: str) -> str:
         return str(checkpoint._saved_path(what))
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise ConfigError(f"{what} needs a checkpoint path or model directory, got {type(checkpoint).__name__}")
+    from ..core.files import check_torch_file
+
+    check_torch_file(checkpoint)  # a text file is said to be one before torch is even imported
     return str(checkpoint)
 
 
@@ -202,6 +205,7 @@ def pack(checkpoint: PathLike, out: PathLike | None = None) -> PackResult:
     from ..core.modelfile import CONFIG_FILE, WEIGHTS_FILE, pack_checkpoint
 
     src = Path(checkpoint)
+    _checkpoint_arg(src, "pack")
     ckpt = load_checkpoint(src)
     if out is None:
         if src.is_dir():

@@ -7,6 +7,7 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m us3l.cli.main train ...
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -138,8 +139,13 @@ def register(app: typer.Typer) -> None:
             typer.echo(to_toml(cfg), nl=False)
             return
         main = is_main_process()
+        if cfg.resume and "WORLD_SIZE" not in os.environ and not (Path(cfg.out_dir) / "checkpoint.pt").is_file():
+            from us3l.trainer.loop import nothing_to_resume  # before the start line: the error is the one line
+
+            raise nothing_to_resume(Path(cfg.out_dir))
         if main:
             err_console.print(describe_run(cfg), highlight=False, markup=False, soft_wrap=True)
+
         def notice(line: str) -> None:
             err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
