@@ -97,9 +97,10 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     spec = dataset if dataset is not None else _checkpoint_dataset(ckpt)
     # Batch by batch: image files are decoded by loader processes, in-memory sets (CIFAR at 32 px) are
     # sliced and resized per batch; nothing holds a whole split of images at the evaluation size.
-    train_s = EvalStream(spec, "train", batch_size, workers)
-    test_s = EvalStream(spec, "test", batch_size, workers)
-    n_classes = stream_num_classes(spec)
+    with stage("loading data"):  # image folders are listed here, in-memory sets loaded
+        train_s = EvalStream(spec, "train", batch_size, workers)
+        test_s = EvalStream(spec, "test", batch_size, workers)
+        n_classes = stream_num_classes(spec)
     k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
     order = torch.randperm(len(train_s), generator=torch.Generator().manual_seed(0))
     # only the images calibration reads (the same batches as permuting the whole split)

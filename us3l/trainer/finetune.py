@@ -254,7 +254,8 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
         lo = hi = parse_widths([cfg.train_width], lo, hi)[0]
         eval_widths = [lo]
     size = default_image_size(spec)
-    train_x, train_y, test_x, test_y = task_data(spec)
+    with stage("loading data"):
+        train_x, train_y, test_x, test_y = task_data(spec)
     k = num_classes(spec)
     if len(train_x) == 0 or len(test_x) == 0:
         raise DataError(f"dataset {spec.name} has an empty split")
