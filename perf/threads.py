@@ -111,9 +111,11 @@ def main() -> None:
         if rc:
             raise SystemExit(f"preparing the checkpoint failed (exit {rc}); see {log}")
     results: list[dict] = []
+    busy_pids: list[int] = []
     for load in loads:
         n_busy = args.busy if load == "busy" else 0
-        with busy_processes(n_busy):
+        with busy_processes(n_busy) as pids:
+            busy_pids += pids
             for r in range(args.repeats):
                 for c_i, cmd in enumerate(commands):
                     order = variants[c_i % len(variants):] + variants[:c_i % len(variants)]  # rotate per command
@@ -136,7 +138,8 @@ def main() -> None:
     summary = summarise(results, commands, variants, loads)
     print_table(summary, commands, variants, loads)
     if args.json:
-        args.json.write_text(json.dumps({"cpus": cpus, "busy_processes": args.busy, "repeats": args.repeats,
+        args.json.write_text(json.dumps({"cpus": cpus, "busy_processes": args.busy, "busy_pids": busy_pids,
+                                         "repeats": args.repeats,
                                          "runs": results, "summary": summary,
                                          "measured_at": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
         print(f"wrote {args.json}")
