@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import busy_processes, clean_env, loadavg, run_timed  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, as a file or with python -m
+from threads import busy_processes, clean_env, loadavg, run_timed  # noqa: E402
 
 
 def steps(epochs: int | None) -> list[tuple[str, list[str]]]:
