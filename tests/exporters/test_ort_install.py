@@ -31,5 +31,5 @@ def test_the_real_install_here():
     refused with the CPU-only line, checked against the real onnxruntime."""
     assert installed_distributions() == ["onnxruntime"]
     check_device("cpu")
-    with pytest.raises(BackendUnavailableError, match="CPU-only .*pip install 'us3l-deploy\\[gpu\\]'"):
+    with pytest.raises(BackendUnavailableError, match="CPU-only .*pip install 'us3l-deploy\\[onnxruntime-gpu\\]'"):
         check_device("cuda")
