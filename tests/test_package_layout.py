@@ -314,3 +314,54 @@ def test_remote_agent_runs_on_jetpack_python(tmp_path):
     control = tmp_path / "newer.py"  # the check is not vacuous: 3.9+ code fails it
     control.write_text("def f(d: dict) -> str:\n    return 'x'.removeprefix('y') + str(d | {})\n")
     assert _vermin_38(control).returncode != 0
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_extras_are_named_by_what_they_enable_and_readme_and_ci_agree():
+    import re
+
+    project = _pyproject()["project"]
+    base, extras = project["dependencies"], project["optional-dependencies"]
+    name = lambda req: re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower()  # noqa: E731
+    assert "kornia" not in {name(d) for d in base} and {name(d) for d in extras["train"]} == {"kornia"}
+    assert [name(d) for d in extras["onnxruntime"]] == ["onnxruntime"]  # named after the two distributions
+    assert [name(d) for d in extras["onnxruntime-gpu"]] == ["onnxruntime-gpu"]
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `\[([a-z0-9-]+)\]` \|", readme, re.MULTILINE))
+    assert listed == set(extras), (listed, set(extras))
+    first = re.search(r"pip install -e '\.\[([a-z0-9,-]+)\]'", readme)
+    ci = re.search(r"pip_install -e '\.\[([a-z0-9,-]+)\]'", (ROOT / ".ci" / "run").read_text())
+    assert first and ci and first.group(1) == ci.group(1)  # README's first command is what CI installs
+    wanted = set(first.group(1).split(","))
+    for extra in list(wanted):  # expand us3l-deploy[...] self-references
+        wanted |= {e for d in extras.get(extra, []) if d.startswith("us3l-deploy[")
+                   for e in d[len("us3l-deploy["):-1].split(",")}
+    assert {"train", "onnxruntime"} <= wanted  # it runs us3l train and the export parity gate
+
+
+def _without_kornia(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``us3l ARGS`` where kornia cannot be imported (a deploy-only install)."""
+    code = ("import sys\n"
+            "sys.modules['kornia'] = None  # import kornia now raises ImportError\n"
+            "sys.modules['kornia.augmentation'] = None\n"
+            f"sys.argv = ['us3l', *{args!r}]\n"
+            "from us3l.cli.main import main\n"
+            "main()\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_a_deploy_only_install_needs_no_kornia(tmp_path):
+    export = _without_kornia(["export", "--arch", "us_resnet_mini", "--widths", "0.25", "-o", "onnx",
+                              "--onnx-exporter", "torchscript"], tmp_path)
+    assert export.returncode == 0 and (tmp_path / "onnx").is_dir(), export.stderr
+    widths = _without_kornia(["widths", "--arch", "us_resnet_mini", "--json"], tmp_path)
+    assert widths.returncode == 0, widths.stderr
+    train = _without_kornia(["train", "--epochs", "1", "--max-steps-per-epoch", "1", "-o", "run"], tmp_path)
+    lines = [ln for ln in train.stderr.splitlines() if ln.startswith("error:")]
+    assert train.returncode == 2 and len(lines) == 1 and "us3l-deploy[train]" in lines[0], train.stderr
+    assert "Traceback" not in train.stderr

@@ -387,8 +387,9 @@ def load_plain(path: str | os.PathLike, what: str = "checkpoint") -> Any:
 
 
 def _load_model_dir(path: Path, verify: bool) -> Checkpoint:
-    """The checkpoint a model directory holds (``training=None``), its weights checked against
-    the recorded content hash (see :mod:`us3l.core.modelfile`)."""
+    """The checkpoint a model directory holds (``training=None``): its weights file checked against
+    the sha256 in config.json, config.json against the weights, and the backbone against the
+    recorded content hash (see :mod:`us3l.core.modelfile`)."""
     from .modelfile import CONFIG_FILE, read_model_dir
 
     fields = read_model_dir(path, verify)
@@ -397,5 +398,6 @@ def _load_model_dir(path: Path, verify: bool) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path / CONFIG_FILE} lacks or mangles a required field ({exc})") from None
     if verify and ckpt.content_hash and state_hash(ckpt.model) != ckpt.content_hash:
-        raise CheckpointError(f"model directory {path} is corrupt: weights do not match the recorded content hash")
+        raise CheckpointError(f"{path / CONFIG_FILE}: content_hash does not describe the backbone in the weights "
+                              f"(edited); run 'us3l pack {path} --reseal' to record it")
     return ckpt

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import tomllib
 import types
@@ -144,36 +143,34 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- writing
 
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }" if v else "{}"
-    raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _value(str(k))
-
-
 def to_toml(cfg: TrainConfig, header: str = "") -> str:
-    """Every field of ``cfg`` as TOML (``None`` fields as comments); :func:`load_file` reads it back."""
+    """Every field of ``cfg`` as TOML, written by ``tomli_w`` (``None`` fields as comments, tables such
+    as ``arch_kwargs`` last); :func:`load_file` reads every value back exactly, strings with control
+    characters included.
+
+    Raises:
+        ConfigError: a value TOML cannot hold.
+    """
     lines = [f"# {line}" for line in header.splitlines()] if header else []
+    tables: dict[str, Any] = {}
     for name, value in cfg.to_dict().items():
-        lines.append(f"# {name} = (unset)" if value is None else f"{name} = {_value(value)}")
-    return "\n".join(lines) + "\n"
+        if value is None:
+            lines.append(f"# {name} = (unset)")
+        elif isinstance(value, dict):
+            tables[name] = value
+        else:
+            lines.append(_dump({name: list(value) if isinstance(value, tuple) else value}).rstrip("\n"))
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + _dump(tables) if tables else "")
+
+
+def _dump(data: dict[str, Any]) -> str:
+    import tomli_w
+
+    try:
+        return tomli_w.dumps(data)
+    except TypeError as exc:
+        raise ConfigError(f"cannot write the configuration as TOML ({exc})") from None
 
 
 def save_resolved(cfg: TrainConfig, out_dir: str | os.PathLike) -> Path:

@@ -368,6 +368,10 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     merged.update({row_key(r): r for r in rows})
     write_accuracy(out, [merged[k] for k in sorted(merged, key=lambda k: (k[0], precision_rank(k[1])))], protocol,
                    ckpt.content_hash)
+    if ckpt_path.is_dir() and out.parent == ckpt_path:  # a packed model directory: its card shows the new table
+        from us3l.core.modelfile import refresh_card
+
+        refresh_card(ckpt_path)
     classifier = None
     if heads and cfg.divisor == DEFAULT_DIVISOR:
         from .finetune import write_probe_classifier
