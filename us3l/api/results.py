@@ -62,7 +62,10 @@ class TrainResult:
         checkpoint: the checkpoint file (``OUT/checkpoint.pt``).
         metrics: the per-epoch log (``OUT/metrics.jsonl``); ``history`` holds its records.
         epochs: epochs completed (including resumed ones).
-        seconds: training time summed over epochs.
+        seconds: training time summed over all epochs (every invocation of a resumed run).
+        start_epoch: epochs the checkpoint held when this invocation started (0 for a new run;
+            ``== epochs`` when the run was already complete and nothing was trained).
+        run_seconds: training time of this invocation's epochs alone.
         loss / distill_loss: last epoch's mean loss of the max width and of the sub-widths.
         images_per_s: last epoch's throughput.
         collapse: last epoch's collapse scores per monitored width.
@@ -77,10 +80,18 @@ class TrainResult:
     images_per_s: float | None
     collapse: tuple[CollapseScore, ...]
     history: tuple[dict[str, Any], ...] = field(repr=False)
+    start_epoch: int = 0
+    run_seconds: float | None = None
+
+    @property
+    def trained_epochs(self) -> int:
+        """Epochs trained by this invocation."""
+        return max(0, self.epochs - self.start_epoch)
 
     @classmethod
-    def from_run(cls, checkpoint: Path) -> TrainResult:
-        """Read ``metrics.jsonl`` beside ``checkpoint`` (written by the trainer, one record per epoch)."""
+    def from_run(cls, checkpoint: Path, start_epoch: int = 0) -> TrainResult:
+        """Read ``metrics.jsonl`` beside ``checkpoint`` (written by the trainer, one record per epoch);
+        ``start_epoch``: where this invocation started (its epochs are the later records)."""
         metrics = checkpoint.parent / "metrics.jsonl"
         records: list[dict[str, Any]] = []
         if metrics.is_file():
@@ -91,7 +102,10 @@ class TrainResult:
         return cls(checkpoint=checkpoint, metrics=metrics, epochs=int(last.get("epoch", 0)),
                    seconds=float(sum(r.get("epoch_time_s", 0.0) for r in records)),
                    loss=last.get("loss_base"), distill_loss=last.get("loss_distill"),
-                   images_per_s=last.get("images_per_s"), collapse=collapse, history=tuple(records))
+                   images_per_s=last.get("images_per_s"), collapse=collapse, history=tuple(records),
+                   start_epoch=int(start_epoch),
+                   run_seconds=float(sum(r.get("epoch_time_s", 0.0) for r in records
+                                         if int(r.get("epoch", 0)) > start_epoch)))
 
     @property
     def collapsed(self) -> bool:
@@ -254,6 +268,8 @@ class BenchResult:
             for other channel counts than ``--snap``), else ``None``.
         report / files: the full ``report.json`` content and the files written
             (``report``, ``csv``, ``plot``).
+        unstable / stability_note: rows stayed noisy after a re-measurement (the machine looked
+            busy; the choice is marked unstable), and the one line saying how noisy.
     """
 
     device: str
@@ -269,6 +285,8 @@ class BenchResult:
     accuracy_note: str | None
     report: dict[str, Any] = field(repr=False)
     files: dict[str, Path] = field(default_factory=dict)
+    unstable: bool = False
+    stability_note: str | None = None
 
     @classmethod
     def from_report(cls, report: dict[str, Any], files: dict[str, Path]) -> BenchResult:
@@ -286,7 +304,8 @@ class BenchResult:
                    threads=report.get("threads"), results=tuple(LatencyRow.from_record(r) for r in report["results"]),
                    pareto_widths=tuple(float(w) for w in report.get("pareto_widths", [])), budget_ms=budget,
                    metric=metric, chosen=pick, reason=choice.get("reason"), accuracy_note=report.get("accuracy_note"),
-                   report=report, files=dict(files))
+                   report=report, files=dict(files), unstable=bool(report.get("unstable")),
+                   stability_note=(report.get("stability") or {}).get("message"))
 
     def latency(self, width: float, metric: str | None = None, batch: int | None = None) -> float | None:
         """Measured ``metric`` latency (default: the run's metric) of ``width`` at ``batch`` (default: the first).

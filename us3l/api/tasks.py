@@ -122,6 +122,9 @@ def _checkpoint_arg(checkpoint: Any, what: str) -> str:
         return str(checkpoint._saved_path(what))
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise ConfigError(f"{what} needs a checkpoint path or model directory, got {type(checkpoint).__name__}")
+    from ..core.files import check_torch_file
+
+    check_torch_file(checkpoint)  # a text file is said to be one before torch is even imported
     return str(checkpoint)
 
 
@@ -163,24 +166,29 @@ def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: s
     return FinetuneResult(out.checkpoint, out.accuracy_path, out.checkpoint_hash, results, out.seconds, tuple(out.history))
 
 
-def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5) -> PredictResult:
+def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5,
+            threads: int = 0) -> PredictResult:
     """Classify image files with an exported classifier (``us3l export ... --outputs logits|probs``).
 
     Args:
         artifact: the ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT, where it runs) file.
         images: an image file, a directory of images, or a list of files.
         top_k: classes reported per image.
+        threads: CPU threads of ONNX Runtime (0: auto, one per CPU other processes leave idle).
 
     Raises:
         ConfigError, DataError, BackendUnavailableError: one-line user errors.
     """
     from us3l.core.preprocess import image_files
+    from us3l.core.threads import check_threads
     from us3l.exporters.predict import predict_images
+
+    check_threads(threads)
 
     files: list[Path] = []
     for item in ([images] if isinstance(images, (str, os.PathLike)) else list(images)):
         files += image_files(item)
-    info, records = predict_images(artifact, files, top_k)
+    info, records = predict_images(artifact, files, top_k, threads=threads)
     preds = tuple(Prediction(Path(r["image"]), tuple(ClassScore(t["index"], t["name"], t["prob"]) for t in r["top"]),
                              tuple(r["logits"]) if "logits" in r else None) for r in records)
     return PredictResult(Path(artifact), info["outputs"], info.get("width"), preds)
@@ -224,6 +232,7 @@ def pack(checkpoint: PathLike, out: PathLike | None = None, *, reseal: bool = Fa
         sealed = tuple(src / f for f in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE))
         size = sum(f.stat().st_size for f in sealed[:2])
         return PackResult(src, sealed, size, size, done.new_content_hash, resealed=done)
+    _checkpoint_arg(src, "pack")
     ckpt = load_checkpoint(src)
     if out is None:
         if src.is_dir():

@@ -36,6 +36,9 @@ class BenchConfig:
         force: re-export and re-measure even when cached.
         out_dir: reports and artifacts (``None``: ``./us3l-bench`` with the LUT in the user cache).
         lut: explicit lookup-table file; snap: channel divisor; plot: write the PNG.
+        max_cov / max_tail: a row whose coefficient of variation or p95/p50 exceeds these is
+            re-measured once, and marks the run unstable if it stays noisy
+            (:mod:`us3l.benchmarks.stability`).
     """
 
     checkpoint: Path | None = None
@@ -65,6 +68,8 @@ class BenchConfig:
     lut: Path | None = None
     snap: int = 8
     plot: bool = True
+    max_cov: float = 0.5
+    max_tail: float = 2.0
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.arch is None):
@@ -89,8 +94,11 @@ class BenchConfig:
             raise ConfigError(f"--snap {self.snap} is not supported; valid: 8, 16, 32")
         if self.search and self.budget_ms is None:
             raise ConfigError("--search needs --budget-ms")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        from us3l.core.threads import check_threads
+
+        check_threads(self.threads)
+        check_number("--max-cov", self.max_cov, minimum=0, exclusive=True)
+        check_number("--max-tail", self.max_tail, minimum=1, exclusive=True)
         if not 0 < self.search_step <= 0.25:
             raise ConfigError(f"search step must be in (0, 0.25], got {self.search_step}")
         if self.search and len(self.precisions or ()) > 1:

@@ -2,8 +2,10 @@
 
 device -> runner -> (executor) -> environment fingerprint -> export or reuse artifacts (one per
 width x precision) -> measure missing points (interleaved over every pair, per power mode) ->
-accuracy join keyed by (width, precision) -> choice / search -> noise check (bounded re-measure of
-the chosen pair and the next candidate) -> reports.
+stability check (rows whose spread says the machine was busy are re-measured once; what stays
+noisy marks the run unstable, :mod:`us3l.benchmarks.stability`) -> accuracy join keyed by (width,
+precision) -> choice / search -> noise check (bounded re-measure of the chosen pair and the next
+candidate) -> reports.
 
 The run's state lives in one object (:class:`BenchRun`: configuration, device, runner, source,
 lookup table, accuracy join, typed :class:`~us3l.benchmarks.rows.BenchRow` rows, search outcome,
@@ -17,12 +19,14 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from us3l.core.accuracy import read_accuracy_file
 from us3l.core.errors import ConfigError
+from us3l.core.heartbeat import stage
 from us3l.core.precision import Precision
 from us3l.core.width import format_width, parse_widths, round_width
 
@@ -37,6 +41,7 @@ from .report import write_csv, write_json, write_plot
 from .rows import BenchRow
 from .runners import RunnerOptions, TimingConfig, get_runner
 from .search import SearchOutcome
+from .stability import MIN_RUNS, Stability, busy_message, describe, is_noisy, noisy_rows
 from .sweep import MeasureContext, ProgressFn, measure_rows
 
 log = logging.getLogger(__name__)
@@ -225,6 +230,10 @@ class BenchRun:
             raise ConfigError(f"the torch runner measures the fp32 network; precision {','.join(self.precisions)} "
                               "needs --runner onnxruntime (or tensorrt/trtexec on a GPU)")
         self.threads = cfg.threads or self.profile.threads
+        if not self.threads and not self.profile.is_remote and self.profile.local_device == "cpu":
+            from us3l.core.threads import choose_threads  # auto: one thread per CPU other processes leave idle
+
+            self.threads = choose_threads(0).threads
         self.source = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap)
         self.out_dir = cfg.out_dir or DEFAULT_OUT
         self.table = LatencyTable(cfg.lut or (self.out_dir / "lut.json" if cfg.out_dir else default_cache_path()))
@@ -248,6 +257,7 @@ class BenchRun:
         self.rows: list[BenchRow] = []
         self.search: SearchOutcome | None = None
         self.noise: NoiseCheck | None = None
+        self.stability: Stability | None = None
 
     @property
     def needs_executor(self) -> bool:
@@ -270,24 +280,77 @@ class BenchRun:
                 self.runner_cls.check_available(dataclasses.replace(options, precision=p))
             self.env = self.runner_cls.environment(options)
             self.fingerprint = fingerprint(self.env)
-            artifacts = self.prepare_artifacts()
+            with self.phase("exporting") as report:
+                artifacts = self.prepare_artifacts(report)
             original = (self.env.get("nvpmodel") or {}).get("id") if self.modes else None
             try:
                 first_ctx = self._sweep_modes(ex, options, artifacts)
+                if first_ctx is not None:
+                    self.stability = self.check_stability(first_ctx, artifacts)
                 if cfg.budget_ms is not None and self.search is None and first_ctx is not None \
                         and len(self.modes) <= 1:
-                    self.noise = self.settle(first_ctx, artifacts)
+                    with self.phase("re-measuring near the budget") as report:
+                        self.noise = self.settle(first_ctx, artifacts, report)
             finally:
                 self.table.save()
                 self._restore_power_mode(ex, original)
 
-    def prepare_artifacts(self) -> list[BenchArtifact]:
+    def prepare_artifacts(self, progress: ProgressFn | None = None) -> list[BenchArtifact]:
         """One artifact per (width, precision): fp16/int8 ONNX are converted from the fp32 ONNX at
         export (int8 calibrated on real images); the torch runner measures the fp32 network itself."""
         cfg = self.cfg
         return [a for p in self.precisions
                 for a in prepare_artifacts(self.source, self.widths, self.out_dir, p, self.table, cfg.force,
-                                           self.progress)]
+                                           progress or self.progress)]
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[ProgressFn]:
+        """A named stage of the run (exporting, timing, re-measuring): its own count and time estimate
+        in the CLI's bar and plain lines; the caller's ``progress`` still gets every update."""
+        with stage(name) as current:
+
+            def report(done: int, total: int, message: str) -> None:
+                current.update(done, total, message)
+                if self.progress:
+                    self.progress(done, total, message)
+
+            yield report
+
+    def check_stability(self, ctx: MeasureContext, artifacts: list[BenchArtifact]) -> Stability:
+        """Re-measure once every row of the first power mode whose spread says the machine was busy
+        (:mod:`us3l.benchmarks.stability`); what stays noisy makes the run unstable. A noisy point
+        from the lookup table is not measured again (a cached run measures nothing): it is
+        reported as it is, ``--force`` measures it afresh."""
+        cfg = self.cfg
+        result = Stability({"max_cov": cfg.max_cov, "max_p95_over_p50": cfg.max_tail, "min_runs": MIN_RUNS})
+        by_sha = {a.sha256: a for a in artifacts}
+        noisy = [i for i in noisy_rows(self.rows, cfg.max_cov, cfg.max_tail) if self.rows[i].power_mode == ctx.power_mode]
+        cached = [i for i in noisy if self.rows[i].cached]
+        idx = [i for i in noisy if not self.rows[i].cached and self.rows[i].sha256 in by_sha]
+        result.unstable = [{**describe(self.rows[i]), "cached": True} for i in cached]
+        if not idx:
+            return self._unstable_message(result, ctx)
+        result.remeasured = [describe(self.rows[i]) for i in idx]
+        shas = sorted({str(self.rows[i].sha256) for i in idx})
+        batches = sorted({self.rows[i].batch for i in idx})
+        log.info("re-measuring %d noisy row(s) (CoV > %g or p95/p50 > %g)", len(idx), cfg.max_cov, cfg.max_tail)
+        with self.phase("re-measuring noisy rows") as report:
+            fresh = {(r.sha256, r.batch): r
+                     for r in measure_rows(dataclasses.replace(ctx, force=True), [by_sha[h] for h in shas], batches,
+                                           report)}
+        for i in idx:
+            new = fresh.get((self.rows[i].sha256, self.rows[i].batch))
+            if new is not None:
+                self.rows[i] = new.replace(remeasured=1)
+        result.unstable += [describe(self.rows[i]) for i in idx if is_noisy(self.rows[i], cfg.max_cov, cfg.max_tail)]
+        return self._unstable_message(result, ctx)
+
+    def _unstable_message(self, result: Stability, ctx: MeasureContext) -> Stability:
+        if result.unstable:
+            measured = [r for r in self.rows if r.power_mode == ctx.power_mode]
+            result.message = busy_message(result.unstable, len(measured), self.cfg.budget_ms is not None)
+            log.info("%s", result.message)
+        return result
 
     def _context(self, options: RunnerOptions, mode: int | None) -> MeasureContext:
         return MeasureContext(self.runner_cls, self.runner_name, options, self.timing, self.table, self.fingerprint,
@@ -309,7 +372,8 @@ class BenchRun:
                 self.env.setdefault("power_mode_states", {})[str(mode)] = set_power_mode(ex, mode)
             ctx = self._context(options, mode)
             first_ctx = first_ctx or ctx
-            self.rows += measure_rows(ctx, artifacts, cfg.batches, self.progress)
+            with self.phase("timing" if mode is None else f"timing in power mode {mode}") as report:
+                self.rows += measure_rows(ctx, artifacts, cfg.batches, report)
             if cfg.search and mode == (self.modes[0] if self.modes else None):
                 from .search import search_width
 
@@ -329,7 +393,8 @@ class BenchRun:
         except Exception as exc:  # never mask the measurement's own error
             log.warning("could not restore power mode %s: %s", original, exc)
 
-    def settle(self, ctx: MeasureContext, artifacts: list[BenchArtifact]) -> NoiseCheck:
+    def settle(self, ctx: MeasureContext, artifacts: list[BenchArtifact],
+               progress: ProgressFn | None = None) -> NoiseCheck:
         """Re-measure (at most ``cfg.remeasure`` times, each with twice the timed runs) the chosen pair
         and the next candidate while noise could flip the choice; say so plainly if it still could.
 
@@ -354,7 +419,8 @@ class BenchRun:
             arts = [by_sha[h] for h in sorted(h for h in shas if h is not None) if h in by_sha]
             log.info("re-measuring %d pair(s) whose interval straddles the budget (attempt %d/%d)", len(arts),
                      attempts, cfg.remeasure)
-            fresh = {(r.sha256, r.batch): r for r in measure_rows(redo, arts, [cfg.batches[0]], self.progress)}
+            fresh = {(r.sha256, r.batch): r for r in measure_rows(redo, arts, [cfg.batches[0]],
+                                                                  progress or self.progress)}
             for i, r in enumerate(self.rows):
                 new = fresh.get((r.sha256, r.batch))
                 if new is not None and r.power_mode == ctx.power_mode:
@@ -417,8 +483,12 @@ class BenchRun:
             report["accuracy_unknown_note"] = (
                 f"no measured accuracy for {len(unknown)} pair(s) ({', '.join(missing)}) in {acc.path}: shown as "
                 f"unknown, not copied from fp32; measure them with 'us3l eval CKPT --artifact FILE'")
+        if self.stability is not None:
+            report["stability"] = self.stability.to_dict()
+        report["unstable"] = bool(self.stability and self.stability.is_unstable)
         if cfg.budget_ms is not None:
             self._add_choice(report, rows, primary, modes)
+            report["choice"]["unstable"] = report["unstable"]
         report["elapsed_s"] = round(time.perf_counter() - self.started, 3)
         return report
 

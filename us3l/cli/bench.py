@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from .choices import Metric, Runner, Snap, value
-from .common import console, example, print_json, progress_bar, user_errors
+from .common import console, err_console, example, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import BenchResult
@@ -26,6 +26,8 @@ def render(result: BenchResult) -> None:
     from ..core.width import format_width
 
     console.print(render_table(result.report, max_width=console.width))
+    if result.stability_note:
+        err_console.print(f"[bold yellow]warning:[/] {escape(result.stability_note)}", highlight=False, soft_wrap=True)
     if result.accuracy_note:
         console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
     if result.report.get("accuracy_unknown_note"):
@@ -36,7 +38,8 @@ def render(result: BenchResult) -> None:
         return
     if result.chosen is not None:
         c = result.chosen
-        console.print(f"[bold green]chosen width {format_width(c.width)} {c.precision}[/]: {c.metric} "
+        unstable = " [bold yellow](unstable)[/]" if result.unstable else ""
+        console.print(f"[bold green]chosen width {format_width(c.width)} {c.precision}[/]{unstable}: {c.metric} "
                       f"{c.latency_ms:.3f} ms <= {c.budget_ms:g} ms ({escape(c.reason)})")
         if c.artifact:
             console.print(f"deploy: {escape(c.artifact)}")
@@ -59,7 +62,7 @@ def register(app: typer.Typer) -> None:
         batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
         runner: Annotated[Optional[Runner], typer.Option(help="Backend that times the artifacts (onnxruntime on a remote device runs the agent there).  [default: the device's]")] = None,
         precision: Annotated[Optional[str], typer.Option(metavar="[fp32|fp16|int8][,...]", help="Precision or comma list, e.g. fp32,int8: every (width, precision) pair is measured.  [default: the device's]")] = None,
-        threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads.  [default: the device's, else the runtime's]")] = None,
+        threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads of the measured runtime; 0 = auto: one per CPU other processes leave idle (recorded in report.json).  [default: the device profile's, else auto on a CPU, else the runtime's]")] = None,
         duration: Annotated[float, typer.Option(help="Timed seconds per width and batch size.")] = 1.0,
         iterations: Annotated[Optional[int], typer.Option(help="Fixed timed runs per width and batch size (overrides --duration).  [default: time-based, --duration]")] = None,
         warmup_ms: Annotated[float, typer.Option(help="Warm-up per input shape, in milliseconds.")] = 200.0,
@@ -78,6 +81,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
                                                     "[default: ./us3l-bench, lookup table in ~/.cache/us3l/lut.json]")] = None,
         no_plot: Annotated[bool, typer.Option("--no-plot", help="Skip latency.png.")] = False,
+        max_cov: Annotated[float, typer.Option(help="A row whose coefficient of variation (std/mean) exceeds this is re-measured once; still above it, the run is unstable.")] = 0.5,
+        max_tail: Annotated[float, typer.Option(help="The same for a row's p95/p50 ratio.")] = 2.0,
+        strict: Annotated[bool, typer.Option("--strict", help="Exit with code 3 when rows stay noisy after a re-measurement (a busy machine; the report is still written).")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
     ) -> None:
         """Measure latency per width on a device and pick the width for a latency budget.
@@ -97,8 +103,15 @@ def register(app: typer.Typer) -> None:
                 duration_s=duration, iterations=iterations, warmup_ms=warmup_ms, rounds=rounds,
                 idle_gap_ms=idle_gap_ms, search=search, power_modes=parse_modes(power_modes),
                 accept_new_host_key=accept_new_host_key, force=force, snap=int(snap.value), plot=not no_plot,
+                max_cov=max_cov, max_tail=max_tail,
             )
         if as_json:
             print_json(result.report)
+            if result.stability_note:
+                err_console.print(f"warning: {result.stability_note}", highlight=False, markup=False, soft_wrap=True)
         else:
             render(result)
+        if strict and result.unstable:
+            err_console.print("error: --strict: the measurement is unstable (see the warning above); report.json "
+                              "records it", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(3)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..core.threads import threads_help
 from .choices import Dataset, EvalMethod, LinearPreset, value
 from .common import console, example, progress_bar, user_errors
 
@@ -54,6 +55,7 @@ def register(app: typer.Typer) -> None:
         artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint to measure in ONNX Runtime instead of the PyTorch widths; repeatable; its row is keyed by its precision.  [default: none]",
                                                               exists=True, dir_okay=False)] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="Accuracy table to write ('us3l bench --accuracy' reads it).  [default: accuracy.json beside the checkpoint, where bench looks]")] = None,
+        threads: Annotated[int, typer.Option(help=threads_help())] = 0,
     ) -> None:
         """Accuracy of each width: recalibrate BN on training data, then kNN and/or a linear probe.
 
@@ -65,7 +67,7 @@ def register(app: typer.Typer) -> None:
             result = evaluate(checkpoint, widths, method=method.value, dataset=value(data), data_root=data_root,
                               image_size=image_size, calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k,
                               linear_preset=linear_preset.value, store_bn=store_bn, device=device, progress=progress,
-                              artifacts=tuple(artifact or ()), workers=workers, out=out)
+                              artifacts=tuple(artifact or ()), workers=workers, out=out, threads=threads)
         if as_json:
             typer.echo(json.dumps(result.to_rows()))
             return

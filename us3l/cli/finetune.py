@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..core.threads import threads_help
 from .choices import Dataset, value
 from .common import console, example, print_json, progress_bar, user_errors
 
@@ -54,6 +55,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str | None, typer.Option(help="Torch device: cpu, cuda or cuda:N.  [default: cpu]")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.  [default: 0]")] = None,
         max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).  [default: no cap]")] = None,
+        threads: Annotated[int, typer.Option(help=threads_help())] = 0,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Fine-tune a universally slimmable checkpoint on labelled data: one task checkpoint for every width.
@@ -70,7 +72,7 @@ def register(app: typer.Typer) -> None:
                               weight_decay=weight_decay, label_smoothing=label_smoothing, num_widths=num_widths,
                               distill=None if distill else False, widths=widths, augment=augment,
                               out_dir=str(out) if out else None, device=device, seed=seed,
-                              max_steps_per_epoch=max_steps_per_epoch)
+                              max_steps_per_epoch=max_steps_per_epoch, threads=threads)
         if as_json:
             print_json(result)
             return

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import time
 import warnings
 from collections import Counter
@@ -243,8 +244,24 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0) -> Any:
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    if not isinstance(path_or_bytes, Path):  # our own export in memory: a failure is ours, not the user's
+        return ort.InferenceSession(path_or_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path_or_bytes), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
+        raise unreadable_onnx(path_or_bytes, exc) from None
+
+
+def unreadable_onnx(path: Path, exc: BaseException) -> ExportError:
+    """One line for a file ONNX Runtime cannot load: truncated, not ONNX, or an unsupported graph."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", first)  # ORT's code prefix
+    try:
+        size = f"{path.stat().st_size} bytes, "
+    except OSError:
+        size = ""
+    return ExportError(f"{path} cannot be read as ONNX ({size}{first[:140]}); valid: an .onnx file written by "
+                       "'us3l export' (export it again if it was cut short)")
 
 
 def batched_runner(run_batch: Callable[[np.ndarray], np.ndarray], batch: int | None) -> Callable[[np.ndarray], np.ndarray]:

@@ -51,12 +51,12 @@ def artifact_info(path: str | os.PathLike) -> dict[str, Any]:
                 "batch": shape[0] if shape and isinstance(shape[0], int) else None, "width": data.get("width")}
     if p.suffix in ENGINE_SUFFIXES:
         raise ConfigError(f"engine {p.name} has no sidecar {sidecar.name}; an engine carries no preprocessing record")
-    try:
-        import onnx
+    from us3l.core.checks import check_onnx_file
 
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # onnx raises several types for foreign files
-        raise ConfigError(f"{p} is not a readable ONNX file ({type(exc).__name__})") from None
+    check_onnx_file(p)  # a truncated or foreign file: one line naming it
+    import onnx
+
+    model = onnx.load(str(p), load_external_data=False)
     props = {m.key: m.value for m in model.metadata_props}
     if "us3l.preprocess" not in props:
         raise ConfigError(f"{p.name} records no preprocessing (no sidecar, no us3l.preprocess metadata); "
@@ -95,12 +95,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int = 5,
-                   batch_size: int = 64) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   batch_size: int = 64, threads: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(artifact info, one record per image)``; each record is ``{"image", "top": [{"index",
     "name", "prob"}...], "logits"?}`` sorted by probability.
 
     Raises:
         ConfigError: not a classifier artifact, or a bad ``top_k``. DataError: undecodable image.
+
+    ``threads``: ONNX Runtime's intra-op threads (0: auto, one per CPU other processes leave idle).
     """
     from us3l.core.preprocess import load_image
 
@@ -114,7 +116,9 @@ def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int =
     if not info.get("preprocess"):
         raise DataError(f"{path.name} records no preprocessing (exported without a known dataset); export it from a "
                         "task checkpoint")
-    run = artifact_runner(path, info)
+    from us3l.core.threads import choose_threads
+
+    run = artifact_runner(path, info, threads=choose_threads(threads).threads)
     records: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]

@@ -41,7 +41,9 @@ from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec
 from us3l.core.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, unknown_name
+from us3l.core.heartbeat import stage
 from us3l.core.precision import precision_rank
+from us3l.core.threads import AutoThreads
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
 from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, _batches, _linear_cfg,  # noqa: F401
@@ -95,9 +97,10 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     spec = dataset if dataset is not None else _checkpoint_dataset(ckpt)
     # Batch by batch: image files are decoded by loader processes, in-memory sets (CIFAR at 32 px) are
     # sliced and resized per batch; nothing holds a whole split of images at the evaluation size.
-    train_s = EvalStream(spec, "train", batch_size, workers)
-    test_s = EvalStream(spec, "test", batch_size, workers)
-    n_classes = stream_num_classes(spec)
+    with stage("loading data"):  # image folders are listed here, in-memory sets loaded
+        train_s = EvalStream(spec, "train", batch_size, workers)
+        test_s = EvalStream(spec, "test", batch_size, workers)
+        n_classes = stream_num_classes(spec)
     k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
     order = torch.randperm(len(train_s), generator=torch.Generator().manual_seed(0))
     # only the images calibration reads (the same batches as permuting the whole split)
@@ -107,35 +110,48 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     model = ckpt.build_model().to(device)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     rows = []
-    for w in widths:
-        if progress:
-            progress(w, "calibrate")
-        if has_bn:
-            calibrate_bn(model, calib, w, num_batches=calib_batches, device=device, divisor=divisor)
-            if store_bn:
-                ckpt.add_bn_stats(w, bn_stats(model, w, divisor))
-        if progress:
-            progress(w, "evaluate")
-        f_train, train_y = extract_stream(model, train_s, w, device, divisor, bank=bank_only)
-        f_test, test_y = extract_stream(model, test_s, w, device, divisor, bank=bank_only)
-        row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
-                               "source": "pytorch"}
-        if has_bn:  # what was used, not what was asked (a small set gives fewer batches)
-            row["calib_images"] = int(len(calib_stream))
-        if method in ("knn", "both"):
-            row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
-            row["knn_k"] = int(min(k, len(train_y)))
-        if method in ("linear", "both"):
-            row["linear"], weight, bias = train_linear_probe(f_train, train_y, f_test, test_y, n_classes, probe)
-            if heads_out is not None:
-                heads_out[format_width(w)] = {"weight": weight, "bias": bias, "bn": bn_stats(model, w, divisor)}
-        log.info("width %s: %s", w, {key: v for key, v in row.items() if key != "width"})
-        rows.append(row)
-        if progress:
-            progress(w, "done")
+    with stage("widths", total=len(widths)) as count:
+        for i, w in enumerate(widths):
+            rows.append(_evaluate_width(model, ckpt, w, i, count, has_bn, calib, calib_stream, calib_batches, store_bn,
+                                        train_s, test_s, method, bank_only, k, n_classes, probe, heads_out, progress,
+                                        device, divisor))
     if store_bn and save_to is not None:
         save_checkpoint(ckpt, save_to)
     return rows
+
+
+def _evaluate_width(model: nn.Module, ckpt: Checkpoint, w: float, i: int, count: Any, has_bn: bool, calib: Any,
+                    calib_stream: EvalStream, calib_batches: int, store_bn: bool, train_s: EvalStream,
+                    test_s: EvalStream, method: str, bank_only: bool, k: int, n_classes: int,
+                    probe: LinearProbeConfig, heads_out: dict[str, Any] | None, progress: Progress | None,
+                    device: str | torch.device, divisor: int) -> dict[str, Any]:
+    """One row of :func:`evaluate_checkpoint` (``count``: the widths stage, advanced when done)."""
+    if progress:
+        progress(w, "calibrate")
+    if has_bn:
+        calibrate_bn(model, calib, w, num_batches=calib_batches, device=device, divisor=divisor)
+        if store_bn:
+            ckpt.add_bn_stats(w, bn_stats(model, w, divisor))
+    if progress:
+        progress(w, "evaluate")
+    f_train, train_y = extract_stream(model, train_s, w, device, divisor, bank=bank_only)
+    f_test, test_y = extract_stream(model, test_s, w, device, divisor, bank=bank_only)
+    row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
+                           "source": "pytorch"}
+    if has_bn:  # what was used, not what was asked (a small set gives fewer batches)
+        row["calib_images"] = int(len(calib_stream))
+    if method in ("knn", "both"):
+        row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
+        row["knn_k"] = int(min(k, len(train_y)))
+    if method in ("linear", "both"):
+        row["linear"], weight, bias = train_linear_probe(f_train, train_y, f_test, test_y, n_classes, probe)
+        if heads_out is not None:
+            heads_out[format_width(w)] = {"weight": weight, "bias": bias, "bn": bn_stats(model, w, divisor)}
+    log.info("width %s: %s", w, {key: v for key, v in row.items() if key != "width"})
+    count.update(i + 1)
+    if progress:
+        progress(w, "done")
+    return row
 
 
 def _artifact_sidecar(path: Path) -> dict[str, Any]:
@@ -181,7 +197,8 @@ def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: in
 def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str = "knn",
                       dataset: DatasetSpec | None = None, knn_k: int | None = None,
                       linear: LinearProbeConfig | str = "fast", batch_size: int = 256,
-                      divisor: int = DEFAULT_DIVISOR, workers: int | None = None) -> dict[str, Any]:
+                      divisor: int = DEFAULT_DIVISOR, workers: int | None = None,
+                      progress: Progress | None = None) -> dict[str, Any]:
     """Accuracy of one exported ONNX artifact of ``ckpt`` (same protocol as :func:`evaluate_checkpoint`).
 
     Returns:
@@ -194,9 +211,12 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
     """
     from us3l.core.data import dataset_stats
 
+    from us3l.core.checks import check_onnx_file
+
     path = Path(artifact)
     if not path.is_file():
         raise ConfigError(f"artifact {path} does not exist")
+    check_onnx_file(path)  # the file itself first: a truncated or foreign file is named as such
     side = _artifact_sidecar(path)
     if side.get("format") != "onnx":
         raise ConfigError(f"artifact {path.name} is {side.get('format')}; eval runs ONNX artifacts (ONNX Runtime) here; "
@@ -215,6 +235,8 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
                 [round(v, 4) for v in norm["std"]] != [round(v, 4) for v in std]:
             raise ConfigError(f"artifact {path.name} expects images normalised with {norm}; {spec.name} is normalised "
                               f"differently")
+    if progress:  # checked: the work starts
+        progress(0.0, f"evaluate {path.name}")
     shape = side["input"]["shape"]
     size = int(shape[-1])
     fixed = shape[0] if isinstance(shape[0], int) else None
@@ -275,11 +297,14 @@ class EvalConfig:
     divisor: int = DEFAULT_DIVISOR
     artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
     workers: int | None = None  # loader processes for image files (None: from the CPU count)
+    threads: int = 0  # CPU threads (0: auto, one per CPU other processes leave idle; us3l.core.threads)
     out: str | None = None  # the accuracy table (None: accuracy.json beside the checkpoint, where bench looks)
 
     def __post_init__(self) -> None:
         from us3l.core.checks import check_number
+        from us3l.core.threads import check_threads
 
+        check_threads(self.threads)
         check_number("--calib-batches", self.calib_batches, minimum=1, integer=True)
         check_number("--batch-size", self.batch_size, minimum=1, integer=True)
         check_number("--knn-k", self.knn_k, minimum=1, integer=True)
@@ -311,6 +336,8 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailableError(f"--device {cfg.device}: CUDA is not available on this machine; valid here: cpu")
     ckpt = load_checkpoint(ckpt_path)
+    if not cfg.device.startswith("cuda"):
+        AutoThreads(cfg.threads)  # sets torch's threads for this evaluation
     if cfg.store_bn and ckpt_path.is_dir():
         raise ConfigError(f"--store-bn rewrites a checkpoint file; {ckpt_path} is a packed model directory "
                           "(store the statistics in the checkpoint, then 'us3l pack' it again)")
@@ -325,10 +352,8 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
                               "drop --widths / --store-bn")
         rows = []
         for a in cfg.artifacts:
-            if progress:
-                progress(0.0, f"evaluate {Path(a).name}")
             rows.append(evaluate_artifact(ckpt, a, cfg.method, spec, cfg.knn_k, cfg.linear_preset, cfg.batch_size,
-                                          cfg.divisor, cfg.workers))
+                                          cfg.divisor, cfg.workers, progress))
     heads: dict[str, Any] = {}
     if not cfg.artifacts:
         rows = evaluate_checkpoint(ckpt, widths, cfg.method, spec,

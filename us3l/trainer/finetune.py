@@ -49,6 +49,8 @@ from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, s
 from us3l.core.context import use_width
 from us3l.core.data import DatasetSpec, default_image_size, load_split, num_classes, resize_images
 from us3l.core.errors import ConfigError, DataError, unknown_name
+from us3l.core.heartbeat import stage
+from us3l.core.threads import AutoThreads
 from us3l.core.taskmodel import task_info
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
@@ -107,6 +109,7 @@ class FinetuneConfig:
     max_steps_per_epoch: int | None = None
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0  # CPU threads (0: auto, one per CPU other processes leave idle; us3l.core.threads)
 
     def replace(self, **changes: Any) -> FinetuneConfig:
         """A copy with ``changes`` applied (``None`` values are ignored)."""
@@ -135,6 +138,9 @@ class FinetuneConfig:
             raise unknown_name("initialisation", self.init, ("checkpoint", "scratch"))
         if self.freeze_backbone and self.init == "scratch":
             raise ConfigError("--freeze-backbone with init=scratch would train a head on random features; drop one")
+        from us3l.core.threads import check_threads
+
+        check_threads(self.threads)
 
 
 #: CPU-sized presets (see the module docstring).
@@ -240,6 +246,7 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     cfg.validate()
     t0 = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
+    threads = AutoThreads(cfg.threads, apply=not cfg.device.startswith("cuda"))
     spec = _resolve(cfg, ckpt)
     lo, hi = ckpt.width_range
     eval_widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
@@ -247,7 +254,8 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
         lo = hi = parse_widths([cfg.train_width], lo, hi)[0]
         eval_widths = [lo]
     size = default_image_size(spec)
-    train_x, train_y, test_x, test_y = task_data(spec)
+    with stage("loading data"):
+        train_x, train_y, test_x, test_y = task_data(spec)
     k = num_classes(spec)
     if len(train_x) == 0 or len(test_x) == 0:
         raise DataError(f"dataset {spec.name} has an empty split")
@@ -307,6 +315,7 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
             step += 1
             if progress:
                 progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}")
+            threads.tick()
         history.append({"epoch": epoch + 1, **{key: v / steps_per_epoch for key, v in sums.items()}})
         log.info("epoch %d: %s", epoch + 1, history[-1])
     rows, bank = evaluate_task_model(model, train_x, test_x, test_y, eval_widths, cfg.calib_batches,
@@ -346,10 +355,12 @@ def evaluate_task_model(model: nn.Module, train_x: Tensor, test_x: Tensor, test_
         bank[format_width(w)] = {n: {"mean": s["mean"].cpu(), "var": s["var"].cpu()} for n, s in bn_stats(model, w).items()}
         model.eval()
         correct = 0
-        with torch.no_grad(), use_width(model, w):
+        with torch.no_grad(), use_width(model, w), \
+                stage(f"top-1 w{format_width(w)}", total=len(test_x), unit="images") as counted:
             for i in range(0, len(test_x), batch_size):
                 logits = model(test_x[i:i + batch_size].to(device))
                 correct += int((logits.argmax(1).cpu() == test_y[i:i + batch_size]).sum())
+                counted.update(min(i + batch_size, len(test_x)))
         rows.append({"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w)),
                      "top1": correct / len(test_x), "source": "pytorch"})
         log.info("width %s: top-1 %.4f", format_width(w), rows[-1]["top1"])

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from us3l.core.context import use_width
 from us3l.core.data import resize_images
 from us3l.core.errors import DataError, unknown_name
-from us3l.core.width import DEFAULT_DIVISOR
+from us3l.core.heartbeat import stage
+from us3l.core.width import DEFAULT_DIVISOR, format_width
 
 KNN_TEMPERATURE = 0.07
 
@@ -116,11 +117,17 @@ def extract_stream(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], w
     """
     model.eval()
     feats, labels = [], []
-    with use_width(model, width, divisor):
+    from collections.abc import Sized
+
+    # an EvalStream's length is its number of images (a plain list of batches: unknown here)
+    total = len(batches) if hasattr(batches, "batch_size") and isinstance(batches, Sized) else None
+    with use_width(model, width, divisor), stage(f"features w{format_width(width)}", total=total,
+                                                 unit="images") as progress:
         for x, y in batches:
             f = model(x.to(device, non_blocking=True)).float()
             feats.append((F.normalize(f, dim=1).half() if bank else f).cpu())
             labels.append(y)
+            progress.advance(len(x))
     if not feats:
         raise DataError("no readable images to extract features from")
     return torch.cat(feats), torch.cat(labels)
@@ -156,17 +163,26 @@ def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tenso
                           for i in range(0, len(train_f), KNN_BANK_CHUNK)])
     k = min(k, len(bank))
     correct = 0
-    for start in range(0, len(test_f), KNN_QUERY_CHUNK):
-        q = F.normalize(test_f[start:start + KNN_QUERY_CHUNK].float(), dim=1)
-        best_s = torch.empty(len(q), 0)
-        best_i = torch.empty(len(q), 0, dtype=torch.int64)
-        for b in range(0, len(bank), KNN_BANK_CHUNK):
-            s, i = (q @ bank[b:b + KNN_BANK_CHUNK].float().t()).topk(min(k, len(bank) - b), dim=1)
-            best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
-            best_i = torch.cat([best_i, i + b], 1).gather(1, pick)
-        votes = torch.zeros(len(q), n_classes).scatter_add_(1, train_y[best_i], (best_s / temperature).exp())
-        correct += int((votes.argmax(1) == test_y[start:start + KNN_QUERY_CHUNK]).sum())
+    with stage("kNN", total=len(test_f), unit="queries") as progress:
+        for start in range(0, len(test_f), KNN_QUERY_CHUNK):
+            correct += _knn_chunk(test_f[start:start + KNN_QUERY_CHUNK], test_y[start:start + KNN_QUERY_CHUNK], bank,
+                                  train_y, k, temperature, n_classes)
+            progress.update(min(start + KNN_QUERY_CHUNK, len(test_f)))
     return correct / len(test_f)
+
+
+def _knn_chunk(q: Tensor, q_y: Tensor, bank: Tensor, train_y: Tensor, k: int, temperature: float,
+               n_classes: int) -> int:
+    """Correct votes of one chunk of queries against the bank (in blocks of the bank, top k merged)."""
+    q = F.normalize(q.float(), dim=1)
+    best_s = torch.empty(len(q), 0)
+    best_i = torch.empty(len(q), 0, dtype=torch.int64)
+    for b in range(0, len(bank), KNN_BANK_CHUNK):
+        s, i = (q @ bank[b:b + KNN_BANK_CHUNK].float().t()).topk(min(k, len(bank) - b), dim=1)
+        best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + b], 1).gather(1, pick)
+    votes = torch.zeros(len(q), n_classes).scatter_add_(1, train_y[best_i], (best_s / temperature).exp())
+    return int((votes.argmax(1) == q_y).sum())
 
 
 @contextlib.contextmanager
@@ -213,14 +229,15 @@ def train_linear_probe(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y:
         head.bias.uniform_(-bound, bound, generator=gen)
     opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
-    with _one_thread():
-        for _ in range(cfg.epochs):
+    with _one_thread(), stage("linear probe", total=cfg.epochs, unit="epochs") as progress:
+        for epoch in range(cfg.epochs):
             for idx in _batches(torch.randperm(len(train_f), generator=gen), cfg.batch_size):
                 loss = F.cross_entropy(head(train_f[idx]), train_y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
             sched.step()
+            progress.update(epoch + 1)
         with torch.no_grad():
             acc = float((head(test_f).argmax(1) == test_y).float().mean())
             weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
