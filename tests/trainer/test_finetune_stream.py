@@ -113,3 +113,12 @@ def test_digits_finetune_with_crop_augmentation(ssl_ckpt, tmp_path):
     out = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path), augment="crop",
                                       crop_scale_min=0.5, **TINY))
     assert [r["width"] for r in out.rows] == [0.25, 1.0] and all(0 <= r["top1"] <= 1 for r in out.rows)
+
+
+def test_api_calibration_on_an_image_folder_streams(folder, ssl_ckpt, monkeypatch):
+    from us3l.api import load
+
+    _no_whole_split(monkeypatch)
+    model = load(ssl_ckpt)
+    model.calibrate(0.5, f"imagefolder:{folder}", batches=2, batch_size=4)
+    assert 0.5 in model.calibrated_widths()
