@@ -31,6 +31,8 @@ class FinetuneResult:
         checkpoint_hash: the task checkpoint's content hash.
         results: one :class:`WidthAccuracy` (``top1`` set) per evaluated width.
         seconds: wall time; history: per-epoch mean losses.
+        notices: one line each: fine-tuning data other than the SSL checkpoint's; a width whose
+            top-1 is below the SSL checkpoint's kNN at that width (under-trained).
     """
 
     checkpoint: Path
@@ -39,6 +41,7 @@ class FinetuneResult:
     results: tuple[WidthAccuracy, ...]
     seconds: float
     history: tuple[dict[str, float], ...] = ()
+    notices: tuple[str, ...] = ()  # one-line cross-checks (other data than the SSL run's, a width below its kNN)
 
     def top1(self, width: float) -> float:
         """Top-1 of ``width``.
@@ -176,7 +179,8 @@ def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: s
         out = run_finetune(cfg, report)
     results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), precision=r.get("precision", "fp32"),
                                   top1=r.get("top1"), source=r.get("source")) for r in out.rows)
-    return FinetuneResult(out.checkpoint, out.accuracy_path, out.checkpoint_hash, results, out.seconds, tuple(out.history))
+    return FinetuneResult(out.checkpoint, out.accuracy_path, out.checkpoint_hash, results, out.seconds, tuple(out.history),
+                          tuple(out.notices))
 
 
 def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5,

@@ -36,6 +36,10 @@ class BenchConfig:
         force: re-export and re-measure even when cached.
         out_dir: reports and artifacts (``None``: ``./us3l-bench`` with the LUT in the user cache).
         lut: explicit lookup-table file; snap: channel divisor; plot: write the PNG.
+        outputs: what is exported and timed: ``features``, ``logits`` or ``probs`` (``None``: logits
+            for a task checkpoint, features otherwise).
+        measure_accuracy: evaluate every timed file that the accuracy table has no row for, on the
+            checkpoint's data, before timing (rows merged into the table).
     """
 
     checkpoint: Path | None = None
@@ -65,6 +69,8 @@ class BenchConfig:
     lut: Path | None = None
     snap: int = 8
     plot: bool = True
+    outputs: str | None = None
+    measure_accuracy: bool = False
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.arch is None):
@@ -85,6 +91,8 @@ class BenchConfig:
         check_number("--rounds", self.rounds, minimum=1, integer=True)
         check_number("--idle-gap-ms", self.idle_gap_ms, minimum=0, maximum=3600e3)
         check_number("--search-step", self.search_step, minimum=0, exclusive=True)
+        if self.outputs is not None and self.outputs not in ("features", "logits", "probs"):
+            raise ConfigError(f"--outputs {self.outputs!r} is invalid; valid: features, logits, probs")
         if self.snap not in (8, 16, 32):
             raise ConfigError(f"--snap {self.snap} is not supported; valid: 8, 16, 32")
         if self.search and self.budget_ms is None:

@@ -35,9 +35,9 @@ def render(result: BenchResult) -> None:
 
     console.print(render_table(result.report, max_width=console.width))
     if result.accuracy_note:
-        console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
-    if result.report.get("accuracy_unknown_note"):
-        console.print(f"[yellow]note:[/] {escape(result.report['accuracy_unknown_note'])}")
+        console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}", soft_wrap=True)
+    if result.report.get("accuracy_unknown_note"):  # one line: which timed files have no measured accuracy
+        console.print(f"[yellow]notice:[/] {escape(result.report['accuracy_unknown_note'])}", soft_wrap=True)
     files = result.files
     console.print(f"report: {files['report']}  csv: {files['csv']}" + (f"  plot: {files['plot']}" if "plot" in files else ""))
     if result.budget_ms is None:
@@ -83,6 +83,8 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="Re-export and re-measure points already in the lookup table.")] = False,
         remeasure: Annotated[int, typer.Option(help="Re-measurements (each twice as long) of the chosen pair and the next candidate while their 95% intervals straddle the budget.")] = 2,
         snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
+        outputs: Annotated[Optional[str], typer.Option(metavar="[features|logits|probs]", help="What is exported and timed: the backbone's features, or a task checkpoint's classifier (logits, probs).  [default: logits for a task checkpoint, else features]")] = None,
+        measure_accuracy: Annotated[bool, typer.Option("--measure-accuracy", help="Measure the accuracy of each timed file that accuracy.json has no row for, on the checkpoint's data, before timing it.")] = False,
         out: Annotated[Optional[Path], typer.Option(help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
                                                     "[default: ./us3l-bench, lookup table in ~/.cache/us3l/lut.json]")] = None,
         no_plot: Annotated[bool, typer.Option("--no-plot", help="Skip latency.png.")] = False,
@@ -92,6 +94,7 @@ def register(app: typer.Typer) -> None:
 
         Widths are exported (ONNX) and measured in interleaved rounds; measured points are cached
         in a lookup table keyed by device fingerprint, runner, artifact, batch, precision and timing.
+        Each row's accuracy is the one measured on the very file timed (by sha256), else unknown.
         """
         from us3l.benchmarks import parse_batches, parse_modes
 
@@ -105,6 +108,7 @@ def register(app: typer.Typer) -> None:
                 duration_s=duration, iterations=iterations, warmup_ms=warmup_ms, rounds=rounds,
                 idle_gap_ms=idle_gap_ms, search=search, power_modes=parse_modes(power_modes),
                 accept_new_host_key=accept_new_host_key, force=force, snap=snap, plot=not no_plot,
+                outputs=outputs, measure_accuracy=measure_accuracy,
             )
         if as_json:
             print_json(result.report)

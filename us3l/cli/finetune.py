@@ -17,6 +17,7 @@ EXAMPLE = "us3l finetune runs/us3l/checkpoint.pt --epochs 30 --out runs/us3l/fin
 
 def render(result: FinetuneResult) -> None:
     """Top-1 per width."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ..core.width import format_width
@@ -28,6 +29,8 @@ def render(result: FinetuneResult) -> None:
         table.add_row(format_width(r.width), str(r.feature_dim), f"{100 * (r.top1 or 0):.2f} %")
     console.print(table)
     console.print(f"wrote {result.checkpoint} and {result.accuracy_file}")
+    for line in result.notices:
+        console.print(f"[yellow]notice:[/] {escape(line)}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
