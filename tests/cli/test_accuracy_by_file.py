@@ -97,5 +97,5 @@ def test_bench_times_the_classifier_and_joins_by_the_timed_file(finetuned, tmp_p
     report = json.loads((tmp_path / "f" / "report.json").read_text())
     (row,) = report["results"]
     assert row["outputs"] == "features" and row["accuracy"] is None and row["accuracy_source"] == "unknown"
-    assert "has no row measured on 1 timed file(s)" in feats.output  # the notice, in one line
+    assert "notice:" in feats.output and "has no row measured on 1 timed file(s)" in report["accuracy_unknown_note"]
     assert _table(finetuned) == before

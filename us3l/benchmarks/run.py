@@ -527,8 +527,7 @@ class BenchRun:
             fix = ("rerun with --measure-accuracy, or 'us3l eval CKPT --artifact FILE'" if self.runner_name != "torch"
                    else f"rerun with --measure-accuracy, or 'us3l eval CKPT --widths ...'")
             report["accuracy_unknown_note"] = (
-                f"{acc.path} has no row measured on {what}: their accuracy is unknown, never taken from another "
-                f"file; {fix}")
+                f"{acc.path} has no row measured on {what}: accuracy unknown, never taken from another file; {fix}")
         if cfg.budget_ms is not None:
             self._add_choice(report, rows, primary, modes)
         report["elapsed_s"] = round(time.perf_counter() - self.started, 3)

@@ -35,9 +35,9 @@ def render(result: BenchResult) -> None:
 
     console.print(render_table(result.report, max_width=console.width))
     if result.accuracy_note:
-        console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}", soft_wrap=True)
-    if result.report.get("accuracy_unknown_note"):  # one line: which timed files have no measured accuracy
-        console.print(f"[yellow]notice:[/] {escape(result.report['accuracy_unknown_note'])}", soft_wrap=True)
+        console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
+    if result.report.get("accuracy_unknown_note"):  # one notice: which timed files have no measured accuracy
+        console.print(f"[yellow]notice:[/] {escape(result.report['accuracy_unknown_note'])}")
     files = result.files
     console.print(f"report: {files['report']}  csv: {files['csv']}" + (f"  plot: {files['plot']}" if "plot" in files else ""))
     if result.budget_ms is None:

@@ -30,7 +30,7 @@ def render(result: FinetuneResult) -> None:
     console.print(table)
     console.print(f"wrote {result.checkpoint} and {result.accuracy_file}")
     for line in result.notices:
-        console.print(f"[yellow]notice:[/] {escape(line)}", soft_wrap=True)
+        console.print(f"[yellow]notice:[/] {escape(line)}")
 
 
 def register(app: typer.Typer) -> None:
