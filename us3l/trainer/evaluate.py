@@ -253,7 +253,9 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
     row: dict[str, Any] = {"width": round_width(float(side["width"])), "precision": side.get("precision", "fp32"),
                            "feature_dim": int(side["feature_dim"]), "source": "artifact", "artifact": path.name,
                            "sha256": digest, "outputs": outputs, "bn": "baked", "divisor": file_divisor}
-    if outputs in CLASSIFIER_OUTPUTS:
+    if outputs in CLASSIFIER_OUTPUTS:  # the sidecar's feature_dim is its output size (classes): report the backbone's
+        net: Any = ckpt.build_model()
+        row["feature_dim"] = int(net.feature_dim(row["width"], file_divisor))
         f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed)
         row["top1"] = float((f_test.argmax(1) == test_y).float().mean())
         log.info("artifact %s: %s", path.name, row)
