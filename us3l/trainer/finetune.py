@@ -63,6 +63,7 @@ from us3l.core.context import use_width
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, resize_images
 from us3l.core.errors import ConfigError, DataError, unknown_name
 from us3l.core.images import BAD_IMAGE_POLICIES
+from us3l.core.precision import Precision
 from us3l.core.taskmodel import task_info
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
@@ -368,8 +369,8 @@ def undertrained_notices(rows: list[dict[str, Any]], ckpt_path: str | Path, ckpt
     knn: dict[float, float] = {}
     for r in normalize_rows(data["results"]):
         measured_on = ((r.get("details") or {}).get("dataset") or legacy or {}).get("name")
-        if r["protocol"] == "knn" and r.get("source", "pytorch") == "pytorch" and r.get("precision") == "fp32" \
-                and measured_on == spec.name:
+        if r["protocol"] == "knn" and r.get("source", "pytorch") == "pytorch" \
+                and Precision.parse(r["precision"]) is Precision.FP32 and measured_on == spec.name:
             knn[round_width(r["width"])] = max(knn.get(round_width(r["width"]), 0.0), float(r["knn"]))
     out = []
     for r in rows:
