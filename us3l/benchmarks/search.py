@@ -71,6 +71,8 @@ def search_width(source: ModelSource, ctx: MeasureContext | None, lo: float, hi:
     Returns:
         The :class:`SearchOutcome`.
     """
+    from us3l.core.slicing import channel_config  # torch: only a search needs it
+
     model = source.slimmable()
     from us3l.core.slicing import channel_config  # torch: only when a run searches
 

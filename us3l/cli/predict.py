@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import BadImage, console, err_console, example, print_json, user_errors
+from .choices import BadImage
+from .common import console, err_console, example, print_json, user_errors
 
 if TYPE_CHECKING:
     from ..api import PredictResult
@@ -38,8 +39,8 @@ def register(app: typer.Typer) -> None:
         images: Annotated[list[Path], typer.Argument(help="Image files or directories of images (searched recursively).")],
         top_k: Annotated[int, typer.Option(help="Classes reported per image.")] = 5,
         on_bad_image: Annotated[BadImage, typer.Option(help="An unreadable, truncated or decompression-bomb file: skip (one warning line, classify the rest) or fail (stop, exit 2).")] = BadImage.skip,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON (to stdout, or to --output).")] = False,
-        output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON predictions to this file (implies --json; written atomically).  [default: stdout]")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON (to stdout, or to --out).")] = False,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the JSON predictions to this file (implies --json; written atomically).  [default: stdout]")] = None,
     ) -> None:
         """Run an exported classifier on images with exactly the preprocessing recorded in the artifact.
 
@@ -54,12 +55,12 @@ def register(app: typer.Typer) -> None:
         for s in result.skipped:
             err_console.print(f"[yellow]warning:[/] skipped {escape(s.name or str(s.image))}: {escape(s.reason)}",
                               markup=True, highlight=False, soft_wrap=True)
-        if output is not None:
+        if out is not None:
             from ..core.files import atomic_write_json
             from .common import jsonable
 
-            atomic_write_json(output, jsonable(result.to_dict()))
-            err_console.print(f"wrote {len(result.predictions)} prediction(s) to {escape(str(output))}",
+            atomic_write_json(out, jsonable(result.to_dict()))
+            err_console.print(f"wrote {len(result.predictions)} prediction(s) to {escape(str(out))}",
                               highlight=False, soft_wrap=True)
             return
         if as_json:

@@ -42,6 +42,7 @@ import torch
 
 from us3l.core.errors import BackendUnavailableError, ExportError
 from us3l.core.precision import Precision
+from us3l.core.version import __version__
 
 from .registry import Exporter, ExportRequest, register_exporter
 
@@ -393,7 +394,8 @@ class OnnxExporter(Exporter):
         if req.simplify:
             model = simplify_onnx(model)
         onnx.helper.set_model_props(model, {k: str(v) for k, v in req.metadata.items()})
-        model.producer_name, model.doc_string = "us3l-deploy", "universally slimmable network sliced to one width"
+        model.producer_name, model.producer_version = "us3l-deploy", __version__
+        model.doc_string = "universally slimmable network sliced to one width"
         data = checked_bytes(model, "exported ONNX")
         written = graph_summary(model)["opset"]
         if written != req.opset:  # the opset asked for is the opset written, or nothing is written
@@ -425,7 +427,7 @@ class OnnxExporter(Exporter):
                                                  req.options.get("calibration", "minmax"), req.input_name, req.batch)
             model = onnx.load(str(req.path))
         onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": str(req.precision)})
-        model.producer_name = "us3l-deploy"
+        model.producer_name, model.producer_version = "us3l-deploy", __version__
         # ONNX Runtime's float16 converter appends its input Casts after the nodes that read them:
         # sorted here, then the full check, as for FP32 (onnx.reference and OpenCV load every file)
         data = checked_bytes(model, f"{req.precision} ONNX")

@@ -398,7 +398,7 @@ class EvalConfig:
     divisor: int = DEFAULT_DIVISOR
     artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
     workers: int | None = None  # loader processes for image files (None: from the CPU count)
-    accuracy_file: str | None = None  # the table to merge into (None: accuracy.json beside the checkpoint)
+    out: str | None = None  # the accuracy table (None: accuracy.json beside the checkpoint, where bench looks)
 
     def __post_init__(self) -> None:
         from us3l.core.checks import check_number
@@ -476,11 +476,14 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     details = {k: v for k, v in protocol.items() if k != "method"}
     if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in)
         details = {k: v for k, v in details.items() if k not in ("calib_batches", "bn_calibration")}
-    out = Path(cfg.accuracy_file) if cfg.accuracy_file else \
-        (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
+    out = Path(cfg.out) if cfg.out else (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
     _, _, note = update_accuracy(out, ckpt.content_hash, table_rows(rows, details), state_hashes(ckpt))
     if note:
         log.warning("%s", note)
+    if ckpt_path.is_dir() and out.parent == ckpt_path:  # a packed model directory: its card shows the new table
+        from us3l.core.modelfile import refresh_card
+
+        refresh_card(ckpt_path)
     classifier = None
     if heads and cfg.divisor == DEFAULT_DIVISOR:
         from .finetune import write_probe_classifier
