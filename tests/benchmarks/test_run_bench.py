@@ -207,10 +207,13 @@ def test_bench_takes_a_packed_model_directory_as_export_does(tmp_path, fixture_e
 
     path, content_hash = _bench_checkpoint(tmp_path)
     model_dir = pack_checkpoint(load_checkpoint(path), tmp_path / "model")
-    (model_dir / "accuracy.json").write_text(json.dumps({"checkpoint": content_hash, "protocol": {"divisor": 8},
-                                                         "results": [{"width": 0.25, "knn": 0.9}]}))
     cfg = BenchConfig(checkpoint=model_dir, threads=1, iterations=3, rounds=1, warmup_ms=1, widths="0.25,1.0",
                       out_dir=tmp_path / "out", plot=False)
+    timed = {r["width"]: r["sha256"] for r in run_bench(cfg).report["results"]}  # the files it times
+    (model_dir / "accuracy.json").write_text(json.dumps({"format": 2, "checkpoint": content_hash, "results": [
+        {"width": 0.25, "knn": 0.9, "protocol": "knn", "outputs": "features", "source": "artifact",
+         "sha256": timed[0.25]}]}))
     first = run_bench(cfg).report
     assert first["accuracy_file"] == str(model_dir / "accuracy.json") and first["results"][0]["accuracy"] == 0.9
-    assert run_bench(cfg).report["results"][0]["cached"] and len(fixture_exporter) == 1
+    assert first["results"][0]["cached"] and first["results"][1]["accuracy_source"] == "unknown"
+    assert len(fixture_exporter) == 1

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from us3l.core.errors import ExportError
-from us3l.exporters.onnx_exporter import checked_bytes, topological_sort
+from us3l.exporters.onnx_graph import checked_bytes, topological_sort
 
 
 @pytest.fixture(scope="module")

@@ -210,3 +210,21 @@ def update_accuracy(path: str | os.PathLike, checkpoint_hash: str, rows: Iterabl
     merged = merge_rows(old, rows)
     atomic_write_json(path, {"format": FORMAT, "checkpoint": checkpoint_hash, "results": merged})
     return path, merged, note
+
+
+def table_rows(rows: list[dict[str, Any]], details: dict[str, Any]) -> list[dict[str, Any]]:
+    """``accuracy.json`` rows of evaluation rows: one per protocol measured, each with its
+    ``protocol`` and the ``details`` of how it was measured, stamped with the time."""
+    out = []
+    for row in rows:
+        for proto in PROTOCOLS:
+            if row.get(proto) is None:
+                continue
+            new = {k: v for k, v in row.items() if (k not in PROTOCOLS or k == proto) and v is not None}
+            if proto != "knn":
+                new.pop("knn_k", None)
+            mine = {k: v for k, v in details.items() if k not in PROTOCOLS or k == proto}
+            if "divisor" in new:  # an artifact's own channel divisor
+                mine["divisor"] = new.pop("divisor")
+            out.append(stamp({**new, "protocol": proto, "details": mine}))
+    return out

@@ -116,7 +116,7 @@ def quantize_int8(onnx_path: Path, images: np.ndarray, out_path: Path, ranges_pa
                           weight_type=q.QuantType.QInt8, calibrate_method=calib,
                           extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
                           calibration_cache_path=str(ranges_path))
-    from .onnx_exporter import recheck_file
+    from .onnx_graph import recheck_file
 
     recheck_file(out_path, "int8 Q/DQ ONNX for TensorRT")
     return {"tool": f"onnxruntime.quantization {_ort_version()}", "format": "QDQ", "weights": "int8 symmetric per-channel",

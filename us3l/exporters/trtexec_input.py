@@ -71,7 +71,7 @@ def trtexec_input(artifact: Path, precision: str | Precision, version: tuple[int
 
         model, tool = to_fp16(onnx.load(str(artifact)))
         log.info("converted width %s to fp16 with %s for strongly typed TensorRT", width, tool)
-        from .onnx_exporter import checked_bytes
+        from .onnx_graph import checked_bytes
 
         out = Path(workdir) / f"{stem}_fp16.onnx"
         out.write_bytes(checked_bytes(model, "fp16 ONNX for trtexec"))

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from us3l.core.accuracy import ACCURACY_FILE, PROTOCOLS, read_accuracy, read_accuracy_file, stamp, \
+from us3l.core.accuracy import ACCURACY_FILE, read_accuracy, read_accuracy_file, table_rows, \
     update_accuracy, write_accuracy  # noqa: F401
 from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -339,24 +339,6 @@ def evaluate_classifier(ckpt: Checkpoint, widths: list[float], dataset: DatasetS
         if progress:
             progress(w, "done")
     return rows
-
-
-def table_rows(rows: list[dict[str, Any]], details: dict[str, Any]) -> list[dict[str, Any]]:
-    """``accuracy.json`` rows of evaluation rows: one per protocol measured, each with its
-    ``protocol`` and the ``details`` of how it was measured, stamped with the time."""
-    out = []
-    for row in rows:
-        for proto in PROTOCOLS:
-            if row.get(proto) is None:
-                continue
-            new = {k: v for k, v in row.items() if (k not in PROTOCOLS or k == proto) and v is not None}
-            if proto != "knn":
-                new.pop("knn_k", None)
-            mine = {k: v for k, v in details.items() if k not in PROTOCOLS or k == proto}
-            if "divisor" in new:  # an artifact's own channel divisor
-                mine["divisor"] = new.pop("divisor")
-            out.append(stamp({**new, "protocol": proto, "details": mine}))
-    return out
 
 
 def _checkpoint_dataset(ckpt: Checkpoint) -> DatasetSpec:

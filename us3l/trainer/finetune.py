@@ -507,9 +507,8 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     protocol = {"method": "top1", "trained_by": trained_by, "dataset": spec.to_dict(), "bn_calibration": "cumulative",
                 "calib_batches": cfg.calib_batches, "divisor": DEFAULT_DIVISOR, "epochs": cfg.epochs, "seed": cfg.seed}
     acc_path = out_dir / ACCURACY_FILE
+    from us3l.core.accuracy import table_rows
     from us3l.core.taskmodel import classifier_state_hash, state_hashes
-
-    from .evaluate import table_rows
 
     # the rows belong to the classifier state just saved (backbone, head, and the BN bank measured)
     rows = [{**r, "outputs": "logits", "sha256": classifier_state_hash(result), "bn": "bank"} for r in rows]
