@@ -145,3 +145,18 @@ def test_a_width_below_the_ssl_knn_is_a_notice(ssl_ckpt, tmp_path):
                            for w, r in zip(("0.25", "1.0"), out.rows)]
     same = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path / "plain"), **TINY))
     assert same.notices == []  # same data, no kNN table beside it: nothing to say
+
+
+def test_rows_fill_one_block_in_order_and_overflow_is_kept():
+    from us3l.trainer.probes import RowBlock
+
+    rows = RowBlock(5)  # the stream said 5 images; one bad file gives 4, a miscount gives more
+    rows.add(torch.ones(2, 3), torch.tensor([0, 1]))
+    rows.add(torch.full((2, 3), 2.0), torch.tensor([2, 3]))
+    f, y = rows.result()
+    assert f.shape == (4, 3) and y.tolist() == [0, 1, 2, 3] and rows.block is not None
+    rows.add(torch.full((3, 3), 3.0), torch.tensor([4, 5, 6]))  # past the total: kept after the block
+    f, y = rows.result()
+    assert y.tolist() == [0, 1, 2, 3, 4, 5, 6] and f[-1, 0] == 3.0
+    with pytest.raises(DataError, match="no readable images"):
+        RowBlock(3).result()

@@ -51,7 +51,7 @@ from us3l.core.data import DatasetSpec
 from us3l.core.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, unknown_name
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
-from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, _batches, _linear_cfg,  # noqa: F401
+from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, RowBlock, _batches, _linear_cfg,  # noqa: F401
                      extract_features, extract_stream, knn_accuracy, linear_probe_accuracy, train_linear_probe)
 from .pipeline import EvalStream, stream_num_classes
 
@@ -175,19 +175,22 @@ def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: in
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     step = fixed_batch or batch_size
-    out, labels = [], []
+    rows = RowBlock(len(stream))  # one preallocated block: memory does not grow with the split
     for images, y in stream:
-        labels.append(y)
+        outs = []
         for b in _batches(images, step, size):
             x = b.float().numpy()
             n = len(x)
             if fixed_batch and n < fixed_batch:
                 x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
             f = torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x)})[0], dtype=np.float32)[:n])
-            out.append(F.normalize(f, dim=1).half() if bank else f)
-    if not out:
-        raise DataError(f"no readable images to run {path.name} on")
-    return torch.cat(out), torch.cat(labels)
+            outs.append(F.normalize(f, dim=1).half() if bank else f)
+        if outs:
+            rows.add(torch.cat(outs), y)
+    try:
+        return rows.result()
+    except DataError:
+        raise DataError(f"no readable images to run {path.name} on") from None
 
 
 CLASSIFIER_OUTPUTS = ("logits", "probs")
