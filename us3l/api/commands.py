@@ -138,7 +138,7 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, progr
 # ---------------------------------------------------------------------------- evaluate
 
 
-def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *, method: str = "knn",
+def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *, method: str | None = None,
              dataset: str | None = None, data_root: PathLike | None = None, image_size: int | None = None,
              calib_batches: int = 50, batch_size: int = 256, knn_k: int | None = None, linear_preset: str = "fast",
              store_bn: bool = False, device: str = "cpu", progress: ProgressArg = None,
@@ -151,15 +151,16 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
     Args:
         checkpoint: the checkpoint file (or a saved :class:`SlimmableModel`).
         widths: a list/range text or floats (default: 0.25/0.5/0.75/1.0 within the range).
-        method: ``knn``, ``linear`` or ``both``.
+        method: ``top1`` (a task checkpoint's classifier: the default for one), ``knn`` (the default
+            otherwise), ``linear`` or ``both`` (the backbone's features).
         dataset / data_root / image_size: evaluation data (default: the checkpoint's training set).
         calib_batches / batch_size: BN recalibration batches and the inference batch size.
         knn_k: neighbours (default 20, or 200 on sets of 10 000+ images).
         linear_preset: ``fast`` or ``cifar`` (docs/method.md §11's recipe).
         store_bn: keep the calibrated statistics in the checkpoint's BN bank (rewrites the file atomically).
         device: torch device.
-        artifacts: exported ONNX files (FP32/FP16/INT8) of this checkpoint to measure in ONNX Runtime
-            instead of the PyTorch widths; their rows are keyed by the artifact's precision.
+        artifacts: exported ONNX files (FP32/FP16/INT8; features, logits or probs) of this checkpoint to
+            measure in ONNX Runtime instead of the PyTorch widths; each row records the file's sha256.
         workers: loader processes decoding image files (default: from the CPU count).
         out: the accuracy table to write (default: ``accuracy.json`` beside the checkpoint; ``bench``
             reads it from there, or from ``accuracy=``).
@@ -321,7 +322,9 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
         devices_file / accuracy: explicit profiles file and accuracy table.
         options: other :class:`us3l.benchmarks.BenchConfig` fields: ``runner``, ``precision``, ``threads``,
             ``duration_s``, ``iterations``, ``warmup_ms``, ``rounds``, ``idle_gap_ms``, ``search``,
-            ``power_modes``, ``accept_new_host_key``, ``force``, ``snap``, ``plot``, ``lut``.
+            ``power_modes``, ``accept_new_host_key``, ``force``, ``snap``, ``plot``, ``lut``,
+            ``outputs`` (``features``/``logits``/``probs``; default logits for a task checkpoint) and
+            ``measure_accuracy`` (evaluate each timed file without a row in the accuracy table).
 
     Raises:
         UnknownNameError, ConfigError, RemoteError, BackendUnavailableError, WidthError: one-line user errors.
@@ -339,8 +342,20 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
                       accuracy=Path(accuracy) if accuracy is not None else None,
                       out_dir=Path(out) if out is not None else None, **options)
     with resolve_progress(progress, f"measuring on {device}") as report:
-        result = run_bench(cfg, progress=report)
+        result = run_bench(cfg, progress=report, measure_accuracy=_measure_accuracy if cfg.measure_accuracy else None)
     return BenchResult.from_report(result.report, result.paths)
+
+
+def _measure_accuracy(checkpoint: Path, files: list[Path], widths: list[float], table: Path) -> None:
+    """``bench --measure-accuracy``: the evaluator (trainer room) measures the timed files (or, for
+    the torch runner, the PyTorch widths) on the checkpoint's data and merges rows into ``table``."""
+    from us3l.trainer.evaluate import EvalConfig, run_eval
+
+    if files:
+        run_eval(EvalConfig(checkpoint=str(checkpoint), artifacts=tuple(str(f) for f in files), out=str(table)))
+    if widths:
+        run_eval(EvalConfig(checkpoint=str(checkpoint), widths=",".join(repr(float(w)) for w in widths),
+                            out=str(table)))
 
 
 # ---------------------------------------------------------------------------- task models (us3l.api.tasks)

@@ -130,9 +130,11 @@ class WidthAccuracy:
     artifact: str | None = None
     calib_images: int | None = None
     knn_k: int | None = None
+    outputs: str | None = None  # features, logits or probs: what the measured network returns
+    sha256: str | None = None  # the measured file's sha256, or the checkpoint state's for PyTorch rows
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``accuracy.json`` row: keys of protocols that were not run are left out."""
+        """The row as ``us3l eval --json`` prints it: keys of protocols that were not run are left out."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
@@ -160,7 +162,7 @@ class EvalResult:
                   rows: Sequence[dict[str, Any]]) -> EvalResult:
         results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), r.get("knn"), r.get("linear"),
                                       str(r.get("precision") or "fp32"), r.get("top1"), r.get("source"), r.get("artifact"),
-                                      r.get("calib_images"), r.get("knn_k"))
+                                      r.get("calib_images"), r.get("knn_k"), r.get("outputs"), r.get("sha256"))
                         for r in rows)
         return cls(checkpoint, checkpoint_hash, accuracy_file, str(protocol.get("dataset", {}).get("name", "")),
                    protocol, tuple(sorted(results, key=lambda r: (r.width, r.precision))))
@@ -171,12 +173,13 @@ class EvalResult:
         return [m for m in ("knn", "linear", "top1") if any(getattr(r, m) is not None for r in self.results)]
 
     def accuracy(self, width: float, metric: str | None = None, precision: str = "fp32") -> float:
-        """Accuracy of ``width`` at ``precision`` under ``metric`` (default: linear if it was run, else kNN).
+        """Accuracy of ``width`` at ``precision`` under ``metric`` (default: top-1 if it was run, else
+        linear if it was run, else kNN).
 
         Raises:
             ConfigError: the width or the metric was not evaluated.
         """
-        metric = metric or ("linear" if "linear" in self.metrics else "knn")
+        metric = metric or next((m for m in ("top1", "linear") if m in self.metrics), "knn")
         for r in self.results:
             if abs(r.width - width) < 1e-9 and r.precision == precision and getattr(r, metric, None) is not None:
                 return float(getattr(r, metric))
@@ -218,6 +221,9 @@ class LatencyRow:
     cov: float | None = None
     ci_ms: tuple[float, float] | None = None  # 95 % bootstrap interval of the run's budget metric
     artifact: str | None = None
+    sha256: str | None = None  # the timed file's
+    outputs: str | None = None  # features, logits or probs
+    accuracy_protocol: str | None = None  # top1, linear or knn: how the accuracy of this very file was measured
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> LatencyRow:
@@ -228,7 +234,8 @@ class LatencyRow:
                    energy_mj=r.get("energy_mj"), cached=bool(r.get("cached")), precision=str(r.get("precision") or "fp32"),
                    accuracy_source=r.get("accuracy_source"), cov=r.get("cov"),
                    ci_ms=(float(r["ci_low_ms"]), float(r["ci_high_ms"])) if r.get("ci_low_ms") is not None else None,
-                   artifact=r.get("artifact"))
+                   artifact=r.get("artifact"), sha256=r.get("sha256"), outputs=r.get("outputs"),
+                   accuracy_protocol=r.get("accuracy_protocol"))
 
     def latency(self, metric: str = "p95") -> float | None:
         """The latency statistic ``metric`` (p50, p90, p95, p99 or mean) in ms."""

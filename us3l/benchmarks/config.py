@@ -39,6 +39,10 @@ class BenchConfig:
         max_cov / max_tail: a row whose coefficient of variation or p95/p50 exceeds these is
             re-measured once, and marks the run unstable if it stays noisy
             (:mod:`us3l.benchmarks.stability`).
+        outputs: what is exported and timed: ``features``, ``logits`` or ``probs`` (``None``: logits
+            for a task checkpoint, features otherwise).
+        measure_accuracy: evaluate every timed file that the accuracy table has no row for, on the
+            checkpoint's data, before timing (rows merged into the table).
     """
 
     checkpoint: Path | None = None
@@ -70,6 +74,8 @@ class BenchConfig:
     plot: bool = True
     max_cov: float = 0.5
     max_tail: float = 2.0
+    outputs: str | None = None
+    measure_accuracy: bool = False
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.arch is None):
@@ -90,6 +96,8 @@ class BenchConfig:
         check_number("--rounds", self.rounds, minimum=1, integer=True)
         check_number("--idle-gap-ms", self.idle_gap_ms, minimum=0, maximum=3600e3)
         check_number("--search-step", self.search_step, minimum=0, exclusive=True)
+        if self.outputs is not None and self.outputs not in ("features", "logits", "probs"):
+            raise ConfigError(f"--outputs {self.outputs!r} is invalid; valid: features, logits, probs")
         if self.snap not in (8, 16, 32):
             raise ConfigError(f"--snap {self.snap} is not supported; valid: 8, 16, 32")
         if self.search and self.budget_ms is None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .choices import Metric, Runner, Snap, value
+from .choices import BenchOutputs, Metric, Runner, Snap, value
 from .common import console, err_console, example, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
@@ -30,8 +30,8 @@ def render(result: BenchResult) -> None:
         err_console.print(f"[bold yellow]warning:[/] {escape(result.stability_note)}", highlight=False, soft_wrap=True)
     if result.accuracy_note:
         console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
-    if result.report.get("accuracy_unknown_note"):
-        console.print(f"[yellow]note:[/] {escape(result.report['accuracy_unknown_note'])}")
+    if result.report.get("accuracy_unknown_note"):  # one notice: which timed files have no measured accuracy
+        console.print(f"[yellow]notice:[/] {escape(result.report['accuracy_unknown_note'])}")
     files = result.files
     console.print(f"report: {files['report']}  csv: {files['csv']}" + (f"  plot: {files['plot']}" if "plot" in files else ""))
     if result.budget_ms is None:
@@ -78,6 +78,8 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="Re-export and re-measure points already in the lookup table.")] = False,
         remeasure: Annotated[int, typer.Option(help="Re-measurements (each twice as long) of the chosen pair and the next candidate while their 95% intervals straddle the budget.")] = 2,
         snap: Annotated[Snap, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = Snap.s8,
+        outputs: Annotated[Optional[BenchOutputs], typer.Option(help="What is exported and timed: the backbone's features, or a task checkpoint's classifier (logits, probs).  [default: logits for a task checkpoint, else features]")] = None,
+        measure_accuracy: Annotated[bool, typer.Option("--measure-accuracy", help="Measure the accuracy of each timed file that the accuracy table has no row for, on the checkpoint's data, before timing it.")] = False,
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
                                                     "[default: ./us3l-bench, lookup table in ~/.cache/us3l/lut.json]")] = None,
         no_plot: Annotated[bool, typer.Option("--no-plot", help="Skip latency.png.")] = False,
@@ -90,6 +92,7 @@ def register(app: typer.Typer) -> None:
 
         Widths are exported (ONNX) and measured in interleaved rounds; measured points are cached
         in a lookup table keyed by device fingerprint, runner, artifact, batch, precision and timing.
+        Each row's accuracy is the one measured on the very file timed (by sha256), else unknown.
         """
         from us3l.benchmarks import parse_batches, parse_modes
 
@@ -104,6 +107,7 @@ def register(app: typer.Typer) -> None:
                 idle_gap_ms=idle_gap_ms, search=search, power_modes=parse_modes(power_modes),
                 accept_new_host_key=accept_new_host_key, force=force, snap=int(snap.value), plot=not no_plot,
                 max_cov=max_cov, max_tail=max_tail,
+                outputs=value(outputs), measure_accuracy=measure_accuracy,
             )
         if as_json:
             print_json(result.report)

@@ -18,6 +18,10 @@ Choices (docs/deployment.md §6, §7):
 - **onnxsim** simplification (shape inference + constant folding) after export, then
   ``onnx.checker.check_model(full_check=True)``; the pipeline's parity gate runs the file in ONNX
   Runtime against the slimmable PyTorch model.
+- **Every file at every precision is valid for any consumer** (:func:`checked_bytes`): nodes in
+  topological order (ONNX Runtime's float16 converter appends its input Casts after the Convs that
+  read them; ``onnx.reference`` and OpenCV DNN refuse that), then the full checker, before a byte
+  is written; Q/DQ files other tools write are re-checked the same way (:func:`recheck_file`).
 - ``metadata_props`` carry width, architecture, checkpoint hash and tool version.
 """
 
@@ -41,6 +45,7 @@ from us3l.core.errors import BackendUnavailableError, ExportError
 from us3l.core.precision import Precision
 from us3l.core.version import __version__
 
+from .onnx_graph import checked_bytes, recheck_file, topological_sort  # noqa: F401  (re-exported)
 from .registry import Exporter, ExportRequest, register_exporter
 
 log = logging.getLogger(__name__)
@@ -324,11 +329,7 @@ class OnnxExporter(Exporter):
         onnx.helper.set_model_props(model, {k: str(v) for k, v in req.metadata.items()})
         model.producer_name, model.producer_version = "us3l-deploy", __version__
         model.doc_string = "universally slimmable network sliced to one width"
-        data = model.SerializeToString()  # serialise once: checked bytes == written bytes (single file, < 2 GB)
-        try:
-            onnx.checker.check_model(data, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"exported ONNX failed onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+        data = checked_bytes(model, "exported ONNX")
         written = graph_summary(model)["opset"]
         if written != req.opset:  # the opset asked for is the opset written, or nothing is written
             raise ExportError(f"the {exporter} exporter wrote opset {written}, not the {req.opset} asked for")
@@ -360,12 +361,9 @@ class OnnxExporter(Exporter):
             model = onnx.load(str(req.path))
         onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": str(req.precision)})
         model.producer_name, model.producer_version = "us3l-deploy", __version__
-        data = model.SerializeToString()
-        if calibrated:  # the float16 converter appends its input Casts after their users
-            try:             # (not topologically sorted for onnx.checker); ONNX Runtime sorts on load and
-                onnx.checker.check_model(data, full_check=False)  # the accuracy gate runs the file
-            except onnx.checker.ValidationError as exc:
-                raise ExportError(f"{req.precision} ONNX failed onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+        # ONNX Runtime's float16 converter appends its input Casts after the nodes that read them:
+        # sorted here, then the full check, as for FP32 (onnx.reference and OpenCV load every file)
+        data = checked_bytes(model, f"{req.precision} ONNX")
         req.path.write_bytes(data)
         log.info("%s ONNX written in %.2fs", req.precision, time.perf_counter() - start)
         return {**facts, "graph": graph_summary(model)}

@@ -122,6 +122,9 @@ def quantize_int8(onnx_path: Path, images: np.ndarray, out_path: Path, ranges_pa
                               weight_type=q.QuantType.QInt8, calibrate_method=calib,
                               extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
                               calibration_cache_path=str(ranges_path))
+    from .onnx_graph import recheck_file
+
+    recheck_file(out_path, "int8 Q/DQ ONNX for TensorRT")
     return {"tool": f"onnxruntime.quantization {_ort_version()}", "format": "QDQ", "weights": "int8 symmetric per-channel",
             "activations": "uint8 asymmetric per-tensor", "method": method, "images": int(len(images)),
             "seconds": round(time.perf_counter() - start, 3), "ranges_file": Path(ranges_path).name}
