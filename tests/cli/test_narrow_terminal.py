@@ -54,11 +54,13 @@ def test_long_names_are_not_broken_inside_a_cell(narrow):
 
 
 def test_long_image_names_are_listed_below(narrow):
-    top = (SimpleNamespace(name="7", prob=0.9), SimpleNamespace(name="1", prob=0.05))
+    from us3l.api.tasks import ClassScore, Prediction
+
+    top = (ClassScore(7, "7", 0.9), ClassScore(1, "1", 0.05))
     long_name = Path("photos/2026-12-04_camera-03_frame-000123_cropped_and_resized_to_28px.png")
     result = SimpleNamespace(artifact=Path("c.onnx"), outputs="logits",
-                             predictions=[SimpleNamespace(image=Path("a.png"), top=top),
-                                          SimpleNamespace(image=long_name, top=top)])
+                             predictions=[Prediction(image=Path("a.png"), top=top),
+                                          Prediction(image=long_name, top=top)])
     predict_cli.render(result)
     lines = narrow.getvalue().splitlines()
     assert any(line.startswith("│ #2 ") for line in lines), lines
