@@ -47,6 +47,7 @@ import io
 import os
 import pickle
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -475,7 +476,7 @@ def _folder_split(root: Path, split: str, size: int, max_images: int | None = No
     from .images import BadImageError, list_split, load_center
 
     files = list_split(root, split)
-    picked = range(len(files))
+    picked: Sequence[int] = range(len(files))
     if max_images is not None and max_images < len(files):
         order = np.random.default_rng(0).permutation(len(files))[:max_images]
         picked = sorted(int(i) for i in order)

@@ -76,7 +76,7 @@ def sweep_stale_temps(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     ours = re.compile(rf"^\.{re.escape(path.name)}\.(\d+@[0-9a-f]{{8}})\.[^./]+\.tmp$")
     legacy = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp$")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(path.parent.iterdir())
     except OSError:
