@@ -138,7 +138,7 @@ class Checkpoint:
         fields.setdefault("width_range", tuple(model.width_range))
         return cls(arch=model.arch, arch_kwargs=dict(model.arch_kwargs), model=state, **fields)
 
-    def build_model(self, num_classes: int = 0) -> nn.Module:
+    def build_model(self, num_classes: int = 0) -> SlimmableNet:
         """Rebuild the backbone and load the weights strictly.
 
         Raises:

@@ -64,7 +64,7 @@ class SSLAugment(nn.Module):
         self.blur_p, self.solarize_p = float(blur_p), float(solarize_p)
         self.blur = self.blur_p > 0
         self.geometric = bool(geometric)
-        ops: list[nn.Module] = [K.RandomResizedCrop((self.image_size, self.image_size), scale=tuple(scale))] \
+        ops: list[nn.Module] = [K.RandomResizedCrop((self.image_size, self.image_size), scale=(scale[0], scale[1]))] \
             if self.geometric else []
         ops += [
             K.ColorJitter(0.4, 0.4, saturation, 0.1, p=0.8),

@@ -136,7 +136,8 @@ class Trainer:
                                          cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.distill_layers,
                                          teacher_width).to(self.device)
         if cfg.channels_last:
-            self.raw_model.to(memory_format=torch.channels_last)
+            # nn.Module.to takes memory_format at run time (torch/nn/modules/module.py); its stub omits it
+            self.raw_model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         params = self.raw_model.trainable_parameters()
         wd = 0.0 if cfg.group_reg else cfg.weight_decay  # GroupReg replaces weight decay (docs/method.md §9)
         if cfg.optimizer == "sgd":
@@ -253,8 +254,9 @@ class Trainer:
                         self._save(epoch + 1)
                     # metrics after the checkpoint: a record never names an epoch that no checkpoint
                     # holds (a resumed run restarts after the checkpoint's epoch anyway)
-                    for done in pending if writer is not None else ():
-                        writer.write(done)
+                    if writer is not None:
+                        for done in pending:
+                            writer.write(done)
                     pending.clear()
                 report_collapse(stats, epoch + 1, cfg.fail_on_collapse)
         finally:

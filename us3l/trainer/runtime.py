@@ -151,7 +151,9 @@ def set_python_rng_state(rng: random.Random, state: dict) -> None:
 
 def global_rng_state() -> dict:
     """Torch CPU/CUDA, numpy and stdlib ``random`` global states as plain data."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # a dict only for a non-MT19937 generator; the global RandomState is MT19937
+    kind, keys, pos, has_gauss, cached = legacy
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),

@@ -30,7 +30,7 @@ from torch import nn
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError
 from us3l.core.layers import USConv2d, USLinear
-from us3l.core.models import get_model
+from us3l.core.models import SlimmableNet, get_model
 from us3l.core.models.mobilenet_v2 import USMobileNetV2
 from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
 
@@ -61,7 +61,7 @@ def mlp_head(in_dim: int, hidden: int, out: int, first_bias: bool = True, mocov3
     return nn.Sequential(*layers)
 
 
-def projector_head(backbone: nn.Module, hidden: int, out: int, ssl: str) -> nn.Sequential:
+def projector_head(backbone: SlimmableNet, hidden: int, out: int, ssl: str) -> nn.Sequential:
     """The 3-layer projector; its first layer follows the backbone's active feature slice.
 
     MoCo v3: every linear is bias-free and a ``BatchNorm1d(affine=False)`` ends the head.
@@ -102,15 +102,13 @@ class SSLModel(nn.Module):
 
     Examples:
         >>> from us3l.core.models import get_model
-from us3l.core.models.mobilenet_v2 import USMobileNetV2
-from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
         >>> m = SSLModel(get_model("us_resnet_mini"), "simclr_momentum", "us3l", 64, 32, 64)
         >>> q1, q2, _ = m(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), width=0.5, head="aux")
         >>> q1.shape
         torch.Size([4, 32])
     """
 
-    def __init__(self, backbone: nn.Module, ssl: str, method: str, proj_hidden_dim: int, proj_out_dim: int,
+    def __init__(self, backbone: SlimmableNet, ssl: str, method: str, proj_hidden_dim: int, proj_out_dim: int,
                  pred_hidden_dim: int, distill_layers: tuple[str, ...] = (), teacher_width: float = 1.0) -> None:
         super().__init__()
         self.ssl, self.method, self.teacher_width = ssl, method, float(teacher_width)
@@ -168,10 +166,13 @@ from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
         with use_width(self._slimmed(), width), self._capture(self.backbone, names) as feats:
             z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
             if names:
+                assert self.proj_conv is not None  # built whenever distill_layers is non-empty
                 extras["feats"] = [tuple(self.proj_conv[_key(n)](f) for f in feats[n]) for n in names]
         if head == "predictor":
+            assert self.predictor is not None, f"ssl {self.ssl!r} has no predictor"
             z1, z2 = self.predictor(z1), self.predictor(z2)
         elif head == "aux":
+            assert self.aux_predictor is not None, f"method {self.method!r} has no aux predictor"
             z1, z2 = self.aux_predictor(z1), self.aux_predictor(z2)
         elif head != "none":
             raise ValueError(f"unknown head {head!r}; valid: none, predictor, aux")
@@ -266,15 +267,16 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def _find(backbone: nn.Module, name: str) -> nn.Module:
+def _find(backbone: nn.Module, name: str) -> nn.BatchNorm2d:
     modules = dict(backbone.named_modules())
-    if name not in modules:
+    found = modules.get(name)
+    if not isinstance(found, nn.BatchNorm2d):  # distill_source has already refused any other name
         bns = [n for n, m in modules.items() if isinstance(m, nn.BatchNorm2d)]
         raise ConfigError(f"distill layer {name!r} is not in the backbone; valid BN layers: {', '.join(bns[:40])}")
-    return modules[name]
+    return found
 
 
-def _proj_conv(bn: nn.Module) -> USConv2d:
+def _proj_conv(bn: nn.BatchNorm2d) -> USConv2d:
     c = int(bn.num_features)
     return USConv2d(c, c, 1, bias=False, slim_in=True, slim_out=False)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import nn
@@ -35,6 +36,9 @@ from us3l.core.errors import US3LError
 from .ema import update_momentum
 from .losses import CosineSimilarityLoss, FeatureDistillLoss, InfoNCELoss, MomentumInfoNCELoss, MoCoV3Loss
 from .sampling import widths_for_iteration
+
+if TYPE_CHECKING:
+    from .ssl_model import SSLModel
 
 
 class TrainingDivergedError(US3LError):
@@ -94,12 +98,12 @@ class StepParts:
     """
 
     model: nn.Module
-    raw_model: nn.Module
+    raw_model: SSLModel
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     losses: Losses
     method: str
-    regularizer: Callable | None = None
+    regularizer: Callable[..., torch.Tensor] | None = None
     accumulate: bool = False
     amp: bool = False
     reg_mode: str = "grad"
@@ -111,6 +115,14 @@ class StepParts:
 
 
 REG_MODES = ("grad", "autograd")
+
+
+class GradRegularizer(Protocol):
+    """What ``reg_mode="grad"`` calls on the regulariser (:class:`~us3l.trainer.group_reg.GroupRegularizer`)."""
+
+    def add_grad_(self, model: nn.Module, width: float, epoch: int, scale: torch.Tensor | None = None) -> None: ...
+
+    def value(self, model: nn.Module, width: float, epoch: int) -> torch.Tensor: ...
 
 
 def iteration_widths(rng: random.Random, epoch: int, epochs: int, method: str, n: int, lo: float, hi: float,
@@ -137,12 +149,15 @@ def train_step(parts: StepParts, x1: torch.Tensor, x2: torch.Tensor, widths: lis
     """
     raw, opt, scaler = parts.raw_model, parts.optimizer, parts.scaler
     device_type = x1.device.type
-    grad_reg = parts.regularizer is not None and parts.reg_mode == "grad"
+    # StepParts' contract: in the gradient form the regulariser is a GroupRegularizer; the type of
+    # ``regularizer`` cannot follow ``reg_mode``.
+    grad_reg = (cast(GradRegularizer, parts.regularizer)
+                if parts.regularizer is not None and parts.reg_mode == "grad" else None)
     graph_reg = parts.regularizer if parts.reg_mode == "autograd" else None
     if parts.channels_last:
         x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
     names = ("loss_base", "loss_distill", "loss_feat") + (("reg",) if parts.regularizer is not None and
-                                                          (reg_value or not grad_reg) else ())
+                                                          (reg_value or grad_reg is None) else ())
     stats = {k: torch.zeros((), device=x1.device) for k in names}
     finite = torch.ones((), dtype=torch.bool, device=x1.device)
     targets: tuple = ()
@@ -169,6 +184,7 @@ def train_step(parts: StepParts, x1: torch.Tensor, x2: torch.Tensor, widths: lis
             loss = parts.losses.base(q, (_full(targets[0]), _full(targets[1])))
             stats["loss_base"] += loss.detach()
         else:
+            assert parts.losses.distill is not None, "sub-widths need a distillation loss (build_losses gives one)"
             loss = parts.losses.distill(q, (_full(targets[0]), _full(targets[1])))
             stats["loss_distill"] += loss.detach()
             if parts.losses.feature is not None:
@@ -182,12 +198,12 @@ def train_step(parts: StepParts, x1: torch.Tensor, x2: torch.Tensor, widths: lis
             total = loss
         finite &= torch.isfinite(total.detach())
         scaler.scale(total).backward()
-        if grad_reg:
+        if grad_reg is not None:
             # the loss scale as a tensor (no host sync); re-read per width: update() may change it
             scale = scaler.scale(torch.ones((), device=x1.device)) if scaler.is_enabled() else None
-            parts.regularizer.add_grad_(raw, width, epoch, scale)
+            grad_reg.add_grad_(raw, width, epoch, scale)
             if reg_value:
-                stats["reg"] += parts.regularizer.value(raw, width, epoch)
+                stats["reg"] += grad_reg.value(raw, width, epoch)
         if not parts.accumulate:
             scaler.step(opt)
             scaler.update()

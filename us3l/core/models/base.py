@@ -22,6 +22,7 @@ class SlimmableNet(nn.Module):
     arch: str = ""
     arch_kwargs: dict = {}
     fc: nn.Module  # the classification head, built by subclasses only when num_classes > 0
+    max_feature_dim: int  # set by every subclass's __init__
 
     def __init__(self, num_classes: int = 0, width_range=DEFAULT_WIDTH_RANGE, input_size: int = 32,
                  in_chans: int = 3) -> None:
