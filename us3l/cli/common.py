@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -33,6 +34,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: with one line and exit code 2 (the atomic writers have already removed their temp files).
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                                 errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.EIO, errno.ENOENT})
+
+
+class BadImage(str, Enum):
+    """``--on-bad-image``: what to do with an unreadable, truncated or decompression-bomb image."""
+
+    skip = "skip"
+    fail = "fail"
 
 
 class Terminated(BaseException):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, example, print_json, progress_bar, user_errors
+from .common import BadImage, console, example, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import FinetuneResult
@@ -48,7 +48,10 @@ def register(app: typer.Typer) -> None:
         num_widths: Annotated[int | None, typer.Option(help="Widths per step: max, min and N-2 random (sandwich rule).  [default: 4]")] = None,
         distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Sub-widths learn from the max width's soft predictions (in-place distillation), else from the labels.")] = True,
         widths: Annotated[str | None, typer.Option("--widths", help="Evaluation and BN-bank widths: a list or start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
-        augment: Annotated[str | None, typer.Option(help="Augmentation: shift (random translation) or none.  [default: shift]")] = None,
+        augment: Annotated[str | None, typer.Option(help="Augmentation: auto, crop (random resized crop of the full image + flip), shift (random translation) or none.  [default: auto: crop for image files, shift for in-memory sets]")] = None,
+        crop_scale_min: Annotated[float | None, typer.Option(help="Smallest crop area fraction of --augment crop, in (0, 1].  [default: 0.25]")] = None,
+        workers: Annotated[int | None, typer.Option(help="Processes decoding and cropping image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
+        on_bad_image: Annotated[BadImage | None, typer.Option(help="An unreadable, truncated or decompression-bomb image: skip (count, warn) or fail (stop, exit 2).  [default: skip]")] = None,
         out: Annotated[Path | None, typer.Option(help="Output folder for checkpoint.pt and accuracy.json.  [default: finetune/ (linear/ when frozen) beside the checkpoint]")] = None,
         device: Annotated[str | None, typer.Option(help="Torch device: cpu, cuda or cuda:N.  [default: cpu]")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.  [default: 0]")] = None,
@@ -68,6 +71,8 @@ def register(app: typer.Typer) -> None:
                               freeze_backbone=freeze_backbone or None, epochs=epochs, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, label_smoothing=label_smoothing, num_widths=num_widths,
                               distill=None if distill else False, widths=widths, augment=augment,
+                              crop_scale_min=crop_scale_min, workers=workers,
+                              on_bad_image=on_bad_image.value if on_bad_image else None,
                               out_dir=str(out) if out else None, device=device, seed=seed,
                               max_steps_per_epoch=max_steps_per_epoch)
         if as_json:

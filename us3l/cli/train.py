@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import console, err_console, example, is_main_process, print_json, progress_bar, user_errors
+from .common import BadImage, console, err_console, example, is_main_process, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import TrainResult
@@ -32,11 +32,6 @@ class Augmentation(str, Enum):
     auto = "auto"
     color = "color"
     gray = "gray"
-
-
-class BadImage(str, Enum):
-    skip = "skip"
-    fail = "fail"
 
 
 def dataset_label(cfg: object) -> str:

@@ -19,6 +19,8 @@ loaded whole. Memory is bounded by batch size x workers x prefetch, not by the d
 - **Bad files:** a file that cannot be used travels as a marker; the trainer counts and skips it
   with a warning (``on_bad_image="skip"``) or stops with one line (``"fail"``), see
   :class:`BadImages`.
+- **Fine-tuning** (:class:`TaskFiles` through the same :class:`TrainStream`): one random resized
+  crop of the full image and a flip per labelled file (or the centre view), drawn the same way.
 - **Evaluation** (:class:`EvalStream`): the centre view (shorter side to the size, centre crop) of
   one split, batch by batch, for BN calibration, kNN and the linear probe. In-memory datasets
   (digits, Fashion-MNIST, CIFAR) are wrapped in the same interface.
@@ -219,6 +221,38 @@ class TwoViewFiles(Dataset):
             return None, index, exc.reason
 
 
+class TaskFiles(Dataset):
+    """Fine-tuning items keyed ``(index, epoch)``: one view of file ``index`` for a labelled batch.
+
+    ``mode="crop"``: a RandomResizedCrop of the *full* image (area fraction in ``scale``, aspect in
+    ``(3/4, 4/3)``) and a horizontal flip, drawn from ``(seed, epoch, index)`` like
+    :class:`TwoViewFiles`; ``mode="center"``: the evaluation view (no randomness). Returns
+    ``(view uint8 (S, S, 3) | None, index, reason | None)``; the label is looked up by index in the
+    training process.
+    """
+
+    MODES = ("crop", "center")
+
+    def __init__(self, paths: Sequence[str], size: int, scale: tuple[float, float], seed: int,
+                 mode: str = "crop") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode {mode!r}; valid: {', '.join(self.MODES)}")
+        self.paths, self.size, self.scale, self.seed, self.mode = list(paths), int(size), tuple(scale), int(seed), mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray | None, int, str | None]:
+        index, epoch = key
+        try:
+            if self.mode == "center":
+                return load_center(self.paths[index], self.size), index, None
+            rng = np.random.default_rng((self.seed, epoch, index))
+            return crop_views(self.paths[index], self.size, self.scale, rng, views=1)[0], index, None  # type: ignore[arg-type]
+        except BadImageError as exc:
+            return None, index, exc.reason
+
+
 class CenterFiles(Dataset):
     """Evaluation items: ``(centre view uint8 (S, S, 3) | None, label, reason | None)``."""
 
@@ -325,11 +359,14 @@ class TrainStream:
     """Batches of two uint8 views for one rank, epoch by epoch (see the module docstring)."""
 
     def __init__(self, files: ImageList, size: int, scale: tuple[float, float], seed: int, rank: int, world: int,
-                 batch: int, steps: int, drop_last: bool, workers: int, prefetch: int, pin: bool) -> None:
+                 batch: int, steps: int, drop_last: bool, workers: int, prefetch: int, pin: bool,
+                 dataset: Dataset | None = None) -> None:
+        """``dataset``: items keyed ``(index, epoch)`` (default :class:`TwoViewFiles`; fine-tuning
+        passes :class:`TaskFiles`)."""
         self.files, self.batch = files, batch
         self.sampler = EpochSampler(len(files), world, rank, seed, limit=steps * batch)
-        self.loader = make_loader(TwoViewFiles(files.paths, size, scale, seed), batch, self.sampler, workers,
-                                  prefetch, pin, seed, rank, drop_last=drop_last)
+        items = dataset if dataset is not None else TwoViewFiles(files.paths, size, scale, seed)
+        self.loader = make_loader(items, batch, self.sampler, workers, prefetch, pin, seed, rank, drop_last=drop_last)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
         self.sampler.set_epoch(epoch)

@@ -126,8 +126,12 @@ def extract_stream(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], w
     return torch.cat(feats), torch.cat(labels)
 
 
+# One similarity block is KNN_QUERY_CHUNK x KNN_BANK_CHUNK float32 (16 MiB): bounded whatever the
+# bank's size. A 65,536-image chunk made the block, and so eval's peak memory, grow with the training
+# split (1024 x 16,000 x 4 B = 62 MiB at 16,000 images; perf/task_pipeline.py ratio 1.41 for 16,000
+# vs 2,000 files). The top-k merge per chunk costs little at 4,096.
 KNN_QUERY_CHUNK = 1024
-KNN_BANK_CHUNK = 65536
+KNN_BANK_CHUNK = 4096
 
 
 @torch.no_grad()
