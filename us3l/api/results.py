@@ -104,7 +104,8 @@ class WidthAccuracy:
     """Accuracy of one width at one precision (fractions in [0, 1]; ``None`` when that protocol was
     not run). ``source`` is ``pytorch`` or ``artifact`` (then ``artifact`` names the file);
     ``top1`` is a classifier artifact's own top-1. ``calib_images`` and ``knn_k`` are the BN
-    calibration images and kNN neighbours actually used (fewer than asked on a small set)."""
+    calibration images and kNN neighbours actually used (fewer than asked on a small set). ``head``
+    is the per-width head a fine-tuned width was measured with (None: a shared head or no head)."""
 
     width: float
     feature_dim: int
@@ -116,6 +117,7 @@ class WidthAccuracy:
     artifact: str | None = None
     calib_images: int | None = None
     knn_k: int | None = None
+    head: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``accuracy.json`` row: keys of protocols that were not run are left out."""

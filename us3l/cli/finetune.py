@@ -1,7 +1,8 @@
-"""`us3l finetune`: universally slimmable supervised fine-tuning (backbone + one shared head)."""
+"""`us3l finetune`: universally slimmable supervised fine-tuning (backbone + one head per width, or a shared head)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
 EXAMPLE = "us3l finetune runs/us3l/checkpoint.pt --epochs 30 --out runs/us3l/finetune"
 
 
+class Head(str, Enum):
+    per_width = "per-width"
+    shared = "shared"
+
+
 def render(result: FinetuneResult) -> None:
     """Top-1 per width."""
     from rich.table import Table
@@ -22,10 +28,10 @@ def render(result: FinetuneResult) -> None:
     from ..core.width import format_width
 
     table = Table(title=f"{result.checkpoint}: top-1 per width ({result.seconds:.0f}s)")
-    for col in ("width", "feature dim", "top-1"):
+    for col in ("width", "feature dim", "head", "top-1"):
         table.add_column(col, justify="right")
     for r in result.results:
-        table.add_row(format_width(r.width), str(r.feature_dim), f"{100 * (r.top1 or 0):.2f} %")
+        table.add_row(format_width(r.width), str(r.feature_dim), r.head or "shared", f"{100 * (r.top1 or 0):.2f} %")
     console.print(table)
     console.print(f"wrote {result.checkpoint} and {result.accuracy_file}")
 
@@ -35,11 +41,13 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def command(
         checkpoint: Annotated[Path, typer.Argument(help="SSL checkpoint file or packed model directory to fine-tune.")],
-        recipe: Annotated[str | None, typer.Option(help="Preset: digits, fashion_mnist or cifar.  [default: from the checkpoint's dataset]")] = None,
+        recipe: Annotated[str | None, typer.Option(help="Preset: digits, fashion_mnist, cifar, or paper (the reference's per-width fine-tuning: one --train-width per run, 50 epochs, SGD 0.01, steps at 30/40).  [default: from the checkpoint's dataset]")] = None,
         data: Annotated[str | None, typer.Option(help="Labelled dataset: digits, fashion-mnist, cifar10, cifar100 or imagefolder.  [default: the checkpoint's]")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles, Fashion-MNIST IDX files or train/ + val/ class folders).  [default: the checkpoint's]")] = None,
         image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's]")] = None,
-        freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the shared input-slimmed head (a linear probe for all widths at once).")] = False,
+        head: Annotated[Head | None, typer.Option(help="Classifier: per-width (one linear layer per --widths entry; a width in between uses the nearer head) or shared (one input-slimmed layer).  [default: per-width]")] = None,
+        freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the classifier (per-width: one linear probe per width on eval-mode features).")] = False,
+        train_width: Annotated[float | None, typer.Option(help="Fine-tune this one width only (a network of that width; the paper preset needs it).  [default: every width]")] = None,
         epochs: Annotated[int | None, typer.Option(help="Epochs.  [default: the recipe's; digits 30]")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per step.  [default: the recipe's; digits 64]")] = None,
         lr: Annotated[float | None, typer.Option(help="SGD learning rate, cosine-decayed per step (x4 with --freeze-backbone).  [default: the recipe's; digits 0.05]")] = None,
@@ -61,14 +69,16 @@ def register(app: typer.Typer) -> None:
         """Fine-tune a universally slimmable checkpoint on labelled data: one task checkpoint for every width.
 
         Sandwich rule with in-place distillation; BN recalibrated per width afterwards; writes
-        checkpoint.pt (backbone, head, class names, normalisation) and accuracy.json (top-1 per width).
+        checkpoint.pt (backbone, one head per width or a shared head, class names, normalisation) and
+        accuracy.json (top-1 per width).
         """
         from ..api import finetune
 
         with progress_bar("fine-tuning", transient=True) as progress:
             result = finetune(checkpoint, recipe=recipe, progress=progress, dataset=data,
                               data_root=str(data_root) if data_root else None, image_size=image_size,
-                              freeze_backbone=freeze_backbone or None, epochs=epochs, batch_size=batch_size, lr=lr,
+                              freeze_backbone=freeze_backbone or None, head=head.value if head else None,
+                              train_width=train_width, epochs=epochs, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, label_smoothing=label_smoothing, num_widths=num_widths,
                               distill=None if distill else False, widths=widths, augment=augment,
                               crop_scale_min=crop_scale_min, workers=workers,

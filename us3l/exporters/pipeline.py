@@ -312,7 +312,7 @@ class _Run:
             "stages": [{"name": n, "module": m, "stride": s, "channels": int(o.shape[1]), "shape": [cfg.batch or "batch", *o.shape[1:]]}
                        for (n, m, s), o in zip(stage_taps(static), ref_out)] if cfg.outputs == "stages" else None,
             "classes": classes or None, "preprocess": preprocess,
-            "head": {"path": str(cfg.include_head), "sha256": self.head_digest} if head is not None else None,
+            "head": self.head_record(w, feature_dim) if head is not None else None,
             "parity": record_dict, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(), "format_info": facts,
             "source_onnx": onnx.path.name if onnx else None, "cache_key": key,
             "build": {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -321,6 +321,19 @@ class _Run:
         self.staging.write_json(sidecar_name, data)
         self.locations[name] = req.path
         return Artifact.from_sidecar(self.out_dir / sidecar_name, data, cached=False)
+
+    def head_record(self, width: float, feature_dim: int) -> dict[str, Any]:
+        """What classifier the artifact carries: an ``--include-head`` file, or the task checkpoint's
+        head, with, for per-width heads, which width's head serves ``width`` and why (exact or nearer)."""
+        if self.cfg.include_head:
+            return {"source": "include-head", "path": str(self.cfg.include_head), "sha256": self.head_digest}
+        from us3l.core.taskmodel import choose_head, head_tensors
+
+        assert self.net.checkpoint is not None
+        choice = choose_head(self.net.checkpoint, width)
+        weight, _ = head_tensors(self.net.checkpoint, width)
+        return {"source": "checkpoint", "sha256": self.head_digest, **choice,
+                "features_used": int(min(feature_dim, weight.shape[1]))}
 
     def task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
         """(class names, preprocessing record) the artifact's users need; empty/None when unknown."""
