@@ -55,7 +55,8 @@ def register(app: typer.Typer) -> None:
         label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the max width's cross-entropy, in [0, 1).  [default: the recipe's; 0.1]")] = None,
         num_widths: Annotated[int | None, typer.Option(help="Widths per step: max, min and N-2 random (sandwich rule).  [default: 4]")] = None,
         distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Sub-widths learn from the max width's soft predictions (in-place distillation), else from the labels.")] = True,
-        widths: Annotated[str | None, typer.Option("--widths", help="Evaluation and BN-bank widths: a list or start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
+        widths: Annotated[str | None, typer.Option("--widths", help="Evaluation and BN-bank widths (one head each with --head per-width): a list or start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
+        milestones: Annotated[str | None, typer.Option(help="Step schedule instead of cosine: lr x0.1 at each of these epochs, e.g. 60,80.  [default: the recipe's; paper 30,40]")] = None,
         augment: Annotated[str | None, typer.Option(help="Augmentation: auto, crop (random resized crop of the full image + flip), shift (random translation) or none.  [default: auto: crop for image files, shift for in-memory sets]")] = None,
         crop_scale_min: Annotated[float | None, typer.Option(help="Smallest crop area fraction of --augment crop, in (0, 1].  [default: 0.25]")] = None,
         workers: Annotated[int | None, typer.Option(help="Processes decoding and cropping image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
@@ -73,7 +74,14 @@ def register(app: typer.Typer) -> None:
         accuracy.json (top-1 per width).
         """
         from ..api import finetune
+        from ..core.errors import ConfigError
 
+        steps = None
+        if milestones is not None:
+            try:
+                steps = tuple(int(m) for m in milestones.split(",") if m.strip())
+            except ValueError:
+                raise ConfigError(f"--milestones {milestones!r} is invalid; valid: epochs separated by commas, e.g. 60,80") from None
         with progress_bar("fine-tuning", transient=True) as progress:
             result = finetune(checkpoint, recipe=recipe, progress=progress, dataset=data,
                               data_root=str(data_root) if data_root else None, image_size=image_size,
@@ -84,7 +92,8 @@ def register(app: typer.Typer) -> None:
                               crop_scale_min=crop_scale_min, workers=workers,
                               on_bad_image=on_bad_image.value if on_bad_image else None,
                               out_dir=str(out) if out else None, device=device, seed=seed,
-                              max_steps_per_epoch=max_steps_per_epoch)
+                              max_steps_per_epoch=max_steps_per_epoch, milestones=steps,
+                              schedule="step" if steps else None)
         if as_json:
             print_json(result)
             return
