@@ -76,6 +76,12 @@ class Settings:
     data_root: str | None = None  # the full Fashion-MNIST (default: the Debian location)
     work: str = ""  # subset files and checkpoints
     linear_epochs: int | None = None  # None: the "fast" preset's 60
+    lr: float | None = None  # None: the recipe's 0.1 (at batch 128)
+    # runtime (do not change the protocol): perf/gpu_fmnist.py trains on a GPU with AMP and NHWC
+    device: str = "cpu"
+    amp: bool = False
+    channels_last: bool = False
+    threads: int = 1
 
     def train_config(self, method: str, seed: int, width: float | None, out: Path):
         from us3l.trainer.recipes import get_recipe
@@ -83,7 +89,8 @@ class Settings:
         return get_recipe("fashion_mnist").replace(
             data_root=str(self.subset_root), image_size=self.image_size, epochs=self.epochs,
             batch_size=self.batch_size, method=method, single_width=width, seed=seed, out_dir=str(out),
-            tensorboard=False, threads=1, log_interval=10_000, max_steps_per_epoch=self.max_steps_per_epoch,
+            tensorboard=False, threads=self.threads, log_interval=10_000, max_steps_per_epoch=self.max_steps_per_epoch,
+            lr=self.lr, device=self.device, amp=self.amp, channels_last=self.channels_last,
             augmentation=self.augmentation, eval_every=self.eval_every,
             eval_images=min(self.eval_images, self.test_size), eval_bank=min(self.eval_bank, self.train_size))
 
@@ -180,7 +187,7 @@ def run_job(job: Job, st: Settings) -> Job:
         torch.manual_seed(0)
         method = "both" if any(abs(w - lw) < 1e-9 for lw in LINEAR_WIDTHS) else "knn"
         row = evaluate_checkpoint(ckpt, [w], method, st.spec, calib_batches=st.calib_batches, knn_k=st.knn_k,
-                                  linear=linear, batch_size=st.eval_batch)[0]
+                                  linear=linear, batch_size=st.eval_batch, device=st.device)[0]
         knn[w] = row["knn"]
         if "linear" in row:
             lin[w] = row["linear"]
@@ -191,7 +198,7 @@ def run_job(job: Job, st: Settings) -> Job:
 
 #: settings that must agree for runs of two invocations to be reported together
 PROTOCOL = ("train_size", "test_size", "image_size", "epochs", "batch_size", "max_steps_per_epoch", "knn_k",
-            "calib_batches", "eval_batch", "eval_every", "eval_images", "eval_bank", "augmentation", "linear_epochs")
+            "calib_batches", "eval_batch", "eval_every", "eval_images", "eval_bank", "augmentation", "linear_epochs", "lr")
 
 
 def included_jobs(path: Path, st: Settings) -> list[Job]:
@@ -446,7 +453,8 @@ def render(table: dict, raw: dict[str, float], tr: dict, goal_rows: list[dict], 
     console.print(t)
     epochs = sorted({e for k in CURVE_KINDS if k in table for e in table[k]["curve"]})
     if epochs:
-        c = Table(title="learning curves: kNN % on 1,000 held-out images (mean over seeds)")
+        c = Table(title=f"learning curves: kNN % on {min(st.eval_images, st.test_size):,} held-out images "
+                        "(mean over seeds)")
         c.add_column("epoch", justify="right")
         cols = [(k, w) for w in (0.25, 1.0) for k in CURVE_KINDS if k in table]
         for k, w in cols:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "perf" / "fmnist_claims.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
 
 
 def _run(work: Path, *args: str) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def seed_100(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """One tiny comparison (seed 100), shared by the tests below."""
     root = tmp_path_factory.mktemp("claims")
     out = root / "claims.json"
-    return out, _run(root / "w", "--json", str(out))
+    return out, _run(root / "w", "--json", str(out), "--plot", str(out.with_suffix(".png")))
 
 
 @pytest.mark.slow
@@ -32,21 +32,38 @@ def test_tiny_comparison_writes_the_table_and_json(seed_100):
     out, proc = seed_100
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
-    assert data["settings"]["train_size"] == 128 and data["settings"]["test_size"] == 64
+    st = data["settings"]
+    assert (st["train_size"], st["test_size"], st["image_size"], st["augmentation"]) == (128, 64, 20, "gray")
     runs = {(r["method"], r["width"]) for r in data["runs"]}
-    assert runs == {("us3l", None), ("naive", None), ("random", None),
-                    *(("individual", w) for w in (0.25, 0.5, 0.75, 1.0))}
+    assert runs == {("us3l", None), ("naive", None), ("naive-contrastive", None), ("random", None), ("alone", 0.25)}
     for r in data["runs"]:
         widths = ["0.25", "0.5", "0.75", "1.0"] if r["width"] is None else [str(r["width"])]
         assert sorted(r["knn"]) == sorted(widths) and all(0 <= a <= 1 for a in r["knn"].values())
         assert set(r["linear"]) == {"0.25", "1.0"} & set(widths)
         assert r["collapse"] and all(c["std_ratio"] > 0 and c["eff_rank"] >= 1 for c in r["collapse"])
-    assert 0.5 < data["raw_pixels_knn"] <= 1.0
-    assert {g["goal"].split()[0] for g in data["goals"]} == {"US3L"} and len(data["goals"]) == 3
-    assert "raw pixels" in proc.stdout and "collapse monitor" in proc.stdout
-    assert max(len(ln) for ln in proc.stdout.splitlines()) <= 80
-    # the pixel kNN in the JSON is the one printed
-    assert f"{100 * data['raw_pixels_knn']:.1f}" in proc.stdout
+        # learning curves of the trained networks: kNN after every epoch at their smallest and largest width
+        if r["method"] != "random":
+            assert [p["epoch"] for p in r["curve"]] == [1, 2]
+            assert {k for p in r["curve"] for k in p} - {"epoch", "knn_s"} == ({"0.25", "1.0"} if r["width"] is None
+                                                                              else {"0.25"})
+    assert 0.5 < data["raw_pixels"]["knn"] <= 1.0 and 0 < data["raw_pixels"]["linear"] <= 1.0
+    goals = {g["goal"]: g for g in data["goals"]}
+    assert set(goals) == {"US3L kNN at width 1.0 >= raw pixels - 1", "US3L >= random init + 10 at every width",
+                          "US3L - naive (reference) at width 0.25 >= +1.0"}
+    gap = goals["US3L - naive (reference) at width 0.25 >= +1.0"]
+    tr = data["trend"]["per_seed"]["100"]
+    assert gap["value"] == pytest.approx(100 * tr["end_point"], abs=0.01)
+    assert set(tr["curve"]) == {"1", "2"} and gap["slope_points_per_epoch"] == pytest.approx(
+        100 * (tr["curve"]["2"] - tr["curve"]["1"]), abs=1e-3)  # two points: the slope is their difference
+    for text in ("raw pixels, kNN", "raw pixels, linear probe", "naive (reference)", "naive-contrastive",
+                 "0.25 trained alone", "learning curves", "collapse monitor"):
+        assert text in proc.stdout, text
+    assert max(len(ln) for ln in proc.stdout.splitlines()) <= 100
+    # the pixel figures in the JSON are the ones printed, and the PNG was written
+    assert f"{100 * data['raw_pixels']['knn']:.1f}" in proc.stdout
+    assert f"{100 * data['raw_pixels']['linear']:.1f}" in proc.stdout
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bad_sizes_exit_2(tmp_path):
@@ -70,11 +87,12 @@ def test_seeds_from_two_invocations_are_reported_together(seed_100, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(both.read_text())
     assert data["settings"]["seeds"] == 2 and data["first_seed"] == 101 and data["included"] == [str(first)]
-    assert sorted({r["seed"] for r in data["runs"]}) == [100, 101] and len(data["runs"]) == 14
+    assert sorted({r["seed"] for r in data["runs"]}) == [100, 101] and len(data["runs"]) == 10
     earlier = json.loads(first.read_text())["runs"]
     assert [r for r in data["runs"] if r["seed"] == 100] == earlier  # included as written, not re-run
     assert all(len(v) == 2 for v in data["summary"]["us3l"]["knn"].values())
     assert "2 seed(s)" in proc.stdout and "±" in proc.stdout
+    assert set(data["trend"]["per_seed"]) == {"100", "101"} and "2 seed(s)" in proc.stdout
 
 
 def test_include_with_another_protocol_exit_2(tmp_path):
