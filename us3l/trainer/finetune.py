@@ -415,14 +415,20 @@ class PerWidthHeads(nn.Module):
         """The ``format_width`` key of the head serving ``width``."""
         return format_width(nearest_head_width(width, self.widths))
 
+    def head(self, width: float) -> nn.Linear:
+        """The linear layer of ladder width ``width`` (exactly; :meth:`forward` picks the nearer one)."""
+        layer = self.heads[_mkey(width)]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
     def forward(self, features: Tensor, width: float) -> Tensor:
-        head = self.heads[_mkey(nearest_head_width(width, self.widths))]
+        head = self.head(nearest_head_width(width, self.widths))
         return sliced_logits(features, head.weight, head.bias)
 
     def state(self) -> dict[str, dict[str, Tensor]]:
         """``{format_width(w): {"weight", "bias"}}`` (a task checkpoint's ``extra["heads"]``)."""
-        return {format_width(w): {"weight": self.heads[_mkey(w)].weight.detach().cpu().clone(),
-                                  "bias": self.heads[_mkey(w)].bias.detach().cpu().clone()} for w in self.widths}
+        return {format_width(w): {"weight": self.head(w).weight.detach().cpu().clone(),
+                                  "bias": self.head(w).bias.detach().cpu().clone()} for w in self.widths}
 
 
 def _mkey(width: float) -> str:
@@ -461,7 +467,8 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     if per_width:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
-            heads = PerWidthHeads(eval_widths, [model.feature_dim(w) for w in eval_widths], k).to(device)
+            dims = [int(getattr(model, "feature_dim")(w)) for w in eval_widths]
+            heads = PerWidthHeads(eval_widths, dims, k).to(device)
     lr = cfg.lr * (FROZEN_LR_SCALE if cfg.freeze_backbone else 1.0)
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
