@@ -203,7 +203,9 @@ class FinetuneConfig:
 #: CPU-sized presets (see the module docstring).
 FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"epochs": 30, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1},
-    "fashion_mnist": {"epochs": 10, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1,
+    # 20 epochs: at 10 slimmable fine-tuning underfits (README, "Accuracy on Fashion-MNIST": 83.3 % at width
+    # 1.0 after 10 epochs, 88.5 % after 20, the max width's training loss 0.91 -> 0.78)
+    "fashion_mnist": {"epochs": 20, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1,
                       "shift": 0.1},
     "cifar": {"epochs": 100, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1, "shift": 0.125},
     # configs/cifar/resnet18_finetune_cifar.yaml: NUM_SAMPLE_TRAINING 1 (one width), EPOCHS 50, BATCH_SIZE 64,
