@@ -110,3 +110,34 @@ def test_include_of_a_file_that_is_not_ours_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--include", str(bad), "--work", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "bad.json: not a --json file" in proc.stderr
+
+
+def _module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fmnist_claims", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("fmnist_claims", mod)  # dataclasses look their module up
+    spec.loader.exec_module(sys.modules["fmnist_claims"])
+    return sys.modules["fmnist_claims"]
+
+
+def test_gap_slope_is_least_squares_over_the_last_epochs():
+    """The US3L - naive trend at 0.25: per seed, the gap per epoch and its least-squares slope over the last N."""
+    fc = _module()
+
+    def job(kind, seed, curve, end):
+        return fc.Job(kind, seed, {"knn": {0.25: end, 1.0: 0.8}, "linear": {}, "collapse": [],
+                                   "curve": [{"epoch": e, "0.25": a, "1.0": 0.8} for e, a in enumerate(curve, 1)]})
+
+    jobs = [job("us3l", 100, [0.70, 0.72, 0.75, 0.78], 0.79), job("naive", 100, [0.72, 0.73, 0.74, 0.75], 0.76),
+            job("us3l", 101, [0.70, 0.70, 0.70, 0.70], 0.70), job("naive", 101, [0.71, 0.71, 0.71, 0.71], 0.715)]
+    tr = fc.trend(jobs, last=3)
+    s100 = tr["per_seed"][100]
+    assert s100["curve"] == pytest.approx({"1": -0.02, "2": -0.01, "3": 0.01, "4": 0.03})
+    assert s100["epochs"] == [2, 3, 4] and s100["slope_per_epoch"] == pytest.approx(0.02)  # (0.03 - -0.01) / 2
+    assert s100["end_point"] == pytest.approx(0.03) and tr["per_seed"][101]["slope_per_epoch"] == pytest.approx(0.0)
+    assert tr["end_point"] == pytest.approx(0.0075) and tr["slope_per_epoch"] == pytest.approx(0.01)
+    goal = fc.goals({}, {"knn": 0.83, "linear": 0.84}, tr)[0]
+    assert not goal["met"] and goal["slope_points_per_epoch"] == pytest.approx(1.0) and "slope is positive" in goal["note"]
+    assert fc.slope({1: 0.5}, 3) is None
