@@ -132,8 +132,8 @@ class Job:
 _ORDER = {"us3l": 1 / 50.0, "naive": 1 / 60.0, "naive-contrastive": 1 / 65.0, "alone": 1 / 400.0, "random": 0.0}
 
 
-def make_jobs(seeds: int, first_seed: int = 100) -> list[Job]:
-    jobs = [Job(kind, first_seed + s) for s in range(seeds) for kind in KINDS]
+def make_jobs(seeds: int, first_seed: int = 100, kinds: tuple[str, ...] = KINDS) -> list[Job]:
+    jobs = [Job(kind, first_seed + s) for s in range(seeds) for kind in kinds]
     return sorted(jobs, key=lambda j: -_ORDER[j.kind])  # greedy LPT on the pool
 
 
@@ -448,7 +448,9 @@ def render(table: dict, raw: dict[str, float], tr: dict, goal_rows: list[dict], 
     for kind in ("random", "naive", "naive-contrastive", "us3l", "alone"):
         if kind in table:
             r = table[kind]
-            t.add_row(LABELS[kind], *(_fmt(r["knn"].get(w, [])) for w in WIDTHS),
+            n = max((len(v) for v in r["knn"].values()), default=0)
+            label = LABELS[kind] + (f" ({n} seed{'s' if n > 1 else ''})" if n != st.seeds else "")
+            t.add_row(label, *(_fmt(r["knn"].get(w, [])) for w in WIDTHS),
                       *(_fmt(r["linear"].get(w, [])) for w in LINEAR_WIDTHS))
     console.print(t)
     epochs = sorted({e for k in CURVE_KINDS if k in table for e in table[k]["curve"]})
@@ -561,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--include", type=Path, action="append", default=[],
                    help="an earlier --json of this script (same protocol) whose runs join the tables; repeatable")
     p.add_argument("--jobs", type=int, help="parallel one-thread processes (default 2)")
+    p.add_argument("--methods", help="run only these of " + ", ".join(KINDS) + " (default: all; e.g. a second seed of "
+                                     "us3l,naive, the pair the US3L - naive goal is about)")
     p.add_argument("--slope-epochs", type=int, help="epochs the US3L - naive slope is fitted over (default: the "
                                                      "last half, at least 3)")
     p.add_argument("--data-root", help="full Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
@@ -590,7 +594,14 @@ def main(argv: list[str] | None = None) -> int:
     from us3l.core.errors import US3LError
     from us3l.core.files import atomic_write_json
 
-    jobs = make_jobs(st.seeds, args.first_seed)
+    kinds = KINDS
+    if args.methods:
+        kinds = tuple(k.strip() for k in args.methods.split(",") if k.strip())
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            print(f"error: --methods {args.methods!r}: valid names are {', '.join(KINDS)}", file=sys.stderr)
+            return 2
+    jobs = make_jobs(st.seeds, args.first_seed, kinds)
     try:  # earlier runs first: a wrong file is refused before any work
         earlier = [j for path in args.include for j in included_jobs(path, st)]
         clash = {j.name for j in jobs} & {j.name for j in earlier}

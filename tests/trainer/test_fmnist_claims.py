@@ -81,13 +81,19 @@ def test_seeds_from_two_invocations_are_reported_together(seed_100, tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
         return _run(tmp_path / "w", *args)
 
+    bad = run("--methods", "us3l,fancy")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "valid names are" in bad.stderr
     clash = run("--include", str(first))  # seed 100 again
     assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "us3l_s100" in clash.stderr
-    proc = run("--first-seed", "101", "--include", str(first), "--json", str(both))
+    proc = run("--first-seed", "101", "--methods", "us3l,naive", "--include", str(first), "--json", str(both))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(both.read_text())
     assert data["settings"]["seeds"] == 2 and data["first_seed"] == 101 and data["included"] == [str(first)]
-    assert sorted({r["seed"] for r in data["runs"]}) == [100, 101] and len(data["runs"]) == 10
+    # a second seed of the pair the US3L - naive goal is about: the other rows keep their one seed
+    assert sorted({r["seed"] for r in data["runs"]}) == [100, 101] and len(data["runs"]) == 7
+    assert {r["method"] for r in data["runs"] if r["seed"] == 101} == {"us3l", "naive"}
+    assert all(len(v) == 1 for v in data["summary"]["random"]["knn"].values())
+    assert "random init (1 seed)" in proc.stdout
     earlier = json.loads(first.read_text())["runs"]
     assert [r for r in data["runs"] if r["seed"] == 100] == earlier  # included as written, not re-run
     assert all(len(v) == 2 for v in data["summary"]["us3l"]["knn"].values())
