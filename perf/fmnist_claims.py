@@ -564,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an earlier --json of this script (same protocol) whose runs join the tables; repeatable")
     p.add_argument("--jobs", type=int, help="parallel one-thread processes (default 2)")
     p.add_argument("--methods", help="run only these of " + ", ".join(KINDS) + " (default: all; e.g. a second seed of "
-                                     "us3l,naive, the pair the US3L - naive goal is about)")
+                                     "us3l,naive, the pair the US3L - naive goal is about; none: only report the "
+                                     "--include files together)")
     p.add_argument("--slope-epochs", type=int, help="epochs the US3L - naive slope is fitted over (default: the "
                                                      "last half, at least 3)")
     p.add_argument("--data-root", help="full Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
@@ -596,15 +597,20 @@ def main(argv: list[str] | None = None) -> int:
 
     kinds = KINDS
     if args.methods:
-        kinds = tuple(k.strip() for k in args.methods.split(",") if k.strip())
+        kinds = tuple(k.strip() for k in args.methods.split(",") if k.strip() and k.strip() != "none")
         bad = [k for k in kinds if k not in KINDS]
-        if bad or not kinds:
-            print(f"error: --methods {args.methods!r}: valid names are {', '.join(KINDS)}", file=sys.stderr)
+        if bad or (not kinds and not (args.methods.strip() == "none" and args.include)):
+            print(f"error: --methods {args.methods!r}: valid names are {', '.join(KINDS)}, or none with --include",
+                  file=sys.stderr)
             return 2
     jobs = make_jobs(st.seeds, args.first_seed, kinds)
     try:  # earlier runs first: a wrong file is refused before any work
         earlier = [j for path in args.include for j in included_jobs(path, st)]
-        clash = {j.name for j in jobs} & {j.name for j in earlier}
+        names = [j.name for j in earlier]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"--include files repeat run(s) {', '.join(twice)}; include each run once")
+        clash = {j.name for j in jobs} & set(names)
         if clash:
             raise ValueError(f"--include repeats runs of this invocation ({', '.join(sorted(clash))}); "
                              "choose another --first-seed")
@@ -625,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
                 atomic_write_json(args.json, {"settings": asdict(st), "estimate": est})
             return 0
         raw = raw_pixels(st)
-        if st.jobs == 1:
+        if not jobs:
+            done = []
+        elif st.jobs == 1:
             _init_worker()
             done = [run_job(j, st) for j in jobs]
         else:

@@ -94,6 +94,13 @@ def test_seeds_from_two_invocations_are_reported_together(seed_100, tmp_path):
     assert {r["method"] for r in data["runs"] if r["seed"] == 101} == {"us3l", "naive"}
     assert all(len(v) == 1 for v in data["summary"]["random"]["knn"].values())
     assert "random init (1 seed)" in proc.stdout
+    # --methods none: the two files reported together, nothing trained
+    again = tmp_path / "again.json"
+    proc = run("--methods", "none", "--include", str(first), "--include", str(both), "--json", str(again))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "repeat run(s) alone_s100" in proc.stderr
+    proc = run("--methods", "none", "--include", str(both), "--json", str(again))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(again.read_text())["runs"] == data["runs"] and "2 seed(s)" in proc.stdout
     earlier = json.loads(first.read_text())["runs"]
     assert [r for r in data["runs"] if r["seed"] == 100] == earlier  # included as written, not re-run
     assert all(len(v) == 2 for v in data["summary"]["us3l"]["knn"].values())
