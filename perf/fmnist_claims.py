@@ -150,8 +150,49 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
-def run_job(job: Job, st: Settings) -> Job:
-    """Train (unless random), evaluate per width, collect the collapse scores and the learning curve."""
+#: TrainConfig fields a continued run may change (runtime only); the learning-curve settings are protocol here
+RESUME_RUNTIME = ("resume", "overwrite", "out_dir", "device", "log_interval", "fail_on_collapse", "threads",
+                  "tensorboard", "channels_last", "workers", "prefetch", "on_bad_image")
+
+
+def held_epochs(job: Job, st: Settings, resume: bool) -> int | None:
+    """Epochs the checkpoint of ``job`` in ``--work`` holds (None: no earlier run there).
+
+    Raises:
+        ValueError: (one line) an earlier run is there without ``resume``, or its configuration
+            differs from this protocol's in anything but runtime settings.
+    """
+    from us3l.core.checkpoint import load_checkpoint
+    from us3l.core.errors import US3LError
+    from us3l.trainer.config import TrainConfig
+
+    out = Path(st.work) / "runs" / job.name
+    if job.kind == "random" or not (out.exists() and any(out.iterdir())):
+        return None
+    ckpt_path = out / "checkpoint.pt"
+    if not resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue or evaluate it, or choose another --work")
+    if not ckpt_path.is_file():
+        raise ValueError(f"{out} holds no checkpoint.pt (a run stopped before its first epoch); remove that folder")
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+        saved = TrainConfig.from_dict(dict(ckpt.train_config or {})).to_dict()
+    except (US3LError, TypeError, ValueError) as exc:
+        raise ValueError(f"--resume {ckpt_path}: {exc}") from None
+    mine = st.train_config(job.method, job.seed, job.width, out).resolved(gray=st.augmentation == "gray").to_dict()
+    diff = [f"{k} {saved.get(k)!r} vs {v!r}" for k, v in mine.items() if k not in RESUME_RUNTIME and saved.get(k) != v]
+    if diff:
+        raise ValueError(f"--resume {out}: its configuration differs from this protocol's ({'; '.join(diff)})")
+    return int(ckpt.epoch or 0)
+
+
+def run_job(job: Job, st: Settings, resume: bool = False) -> Job:
+    """Train (unless random), evaluate per width, collect the collapse scores and the learning curve.
+
+    ``resume``: a checkpoint of this run in ``--work`` that holds the protocol's epochs is evaluated
+    without training; a shorter one continues training from it (the trainer's own resume: the same
+    weights, optimiser, schedule and RNG state; metrics.jsonl keeps its earlier curve records).
+    """
     import torch
 
     from us3l.core.checkpoint import Checkpoint, load_checkpoint
@@ -163,6 +204,7 @@ def run_job(job: Job, st: Settings) -> Job:
     out = Path(st.work) / "runs" / job.name
     t0 = time.perf_counter()
     curve: list[dict] = []
+    held: int | None = None
     if job.kind == "random":
         cfg = st.train_config("us3l", job.seed, None, out).replace(eval_every=0)
         trainer = Trainer(cfg)  # seeded initial weights, no training
@@ -172,7 +214,11 @@ def run_job(job: Job, st: Settings) -> Job:
         del trainer
     else:
         cfg = st.train_config(job.method, job.seed, job.width, out)
-        ckpt = load_checkpoint(run_training(cfg))
+        held = held_epochs(job, st, resume) if resume else None
+        if held is not None and held >= cfg.epochs:
+            ckpt = load_checkpoint(out / "checkpoint.pt")  # trained already: evaluate only
+        else:
+            ckpt = load_checkpoint(run_training(cfg.replace(resume=held is not None)))
         records = _records(out)
         collapse = records[-1].get("collapse", []) if records else []
         curve = [{"epoch": r["epoch"], **r["knn"], "knn_s": r.get("knn_s")} for r in records if "knn" in r]
@@ -193,6 +239,8 @@ def run_job(job: Job, st: Settings) -> Job:
             lin[w] = row["linear"]
     job.result = {"knn": knn, "linear": lin, "collapse": collapse, "curve": curve, "train_s": round(train_s, 1),
                   "eval_s": round(time.perf_counter() - t1, 1)}
+    if held is not None:
+        job.result["resumed_from_epoch"] = held  # train_s is this invocation's share only
     return job
 
 
@@ -224,7 +272,12 @@ def raw_pixels(st: Settings) -> dict[str, float]:
     import torch
 
     from us3l.core.data import load_split
-    from us3l.trainer.probes import KNN_TEMPERATURE, LINEAR_PRESETS, knn_accuracy, linear_probe_accuracy
+    from us3l.trainer.probes import (
+        KNN_TEMPERATURE,
+        LINEAR_PRESETS,
+        knn_accuracy,
+        linear_probe_accuracy,
+    )
 
     x, y = load_split(st.spec, "train")
     xt, yt = load_split(st.spec, "test")
@@ -255,7 +308,12 @@ def estimate(st: Settings, budget_min: float, steps: int = 3) -> dict:
     from us3l.core.data import load_split
     from us3l.core.models import get_model
     from us3l.trainer.loop import Trainer
-    from us3l.trainer.probes import LINEAR_PRESETS, extract_features, knn_accuracy, linear_probe_accuracy
+    from us3l.trainer.probes import (
+        LINEAR_PRESETS,
+        extract_features,
+        knn_accuracy,
+        linear_probe_accuracy,
+    )
 
     torch.set_num_threads(1)
     n_steps = max(1, st.train_size // st.batch_size)
@@ -570,6 +628,10 @@ def main(argv: list[str] | None = None) -> int:
                                                      "last half, at least 3)")
     p.add_argument("--data-root", help="full Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--work", help="folder for the subset and checkpoints (default: a temp folder)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the runs found in --work: one whose checkpoint holds the epochs is evaluated "
+                        "without training, a shorter one resumes training from it (its curve kept); a run whose "
+                        "configuration differs from the protocol is refused")
     p.add_argument("--tiny", action="store_true", help="smoke run: 128/64 images, 2 epochs of 1 step, 1 job")
     p.add_argument("--estimate", action="store_true", help="time a few steps per job and predict the wall time")
     p.add_argument("--budget-minutes", type=float, default=60.0, help="wall-time budget for --estimate (default 60)")
@@ -617,6 +679,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.estimate:
+        try:  # runs already in --work: refused without --resume, checked against the protocol with it
+            held = {j.name: h for j in jobs if (h := held_epochs(j, st, args.resume)) is not None}
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for name, h in held.items():
+            print(f"{name}: checkpoint holds {h} of {st.epochs} epoch(s): "
+                  + ("evaluating it" if h >= st.epochs else f"resuming training at epoch {h + 1}"), flush=True)
     start = time.perf_counter()
     try:
         write_fashion_mnist_subset(st.subset_root, st.train_size, st.test_size, st.data_root)
@@ -635,10 +706,10 @@ def main(argv: list[str] | None = None) -> int:
             done = []
         elif st.jobs == 1:
             _init_worker()
-            done = [run_job(j, st) for j in jobs]
+            done = [run_job(j, st, args.resume) for j in jobs]
         else:
             with ProcessPoolExecutor(st.jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-                futures = {pool.submit(run_job, j, st): i for i, j in enumerate(jobs)}
+                futures = {pool.submit(run_job, j, st, args.resume): i for i, j in enumerate(jobs)}
                 finished: dict[int, Job] = {}
                 for fut in as_completed(futures):  # one progress line per finished job
                     finished[futures[fut]] = fut.result()

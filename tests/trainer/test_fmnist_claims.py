@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
 
 def _run(work: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--work", str(work), *args],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+                          check=False, capture_output=True, text=True, timeout=300, env=ENV)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_tiny_comparison_writes_the_table_and_json(seed_100):
 
 def test_bad_sizes_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--epochs", "0", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "must be >= 1" in proc.stderr
 
 
@@ -112,7 +113,7 @@ def test_include_with_another_protocol_exit_2(tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"settings": {"train_size": 10_000, "test_size": 2000, "epochs": 4}, "runs": []}))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--include", str(other), "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "protocol differs" in proc.stderr
     assert "train_size 10000 vs 128" in proc.stderr
 
@@ -121,7 +122,7 @@ def test_include_of_a_file_that_is_not_ours_exit_2(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("not json")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--include", str(bad), "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "bad.json: not a --json file" in proc.stderr
 
 
@@ -154,3 +155,49 @@ def test_gap_slope_is_least_squares_over_the_last_epochs():
     goal = fc.goals({}, {"knn": 0.83, "linear": 0.84}, tr)[0]
     assert not goal["met"] and goal["slope_points_per_epoch"] == pytest.approx(1.0) and "slope is positive" in goal["note"]
     assert fc.slope({1: 0.5}, 3) is None
+
+
+@pytest.mark.slow
+def test_resume_evaluates_finished_runs_and_continues_shorter_ones(tmp_path):
+    """--resume: a run stopped after epoch 1 of 2 continues from its checkpoint (its curve kept) and
+    ends where an uninterrupted run ends; a finished run is evaluated without training; without
+    --resume, or under another protocol, the runs in --work are refused in one line."""
+    fc = _module()
+    work = tmp_path / "w"
+    st = replace(fc.Settings(train_size=128, test_size=64, epochs=2, batch_size=32, max_steps_per_epoch=1,
+                             calib_batches=1, jobs=1, linear_epochs=2, eval_images=32, eval_bank=64), work=str(work))
+    from us3l.core.data import write_fashion_mnist_subset
+    from us3l.trainer.loop import Trainer
+
+    write_fashion_mnist_subset(st.subset_root, st.train_size, st.test_size, None)
+    job = fc.Job("us3l", 100)
+    Trainer(st.train_config(job.method, 100, None, work / "runs" / job.name)).fit(until_epoch=1)  # "killed" after 1
+    assert fc.held_epochs(job, st, True) == 1
+
+    refused = _run(work, "--methods", "us3l")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "pass --resume" in refused.stderr
+    other = _run(work, "--methods", "us3l", "--resume", "--epochs", "3")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "epochs 1 vs 3" not in other.stderr
+    assert "configuration differs" in other.stderr and "epochs 2 vs 3" in other.stderr
+
+    first = tmp_path / "first.json"
+    proc = _run(work, "--methods", "us3l", "--resume", "--json", str(first))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "us3l_s100: checkpoint holds 1 of 2 epoch(s): resuming training at epoch 2" in proc.stdout
+    run = json.loads(first.read_text())["runs"][0]
+    assert run["resumed_from_epoch"] == 1 and [p["epoch"] for p in run["curve"]] == [1, 2]
+
+    # the same run uninterrupted (another --work): the same curve and the same accuracies
+    straight = tmp_path / "straight.json"
+    proc = _run(tmp_path / "w2", "--methods", "us3l", "--json", str(straight))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ref = json.loads(straight.read_text())["runs"][0]
+    assert run["curve"] == [{**p, "knn_s": q["knn_s"]} for p, q in zip(ref["curve"], run["curve"])]
+    assert run["knn"] == ref["knn"] and run["linear"] == ref["linear"]
+
+    # finished: evaluated only, the same numbers again
+    again = tmp_path / "again.json"
+    proc = _run(work, "--methods", "us3l", "--resume", "--json", str(again))
+    assert proc.returncode == 0 and "holds 2 of 2 epoch(s): evaluating it" in proc.stdout
+    rerun = json.loads(again.read_text())["runs"][0]
+    assert rerun["resumed_from_epoch"] == 2 and rerun["knn"] == run["knn"] and rerun["curve"] == run["curve"]
