@@ -35,7 +35,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fmnist_claims as fc  # noqa: E402  (the shared protocol, tables and plot)
+import fmnist_claims as fc  # the shared protocol, tables and plot
 
 METHODS = ("us3l", "naive", "naive-contrastive")
 RECIPE_LR, RECIPE_BATCH = 0.1, 128
@@ -87,7 +87,7 @@ def estimate(pool, st: fc.Settings, seconds: float, minutes: float) -> dict:
     per_epoch = {r["kind"]: st.train_size / r["img_per_s"] + (r["curve_point_s"] if st.eval_every else 0.0)
                  for r in rows}
     slowest = max(per_epoch.values())
-    epochs = max(1, int(math.floor(minutes * 60 / slowest)))
+    epochs = max(1, math.floor(minutes * 60 / slowest))
     return {"img_per_s": {r["kind"]: round(r["img_per_s"], 1) for r in rows},
             "curve_point_s": {r["kind"]: round(r["curve_point_s"], 2) for r in rows},
             "epoch_s": {k: round(v, 2) for k, v in per_epoch.items()}, "seconds": seconds,

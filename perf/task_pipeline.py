@@ -34,7 +34,8 @@ import threading
 import time
 from pathlib import Path
 
-from perf.data_pipeline import _tree_memory, make_jpegs
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts, however this one is started
+from data_pipeline import _tree_memory, make_jpegs  # noqa: E402
 
 GOALS = {"finetune_ratio_max": 1.10, "eval_ratio_max": 1.10}
 

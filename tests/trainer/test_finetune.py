@@ -127,7 +127,9 @@ def test_per_width_heads_are_the_default_one_per_ladder_width(ssl_ckpt, tmp_path
     assert {k: tuple(v["weight"].shape) for k, v in heads.items()} == {"0.25": (10, 32), "0.5": (10, 64), "1.0": (10, 128)}
     assert not any(k.startswith("fc.") for k in task.model)  # the backbone alone: no shared fc
     assert [(r["width"], r["head"]) for r in out.rows] == [(0.25, "0.25"), (0.5, "0.5"), (1.0, "1.0")]
-    assert json.loads(out.accuracy_path.read_text())["protocol"]["head"] == "per-width"
+    table = json.loads(out.accuracy_path.read_text())["results"]  # format 2: each row says how it was measured
+    assert [(r["width"], r["head"], r["details"]["head"]) for r in table] == [
+        (0.25, "0.25", "per-width"), (0.5, "0.5", "per-width"), (1.0, "1.0", "per-width")]
     # in between: the nearer head (a tie goes to the narrower), reading the first min(D_w, D_head) features
     assert choose_head(task, 0.3) == {"kind": "per-width", "width": "0.25", "rule": "nearest"}
     assert choose_head(task, 0.75)["width"] == "0.5" and choose_head(task, 0.8)["width"] == "1.0"

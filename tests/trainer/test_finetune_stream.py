@@ -59,6 +59,9 @@ def test_image_folder_finetune_streams_and_workers_do_not_change_the_result(fold
     assert a.extra["task"]["classes"] == ["a", "b"] and a.extra["task"]["input_size"] == 16
     assert a.train_config["finetune"]["augment"] == "auto" and a.bank_widths() == [0.25, 1.0]
     assert "skipping bad image" in caplog.text  # the corrupt / truncated / bomb files of train/
+    # a notice, not an error: the SSL checkpoint was trained on digits
+    assert runs[0].notices == [f"fine-tuning on imagefolder ({folder.name}) at 16 px, while the SSL checkpoint was "
+                               "trained on digits at 16 px: its features were learned on other images"]
     # fail: one line naming the file
     with pytest.raises(DataError, match="bad image .*(corrupt|truncated|bomb)"):
         run_finetune(FinetuneConfig(out_dir=str(tmp_path / "fail"), workers=0, on_bad_image="fail",
@@ -113,3 +116,47 @@ def test_digits_finetune_with_crop_augmentation(ssl_ckpt, tmp_path):
     out = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path), augment="crop",
                                       crop_scale_min=0.5, **TINY))
     assert [r["width"] for r in out.rows] == [0.25, 1.0] and all(0 <= r["top1"] <= 1 for r in out.rows)
+
+
+def test_api_calibration_on_an_image_folder_streams(folder, ssl_ckpt, monkeypatch):
+    from us3l.api import load
+
+    _no_whole_split(monkeypatch)
+    model = load(ssl_ckpt)
+    model.calibrate(0.5, f"imagefolder:{folder}", batches=2, batch_size=4)
+    assert 0.5 in model.calibrated_widths()
+
+
+def test_a_width_below_the_ssl_knn_is_a_notice(ssl_ckpt, tmp_path):
+    import json
+
+    from us3l.core.checkpoint import load_checkpoint
+
+    ssl = tmp_path / "ssl" / "checkpoint.pt"
+    ssl.parent.mkdir()
+    ssl.write_bytes(ssl_ckpt.read_bytes())
+    digest = load_checkpoint(ssl).content_hash
+    (ssl.parent / "accuracy.json").write_text(json.dumps({"format": 2, "checkpoint": digest, "results": [
+        {"width": w, "knn": 0.999, "protocol": "knn", "outputs": "features", "source": "pytorch", "sha256": digest,
+         "precision": "fp32", "details": {"dataset": {"name": "digits"}}} for w in (0.25, 1.0)]}))
+    out = run_finetune(FinetuneConfig(checkpoint=str(ssl), out_dir=str(tmp_path / "ft"), **TINY))
+    assert out.notices == [f"width {w}: fine-tuned top-1 {100 * r['top1']:.1f} % is below the SSL checkpoint's kNN "
+                           "99.9 % at that width (under-trained? try more --epochs)"
+                           for w, r in zip(("0.25", "1.0"), out.rows)]
+    same = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path / "plain"), **TINY))
+    assert same.notices == []  # same data, no kNN table beside it: nothing to say
+
+
+def test_rows_fill_one_block_in_order_and_overflow_is_kept():
+    from us3l.trainer.probes import RowBlock
+
+    rows = RowBlock(5)  # the stream said 5 images; one bad file gives 4, a miscount gives more
+    rows.add(torch.ones(2, 3), torch.tensor([0, 1]))
+    rows.add(torch.full((2, 3), 2.0), torch.tensor([2, 3]))
+    f, y = rows.result()
+    assert f.shape == (4, 3) and y.tolist() == [0, 1, 2, 3] and rows.block is not None
+    rows.add(torch.full((3, 3), 3.0), torch.tensor([4, 5, 6]))  # past the total: kept after the block
+    f, y = rows.result()
+    assert y.tolist() == [0, 1, 2, 3, 4, 5, 6] and f[-1, 0] == 3.0
+    with pytest.raises(DataError, match="no readable images"):
+        RowBlock(3).result()

@@ -1,6 +1,9 @@
-"""The library calls behind the CLI: ``train``, ``evaluate``, ``widths``, ``export``, ``bench``,
-``import_reference`` and ``load``. Each ``us3l`` command parses its flags and calls exactly one of
-these; the CLI only renders the typed result (one code path).
+"""The library calls behind the CLI: ``train``, ``evaluate``, ``widths``, ``export``, ``bench`` (and,
+from :mod:`us3l.api.tasks`, ``finetune``, ``predict``, ``pack``). Each ``us3l`` command parses its
+flags and calls exactly one of these; the CLI only renders the typed result (one code path).
+``load`` and ``import_reference`` return a :class:`~us3l.api.model.SlimmableModel` and live beside
+it in :mod:`us3l.api.model`, which calls these verbs; a model passed in here is taken by what it
+has (:class:`InMemoryModel`), so the two modules do not import each other.
 
 Every long function reports progress through ``progress``: a callback ``progress(done, total,
 message)`` (``total`` is ``None`` while unknown), ``True`` for a rich bar on stderr, or ``None``.
@@ -13,9 +16,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..core.errors import CheckpointError, ConfigError
 from .progress import ProgressArg, resolve_progress
@@ -27,25 +30,22 @@ if TYPE_CHECKING:
     from us3l.exporters import ExportResult
     from us3l.trainer.config import TrainConfig
 
-    from .model import SlimmableModel
-
 PathLike = Union[str, "os.PathLike[str]"]
-Source = Union[PathLike, "SlimmableModel"]
 
 
-def load(checkpoint: PathLike) -> SlimmableModel:
-    """Load a checkpoint as a :class:`~us3l.api.model.SlimmableModel`.
+class InMemoryModel(Protocol):
+    """What the verbs use of a :class:`~us3l.api.model.SlimmableModel` given as a source."""
 
-    Raises:
-        CheckpointError: missing, corrupt, foreign or code-carrying file (one line).
+    network: nn.Module
+    checkpoint: Any
+    path: Path | None
+    seed: int
 
-    Examples:
-        >>> model = load("runs/us3l/checkpoint.pt")            # doctest: +SKIP
-        >>> model.calibrate(0.35).slice(0.35)                  # doctest: +SKIP
-    """
-    from .model import SlimmableModel
+    @property
+    def arch(self) -> str: ...
 
-    return SlimmableModel.load(checkpoint)
+
+Source = Union[PathLike, InMemoryModel]
 
 
 def _width_text(widths: str | Sequence[float] | None) -> str | None:
@@ -72,6 +72,9 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
         raise ConfigError(f"source {source!r} is invalid; valid: a checkpoint path, an architecture name or a SlimmableModel")
     path = Path(source)
     if path.is_file() or (path / "config.json").is_file():  # a checkpoint file or a packed model directory
+        from ..core.files import check_torch_file
+
+        check_torch_file(path)  # a text file is said to be one before torch is even imported
         return path, arch, None
     from ..core.models import list_models
 
@@ -90,13 +93,15 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
 
 
 def train(config: TrainConfig | None = None, *, recipe: str | None = None, progress: ProgressArg = None,
-          **overrides: Any) -> TrainResult:
+          notify: Callable[[str], None] | None = None, **overrides: Any) -> TrainResult:
     """US3L self-supervised training of one universally slimmable checkpoint.
 
     Args:
         config: a full :class:`us3l.trainer.config.TrainConfig`; default: the ``recipe`` preset.
         recipe: preset name (``digits`` when neither is given; see ``us3l train --list-recipes``).
         progress: a callback ``progress(done, total, message)`` per training step, or ``True`` for a rich bar.
+        notify: a callback for one-line notices before training: where a resumed run continues
+            (``resuming runs/us3l/checkpoint.pt at epoch 4 of 13``) or that it is already complete.
         overrides: :class:`~us3l.trainer.config.TrainConfig` fields to change (``None`` values are
             ignored), e.g. ``epochs=2, out_dir="runs/demo"``.
 
@@ -113,36 +118,53 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, progr
     if config is not None and recipe is not None:
         raise ConfigError("give a TrainConfig or a recipe name, not both")
     cfg = (config or get_recipe(recipe or "digits")).replace(**overrides)
+    started = {"epoch": 0}
+
+    def on_start(start_epoch: int, epochs: int) -> None:
+        started["epoch"] = start_epoch
+        if notify is None or not cfg.resume:
+            return
+        ckpt = Path(cfg.out_dir) / "checkpoint.pt"
+        if start_epoch >= epochs:
+            notify(f"{ckpt} is complete ({start_epoch} of {epochs} epochs); nothing to train")
+        else:
+            notify(f"resuming {ckpt} at epoch {start_epoch + 1} of {epochs}")
+
     with resolve_progress(progress, f"training {cfg.arch} on {cfg.data}") as report:
-        path = run_training(cfg, report)
-    return TrainResult.from_run(Path(path))
+        path = run_training(cfg, report, on_start)
+    return TrainResult.from_run(Path(path), started["epoch"])
 
 
 # ---------------------------------------------------------------------------- evaluate
 
 
-def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *, method: str = "knn",
+def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *, method: str | None = None,
              dataset: str | None = None, data_root: PathLike | None = None, image_size: int | None = None,
              calib_batches: int = 50, batch_size: int = 256, knn_k: int | None = None, linear_preset: str = "fast",
              store_bn: bool = False, device: str = "cpu", progress: ProgressArg = None,
-             artifacts: Sequence[PathLike] = (), workers: int | None = None) -> EvalResult:
+             artifacts: Sequence[PathLike] = (), workers: int | None = None, out: PathLike | None = None,
+             threads: int = 0) -> EvalResult:
     """Accuracy per width: BN recalibration on training images at each width, then kNN and/or a linear probe.
 
-    Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it).
+    Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it), or ``out``.
 
     Args:
         checkpoint: the checkpoint file (or a saved :class:`SlimmableModel`).
         widths: a list/range text or floats (default: 0.25/0.5/0.75/1.0 within the range).
-        method: ``knn``, ``linear`` or ``both``.
+        method: ``top1`` (a task checkpoint's classifier: the default for one), ``knn`` (the default
+            otherwise), ``linear`` or ``both`` (the backbone's features).
         dataset / data_root / image_size: evaluation data (default: the checkpoint's training set).
         calib_batches / batch_size: BN recalibration batches and the inference batch size.
         knn_k: neighbours (default 20, or 200 on sets of 10 000+ images).
         linear_preset: ``fast`` or ``cifar`` (docs/method.md §11's recipe).
         store_bn: keep the calibrated statistics in the checkpoint's BN bank (rewrites the file atomically).
         device: torch device.
-        artifacts: exported ONNX files (FP32/FP16/INT8) of this checkpoint to measure in ONNX Runtime
-            instead of the PyTorch widths; their rows are keyed by the artifact's precision.
+        artifacts: exported ONNX files (FP32/FP16/INT8; features, logits or probs) of this checkpoint to
+            measure in ONNX Runtime instead of the PyTorch widths; each row records the file's sha256.
         workers: loader processes decoding image files (default: from the CPU count).
+        out: the accuracy table to write (default: ``accuracy.json`` beside the checkpoint; ``bench``
+            reads it from there, or from ``accuracy=``).
+        threads: CPU threads (0: auto, one per CPU other processes leave idle; :mod:`us3l.core.threads`).
 
     Raises:
         CheckpointError, DataError, WidthError, ConfigError: one-line user errors.
@@ -157,7 +179,8 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
     cfg = EvalConfig(checkpoint=str(path), widths=_width_text(widths), method=method, dataset=dataset,
                      data_root=str(data_root) if data_root is not None else None, image_size=image_size,
                      calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k, linear_preset=linear_preset,
-                     store_bn=store_bn, device=device, artifacts=tuple(str(a) for a in artifacts), workers=workers)
+                     store_bn=store_bn, device=device, artifacts=tuple(str(a) for a in artifacts), workers=workers,
+                     out=str(out) if out is not None else None, threads=threads)
     done = 0
     with resolve_progress(progress, "evaluating") as report:
 
@@ -167,14 +190,14 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
 
             done += what == "done"
             if report:
-                report(done, None, f"width {format_width(width)}: {what}")
+                report(done, None, f"width {format_width(width)}: {what}" if width else what)
 
-        out = run_eval(cfg, stage)
-    result = EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
-    if out.classifier is not None:
+        done_eval = run_eval(cfg, stage)
+    result = EvalResult.from_rows(path, done_eval.checkpoint_hash, done_eval.accuracy_path, done_eval.protocol, done_eval.rows)
+    if done_eval.classifier is not None:
         import dataclasses
 
-        result = dataclasses.replace(result, classifier=out.classifier)
+        result = dataclasses.replace(result, classifier=done_eval.classifier)
     return result
 
 
@@ -197,14 +220,14 @@ def width_infos(network: nn.Module, widths: Sequence[float], snap: int) -> list[
 
 
 def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, snap: int = 8,
-           input_size: int | None = None) -> list[WidthInfo]:
+           image_size: int | None = None) -> list[WidthInfo]:
     """Channels, MACs, parameters and aliases per width of an architecture or a checkpoint's network.
 
     Args:
         source: an architecture name (``us_resnet18_cifar``), a checkpoint file or a :class:`SlimmableModel`.
         widths: a list/range text or floats, validated against the network's range.
         snap: channel divisor (8 is the method's rule; 16/32 snap channels for hardware).
-        input_size: input resolution for the MAC count (architectures only; default: the architecture's).
+        image_size: input side in pixels for the MAC count (architectures only; default: the architecture's).
 
     Raises:
         UnknownNameError / ConfigError / WidthError: bad architecture, divisor or widths.
@@ -219,7 +242,7 @@ def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, s
 
     if snap < 1:
         raise ConfigError(f"snap must be a positive channel divisor, got {snap}; valid: 8, 16, 32")
-    check_number("--input-size", input_size, minimum=4, integer=True)
+    check_number("--image-size", image_size, minimum=4, integer=True)
     path, arch, model = _resolve_source(source, None)
     if model is not None:
         network = model.network
@@ -230,7 +253,7 @@ def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, s
     else:
         from ..core.models import get_model
 
-        network = get_model(str(arch), **({"input_size": input_size} if input_size else {}))
+        network = get_model(str(arch), **({"input_size": image_size} if image_size else {}))
     lo, hi = network.width_range
     values = parse_widths(widths if isinstance(widths, str) else list(widths), lo, hi)
     return width_infos(network, values, snap)
@@ -251,7 +274,7 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
         format: ``onnx``, ``trt`` (alias ``engine``) or ``pt2`` (torch.export).
         out: output directory (created only when every width passed its parity gate).
         options: other :class:`us3l.exporters.ExportConfig` fields: ``batch``, ``opset``, ``snap``,
-            ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``input_size``,
+            ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``image_size``,
             ``name``, ``simplify``, ``force``, TensorRT build options.
 
     Returns:
@@ -299,7 +322,9 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
         devices_file / accuracy: explicit profiles file and accuracy table.
         options: other :class:`us3l.benchmarks.BenchConfig` fields: ``runner``, ``precision``, ``threads``,
             ``duration_s``, ``iterations``, ``warmup_ms``, ``rounds``, ``idle_gap_ms``, ``search``,
-            ``power_modes``, ``accept_new_host_key``, ``force``, ``snap``, ``plot``, ``lut``.
+            ``power_modes``, ``accept_new_host_key``, ``force``, ``snap``, ``plot``, ``lut``,
+            ``outputs`` (``features``/``logits``/``probs``; default logits for a task checkpoint) and
+            ``measure_accuracy`` (evaluate each timed file without a row in the accuracy table).
 
     Raises:
         UnknownNameError, ConfigError, RemoteError, BackendUnavailableError, WidthError: one-line user errors.
@@ -317,30 +342,20 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
                       accuracy=Path(accuracy) if accuracy is not None else None,
                       out_dir=Path(out) if out is not None else None, **options)
     with resolve_progress(progress, f"measuring on {device}") as report:
-        result = run_bench(cfg, progress=report)
+        result = run_bench(cfg, progress=report, measure_accuracy=_measure_accuracy if cfg.measure_accuracy else None)
     return BenchResult.from_report(result.report, result.paths)
 
 
-# ---------------------------------------------------------------------------- import
+def _measure_accuracy(checkpoint: Path, files: list[Path], widths: list[float], table: Path) -> None:
+    """``bench --measure-accuracy``: the evaluator (trainer room) measures the timed files (or, for
+    the torch runner, the PyTorch widths) on the checkpoint's data and merges rows into ``table``."""
+    from us3l.trainer.evaluate import EvalConfig, run_eval
 
-
-def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None,
-                     calibrated_width: float | None = None) -> SlimmableModel:
-    """Convert a reference US3L checkpoint (``*.pth.tar``) into ours, save it at ``out`` and load it.
-
-    Keeps the online encoder; drops the momentum encoder, projector and predictors. With
-    ``calibrated_width`` the file's BN statistics enter the bank for that width unchanged.
-
-    Raises:
-        CheckpointError: unreadable file or keys that do not map (listed). ConfigError: unsupported arch.
-    """
-    from us3l.exporters import ImportConfig
-    from us3l.exporters import import_reference as run_import
-
-    from .model import SlimmableModel
-
-    ckpt = run_import(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
-    return SlimmableModel(ckpt.build_model(), ckpt, out)
+    if files:
+        run_eval(EvalConfig(checkpoint=str(checkpoint), artifacts=tuple(str(f) for f in files), out=str(table)))
+    if widths:
+        run_eval(EvalConfig(checkpoint=str(checkpoint), widths=",".join(repr(float(w)) for w in widths),
+                            out=str(table)))
 
 
 # ---------------------------------------------------------------------------- task models (us3l.api.tasks)

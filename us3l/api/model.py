@@ -187,6 +187,14 @@ class SlimmableModel:
         size = self.input_size
         if data is None or isinstance(data, str):
             spec = self._dataset(data)
+            from us3l.trainer.pipeline import EvalStream, is_streamed
+
+            if is_streamed(spec):  # image files: decoded batch by batch (the one decoder), never held whole
+                stream = EvalStream(spec, "train", batch_size, workers=0)
+                order = torch.randperm(len(stream), generator=torch.Generator().manual_seed(self.seed))
+                for batch_images, _ in stream.subset(order):
+                    yield resize_images(batch_images, size)
+                return
             images, _ = load_split(spec, "train", resize=False)
             if images.shape[1] == self.in_chans:
                 order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
@@ -330,3 +338,36 @@ class SlimmableModel:
     def _one_width(self, width: float) -> float:
         values = self._resolve([float(width)])
         return values[0]
+
+
+# ---------------------------------------------------------------------------- load and import
+
+
+def load(checkpoint: PathLike) -> SlimmableModel:
+    """Load a checkpoint as a :class:`~us3l.api.model.SlimmableModel`.
+
+    Raises:
+        CheckpointError: missing, corrupt, foreign or code-carrying file (one line).
+
+    Examples:
+        >>> model = load("runs/us3l/checkpoint.pt")            # doctest: +SKIP
+        >>> model.calibrate(0.35).slice(0.35)                  # doctest: +SKIP
+    """
+    return SlimmableModel.load(checkpoint)
+
+
+def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None,
+                     calibrated_width: float | None = None) -> SlimmableModel:
+    """Convert a reference US3L checkpoint (``*.pth.tar``) into ours, save it at ``out`` and load it.
+
+    Keeps the online encoder; drops the momentum encoder, projector and predictors. With
+    ``calibrated_width`` the file's BN statistics enter the bank for that width unchanged.
+
+    Raises:
+        CheckpointError: unreadable file or keys that do not map (listed). ConfigError: unsupported arch.
+    """
+    from us3l.exporters import ImportConfig
+    from us3l.exporters import import_reference as run_import
+
+    ckpt = run_import(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
+    return SlimmableModel(ckpt.build_model(), ckpt, out)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from us3l.core.errors import ConfigError
 
+from us3l.core.precision import PRECISIONS, Precision  # noqa: F401  (PRECISIONS: re-exported)
+
 from .stats import METRICS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,13 @@ class BenchConfig:
         force: re-export and re-measure even when cached.
         out_dir: reports and artifacts (``None``: ``./us3l-bench`` with the LUT in the user cache).
         lut: explicit lookup-table file; snap: channel divisor; plot: write the PNG.
+        max_cov / max_tail: a row whose coefficient of variation or p95/p50 exceeds these is
+            re-measured once, and marks the run unstable if it stays noisy
+            (:mod:`us3l.benchmarks.stability`).
+        outputs: what is exported and timed: ``features``, ``logits`` or ``probs`` (``None``: logits
+            for a task checkpoint, features otherwise).
+        measure_accuracy: evaluate every timed file that the accuracy table has no row for, on the
+            checkpoint's data, before timing (rows merged into the table).
     """
 
     checkpoint: Path | None = None
@@ -64,6 +72,10 @@ class BenchConfig:
     lut: Path | None = None
     snap: int = 8
     plot: bool = True
+    max_cov: float = 0.5
+    max_tail: float = 2.0
+    outputs: str | None = None
+    measure_accuracy: bool = False
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.arch is None):
@@ -73,11 +85,7 @@ class BenchConfig:
         if self.metric not in METRICS:
             raise ConfigError(f"metric {self.metric!r} is invalid; valid: {', '.join(METRICS)}")
         if self.precision is not None:
-            parts = [p.strip() for p in str(self.precision).split(",")]
-            bad = [p for p in parts if p not in PRECISIONS]
-            if bad or not parts:
-                raise ConfigError(f"precision {self.precision!r} is invalid; valid: {', '.join(PRECISIONS)} "
-                                  "or a list such as fp32,int8")
+            Precision.parse_list(self.precision, "precision")
         from us3l.core.checks import check_number
 
         check_number("--remeasure", self.remeasure, minimum=0, integer=True)
@@ -88,23 +96,28 @@ class BenchConfig:
         check_number("--rounds", self.rounds, minimum=1, integer=True)
         check_number("--idle-gap-ms", self.idle_gap_ms, minimum=0, maximum=3600e3)
         check_number("--search-step", self.search_step, minimum=0, exclusive=True)
+        if self.outputs is not None and self.outputs not in ("features", "logits", "probs"):
+            raise ConfigError(f"--outputs {self.outputs!r} is invalid; valid: features, logits, probs")
         if self.snap not in (8, 16, 32):
             raise ConfigError(f"--snap {self.snap} is not supported; valid: 8, 16, 32")
         if self.search and self.budget_ms is None:
             raise ConfigError("--search needs --budget-ms")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        from us3l.core.threads import check_threads
+
+        check_threads(self.threads)
+        check_number("--max-cov", self.max_cov, minimum=0, exclusive=True)
+        check_number("--max-tail", self.max_tail, minimum=1, exclusive=True)
         if not 0 < self.search_step <= 0.25:
             raise ConfigError(f"search step must be in (0, 0.25], got {self.search_step}")
         if self.search and len(self.precisions or ()) > 1:
             raise ConfigError("--search bisects widths at one precision; give one --precision with --search")
 
     @property
-    def precisions(self) -> tuple[str, ...] | None:
+    def precisions(self) -> tuple[Precision, ...] | None:
         """The requested precisions in order (``None``: the device's)."""
         if self.precision is None:
             return None
-        return tuple(dict.fromkeys(p.strip() for p in str(self.precision).split(",")))
+        return Precision.parse_list(self.precision, "precision")
 
 
 def parse_batches(text: str) -> tuple[int, ...]:

@@ -12,15 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from us3l.core.files import atomic_write_bytes, atomic_write_text
+from us3l.core.precision import Precision
 from us3l.core.width import format_width
 
-from us3l.core.files import atomic_write_bytes, atomic_write_text
-
-CSV_COLUMNS = ("width", "precision", "aliases", "channels", "macs", "params", "accuracy", "accuracy_source", "p50_ms",
-               "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "ci_low_ms", "ci_high_ms",
-               "n", "throughput", "batch", "runner", "device", "threads", "power_mode", "power_mw", "energy_mj",
-               "gpu_compute_p50_ms", "int8_path", "source", "cached", "remeasured", "artifact", "sha256")
-# ci_low_ms / ci_high_ms: the 95 % bootstrap interval of the budget metric (--metric)
+from .rows import CSV_COLUMNS
 
 
 def _cell(value: Any) -> str:
@@ -46,8 +42,8 @@ def write_json(path: Path, report: dict) -> Path:
     return atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
 
 
-MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
-COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+MARKERS: dict[str, str] = {Precision.FP32: "o", Precision.FP16: "s", Precision.INT8: "^"}
+COLORS: dict[str, str] = {Precision.FP32: "tab:blue", Precision.FP16: "tab:orange", Precision.INT8: "tab:green"}
 
 
 def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | None, budget_ms: float | None,
@@ -169,7 +165,8 @@ def render_table(report: dict, max_width: int | None = None) -> Any:
     dropped: list[str] = []
 
     def needed(cols: list[tuple[str, Any]]) -> int:  # rich's box: 1 + per column (padding 2 + rule 1)
-        return 1 + sum(3 + max([len(w) for w in name.split()] + [len(fn(r)) for r in rows]) for name, fn in cols)
+        # whole header names: rich keeps "p50 ms" on one line when it can, and then cuts a value
+        return 1 + sum(3 + max([len(name)] + [len(fn(r)) for r in rows]) for name, fn in cols)
 
     for name in _DROP_ORDER:
         if max_width is None or needed(columns) <= max_width:
@@ -183,7 +180,7 @@ def render_table(report: dict, max_width: int | None = None) -> Any:
         is_chosen = chosen and r["width"] == chosen["width"] and r["batch"] == report["config"]["batches"][0] \
             and (r.get("precision") or "fp32") == (chosen.get("precision") or "fp32")
         table.add_row(*(fn(r) for _, fn in columns), style="bold green" if is_chosen else None)
-    table.caption = f"budget metric: {metric} (CI: its 95% bootstrap interval); acc ? = not measured at that precision"
+    table.caption = f"budget metric: {metric} (CI: its 95% bootstrap interval); acc ? = not measured on that file"
     if dropped:
         table.caption += f"; not shown at this width: {', '.join(dropped)} (in report.json and latency.csv)"
     return table

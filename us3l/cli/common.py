@@ -8,11 +8,11 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.markup import escape
 
 from ..core.errors import US3LError
@@ -34,13 +34,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: with one line and exit code 2 (the atomic writers have already removed their temp files).
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
                                 errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.EIO, errno.ENOENT})
-
-
-class BadImage(str, Enum):
-    """``--on-bad-image``: what to do with an unreadable, truncated or decompression-bomb image."""
-
-    skip = "skip"
-    fail = "fail"
 
 
 class Terminated(BaseException):
@@ -84,13 +77,16 @@ def user_errors(fn: F) -> F:
     exits 143. Both unwind normally, so atomic writes leave the previous file intact.
     """
 
+    command_name = "us3l " + fn.__module__.rsplit(".", 1)[-1].rstrip("_")  # us3l.cli.import_ -> us3l import
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return fn(*args, **kwargs)
+            with heartbeat(command_name):
+                return fn(*args, **kwargs)
         except US3LError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -147,11 +143,24 @@ def make_progress(transient: bool = False, disable: bool = False) -> Progress:
     return build(transient, disable, err_console)
 
 
-def progress_bar(description: str, transient: bool = False, disable: bool = False) -> ContextManager[ProgressFn]:
+def progress_bar(description: str, transient: bool = False, disable: bool = False,
+                 lazy: bool = False) -> ContextManager[ProgressFn]:
     """:func:`us3l.api.progress.progress_bar` on this CLI's stderr console."""
     from ..api.progress import progress_bar as bar
 
-    return bar(description, transient, disable, err_console)
+    return bar(description, transient, disable, err_console, lazy)
+
+
+def heartbeat(name: str = "us3l") -> ContextManager[Any]:
+    """Plain progress lines for the whole command when stderr is not a terminal (a pipe, a CI log):
+    a line at least every few seconds while it runs (:mod:`us3l.core.heartbeat`); else nothing."""
+    import contextlib
+
+    if err_console.is_terminal or not is_main_process():
+        return contextlib.nullcontext()
+    from ..api.progress import plain_heartbeat
+
+    return plain_heartbeat(err_console, prefix=name)
 
 
 def jsonable(obj: Any) -> Any:
@@ -178,3 +187,38 @@ def print_json(obj: Any) -> None:
     import json
 
     typer.echo(json.dumps(jsonable(obj), indent=2, sort_keys=True))
+
+
+def choice_error(exc: BaseException) -> str | None:
+    """One line for a value outside a choice option's Enum (``--format tflite``), else None."""
+    import enum
+    import re
+    import typing
+
+    param = getattr(exc, "param", None)
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    choices = next((c for c in (annotation, *typing.get_args(annotation))
+                    if isinstance(c, type) and issubclass(c, enum.Enum)), None)
+    if choices is None or param is None:
+        return None
+    found = re.search(r"'(.*)' is not one of", str(getattr(exc, "message", "")))
+    value = found.group(1) if found else None
+    name = max(getattr(param, "opts", None) or [str(getattr(param, "name", "value"))], key=len)
+    return (f"{name} {value!r} is invalid" if value is not None else f"{name} is invalid") + \
+        f"; valid: {', '.join(str(c.value) for c in choices)}"
+
+
+class OneLineChoiceErrors(TyperGroup):
+    """The ``us3l`` group: a value outside a choice option's Enum is one line (``error: --format
+    'tflite' is invalid; valid: onnx, trt, engine, pt2``), exit code 2, like every other bad input."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            line = choice_error(exc)
+            if line is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None

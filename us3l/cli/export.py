@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from ..core.threads import threads_help
+from .choices import Calibration, Format, OnnxExporter, Outputs, Precision, Snap, value
 from .common import example, print_json, user_errors
 
 if TYPE_CHECKING:
@@ -23,16 +25,46 @@ def _channels_summary(channels: dict[str, int]) -> str:
 def render(result: ExportResult) -> None:
     """One row per artifact: width, aliases, channels, cost, gate result, file.
 
-    Columns with nothing to say (no aliases, nothing cached, one precision) are left out, and the
-    channels and file names wrap rather than being cut, so the table stays whole in 80 columns.
+    Columns with nothing to say (no aliases, nothing cached, one precision) are left out. File
+    names (relative to the output folder) are never broken inside a cell: when the whole names do
+    not fit the terminal, the cells show what tells the files apart and one line below the table
+    gives the shared part, so the table stays whole in 80 columns.
     """
+    from .common import console
+
+    names = [a.path.name for a in result.artifacts]
+    table = _table(result, names)
+    natural = console.measure(table, options=console.options.update(max_width=10_000)).maximum
+    if natural <= console.width or len(names) < 2:
+        console.print(table)
+        return
+    head, tail = _shared(names)
+    console.print(_table(result, [n[len(head):len(n) - len(tail)] for n in names], "file *"))
+    console.print(f"files: {result.out_dir}/{head}{{{','.join(n[len(head):len(n) - len(tail)] for n in names)}}}{tail}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _shared(names: list[str]) -> tuple[str, str]:
+    """The longest common prefix and suffix of the names (ending/starting at a separator)."""
+    import os.path
+
+    head = os.path.commonprefix(names)
+    tail = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    cut = max((head.rfind(c) for c in "_.-"), default=-1)
+    head = head[:cut + 1] if cut >= 0 else ""
+    shortest = min(len(n) for n in names)
+    tail = tail[max(0, len(tail) - (shortest - len(head))):]
+    cut = min((i for i, c in enumerate(tail) if c in "_.-"), default=len(tail))
+    return head, tail[cut:]
+
+
+def _table(result: ExportResult, files: list[str], file_header: str = "file") -> Any:
     from rich.table import Table
 
     from ..core.width import format_width
-    from .common import console
 
     table = Table(title=f"{len(result.artifacts)} artifact(s) in {result.out_dir} ({result.seconds:.1f}s)")
-    reduced = any(a.precision != "fp32" for a in result.artifacts)
+    reduced = any(Precision.parse(a.precision).reduced for a in result.artifacts)
     rows = [{
         "width": format_width(a.width),
         "prec": a.precision,
@@ -42,18 +74,21 @@ def render(result: ExportResult) -> None:
         "Mparams": f"{a.params / 1e6:.2f}",
         "cosine" if reduced else "max err": (f"{a.parity['mean_cosine']:.4f}" if "mean_cosine" in a.parity
                                              else f"{a.parity['max_abs_err']:.2e}"),
-        "file": a.path.name,
+        "file": f,
         "note": "cached" if a.cached else "",
-    } for a in result.artifacts]
+    } for a, f in zip(result.artifacts, files)]
     optional = {"prec": len({r["prec"] for r in rows}) > 1, "aliases": any(r["aliases"] for r in rows),
                 "note": any(r["note"] for r in rows)}
     columns = [c for c in rows[0] if optional.get(c, True)] if rows else []
     for col in columns:
-        wraps = col in ("channels", "file", "aliases")
+        if col == "file":
+            table.add_column(file_header, no_wrap=True, min_width=max(len(r["file"]) for r in rows))
+            continue
+        wraps = col in ("channels", "aliases")
         table.add_column(col, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
     for r in rows:
         table.add_row(*(r[c] for c in columns))
-    console.print(table)
+    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -63,25 +98,26 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory (omit it and give --arch for an untrained network).")] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (random weights).  [default: the checkpoint's]")] = None,
         width: Annotated[str, typer.Option("--widths", "--width", "-w", help="Width 0.35, a list 0.25,0.5 or a range 0.25:1.0:0.05.")] = "1.0",
-        fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, trt (a TensorRT engine, needs a GPU; alias engine) or pt2 (torch.export).")] = "onnx",
+        fmt: Annotated[Format, typer.Option("--format", "-f", help="onnx; trt (alias engine): a TensorRT engine, built on the GPU that runs it; pt2: torch.export.")] = Format.onnx,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created only when every width passed).")] = Path("exports"),
         batch: Annotated[Optional[str], typer.Option(help="Fixed batch size in images (one value; bench takes a list).  [default: a dynamic batch axis]")] = None,
         opset: Annotated[int, typer.Option(help="ONNX opset (17 loads in TensorRT 8.5/JetPack 5 through TensorRT 11).")] = 17,
-        snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
-        precision: Annotated[str, typer.Option(help="fp32, fp16 or int8; with --format onnx: ONNX Runtime's FP16 converter or static INT8 (QDQ, per-channel) calibrated on real images.")] = "fp32",
-        calibration: Annotated[str, typer.Option(help="INT8 calibration method: minmax, entropy or percentile.")] = "minmax",
+        snap: Annotated[Snap, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = Snap.s8,
+        precision: Annotated[Precision, typer.Option(help="Numeric precision; with --format onnx, fp16 is ONNX Runtime's FP16 converter and int8 static INT8 (QDQ, per-channel) calibrated on real images.")] = Precision.FP32,
+        calibration: Annotated[Calibration, typer.Option(help="INT8 calibration method.")] = Calibration.minmax,
         min_cosine: Annotated[Optional[float], typer.Option(help="fp16/int8 gate: least mean cosine similarity to FP32 features on held-out images.  [default: fp16 0.999, int8 0.95]")] = None,
         calib_data: Annotated[Optional[str], typer.Option(help="BN/INT8 calibration images: .npy/.pt N x C x H x W, or a dataset name[:root].  [default: the checkpoint's training data]")] = None,
         atol: Annotated[Optional[float], typer.Option("--atol", help="Parity gate absolute tolerance.  [default: per precision; fp32 1e-4]")] = None,
         rtol: Annotated[Optional[float], typer.Option(help="Parity gate relative tolerance (times max |reference|).  [default: per precision]")] = None,
         include_head: Annotated[Optional[Path], typer.Option(help="Linear probe .pt with weight and bias, appended after the features.  [default: none, features only]")] = None,
-        input_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.  [default: the architecture's]")] = None,
+        image_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.  [default: the architecture's]")] = None,
         name: Annotated[Optional[str], typer.Option(help="Artifact file-name prefix.  [default: checkpoint stem or arch]")] = None,
         simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxsim.")] = True,
-        onnx_exporter: Annotated[Optional[str], typer.Option(help="torch's ONNX exporter: dynamo (supported) or torchscript (legacy, ~2-30x faster).  [default: $US3L_ONNX_EXPORTER, else dynamo]")] = None,
-        outputs: Annotated[str, typer.Option(help="What the artifact outputs: features, logits or probs (the task checkpoint's classifier), or stages (multi-scale maps C2..C5).")] = "features",
+        onnx_exporter: Annotated[Optional[OnnxExporter], typer.Option(help="torch's ONNX exporter: dynamo (supported) or torchscript (legacy, ~2-30x faster).  [default: $US3L_ONNX_EXPORTER, else dynamo]")] = None,
+        outputs: Annotated[Outputs, typer.Option(help="What the artifact outputs: features; logits or probs (the task checkpoint's classifier); stages (multi-scale maps C2..C5).")] = Outputs.features,
         as_json: Annotated[bool, typer.Option("--json", help="Print the artifacts as JSON instead of a table.")] = False,
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
+        threads: Annotated[int, typer.Option(help=threads_help())] = 0,
     ) -> None:
         """Export widths of a checkpoint to ONNX / TensorRT / torch.export (.pt2), each verified against PyTorch.
 
@@ -92,31 +128,20 @@ def register(app: typer.Typer) -> None:
 
         from ..api import export
         from ..core.errors import ConfigError
-        from .common import make_progress
+        from .common import progress_bar
 
         batches = parse_batches(batch) if batch is not None else ()
         if len(batches) > 1:
             raise ConfigError(f"--batch {batch!r}: an artifact has one fixed batch size; give one value, "
                               "or none for a dynamic batch axis (us3l bench --batch takes a list)")
-        bar = make_progress(transient=True)
-        task = bar.add_task("export", total=None, status="")
-
-        def progress(done: int, total: int | None, message: str) -> None:
-            if not bar.live.is_started:  # started on the first width, so early errors stay one line
-                bar.start()
-            bar.update(task, completed=done, total=total, status=message)
-
-        try:
-            result = export(checkpoint, width, format=fmt, out=out, arch=arch, progress=progress, name=name,
-                            batch=batches[0] if batches else None, opset=opset, snap=snap, precision=precision, calib_data=calib_data,
-                            atol=atol, rtol=rtol, simplify=simplify, calibration=calibration,
-                            **({"onnx_exporter": onnx_exporter} if onnx_exporter else {}),
+        with progress_bar("exporting", transient=True, lazy=True) as progress:  # drawn from the first width
+            result = export(checkpoint, width, format=fmt.value, out=out, arch=arch, progress=progress, name=name,
+                            batch=batches[0] if batches else None, opset=opset, snap=int(snap.value), precision=precision,
+                            calib_data=calib_data, atol=atol, rtol=rtol, simplify=simplify, calibration=calibration.value,
+                            **({"onnx_exporter": value(onnx_exporter)} if onnx_exporter else {}),
                             min_cosine=min_cosine,
-                            include_head=str(include_head) if include_head else None, input_size=input_size,
-                            force=force, **({"outputs": outputs} if outputs != "features" else {}))
-        finally:
-            if bar.live.is_started:
-                bar.stop()
+                            include_head=str(include_head) if include_head else None, image_size=image_size,
+                            force=force, threads=threads, **({"outputs": outputs.value} if outputs is not Outputs.features else {}))
         if as_json:
             print_json({"out_dir": result.out_dir, "seconds": result.seconds, "artifacts": result.artifacts})
         else:

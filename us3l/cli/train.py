@@ -7,31 +7,20 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m us3l.cli.main train ...
 
 from __future__ import annotations
 
-from enum import Enum
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import BadImage, console, err_console, example, is_main_process, print_json, progress_bar, user_errors
+from ..core.threads import threads_help
+from .choices import SSL, Augmentation, BadImage, Dataset, TrainMethod, value
+from .common import console, err_console, example, is_main_process, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import TrainResult
 
 EXAMPLE = "us3l train --epochs 5 --out runs/digits5"
-
-
-class Method(str, Enum):
-    us3l = "us3l"
-    naive = "naive"
-    naive_contrastive = "naive-contrastive"
-    single = "single"
-
-
-class Augmentation(str, Enum):
-    auto = "auto"
-    color = "color"
-    gray = "gray"
 
 
 def dataset_label(cfg: object) -> str:
@@ -54,12 +43,6 @@ def describe_run(cfg: object) -> str:
     return line
 
 
-class SSL(str, Enum):
-    simclr_momentum = "simclr_momentum"
-    byol = "byol"
-    mocov3 = "mocov3"
-
-
 def render(result: TrainResult) -> None:
     """The collapse table of the last epoch and the loss/throughput line."""
     from rich.table import Table
@@ -67,6 +50,8 @@ def render(result: TrainResult) -> None:
     from ..core.width import format_width
 
     if not result.history:
+        return
+    if result.trained_epochs == 0:  # a finished run resumed: nothing was trained (the notice said so)
         return
     table = Table(title=f"training summary (epoch {result.epochs})")
     for col in ("width", "std*sqrt(d)", "effective rank", "collapsed"):
@@ -78,7 +63,16 @@ def render(result: TrainResult) -> None:
     nan = float("nan")
     console.print(f"loss (max width) {result.loss if result.loss is not None else nan:.4f}, "
                   f"sub-width loss {result.distill_loss if result.distill_loss is not None else nan:.4f}, "
-                  f"{result.images_per_s or 0:.0f} img/s, {result.seconds:.0f}s of training")
+                  f"{result.images_per_s or 0:.0f} img/s, {training_time(result)}")
+
+
+def training_time(result: TrainResult) -> str:
+    """``12 s of training`` for a new run; this invocation's epochs and time apart from the total on resume."""
+    now = result.run_seconds if result.run_seconds is not None else result.seconds
+    if result.start_epoch == 0:
+        return f"{now:.0f} s of training"
+    return (f"{now:.0f} s of training now (epochs {result.start_epoch + 1}-{result.epochs}), "
+            f"{result.seconds:.0f} s over all {result.epochs} epochs")
 
 
 def register(app: typer.Typer) -> None:
@@ -90,24 +84,24 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override any setting: key=value (TOML value), repeatable; e.g. --set prefetch=4.  [default: none]")] = None,
         print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration as TOML and exit.")] = False,
         arch: Annotated[str | None, typer.Option(help="Backbone architecture name.  [default: the recipe's]")] = None,
-        data: Annotated[str | None, typer.Option(help="Dataset: digits, fashion-mnist, cifar10, cifar100 or imagefolder.  [default: the recipe's]")] = None,
+        data: Annotated[Dataset | None, typer.Option(help="Dataset (imagefolder: train/ + val/ class folders under --data-root).  [default: the recipe's]")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles, Fashion-MNIST IDX files or train/ + val/ class folders); not for digits.  [default: the recipe's; fashion-mnist /usr/share/datasets/fashion-mnist]")] = None,
         image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's: 16 digits, 28 fashion-mnist, 32 CIFAR, 224 folders]")] = None,
         epochs: Annotated[int | None, typer.Option(help="Training epochs.  [default: the recipe's; digits 13]")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per batch per process (global = this x processes; the ViT recipe's is global).  [default: the recipe's]")] = None,
         lr: Annotated[float | None, typer.Option(help="Base learning rate, cosine-decayed per epoch.  [default: the recipe's]")] = None,
-        method: Annotated[Method | None, typer.Option(help="us3l; naive (the reference's naive US-Net + SimCLR: sub-widths distilled to the online full width); naive-contrastive (SimCLR at every width); single (one width).  [default: us3l]")] = None,
+        method: Annotated[TrainMethod | None, typer.Option(help="us3l; naive (the reference's naive US-Net + SimCLR: sub-widths distilled to the online full width); naive-contrastive (SimCLR at every width); single (one width).  [default: us3l]")] = None,
         augmentation: Annotated[Augmentation | None, typer.Option(help="SSL views: color (MoCo v2), gray (views that exist in grey images) or auto (from the data's channels; recorded in config.toml).  [default: auto]")] = None,
         eval_every: Annotated[int | None, typer.Option(help="Every N epochs, a kNN learning curve (1,000 held-out images, smallest and largest width) into metrics.jsonl and TensorBoard; 0 = off.  [default: 0]")] = None,
         ssl: Annotated[SSL | None, typer.Option(help="SSL loss of the full-width network.  [default: the recipe's]")] = None,
-        width: Annotated[float | None, typer.Option(help="Width trained by --method single, in [0.25, 1.0].  [default: 1.0]")] = None,
+        single_width: Annotated[float | None, typer.Option("--single-width", help="Width trained by --method single, in [0.25, 1.0].  [default: 1.0]")] = None,
         accumulate: Annotated[bool | None, typer.Option("--accumulate/--step-per-width",
                                                         help="One optimizer step per iteration, or one per sampled width.  [default: per width]")] = None,
-        out: Annotated[Path | None, typer.Option(help="Output folder for checkpoint.pt, config.toml, metrics.jsonl and tb/.  [default: runs/us3l]")] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder for checkpoint.pt, config.toml, metrics.jsonl and tb/.  [default: runs/us3l]")] = None,
         resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the options saved in OUT/config.toml.")] = False,
         overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in OUT (checkpoint, metrics.jsonl, tb/); without it or --resume an existing run is refused.")] = False,
         workers: Annotated[int | None, typer.Option(help="Processes decoding and cropping image files (0: in the training process).  [default: CPUs - 1, at most 14]")] = None,
-        threads: Annotated[int | None, typer.Option(help="Torch intra-op threads on CPU (0: PyTorch's default; 1 is often fastest on a shared CPU).  [default: 0]")] = None,
+        threads: Annotated[int | None, typer.Option(help=threads_help("the recipe's, normally auto"))] = None,
         on_bad_image: Annotated[BadImage | None, typer.Option(help="An unreadable, truncated or decompression-bomb image: skip (count, warn) or fail (stop, exit 2).  [default: skip]")] = None,
         device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.  [default: auto]")] = None,
         amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).  [default: the recipe's]")] = None,
@@ -132,25 +126,34 @@ def register(app: typer.Typer) -> None:
             for name in list_recipes():
                 console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
             return
-        from us3l.trainer.config_file import resolve, to_toml
+        from us3l.trainer.config_file import to_toml
+        from us3l.trainer.recipes import resolve
 
-        flags = dict(arch=arch, data=data, data_root=str(data_root) if data_root else None, image_size=image_size,
-                     epochs=epochs, batch_size=batch_size, lr=lr, method=method.value if method else None,
-                     augmentation=augmentation.value if augmentation else None, eval_every=eval_every,
-                     ssl=ssl.value if ssl else None, single_width=width, accumulate=accumulate,
+        flags = dict(arch=arch, data=value(data), data_root=str(data_root) if data_root else None, image_size=image_size,
+                     epochs=epochs, batch_size=batch_size, lr=lr, method=value(method),
+                     augmentation=value(augmentation), eval_every=eval_every,
+                     ssl=value(ssl), single_width=single_width, accumulate=accumulate,
                      out_dir=str(out) if out else None, resume=resume or None, overwrite=overwrite or None, device=device, amp=amp,
                      channels_last=channels_last, fail_on_collapse=fail_on_collapse or None, seed=seed,
                      max_steps_per_epoch=max_steps_per_epoch, workers=workers, threads=threads,
-                     on_bad_image=on_bad_image.value if on_bad_image else None)
+                     on_bad_image=value(on_bad_image))
         cfg = resolve(recipe, config, set_, flags, resume_dir=(out or Path("runs/us3l")) if resume else None)
         if print_config:
             typer.echo(to_toml(cfg), nl=False)
             return
         main = is_main_process()
+        if cfg.resume and "WORLD_SIZE" not in os.environ and not (Path(cfg.out_dir) / "checkpoint.pt").is_file():
+            from us3l.trainer.loop import nothing_to_resume  # before the start line: the error is the one line
+
+            raise nothing_to_resume(Path(cfg.out_dir))
         if main:
             err_console.print(describe_run(cfg), highlight=False, markup=False, soft_wrap=True)
+
+        def notice(line: str) -> None:
+            err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
         with progress_bar(f"training {cfg.arch} on {dataset_label(cfg)}", disable=not main) as progress:
-            result = train(cfg, progress=progress)
+            result = train(cfg, progress=progress, notify=notice if main else None)
         if main and as_json:  # under torchrun the other ranks trained the same model: one summary
             print_json(result)
         elif main:

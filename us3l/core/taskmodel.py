@@ -146,7 +146,7 @@ def sliced_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 def head_digest(ckpt: Any) -> str | None:
     """sha256 of the classifier's tensors (None without one): part of export cache keys."""
-    from .checkpoint import state_hash
+    from .state import state_hash
 
     extra = ckpt.extra or {}
     if extra.get("head"):
@@ -154,6 +154,34 @@ def head_digest(ckpt: Any) -> str | None:
     if extra.get("heads"):
         return state_hash({f"{w}.{k}": v for w, h in extra["heads"].items() for k, v in h.items()})
     return None
+
+
+def classifier_state_hash(ckpt: Any) -> str:
+    """sha256 of the classifier's state (backbone tensors and head tensors together): what a PyTorch
+    ``top1`` row of ``accuracy.json`` was measured on.
+
+    Raises:
+        CheckpointError: no head.
+    """
+    from .state import state_hash
+
+    extra = ckpt.extra or {}
+    if extra.get("head"):
+        head = {f"head.{k}": v for k, v in extra["head"].items()}
+    elif extra.get("heads"):
+        head = {f"heads.{w}.{k}": v for w, h in extra["heads"].items() for k, v in h.items()}
+    else:
+        raise CheckpointError("checkpoint has no classifier head")
+    return state_hash({**{f"model.{k}": v for k, v in ckpt.model.items()}, **head})
+
+
+def state_hashes(ckpt: Any) -> dict[str, str]:
+    """``{outputs: sha256 of the PyTorch state measured}``: ``features`` (the backbone's content
+    hash) and, with a head, ``logits`` and ``probs`` (:func:`classifier_state_hash`)."""
+    out = {"features": str(ckpt.content_hash)}
+    if has_head(ckpt):
+        out["logits"] = out["probs"] = classifier_state_hash(ckpt)
+    return out
 
 
 def build_classifier(ckpt: Any) -> nn.Module:

@@ -23,10 +23,25 @@ same noise in the three channels so a grey image stays grey), Normalize, then ra
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 BLUR_MIN_SIZE = 96
+
+
+def _kornia_augmentation() -> Any:
+    """``kornia.augmentation``: heavy, and part of the [train] extra, so imported only where views are
+    built; a deploy-only install gets one line naming the extra."""
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        from us3l.core.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("training augmentation needs kornia, which a deploy-only install leaves out; "
+                                      "pip install 'us3l-deploy[train]'") from None
+    return K
 
 
 class SSLAugment(nn.Module):
@@ -53,7 +68,7 @@ class SSLAugment(nn.Module):
                  blur: bool | None = None, scale: tuple[float, float] = (0.2, 1.0), blur_p: float | None = None,
                  solarize_p: float = 0.0, saturation: float = 0.4, geometric: bool = True) -> None:
         super().__init__()
-        import kornia.augmentation as K  # heavy; imported only where augmentation is built
+        K = _kornia_augmentation()
 
         if int(image_size) < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size!r}")
@@ -123,7 +138,7 @@ class GrayAugment(nn.Module):
     def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  scale: tuple[float, float] = (0.2, 1.0), blur: bool | None = None, geometric: bool = True) -> None:
         super().__init__()
-        import kornia.augmentation as K
+        K = _kornia_augmentation()
 
         if int(image_size) < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size!r}")

@@ -57,7 +57,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,14 +66,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from us3l.core.accuracy import ACCURACY_FILE, write_accuracy
+from us3l.core.accuracy import ACCURACY_FILE, update_accuracy
 from us3l.core.bn import bn_stats, calibrate_bn, load_bn_stats
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, strip_prefixes
 from us3l.core.context import use_width
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, resize_images
 from us3l.core.errors import ConfigError, DataError, unknown_name
+from us3l.core.heartbeat import stage
 from us3l.core.images import BAD_IMAGE_POLICIES
+from us3l.core.precision import Precision
 from us3l.core.taskmodel import nearest_head_width, sliced_logits, task_info
+from us3l.core.threads import AutoThreads
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
 from . import pipeline
@@ -150,6 +153,7 @@ class FinetuneConfig:
     schedule: str = "cosine"
     milestones: tuple[int, ...] = ()
     one_width: bool = False
+    threads: int = 0  # CPU threads (0: auto, one per CPU other processes leave idle; us3l.core.threads)
     workers: int | None = None
     prefetch: int = 2
     on_bad_image: str = "skip"
@@ -198,6 +202,9 @@ class FinetuneConfig:
             raise unknown_name("initialisation", self.init, ("checkpoint", "scratch"))
         if self.freeze_backbone and self.init == "scratch":
             raise ConfigError("--freeze-backbone with init=scratch would train a head on random features; drop one")
+        from us3l.core.threads import check_threads
+
+        check_threads(self.threads)
 
 
 #: CPU-sized presets (see the module docstring).
@@ -365,6 +372,57 @@ class FinetuneOutcome:
     checkpoint_hash: str
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+
+def _describe(spec: DatasetSpec) -> str:
+    where = f" ({Path(spec.root).name})" if spec.root and spec.name == "imagefolder" else ""
+    return f"{spec.name}{where} at {default_image_size(spec)} px"
+
+
+def dataset_notice(spec: DatasetSpec, ckpt: Checkpoint) -> str | None:
+    """One line when fine-tuning data differ from the SSL checkpoint's training data (a notice: the
+    backbone's features were learned on other images, which is allowed and often intended)."""
+    if not ckpt.dataset:
+        return None
+    parent = DatasetSpec.from_dict(ckpt.dataset)
+    same_root = (parent.root or "") == (spec.root or "") or (
+        parent.root is not None and spec.root is not None and Path(parent.root).resolve() == Path(spec.root).resolve())
+    if parent.name == spec.name and same_root:
+        return None
+    return (f"fine-tuning on {_describe(spec)}, while the SSL checkpoint was trained on {_describe(parent)}: its "
+            f"features were learned on other images")
+
+
+def undertrained_notices(rows: list[dict[str, Any]], ckpt_path: str | Path, ckpt: Checkpoint,
+                         spec: DatasetSpec) -> list[str]:
+    """One line per fine-tuned width whose top-1 is below the SSL checkpoint's own kNN accuracy at
+    that width on the same data (from the ``accuracy.json`` beside it): a sign of an under-trained
+    classifier (more epochs, another learning rate)."""
+    from us3l.core.accuracy import normalize_rows, read_accuracy_file
+
+    src = Path(ckpt_path)
+    table = (src if src.is_dir() else src.parent) / ACCURACY_FILE
+    try:
+        data = read_accuracy_file(table)
+    except DataError:
+        return []
+    if data.get("checkpoint") not in (None, ckpt.content_hash):
+        return []
+    legacy = (data.get("protocol") or {}).get("dataset")
+    knn: dict[float, float] = {}
+    for r in normalize_rows(data["results"]):
+        measured_on = ((r.get("details") or {}).get("dataset") or legacy or {}).get("name")
+        if r["protocol"] == "knn" and r.get("source", "pytorch") == "pytorch" \
+                and Precision.parse(r["precision"]) is Precision.FP32 and measured_on == spec.name:
+            knn[round_width(r["width"])] = max(knn.get(round_width(r["width"]), 0.0), float(r["knn"]))
+    out = []
+    for r in rows:
+        ref = knn.get(round_width(r["width"]))
+        if ref is not None and r["top1"] < ref:
+            out.append(f"width {format_width(r['width'])}: fine-tuned top-1 {100 * r['top1']:.1f} % is below the SSL "
+                       f"checkpoint's kNN {100 * ref:.1f} % at that width (under-trained? try more --epochs)")
+    return out
 
 
 def _resolve(cfg: FinetuneConfig, ckpt: Checkpoint) -> DatasetSpec:
@@ -454,14 +512,19 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     cfg.validate()
     t0 = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
+    threads = AutoThreads(cfg.threads, apply=not cfg.device.startswith("cuda"))
     spec = _resolve(cfg, ckpt)
+    notices = [n for n in (dataset_notice(spec, ckpt),) if n]
+    for n in notices:
+        log.info("notice: %s", n)
     lo, hi = ckpt.width_range
     eval_widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
     if cfg.train_width is not None:
         lo = hi = parse_widths([cfg.train_width], lo, hi)[0]
         eval_widths = [lo]
     device = torch.device(cfg.device)
-    data = TaskData(spec, cfg, pin=device.type == "cuda")
+    with stage("loading data"):
+        data = TaskData(spec, cfg, pin=device.type == "cuda")
     size, k = data.size, pipeline.stream_num_classes(spec)
     per_width = cfg.head == "per-width"
     model = _build(cfg, ckpt, 0 if per_width else k, size).to(device)
@@ -538,6 +601,7 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
             done += 1
             if progress:
                 progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}")
+            threads.tick()
         if done == 0:
             raise DataError(f"no readable training image in epoch {epoch + 1} of {spec.name} "
                             f"({data.bad_count} unreadable file(s) skipped)")
@@ -566,8 +630,21 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
                 "bn_calibration": "cumulative", "calib_batches": cfg.calib_batches, "divisor": DEFAULT_DIVISOR,
                 "epochs": cfg.epochs, "seed": cfg.seed}
     acc_path = out_dir / ACCURACY_FILE
-    write_accuracy(acc_path, rows, protocol, digest)
-    return FinetuneOutcome(ckpt_path, acc_path, rows, digest, time.perf_counter() - t0, history)
+    from us3l.core.accuracy import table_rows
+    from us3l.core.taskmodel import classifier_state_hash, state_hashes
+
+    # the rows belong to the classifier state just saved (backbone, head, and the BN bank measured)
+    rows = [{**r, "outputs": "logits", "sha256": classifier_state_hash(result), "bn": "bank"} for r in rows]
+    details = {k: v for k, v in protocol.items() if k != "method"}
+    _, _, note = update_accuracy(acc_path, digest, table_rows(rows, details), state_hashes(result))
+    if note:
+        log.info("%s", note)
+    if cfg.init == "checkpoint":
+        late = undertrained_notices(rows, cfg.checkpoint, ckpt, spec)
+        for n in late:
+            log.info("notice: %s", n)
+        notices += late
+    return FinetuneOutcome(ckpt_path, acc_path, rows, digest, time.perf_counter() - t0, history, notices)
 
 
 def evaluate_task_model(model: nn.Module, calib: Iterable[Tensor], test: Iterable[tuple[Tensor, Tensor]],
@@ -583,12 +660,15 @@ def evaluate_task_model(model: nn.Module, calib: Iterable[Tensor], test: Iterabl
         bank[format_width(w)] = {n: {"mean": s["mean"].cpu(), "var": s["var"].cpu()} for n, s in bn_stats(model, w).items()}
         model.eval()
         correct = seen = 0
-        with torch.no_grad(), use_width(model, w):
+        total = len(test) if isinstance(test, Sized) else None
+        with torch.no_grad(), use_width(model, w), \
+                stage(f"top-1 w{format_width(w)}", total=total, unit="images") as counted:
             for x, y in test:
                 out = model(x.to(device))
                 logits = out if heads is None else heads(out, w)
                 correct += int((logits.argmax(1).cpu() == y).sum())
                 seen += len(y)
+                counted.update(seen)
         if seen == 0:
             raise DataError("no readable test image to measure top-1 on")
         row = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w)),

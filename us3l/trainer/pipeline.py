@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_split, num_classes, resize_images
 from us3l.core.errors import DataError
-from us3l.core.images import BAD_IMAGE_POLICIES, MAX_PIXELS, BadImageError, ImageList, draft_for, list_split, \
-    load_center, open_checked, to_rgb
+from us3l.core.images import BAD_IMAGE_POLICIES, MAX_PIXELS, BadImageError, ImageList, SourceImage, list_split, \
+    load_center
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random
 
 @functools.lru_cache(maxsize=1)
 def fast_backend() -> tuple[Any, Any] | None:
-    """``(simplejpeg, cv2)`` when both are installed (``pip install 'us3l-deploy[fast]'``) and
+    """``(simplejpeg, cv2)`` when both are installed (``pip install 'us3l-deploy[fast-decode]'``) and
     ``US3L_DECODER`` is not ``pillow``; else None (Pillow decodes and resizes)."""
     if os.environ.get("US3L_DECODER", "auto").lower() == "pillow":
         return None
@@ -135,6 +135,8 @@ def _fast_views(path: str, size: int, scale: tuple[float, float], rng: np.random
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except (OSError, ValueError):
         return None
+    if _rotated_jpeg(data):  # simplejpeg ignores EXIF orientation: the one decoder (Pillow) applies it
+        return None
     if colorspace.lower() not in ("ycbcr", "rgb", "gray") or width * height > MAX_PIXELS or min(width, height) < 1:
         return None
     state = rng.bit_generator.state
@@ -157,6 +159,24 @@ def _fast_views(path: str, size: int, scale: tuple[float, float], rng: np.random
     return out
 
 
+def _rotated_jpeg(data: bytes) -> bool:
+    """Whether a JPEG's EXIF block (within its first 64 KiB) sets an orientation other than 1."""
+    head = data[:65536]
+    if b"Exif\x00\x00" not in head:
+        return False
+    import io
+
+    from PIL import Image
+
+    from us3l.core.images import exif_orientation
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return exif_orientation(img) != 1
+    except Exception:  # Pillow's path decides (and reports) what is wrong with the file
+        return True
+
+
 def crop_views(path: str, size: int, scale: tuple[float, float], rng: np.random.Generator,
                views: int = 2) -> np.ndarray:
     """``views`` random resized crops (+ flips) of the full image at ``path``: ``(views, size, size, 3)`` uint8.
@@ -173,15 +193,13 @@ def crop_views(path: str, size: int, scale: tuple[float, float], rng: np.random.
     fast = _fast_views(path, size, scale, rng, views)
     if fast is not None:
         return fast
-    with open_checked(path) as raw:
-        width, height = raw.size
+    with SourceImage(path) as src:  # the one decoder (us3l.core.images): orientation, alpha, bit depth, ...
+        width, height = src.size
         boxes = [crop_box(width, height, scale, rng) for _ in range(views)]
         flips = [bool(rng.random() < 0.5) for _ in range(views)]
         # the decoded image may shrink by f while every crop keeps >= size pixels on each side
         shrink = min(min(w, h) for _, _, w, h in boxes) / size
-        if shrink > 1:
-            draft_for(raw, width / shrink, height / shrink)
-        img = to_rgb(raw)
+        img = src.decode("rgb", shrink)
         sx, sy = img.size[0] / width, img.size[1] / height
         out = np.empty((views, size, size, 3), dtype=np.uint8)
         try:
