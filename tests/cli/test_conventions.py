@@ -123,7 +123,8 @@ def _enum_of(param) -> type | None:
 WRITERS = ("train", "eval", "export", "import", "bench", "finetune", "pack")
 #: Options whose values come from a fixed vocabulary: each is a choice listed in --help.
 CHOICE_OPTIONS = ("--format", "--precision", "--calibration", "--outputs", "--method", "--ssl", "--data",
-                  "--on-bad-image", "--linear-preset", "--onnx-exporter", "--snap", "--metric", "--runner", "--augment")
+                  "--on-bad-image", "--linear-preset", "--onnx-exporter", "--snap", "--metric", "--runner", "--augment",
+                  "--augmentation", "--head")
 
 
 def test_every_writer_takes_o_out_and_image_size_is_one_name():
@@ -173,7 +174,7 @@ def test_choice_enums_match_the_rooms_vocabularies():
     from us3l.exporters.outputs import OUTPUTS
     from us3l.exporters.pipeline import FORMAT_ALIASES, SNAP_DIVISORS
     from us3l.trainer import evaluate
-    from us3l.trainer.config import METHODS, SSL_TYPES
+    from us3l.trainer.config import AUGMENTATIONS, METHODS, SSL_TYPES
     from us3l.trainer.probes import LINEAR_PRESETS
 
     def values(enum) -> list[str]:
@@ -190,9 +191,10 @@ def test_choice_enums_match_the_rooms_vocabularies():
     assert sorted(values(choices.Runner)) == sorted(r for r in list_runners() if r != "onnxruntime-agent")
     assert values(choices.Precision) == list(PRECISIONS)
     from us3l.benchmarks.artifacts import BENCH_OUTPUTS
-    from us3l.trainer.finetune import AUGMENTS
+    from us3l.trainer.finetune import AUGMENTS, HEADS
 
     assert values(choices.Augment) == list(AUGMENTS) and values(choices.BenchOutputs) == list(BENCH_OUTPUTS)
+    assert values(choices.Augmentation) == list(AUGMENTATIONS) and values(choices.Head) == list(HEADS)
 
 
 def test_onnx_files_name_their_producer(tmp_path):

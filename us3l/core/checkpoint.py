@@ -104,7 +104,7 @@ class Checkpoint:
         arch / arch_kwargs: registry name and constructor arguments of the backbone.
         model: backbone state dict (our key layout).
         width_range: widths the network was trained for.
-        method: "us3l", "naive", "single", "reference" or "untrained".
+        method: "us3l", "naive", "naive-contrastive", "single", "reference" or "untrained".
         epoch: completed epochs.
         train_config: the training configuration (JSON-like).
         dataset: ``DatasetSpec.to_dict()`` of the training data (for BN recalibration later).

@@ -427,7 +427,7 @@ class _Run:
                         "shape": [batch_dim, *o.shape[1:]]}
                        for (n, m, s), o in zip(stage_taps(b.static), b.reference_out)] if cfg.outputs == "stages" else None,
             "classes": classes or None, "preprocess": preprocess,
-            "head": {"path": str(cfg.include_head), "sha256": self.head_digest} if b.head is not None else None,
+            "head": self.head_record(b.group.width, b.feature_dim) if b.head is not None else None,
             "parity": b.parity, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(),
             "format_info": b.facts, "source_onnx": b.onnx.path.name if b.onnx else None, "cache_key": b.key,
             "build": {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -437,6 +437,19 @@ class _Run:
     @functools.cached_property
     def _task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
         return self.task_facts()
+
+    def head_record(self, width: float, feature_dim: int) -> dict[str, Any]:
+        """What classifier the artifact carries: an ``--include-head`` file, or the task checkpoint's
+        head, with, for per-width heads, which width's head serves ``width`` and why (exact or nearer)."""
+        if self.cfg.include_head:
+            return {"source": "include-head", "path": str(self.cfg.include_head), "sha256": self.head_digest}
+        from us3l.core.taskmodel import choose_head, head_tensors
+
+        assert self.net.checkpoint is not None
+        choice = choose_head(self.net.checkpoint, width)
+        weight, _ = head_tensors(self.net.checkpoint, width)
+        return {"source": "checkpoint", "sha256": self.head_digest, **choice,
+                "features_used": int(min(feature_dim, weight.shape[1]))}
 
     def task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
         """(class names, preprocessing record) the artifact's users need; empty/None when unknown."""

@@ -8,11 +8,13 @@ Layout (docs/method.md §5):
   then BN1d · ReLU · Linear · BN1d · ReLU · Linear (never slimmed);
 - ``predictor``: BYOL / MoCo v3 main predictor (max width only); ``None`` for SimCLR-momentum;
 - ``aux_predictor``: the auxiliary distillation head used only by sub-networks (BYOL's
-  ``predictor_new``; SimCLR-momentum's ``predictor``); ``None`` unless the method is US3L;
+  ``predictor_new``; SimCLR-momentum's and plain SimCLR's ``predictor``); present for ``us3l``
+  and for the reference's ``naive`` configuration, ``None`` otherwise;
 - ``proj_conv``: optional 1x1 ``USConv2d`` per distilled feature map (feature distillation; the
   distilled map is post-ReLU as in the reference, see :func:`distill_source`);
 - ``teacher``: deep copy of backbone + projector, gradients off, always run at the teacher width
   (1.0 for US3L) with train-mode BN. It is excluded from :meth:`SSLModel.trainable_parameters`.
+  The two naive baselines have none (plain SimCLR has no momentum network).
 
 Names matter: the group regulariser skips parameters whose name contains ``teacher`` or
 ``proj_conv``, and those containing ``predictor`` at the maximum width.
@@ -35,6 +37,9 @@ from us3l.core.models.mobilenet_v2 import USMobileNetV2
 from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
 
 from .ema import deactivate_requires_grad
+
+#: methods trained without an EMA teacher (plain SimCLR at the max width)
+TEACHERLESS = ("naive", "naive-contrastive")
 
 
 class Encoder(nn.Module):
@@ -95,7 +100,7 @@ class SSLModel(nn.Module):
     Args:
         backbone: slimmable backbone built with ``num_classes=0``.
         ssl: ``"simclr_momentum"``, ``"byol"`` or ``"mocov3"``.
-        method: ``"us3l"``, ``"naive"`` or ``"single"`` (selects which heads exist).
+        method: ``"us3l"``, ``"naive"``, ``"naive-contrastive"`` or ``"single"`` (selects which heads exist).
         proj_hidden_dim / proj_out_dim / pred_hidden_dim: head sizes.
         distill_layers: backbone BN module names whose outputs are distilled (feature distillation).
         teacher_width: width the teacher always runs at.
@@ -119,14 +124,14 @@ class SSLModel(nn.Module):
         self.predictor = (mlp_head(proj_out_dim, pred_hidden_dim, proj_out_dim, first_bias=False, mocov3=mocov3)
                           if has_predictor else None)
         self.aux_predictor = (mlp_head(proj_out_dim, pred_hidden_dim, proj_out_dim, first_bias=False, mocov3=mocov3)
-                              if method == "us3l" else None)
+                              if method in ("us3l", "naive") else None)
         self.distill_layers = tuple(distill_layers)
         for n in self.distill_layers:
             distill_source(backbone, n)  # validates the name early, with the list of valid ones
         self.proj_conv = nn.ModuleDict({_key(n): _proj_conv(_find(backbone, n)) for n in self.distill_layers}) \
             if self.distill_layers else None
-        if method == "naive":
-            self.teacher = None  # online-vs-online SimCLR: no momentum network
+        if method in TEACHERLESS:
+            self.teacher = None  # plain SimCLR: no momentum network
         else:
             self.teacher = deactivate_requires_grad(Encoder(copy.deepcopy(self.backbone), copy.deepcopy(self.projector)))
 
@@ -188,7 +193,7 @@ class SSLModel(nn.Module):
         feature distillation).
         """
         if self.teacher is None:
-            raise ConfigError("this model has no teacher (method 'naive')")
+            raise ConfigError(f"this model has no teacher (method {self.method!r})")
         capture = self._capture(self.teacher.backbone, self.distill_layers)
         with use_width(self.teacher, self.teacher_width), capture as feats:
             k1, k2 = self.teacher(x1), self.teacher(x2)

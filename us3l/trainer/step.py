@@ -17,8 +17,13 @@ order; for ``method="us3l"``:
    reference). With ``accumulate=True`` gradients of all widths are summed and the optimizer
    steps once per iteration (the original US-Nets recipe).
 
-``naive``: US-Net + SimCLR, online-vs-online InfoNCE at every width, no teacher. ``single``: one
-fixed width, the base SSL loss against an EMA teacher of the same width (individual training).
+``naive`` (the reference's naive configuration, docs/method.md §7.4): no teacher; the max width
+takes plain SimCLR InfoNCE between its two online views, and every sub-width goes through the
+auxiliary head and is distilled (cosine, cross-view) to the *detached online* max-width
+projections of the same iteration (US-Net in-place distillation with a target that moves at every
+step). ``naive-contrastive``: no teacher, no heads, online-vs-online InfoNCE at every width.
+``single``: one fixed width, the base SSL loss against an EMA teacher of the same width
+(individual training).
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ class Losses:
 def build_losses(method: str, ssl: str, temperature: float, feature_distill: bool = False,
                  distributed: bool = False) -> Losses:
     """Pick the loss modules for ``method`` × ``ssl`` (MoCo v3 gathers keys across ranks under DDP)."""
-    if method == "naive":
+    if method == "naive":  # reference: InfoNCEv2 at the max width, CosineSimilarity distillation below it
+        return Losses(base=InfoNCELoss(temperature=temperature), distill=CosineSimilarityLoss())
+    if method == "naive-contrastive":
         return Losses(base=InfoNCELoss(temperature=temperature))
     if ssl == "simclr_momentum":
         base: nn.Module = MomentumInfoNCELoss(temperature=temperature)
@@ -87,7 +94,7 @@ class StepParts:
         optimizer: updates ``raw_model.trainable_parameters()`` only.
         scaler: AMP gradient scaler (``enabled=False`` off CUDA: a pass-through).
         losses: see :class:`Losses`.
-        method: ``"us3l"``, ``"naive"`` or ``"single"``.
+        method: ``"us3l"``, ``"naive"``, ``"naive-contrastive"`` or ``"single"``.
         regularizer: a :class:`~us3l.trainer.group_reg.GroupRegularizer` (or, with
             ``reg_mode="autograd"``, any ``reg(model, width, epoch) -> Tensor``), or None.
         accumulate: one optimizer step per iteration instead of per width.
@@ -171,15 +178,25 @@ def train_step(parts: StepParts, x1: torch.Tensor, x2: torch.Tensor, widths: lis
             update_momentum(raw.online_encoder(), raw.teacher, ema_momentum)
             with torch.autocast(device_type, enabled=parts.amp):
                 targets = raw.teacher_forward(x1, x2)
-        head = "none" if (i == 0 or parts.method == "naive") else "aux"
+        head = "none" if (i == 0 or parts.method == "naive-contrastive") else "aux"
         if i == 0 and raw.predictor is not None:
             head = "predictor"
         with torch.autocast(device_type, enabled=parts.amp):
             q1, q2, extras = parts.model(x1, x2, width, head, graph_reg, epoch)
         q = (_full(q1), _full(q2))
-        if parts.method == "naive":
+        if parts.method == "naive-contrastive":
             loss = parts.losses.base(*q)
             stats["loss_base" if i == 0 else "loss_distill"] += loss.detach()
+        elif parts.method == "naive" and i == 0:
+            # online vs online InfoNCE; its detached projections are this iteration's sub-width targets
+            # (computed before the max width's optimizer step, as the reference's teacher branch)
+            loss = parts.losses.base(*q)
+            stats["loss_base"] += loss.detach()
+            targets = (q[0].detach(), q[1].detach())
+        elif parts.method == "naive":
+            assert parts.losses.distill is not None
+            loss = parts.losses.distill(q, targets)
+            stats["loss_distill"] += loss.detach()
         elif i == 0:
             loss = parts.losses.base(q, (_full(targets[0]), _full(targets[1])))
             stats["loss_base"] += loss.detach()
