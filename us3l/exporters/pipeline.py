@@ -34,7 +34,7 @@ from torch import nn
 from us3l.core.version import __version__
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError, ExportError
-from us3l.core.files import sha256_file
+from us3l.core.files import relative_path, sha256_file
 from us3l.core.precision import PRECISIONS, Precision  # noqa: F401  (PRECISIONS: re-exported)
 from us3l.core.profile import count_macs
 from us3l.core.slicing import channel_config, find_aliases, slice_to_width
@@ -417,7 +417,8 @@ class _Run:
             "sha256": sha256_file(req.path), "size_bytes": req.path.stat().st_size, "width": b.group.width,
             "aliases": b.group.aliases, "divisor": cfg.snap,
             "arch": net.arch, "arch_kwargs": net.arch_kwargs, "untrained": net.untrained,
-            "checkpoint": {"path": net.source_path, "sha256": net.source_hash, "method": net.method},
+            "checkpoint": {"path": relative_path(net.source_path, self.out_dir), "sha256": net.source_hash,
+                           "method": net.method},
             "channels": b.group.channels, "feature_dim": out_dim, "macs": macs, "params": params, "bn": b.plan,
             "input": {"name": req.input_name, "shape": [batch_dim, *self.input_shape], "dtype": "float32",
                       "normalization": self.calib.normalization()},
@@ -442,7 +443,8 @@ class _Run:
         """What classifier the artifact carries: an ``--include-head`` file, or the task checkpoint's
         head, with, for per-width heads, which width's head serves ``width`` and why (exact or nearer)."""
         if self.cfg.include_head:
-            return {"source": "include-head", "path": str(self.cfg.include_head), "sha256": self.head_digest}
+            return {"source": "include-head", "path": relative_path(self.cfg.include_head, self.out_dir),
+                    "sha256": self.head_digest}
         from us3l.core.taskmodel import choose_head, head_tensors
 
         assert self.net.checkpoint is not None

@@ -124,8 +124,10 @@ class CalibrationSet:
         if self.calib_data:
             p = Path(self.calib_data)
             if p.is_file():
-                st = p.stat()
-                return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                from us3l.core.files import sha256_file
+
+                # by content, not by where it lies: the record travels with the artifact to devices
+                return {"file": p.name, "sha256": sha256_file(p)}
             return {"dataset": self.calib_data}
         if self.dataset:
             return {"dataset": dict(self.dataset)}
