@@ -263,6 +263,13 @@ def batched_runner(run_batch: Callable[[np.ndarray], np.ndarray], batch: int | N
     return run
 
 
+def _width_of(req: ExportRequest) -> float:
+    try:
+        return float(req.metadata.get("us3l.width", "nan"))
+    except ValueError:
+        return float("nan")
+
+
 @register_exporter("onnx")
 class OnnxExporter(Exporter):
     """Plain static network → simplified, checked, self-contained ONNX file.
@@ -295,13 +302,31 @@ class OnnxExporter(Exporter):
             raise ExportError(f"opset {req.opset} is not supported; valid: {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
         exporter = req.options.get("exporter") or default_exporter()
         start = time.perf_counter()
-        log.info("Exporting ONNX (%s exporter, opset %d) -> %s", exporter, req.opset, req.path.name)
-        example = torch.zeros((req.batch or 2, *req.input_shape))
-        data = torch_to_onnx_bytes(req.static, example, req.opset, req.batch is None, req.input_name,
-                                   list(req.output_names) or req.output_name, exporter)
-        model = onnx.load_from_string(data)
-        if req.simplify:
-            model = simplify_onnx(model)
+        ladder = req.options.get("ladder")
+        model, method = None, "traced"
+        fallback = None
+        if ladder is not None and ladder.template is not None:
+            from .ladder import SubstitutionError
+
+            try:
+                model = self._substituted(req, ladder)
+                method = "substituted"
+            except SubstitutionError as exc:
+                fallback = str(exc)
+                ladder.fallbacks.append((float(req.metadata.get("us3l.width", "nan")), fallback))
+                log.warning("width %s translated in full: %s", req.metadata.get("us3l.width", "?"), fallback)
+        elif ladder is not None and ladder.disabled is not None:
+            fallback = ladder.disabled
+        if model is None:
+            log.info("Exporting ONNX (%s exporter, opset %d) -> %s", exporter, req.opset, req.path.name)
+            example = torch.zeros((req.batch or 2, *req.input_shape))
+            data = torch_to_onnx_bytes(req.static, example, req.opset, req.batch is None, req.input_name,
+                                       list(req.output_names) or req.output_name, exporter)
+            model = onnx.load_from_string(data)
+            if req.simplify:
+                model = simplify_onnx(model)
+            if ladder is not None and ladder.template is None:
+                ladder.adopt(model, req.static, _width_of(req), req.batch, req.input_shape[-1])
         onnx.helper.set_model_props(model, {k: str(v) for k, v in req.metadata.items()})
         model.producer_name, model.doc_string = "us3l-deploy", "universally slimmable network sliced to one width"
         data = model.SerializeToString()  # serialise once: checked bytes == written bytes (single file, < 2 GB)
@@ -314,8 +339,28 @@ class OnnxExporter(Exporter):
             raise ExportError(f"the {exporter} exporter wrote opset {written}, not the {req.opset} asked for")
         req.path.parent.mkdir(parents=True, exist_ok=True)
         req.path.write_bytes(data)
-        log.info("ONNX written in %.2fs (%d nodes)", time.perf_counter() - start, len(model.graph.node))
-        return {"graph": graph_summary(model), "exporter": exporter, "simplified": bool(req.simplify)}
+        seconds = time.perf_counter() - start
+        log.info("ONNX %s in %.2fs (%d nodes)", method, seconds, len(model.graph.node))
+        info: dict[str, Any] = {"method": method, "seconds": round(seconds, 3)}
+        if method == "substituted" and ladder is not None and ladder.template is not None:
+            info["template_width"] = ladder.template.width
+        if fallback:
+            info["fallback"] = fallback
+        return {"graph": graph_summary(model), "exporter": exporter, "simplified": bool(req.simplify), "export": info}
+
+    def _substituted(self, req: ExportRequest, ladder: Any) -> Any:
+        """This width's model derived from the ladder's template (:mod:`us3l.exporters.ladder`)."""
+        from .ladder import finish, substitute
+
+        with torch.no_grad():
+            out = req.static(torch.zeros((req.batch or 1, *req.input_shape)))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        model = substitute(ladder.template, req.static, _width_of(req), req.batch, req.input_shape[-1],
+                           [tuple(o.shape) for o in outs])
+        exporter = req.options.get("exporter") or default_exporter()
+        model = finish(model, req.simplify, ladder.template.ops, drop_whole_slices=exporter == "dynamo")
+        ladder.substituted += 1
+        return model
 
     def _reduced(self, req: ExportRequest) -> dict[str, Any]:
         """FP16 / INT8 from the FP32 ONNX of the same width (``req.onnx_path``), see :mod:`.onnx_quant`."""

@@ -21,7 +21,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from torch import nn
 
 from us3l.core import __version__
 from us3l.core.context import use_width
-from us3l.core.errors import ConfigError, ExportError
+from us3l.core.errors import ConfigError, ExportError, ParityError
 from us3l.core.files import sha256_file
 from us3l.core.profile import count_macs
 from us3l.core.slicing import channel_config, find_aliases, slice_to_width
@@ -98,6 +98,10 @@ class ExportConfig:
         threads: torch intra-op threads while exporting (restored afterwards; 0 = leave torch's
             setting). Export work is many small calls: one thread costs little on an idle machine
             and avoids a >3x slowdown from oversubscription on a shared one.
+        substitute: ladders of two or more distinct widths translate one width to ONNX and derive
+            the others from that graph (:mod:`us3l.exporters.ladder`); False translates every width.
+            A width that cannot be derived is translated in full, and its sidecar says why
+            (``export.method``, ``export.fallback``).
     """
 
     checkpoint: str | None = None
@@ -132,6 +136,7 @@ class ExportConfig:
     timing_cache: str | None = None
     threads: int = 1
     outputs: str = "features"
+    substitute: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", FORMAT_ALIASES.get(self.format, self.format))
@@ -189,6 +194,7 @@ class _Run:
 
             self.head_digest = head_digest(net.checkpoint)
         self.locations: dict[str, Path] = {}  # artifact name -> where it is now (staging or out_dir)
+        self.ladder: Any = None  # us3l.exporters.ladder.Ladder when the ladder is derived by substitution
         self.timing_name = f"{cfg.name or _base(cfg, net)}.timing.cache"
         if cfg.format == "trt" and not cfg.timing_cache and (self.out_dir / self.timing_name).is_file():
             shutil.copyfile(self.out_dir / self.timing_name, staging.dir / self.timing_name)
@@ -256,6 +262,8 @@ class _Run:
         meta.update(metadata_props(cfg.outputs, names, self.calib.normalization(), self.input_shape[-1], classes, preprocess))
         options = {"exporter": cfg.onnx_exporter, "workspace_mib": cfg.workspace_mib, "max_batch": cfg.max_batch,
                    "opt_batch": cfg.opt_batch, "timing_cache": self.timing_cache_path(), "calibration": cfg.calibration}
+        if self.ladder is not None and exporter.name == "onnx" and precision == "fp32":
+            options["ladder"] = self.ladder
         calib_np = None
         ranges_name = stem + RANGES_SUFFIX if precision == "int8" and exporter.name == "onnx" else None
         if ranges_name:
@@ -270,19 +278,31 @@ class _Run:
                             metadata=meta, simplify=cfg.simplify, onnx_path=self.locations.get(onnx.path.name) if onnx else None,
                             calib_images=calib_np, options=options)
         facts = exporter.export(req)
-        run_file = multi_output_runner(req.path, cfg.batch) if cfg.outputs == "stages" else exporter.runner(req.path, req)
-        out = run_file(x.numpy())
-        runtime = facts.get("runtime", "onnxruntime" if exporter.name == "onnx" else exporter.name)
-        what = f"{exporter.name} {precision} width {format_width(w)}"
-        if reduced:  # quantisation error is large in absolute terms: gate on what the features keep
-            gate = accuracy_gate(ref.numpy(), out, self._min_cosine(precision), runtime, self.calib.kind, head is not None)
-            record_dict = gate.to_dict()
-            enforce_gate(gate, what)
-        else:
+
+        def gate() -> dict[str, Any]:
+            run_file = multi_output_runner(req.path, cfg.batch) if cfg.outputs == "stages" else exporter.runner(req.path, req)
+            out = run_file(x.numpy())
+            runtime = facts.get("runtime", "onnxruntime" if exporter.name == "onnx" else exporter.name)
+            what = f"{exporter.name} {precision} width {format_width(w)}"
+            if reduced:  # quantisation error is large in absolute terms: gate on what the features keep
+                record = accuracy_gate(ref.numpy(), out, self._min_cosine(precision), runtime, self.calib.kind,
+                                       head is not None)
+                enforce_gate(record, what)
+                return record.to_dict()
             atol, rtol = self._tolerance(precision)
-            record = compare(ref.numpy(), out, atol, rtol, runtime, self.calib.kind)
-            enforce(record, what)
-            record_dict = record.to_dict()
+            rec = compare(ref.numpy(), out, atol, rtol, runtime, self.calib.kind)
+            enforce(rec, what)
+            return rec.to_dict()
+
+        try:
+            record_dict = gate()
+        except ParityError as exc:
+            if (facts.get("export") or {}).get("method") != "substituted":
+                raise
+            log.warning("substituted width %s failed its gate; translating it in full", format_width(w))
+            facts = exporter.export(replace(req, options={**req.options, "ladder": None}))
+            facts["export"]["fallback"] = f"parity gate after substitution: {str(exc).split('; minimum')[0][:200]}"
+            record_dict = gate()
         calibration = None
         if precision == "int8":
             facts_cal = facts.pop("calibration", None) or {}  # the TRT exporter reports its calibrator here too
@@ -313,6 +333,7 @@ class _Run:
                        for (n, m, s), o in zip(stage_taps(static), ref_out)] if cfg.outputs == "stages" else None,
             "classes": classes or None, "preprocess": preprocess,
             "head": {"path": str(cfg.include_head), "sha256": self.head_digest} if head is not None else None,
+            "export": facts.pop("export", None) or {"method": "converted" if onnx is not None else "traced"},
             "parity": record_dict, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(), "format_info": facts,
             "source_onnx": onnx.path.name if onnx else None, "cache_key": key,
             "build": {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -401,11 +422,20 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
         run = _Run(cfg, net, calib, staging)
         needs_onnx = exporter.needs_onnx or (cfg.format == "onnx" and cfg.precision != "fp32")
         onnx_exporter = get_exporter("onnx") if needs_onnx else None
-        for i, group in enumerate(groups.values()):
+        order = list(groups.values())
+        if cfg.substitute and len(groups) >= 2 and (cfg.format == "onnx" or needs_onnx):
+            from .ladder import Ladder, choose_template, slimmable_counts
+
+            run.ladder = Ladder()
+            first = choose_template(groups, lambda w: slimmable_counts(net.model, w, cfg.snap))
+            order.sort(key=lambda g: g.width != first)  # the template is translated first
+        done: dict[float, Artifact] = {}
+        for i, group in enumerate(order):
             if progress:
                 progress(i, len(groups), f"w={format_width(group.width)}")
             onnx_art = run.artifact(group, onnx_exporter, "fp32") if onnx_exporter else None
-            result.artifacts.append(run.artifact(group, exporter, cfg.precision, onnx_art))
+            done[group.width] = run.artifact(group, exporter, cfg.precision, onnx_art)
+        result.artifacts.extend(done[w] for w in groups)
         if cfg.format == "trt" and not cfg.timing_cache and (staging.dir / run.timing_name).exists():
             staging.path(run.timing_name)  # the updated timing cache lands with the engines
         staging.commit()
