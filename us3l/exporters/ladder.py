@@ -222,6 +222,29 @@ class Template:
     seconds: float = 0.0
 
 
+def match_initializers(model: Any, tensors: dict[str, np.ndarray]) -> tuple[dict[str, list[str]], list[Any]]:
+    """``({initializer name: network tensor keys reproducing it}, [unmatched float initializers])``.
+
+    Keys are ordered so the interpretation the exporter's name suggests comes first (folded
+    convolutions are named after the convolution).
+    """
+    from onnx import numpy_helper
+
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for k, a in tensors.items():
+        by_shape.setdefault(tuple(a.shape), []).append(k)
+    keys_of: dict[str, list[str]] = {}
+    unmatched = []
+    for init in _float_inits(model):
+        arr = numpy_helper.to_array(init)
+        keys = [k for k in by_shape.get(tuple(arr.shape), []) if _close(arr, tensors[k])]
+        if keys:
+            keys_of[init.name] = sorted(keys, key=lambda k: (not _names_agree(init.name, k), k))
+        else:
+            unmatched.append(init)
+    return keys_of, unmatched
+
+
 def build_template(model: Any, module: nn.Module, width: float, batch: int | None, input_size: int) -> Template:
     """Map a translated model (its metadata is ignored) onto ``module``, the network it was translated from.
 
@@ -234,24 +257,15 @@ def build_template(model: Any, module: nn.Module, width: float, batch: int | Non
     start = time.perf_counter()
     tensors = network_tensors(module)
     counts = network_counts(module, batch, input_size)
-    by_shape: dict[tuple[int, ...], list[str]] = {}
-    for k, a in tensors.items():
-        by_shape.setdefault(tuple(a.shape), []).append(k)
-    float_keys: dict[str, list[str]] = {}
+    float_keys, unmatched = match_initializers(model, tensors)
     fixed: dict[str, Any] = {}
     count_values = set(counts.values()) - {0, 1}
-    for init in _float_inits(model):
-        arr = numpy_helper.to_array(init)
-        keys = [k for k in by_shape.get(tuple(arr.shape), []) if _close(arr, tensors[k])]
-        if keys:
-            # prefer the interpretation the exporter names (folded convs are named after the conv)
-            float_keys[init.name] = sorted(keys, key=lambda k: (not _names_agree(init.name, k), k))
-        else:
-            if any(int(d) in count_values and int(d) > 1 for d in arr.shape) and arr.size > 1:
-                raise SubstitutionError(f"initializer {init.name} (shape {list(arr.shape)}) matches no tensor of the "
-                                        f"network at width {width:g}; its shape may depend on the width")
-            fixed[init.name] = onnx.TensorProto()
-            fixed[init.name].CopyFrom(init)
+    for init in unmatched:
+        if any(int(d) in count_values and int(d) > 1 for d in init.dims) and int(np.prod(init.dims)) > 1:
+            raise SubstitutionError(f"initializer {init.name} (shape {list(init.dims)}) matches no tensor of the "
+                                    f"network at width {width:g}; its shape may depend on the width")
+        fixed[init.name] = onnx.TensorProto()
+        fixed[init.name].CopyFrom(init)
     by_value: dict[int, list[str]] = {}
     for k, v in counts.items():
         by_value.setdefault(int(v), []).append(k)

@@ -102,6 +102,8 @@ class ExportConfig:
             the others from that graph (:mod:`us3l.exporters.ladder`); False translates every width.
             A width that cannot be derived is translated in full, and its sidecar says why
             (``export.method``, ``export.fallback``).
+        switchable: write one ONNX file holding every width, chosen at run time by an int64
+            ``width_index`` input (:mod:`us3l.exporters.switchable`); ONNX fp32 or fp16 only.
     """
 
     checkpoint: str | None = None
@@ -137,6 +139,7 @@ class ExportConfig:
     threads: int = 1
     outputs: str = "features"
     substitute: bool = True
+    switchable: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", FORMAT_ALIASES.get(self.format, self.format))
@@ -195,6 +198,7 @@ class _Run:
             self.head_digest = head_digest(net.checkpoint)
         self.locations: dict[str, Path] = {}  # artifact name -> where it is now (staging or out_dir)
         self.ladder: Any = None  # us3l.exporters.ladder.Ladder when the ladder is derived by substitution
+        self.keep: dict[float, nn.Module] | None = None  # width -> exported static module (switchable files)
         self.timing_name = f"{cfg.name or _base(cfg, net)}.timing.cache"
         if cfg.format == "trt" and not cfg.timing_cache and (self.out_dir / self.timing_name).is_file():
             shutil.copyfile(self.out_dir / self.timing_name, staging.dir / self.timing_name)
@@ -248,6 +252,8 @@ class _Run:
         if head is None and cfg.outputs in ("logits", "probs"):
             head = _checkpoint_head(net, w, feature_dim)
         deploy: nn.Module = deploy_module(static, head, cfg.outputs)
+        if self.keep is not None and precision == "fp32" and exporter.name == "onnx":
+            self.keep[w] = deploy
         names = output_names(cfg.outputs, head, static)
         reduced = precision != "fp32"
         calib_x, held_out = self.split() if reduced else (None, None)
@@ -388,12 +394,17 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None, network: Net
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
+        if cfg.switchable:
+            from .switchable import export_switchable
+
+            return export_switchable(cfg, progress, network)
         return _export(cfg, progress, network)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _export(cfg: ExportConfig, progress: Progress | None, network: Network | None) -> ExportResult:
+def _export(cfg: ExportConfig, progress: Progress | None, network: Network | None,
+            keep: dict[float, nn.Module] | None = None) -> ExportResult:
     t0 = time.perf_counter()
     exporter = get_exporter(cfg.format)
     if cfg.precision not in exporter.precisions:
@@ -420,6 +431,7 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
     result = ExportResult(out_dir=Path(cfg.out_dir))
     with Staging(Path(cfg.out_dir)) as staging:
         run = _Run(cfg, net, calib, staging)
+        run.keep = keep
         needs_onnx = exporter.needs_onnx or (cfg.format == "onnx" and cfg.precision != "fp32")
         onnx_exporter = get_exporter("onnx") if needs_onnx else None
         order = list(groups.values())

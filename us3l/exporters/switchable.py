@@ -1,0 +1,679 @@
+"""One ONNX file holding every width of a ladder, switched at run time by an int64 input.
+
+The file (``us3l export --switchable``) has two inputs, the images (``input``) and a scalar int64
+``width_index`` (0 .. N-1, N <= 16, in the order of the sidecar's ``switchable.index``), and the same
+outputs (names and ranks) as a per-width file. Inside, a chain of ``If`` nodes runs exactly one
+branch, the network at that width:
+
+- convolution and linear weights are stored **once**, at the largest width, as top-level
+  initializers; each branch ``Slice``s the first channels it needs (ONNX Runtime folds those
+  slices when the session loads, so the saving is in download and disk, not in RAM);
+- each branch keeps its **own BatchNorm statistics** as a per-channel scale and shift
+  (``Conv -> Mul -> Add``) rather than folded into the shared weights (which would make them
+  per-width again); tensors that are not first-channel slices of the widest one (a per-width
+  classifier head, constants) are kept in their branch;
+- an index outside 0 .. N-1 selects a last branch that fails at run time (ONNX has no assert):
+  the runners of this package refuse such an index before running, in one line.
+
+Each branch is derived from that width's ordinary FP32 ONNX (translated or substituted, see
+:mod:`us3l.exporters.ladder`): its initializers are matched by value to the network's tensors
+(:func:`us3l.exporters.ladder.match_initializers`), folded convolutions are unfolded into the raw
+weight (shared) and the BN scale/shift (per branch), and the sharing itself is checked by value
+(a branch tensor is a slice of the shared one or it stays in the branch). The pipeline then gates
+every index against PyTorch at that width.
+
+:func:`fix_width` turns the file back into a plain one-width graph (the ``If`` and the slices fold
+away, scale and shift are folded into the convolution again): what TensorRT builds an engine
+from, with the operators of the per-width file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from us3l.core.errors import ConfigError, ExportError
+
+log = logging.getLogger(__name__)
+
+WIDTH_INPUT = "width_index"
+MAX_WIDTHS = 16
+PRECISIONS = ("fp32", "fp16")
+SHARED_PREFIX = "shared/"
+
+
+@dataclass
+class Branch:
+    """One width of a switchable file: its FP32 ONNX model and the static network it came from."""
+
+    width: float
+    model: Any  # onnx.ModelProto
+    module: nn.Module
+
+
+def _np(init: Any) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(init)
+
+
+def _tensor(name: str, value: np.ndarray) -> Any:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.ascontiguousarray(value), name)
+
+
+def _prefix_of(shared: np.ndarray, value: np.ndarray) -> bool:
+    """Whether ``value`` is ``shared`` cut to its first entries along every axis."""
+    if shared.ndim != value.ndim or any(v > s for v, s in zip(value.shape, shared.shape)):
+        return False
+    return bool(np.array_equal(shared[tuple(slice(0, d) for d in value.shape)], value))
+
+
+class _Builder:
+    """Collects the shared initializers while branches are converted."""
+
+    def __init__(self, widest: dict[str, np.ndarray]) -> None:
+        self.widest = widest
+        self.shared: dict[str, np.ndarray] = {}
+
+    def use(self, key: str, value: np.ndarray, prefix: str, nodes: list[Any], inits: list[Any], out_name: str) -> str | None:
+        """The name a branch reads ``value`` under when it is a slice of the widest width's ``key``
+        (appending the Slice to ``nodes``); None when it is not."""
+        import onnx
+
+        full = self.widest.get(key)
+        if full is None or not _prefix_of(full, value):
+            return None
+        shared_name = SHARED_PREFIX + key
+        self.shared.setdefault(shared_name, full)
+        if value.shape == full.shape:
+            return shared_name
+        starts, ends = f"{out_name}/starts", f"{out_name}/ends"
+        axes = f"{out_name}/axes"
+        inits += [_tensor(starts, np.zeros(value.ndim, np.int64)), _tensor(ends, np.asarray(value.shape, np.int64)),
+                  _tensor(axes, np.arange(value.ndim, dtype=np.int64))]
+        nodes.append(onnx.helper.make_node("Slice", [shared_name, starts, ends, axes], [out_name], name=f"{out_name}/slice"))
+        return out_name
+
+
+def _branch_graph(index: int, br: Branch, builder: _Builder, input_names: set[str]) -> tuple[Any, dict[str, Any]]:
+    """Branch ``index`` as an ONNX graph reading the top-level inputs and shared initializers."""
+    import onnx
+
+    from .ladder import bn_scale_shift, match_initializers, network_tensors
+
+    prefix = f"w{index}/"
+    model = br.model
+    tensors = network_tensors(br.module)
+    keys_of, _ = match_initializers(model, tensors)
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    nodes: list[Any] = []
+    branch_inits: list[Any] = []
+    rename: dict[str, str] = {n: n for n in input_names}
+    unfold: dict[int, tuple[str, str]] = {}  # id(conv node) -> (scale name, shift name)
+    stats = {"shared": 0, "sliced": 0, "branch": 0, "bn_unfolded": 0}
+
+    def keep(init: Any) -> None:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(init)
+        copy.name = prefix + init.name
+        branch_inits.append(copy)
+        rename[init.name] = copy.name
+        stats["branch"] += 1
+
+    handled_bias: set[str] = set()
+    for name, init in inits.items():
+        keys = keys_of.get(name)
+        if not keys:
+            if name not in rename:
+                keep(init)
+            continue
+        key = keys[0]
+        if key.endswith(":fold_w"):
+            conv, bn = key[: -len(":fold_w")].split("+", 1)
+            users = consumers.get(name, [])
+            convs = [n for n in users if n.op_type == "Conv" and len(n.input) >= 3 and n.input[1] == name
+                     and keys_of.get(n.input[2], [""])[0] == f"{conv}+{bn}:fold_b"]
+            raw = tensors.get(f"{conv}.weight")
+            if raw is None or len(convs) != len(users):
+                keep(init)
+                continue
+            out = prefix + name
+            got = builder.use(f"{conv}.weight", raw, prefix, nodes, branch_inits, out)
+            if got is None:
+                branch_inits.append(_tensor(out, raw))
+                got = out
+                stats["branch"] += 1
+            else:
+                stats["sliced" if got != SHARED_PREFIX + f"{conv}.weight" else "shared"] += 1
+            rename[name] = got
+            scale, shift = bn_scale_shift(br.module.get_submodule(bn))
+            s_name, b_name = f"{prefix}{bn}/scale", f"{prefix}{bn}/shift"
+            if s_name not in {i.name for i in branch_inits}:
+                shape = (-1,) + (1,) * (raw.ndim - 2)
+                branch_inits += [_tensor(s_name, scale.reshape(shape)), _tensor(b_name, shift.reshape(shape))]
+            for n in convs:
+                unfold[id(n)] = (s_name, b_name)
+                handled_bias.add(n.input[2])
+            stats["bn_unfolded"] += 1
+            continue
+        if key.endswith(":fold_b"):
+            continue  # decided with its weight (below, if no conv took it)
+        value = _np(init)
+        out = prefix + name
+        got = builder.use(key, value, prefix, nodes, branch_inits, out)
+        if got is None:
+            keep(init)
+        else:
+            rename[name] = got
+            stats["sliced" if got == out else "shared"] += 1
+    for name, keys in keys_of.items():
+        if keys[0].endswith(":fold_b") and name not in handled_bias and name not in rename:
+            keep(inits[name])
+    for node in model.graph.node:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.name = prefix + (node.name or f"{node.op_type}_{len(nodes)}")
+        for j, name in enumerate(node.input):
+            if name:
+                new.input[j] = rename.get(name, prefix + name)
+        for j, name in enumerate(node.output):
+            if name:
+                new.output[j] = prefix + name
+        if id(node) in unfold:
+            s_name, b_name = unfold[id(node)]
+            del new.input[2:]
+            final = new.output[0]
+            new.output[0] = final + "/conv"
+            nodes.append(new)
+            nodes.append(onnx.helper.make_node("Mul", [final + "/conv", s_name], [final + "/scaled"], name=final + "/bn_scale"))
+            nodes.append(onnx.helper.make_node("Add", [final + "/scaled", b_name], [final], name=final + "/bn_shift"))
+            continue
+        nodes.append(new)
+    outputs = []
+    for o in model.graph.output:
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(o)
+        vi.name = prefix + o.name
+        outputs.append(vi)
+    graph = onnx.helper.make_graph(nodes, f"width_{index}", [], outputs, initializer=branch_inits)
+    return graph, stats
+
+
+def _fail_graph(outputs: Sequence[Any], input_name: str) -> Any:
+    """A branch producing outputs of the right types and ranks that fails when it runs (an index
+    outside the file's range): broadcasting a 2-vector to ``[batch, ..., 3]`` is invalid."""
+    import onnx
+
+    nodes, inits, outs = [], [], []
+    nodes.append(onnx.helper.make_node("Shape", [input_name], ["bad_index/shape"], name="bad_index/shape"))
+    inits += [_tensor("bad_index/zero", np.zeros(1, np.int64)), _tensor("bad_index/one", np.ones(1, np.int64)),
+              _tensor("bad_index/two", np.zeros(2, np.float32))]
+    nodes.append(onnx.helper.make_node("Slice", ["bad_index/shape", "bad_index/zero", "bad_index/one"],
+                                       ["bad_index/batch"], name="bad_index/batch"))
+    for o in outputs:
+        rank = len(o.type.tensor_type.shape.dim)
+        tail = f"bad_index/{o.name}/tail"
+        inits.append(_tensor(tail, np.asarray([1] * max(rank - 2, 0) + [3], np.int64)))
+        nodes.append(onnx.helper.make_node("Concat", ["bad_index/batch", tail], [f"bad_index/{o.name}/target"], axis=0,
+                                           name=f"bad_index/{o.name}/target"))
+        nodes.append(onnx.helper.make_node("Expand", ["bad_index/two", f"bad_index/{o.name}/target"],
+                                           [f"bad_index/{o.name}"], name=f"bad_index/{o.name}/expand"))
+        outs.append(onnx.helper.make_tensor_value_info(f"bad_index/{o.name}", o.type.tensor_type.elem_type, None))
+    return onnx.helper.make_graph(nodes, "index_out_of_range", [], outs, initializer=inits)
+
+
+def _select(names: list[str], branches: list[Any], outputs: Sequence[Any], input_name: str) -> list[Any]:
+    """Top-level nodes: ``If(width_index == 0, branch 0, If(width_index == 1, ...))``."""
+    import onnx
+
+    otype = {o.name: o.type.tensor_type.elem_type for o in outputs}
+    else_graph = _fail_graph(outputs, input_name)
+    top: list[Any] = []
+    for i in reversed(range(len(branches))):
+        outs = names if i == 0 else [f"select{i}/{n}" for n in names]
+        const, cond = f"select{i}/index", f"select{i}/is_index"
+        level = [onnx.helper.make_node("Constant", [], [const], value=_tensor("", np.asarray(i, np.int64)),
+                                       name=f"select{i}/const"),
+                 onnx.helper.make_node("Equal", [WIDTH_INPUT, const], [cond], name=f"select{i}/equal"),
+                 onnx.helper.make_node("If", [cond], outs, then_branch=branches[i], else_branch=else_graph,
+                                       name=f"select{i}/if")]
+        if i == 0:
+            top = level
+        else:
+            else_graph = onnx.helper.make_graph(level, f"select_{i}", [],
+                                                [onnx.helper.make_tensor_value_info(o, otype[n], None)
+                                                 for o, n in zip(outs, names)])
+    return top
+
+
+def build_switchable(branches: Sequence[Branch], metadata: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    """The switchable model of ``branches`` (index = position) and facts for the sidecar.
+
+    Raises:
+        ConfigError: no branch, more than :data:`MAX_WIDTHS`, or outputs that differ in name or rank.
+    """
+    import onnx
+
+    from .ladder import network_tensors
+
+    if not branches:
+        raise ConfigError("a switchable file needs at least one width")
+    if len(branches) > MAX_WIDTHS:
+        raise ConfigError(f"a switchable file holds at most {MAX_WIDTHS} distinct widths; {len(branches)} were asked "
+                          "for; valid: a shorter list or range")
+    first = branches[0].model
+    names = [o.name for o in first.graph.output]
+    ranks = [len(o.type.tensor_type.shape.dim) for o in first.graph.output]
+    for br in branches[1:]:
+        if [o.name for o in br.model.graph.output] != names or \
+                [len(o.type.tensor_type.shape.dim) for o in br.model.graph.output] != ranks:
+            raise ConfigError("the widths give outputs of different names or ranks; a switchable file needs the same "
+                              "outputs at every width (features, logits, probs, or stages with equal ranks)")
+    widest = max(range(len(branches)), key=lambda i: branches[i].width)
+    builder = _Builder(network_tensors(branches[widest].module))
+    input_vi = first.graph.input[0]
+    graphs, stats = [], []
+    for i, br in enumerate(branches):
+        g, s = _branch_graph(i, br, builder, {input_vi.name})
+        graphs.append(g)
+        stats.append(s)
+    nodes = _select(names, graphs, first.graph.output, input_vi.name)
+    outputs = []
+    for j, o in enumerate(first.graph.output):
+        dims = [[(d.dim_value if d.HasField("dim_value") else d.dim_param or None) for d in br.model.graph.output[j].type.tensor_type.shape.dim]
+                for br in branches]
+        shape: list[Any] = []
+        for axis in range(ranks[j]):
+            values = {tuple([d[axis]]) for d in dims}
+            value = dims[0][axis]
+            shape.append(value if len(values) == 1 else f"{o.name}_dim{axis}")
+        outputs.append(onnx.helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, shape))
+    index_vi = onnx.helper.make_tensor_value_info(WIDTH_INPUT, onnx.TensorProto.INT64, [])
+    inits = [_tensor(n, v) for n, v in builder.shared.items()]
+    graph = onnx.helper.make_graph(nodes, "us3l_switchable", [input_vi, index_vi], outputs, initializer=inits)
+    model = onnx.helper.make_model(graph, opset_imports=list(first.opset_import), producer_name="us3l-deploy")
+    model.ir_version = first.ir_version
+    model.doc_string = "universally slimmable network: every width in one file, chosen by the width_index input"
+    onnx.helper.set_model_props(model, dict(metadata))
+    data = model.SerializeToString()
+    try:
+        onnx.checker.check_model(data, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"switchable ONNX failed onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+    facts = {"shared_initializers": len(inits), "shared_values": int(sum(v.size for v in builder.shared.values())),
+             "branches": stats}
+    return model, facts
+
+
+# ----------------------------------------------------------------------------- reading a switchable file
+
+
+def switchable_table(path_or_model: Any) -> list[dict[str, Any]] | None:
+    """The index table of a switchable file (its ``us3l.switchable`` metadata), or None for a
+    per-width file. Each row: ``{"index", "width", "aliases", "channels", "macs", "params",
+    "feature_dim", "accuracy"}``."""
+    import onnx
+
+    model = path_or_model if hasattr(path_or_model, "graph") else onnx.load(str(path_or_model), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if "us3l.switchable" not in props:
+        return None
+    return list(json.loads(props["us3l.switchable"]))
+
+
+def index_for(table: list[dict[str, Any]], width: float, name: str = "the file") -> int:
+    """The index of ``width`` (the width of a row or one of its aliases).
+
+    Raises:
+        ConfigError: a width the file does not hold, listing the ones it holds.
+    """
+    from us3l.core.width import format_width
+
+    for row in table:
+        if any(abs(float(w) - float(width)) < 1e-9 for w in [row["width"], *row.get("aliases", [])]):
+            return int(row["index"])
+    held = ", ".join(format_width(w) for w in held_widths(table))
+    raise ConfigError(f"{name} holds no width {format_width(width)}; it holds {held}")
+
+
+def held_widths(table: list[dict[str, Any]]) -> list[float]:
+    """Every width a switchable file serves (rows and their aliases), sorted."""
+    return sorted({float(w) for row in table for w in [row["width"], *row.get("aliases", [])]})
+
+
+def check_index(index: int, n: int) -> None:
+    """Refuse an index outside ``0 .. n-1`` (the file's last branch would fail with ONNX Runtime's
+    own message otherwise)."""
+    if not 0 <= int(index) < n:
+        raise ConfigError(f"width_index {index} is outside this file's 0..{n - 1}")
+
+
+def switchable_runner(path: Any, index: int, batch: int | None = None, threads: int = 0,
+                      all_outputs: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running a switchable file at ``index`` on float32 NCHW batches (first output, or
+    every output flattened and concatenated per image with ``all_outputs``)."""
+    from .onnx_exporter import batched_runner, ort_session
+    from .outputs import flatten_outputs
+
+    sess = ort_session(path if not isinstance(path, str) else __import__("pathlib").Path(path), threads=threads)
+    n = len(switchable_table(path) or [])
+    check_index(index, n)
+    name = next(i.name for i in sess.get_inputs() if i.name != WIDTH_INPUT)
+    idx = np.asarray(int(index), dtype=np.int64)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        outs = sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32), WIDTH_INPUT: idx})
+        return flatten_outputs(outs) if all_outputs else np.asarray(outs[0], dtype=np.float32)
+
+    return batched_runner(run, batch)
+
+
+# ----------------------------------------------------------------------------- one width out of the file
+
+
+def fix_width(model: Any, index: int) -> Any:
+    """The plain one-width model of a switchable ``model`` at ``index``: ``width_index`` fixed,
+    the ``If`` chain replaced by the chosen branch, shared-weight slices and BN scale/shift folded
+    into the convolutions again (the operators of the per-width file). TensorRT builds its engine
+    from this graph.
+
+    Raises:
+        ConfigError: not a switchable model, or an index outside it.
+    """
+    import onnx
+
+    table = switchable_table(model)
+    if table is None:
+        raise ConfigError("not a switchable file (no us3l.switchable metadata); it already has one width")
+    check_index(index, len(table))
+    top_if = next(n for n in model.graph.node if n.op_type == "If")
+    node, level = top_if, 0
+    while level < index:
+        else_g = next(a.g for a in node.attribute if a.name == "else_branch")
+        node = next(n for n in else_g.node if n.op_type == "If")
+        level += 1
+    branch = next(a.g for a in node.attribute if a.name == "then_branch")
+    names = [o.name for o in model.graph.output]
+    inner = [o.name for o in branch.output]
+    rename = dict(zip(inner, names))
+    consts: dict[str, np.ndarray] = {i.name: _np(i) for i in model.graph.initializer}
+    consts.update({i.name: _np(i) for i in branch.initializer})
+    nodes: list[Any] = []
+    for n in branch.node:
+        new = onnx.NodeProto()
+        new.CopyFrom(n)
+        for j, name in enumerate(new.output):
+            new.output[j] = rename.get(name, name)
+        for j, name in enumerate(new.input):
+            new.input[j] = rename.get(name, name)
+        nodes.append(new)
+    # fold Slice(constant) into constants
+    folded: list[Any] = []
+    for n in nodes:
+        if n.op_type == "Slice" and all(i in consts for i in n.input if i):
+            data, starts, ends = consts[n.input[0]], consts[n.input[1]], consts[n.input[2]]
+            axes = consts[n.input[3]] if len(n.input) > 3 and n.input[3] else np.arange(len(starts))
+            index_ = [slice(None)] * data.ndim
+            for s, e, a in zip(starts.tolist(), ends.tolist(), axes.tolist()):
+                index_[a] = slice(s, e)
+            consts[n.output[0]] = np.ascontiguousarray(data[tuple(index_)])
+            continue
+        folded.append(n)
+    nodes = _fold_scale_shift(folded, consts)
+    used = {i for n in nodes for i in n.input}
+    inits = [_tensor(name, consts[name]) for name in sorted(used) if name in consts]
+    input_vi = next(i for i in model.graph.input if i.name != WIDTH_INPUT)
+    outputs = []
+    for o, b in zip(model.graph.output, branch.output):
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(b)
+        vi.name = o.name
+        outputs.append(vi)
+    graph = onnx.helper.make_graph(nodes, f"width_{index}", [input_vi], outputs, initializer=inits)
+    out = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="us3l-deploy")
+    out.ir_version = model.ir_version
+    row = table[index]
+    props = {p.key: p.value for p in model.metadata_props if p.key != "us3l.switchable"}
+    props.update({"us3l.width": str(row["width"]), "us3l.aliases": ",".join(str(a) for a in row.get("aliases", [])),
+                  "us3l.switchable_index": str(index)})
+    onnx.helper.set_model_props(out, props)
+    onnx.checker.check_model(out.SerializeToString(), full_check=True)
+    return out
+
+
+def _fold_scale_shift(nodes: list[Any], consts: dict[str, np.ndarray]) -> list[Any]:
+    """``Conv(x, W) -> Mul(s) -> Add(b)`` with constant W, s, b and no other reader of the
+    intermediate tensors becomes ``Conv(x, W * s, b)``."""
+    readers: dict[str, list[Any]] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    drop: set[int] = set()
+    for n in nodes:
+        if n.op_type != "Conv" or len(n.input) > 2 or n.input[1] not in consts:
+            continue
+        mul = readers.get(n.output[0], [])
+        if len(mul) != 1 or mul[0].op_type != "Mul" or mul[0].input[0] != n.output[0] or mul[0].input[1] not in consts:
+            continue
+        add = readers.get(mul[0].output[0], [])
+        if len(add) != 1 or add[0].op_type != "Add" or add[0].input[0] != mul[0].output[0] or add[0].input[1] not in consts:
+            continue
+        w, s, b = consts[n.input[1]], consts[mul[0].input[1]], consts[add[0].input[1]]
+        if s.size != w.shape[0] or b.size != w.shape[0]:
+            continue
+        wname, bname = n.input[1] + "/folded", n.input[1] + "/bias"
+        consts[wname] = (w.astype(np.float64) * s.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
+        consts[bname] = b.reshape(-1).astype(w.dtype)
+        n.input[1] = wname
+        n.input.append(bname)
+        n.output[0] = add[0].output[0]
+        drop.update((id(mul[0]), id(add[0])))
+    return [n for n in nodes if id(n) not in drop]
+
+
+# ----------------------------------------------------------------------------- the export command
+
+
+def _accuracy_rows(cfg: Any, source_hash: str) -> dict[float, dict[str, float]]:
+    """FP32 accuracy per width from ``accuracy.json`` beside the checkpoint (when it describes these weights)."""
+    from pathlib import Path
+
+    from us3l.core.accuracy import ACCURACY_FILE, read_accuracy_file, row_precision
+    from us3l.core.errors import DataError
+
+    if not cfg.checkpoint:
+        return {}
+    ckpt = Path(cfg.checkpoint)
+    path = (ckpt if ckpt.is_dir() else ckpt.parent) / ACCURACY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = read_accuracy_file(path)
+    except DataError:
+        return {}
+    if data.get("checkpoint") != source_hash:
+        return {}
+    out: dict[float, dict[str, float]] = {}
+    for row in data["results"]:
+        if row_precision(row) == "fp32":
+            out[round(float(row["width"]), 6)] = {k: float(row[k]) for k in ("knn", "linear", "top1")
+                                                  if isinstance(row.get(k), (int, float))}
+    return out
+
+
+def _cache_key(cfg: Any, net: Any, widths: list[float], calib: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from us3l.core import __version__
+
+    from .artifacts import jsonable
+
+    fields = {k: v for k, v in asdict(cfg).items()
+              if k not in ("out_dir", "force", "name", "threads", "checkpoint", "arch", "widths")}
+    return jsonable({"switchable": True, "checkpoint": net.source_hash, "widths": widths, "tool": __version__,
+                     "data": calib.describe(), **fields})
+
+
+def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
+    """``us3l export --switchable``: the per-width FP32 ONNX files (a ladder, by substitution) are
+    built in a temporary folder, merged into one switchable file, gated at every index against
+    PyTorch at that width, and written (with its sidecar) only when every index passed.
+
+    Raises:
+        ConfigError: another format or precision, more than 16 distinct widths. ParityError: an
+            index does not match PyTorch (fp32 tolerance; fp16 mean cosine >= 0.999).
+    """
+    import dataclasses
+    import platform
+    import tempfile
+    import time
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import onnx
+    import torch
+
+    from us3l.core.files import sha256_file
+    from us3l.core.slicing import find_aliases
+    from us3l.core.width import format_width, parse_widths
+
+    from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, cached_artifact, tool_versions
+    from .onnx_quant import DEFAULT_MIN_COSINE, accuracy_gate, enforce_gate
+    from .outputs import flatten_outputs
+    from .parity import DEFAULT_TOLERANCE, compare, enforce
+    from .pipeline import _base, _export
+    from .source import CalibrationSet, check_input_size, load_network
+
+    t0 = time.perf_counter()
+    if cfg.format != "onnx" or cfg.precision not in PRECISIONS:
+        raise ConfigError(f"--switchable writes one ONNX file in fp32 or fp16 (it holds the gate at every width), not "
+                          f"{cfg.format} {cfg.precision}; for TensorRT build an engine per width from the switchable "
+                          f"file: us3l export FILE_switchable.onnx --widths W --format trt")
+    net = network if network is not None else load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.input_size)
+    if network is not None and cfg.input_size and int(cfg.input_size) != net.model.input_size:
+        check_input_size(net.model, int(cfg.input_size))
+    widths = parse_widths(cfg.widths, *net.model.width_range)
+    distinct = sorted({f for f in find_aliases(net.model, widths, cfg.snap).values()})
+    if len(distinct) > MAX_WIDTHS:
+        raise ConfigError(f"a switchable file holds at most {MAX_WIDTHS} distinct widths; {len(distinct)} were asked "
+                          "for; valid: a shorter list or range")
+    calib = CalibrationSet(cfg.calib_data, net.checkpoint.dataset if net.checkpoint else None,
+                           int(cfg.input_size or net.model.input_size), net.model.in_chans, net.untrained, cfg.seed,
+                           limit=max(cfg.bn_images, cfg.int8_images + cfg.gate_images, cfg.parity_images))
+    prefix = (cfg.name or _base(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
+    stem = f"{prefix}_switchable" + (f"_s{cfg.snap}" if cfg.snap != 8 else "") + (f"_b{cfg.batch}" if cfg.batch else "") \
+        + ("_fp16" if cfg.precision == "fp16" else "")
+    name, sidecar_name = stem + ".onnx", stem + ".json"
+    out_dir = Path(cfg.out_dir)
+    key = _cache_key(cfg, net, [float(w) for w in widths], calib)
+    result = ExportResult(out_dir=out_dir)
+    with Staging(out_dir) as staging:
+        old = cached_artifact(out_dir / name, out_dir / sidecar_name, key, cfg.force, repairable=name in staging.repairable)
+        if old is not None:
+            staging.settled.update((name, sidecar_name))
+            staging.commit()
+            result.artifacts.append(Artifact.from_sidecar(out_dir / sidecar_name, old, cached=True))
+            result.seconds = time.perf_counter() - t0
+            return result
+        keep: dict[float, nn.Module] = {}
+        with tempfile.TemporaryDirectory(prefix="us3l-switchable-") as tmp:
+            inner = dataclasses.replace(cfg, switchable=False, precision="fp32", out_dir=tmp, force=True,
+                                        name=prefix if cfg.outputs == "features" else (cfg.name or _base(cfg, net)))
+            per_width = _export(inner, progress, net, keep=keep)
+            arts = sorted(per_width.artifacts, key=lambda a: a.width)
+            sides = [json.loads(a.sidecar.read_text()) for a in arts]
+            branches = [Branch(a.width, onnx.load(str(a.path)), keep[a.width]) for a in arts]
+            per_width_bytes = [int(a.path.stat().st_size) for a in arts]
+        accuracy = _accuracy_rows(cfg, net.source_hash)
+        table = []
+        for i, (a, side) in enumerate(zip(arts, sides)):
+            acc = accuracy.get(round(a.width, 6))
+            table.append({"index": i, "width": a.width, "aliases": list(a.aliases), "channels": dict(a.channels),
+                          "macs": int(a.macs), "params": int(a.params), "feature_dim": int(a.feature_dim),
+                          "export_method": (side.get("export") or {}).get("method"),
+                          "accuracy": acc or None})
+        props = {p.key: p.value for p in branches[-1].model.metadata_props
+                 if p.key not in ("us3l.width", "us3l.aliases")}
+        props["us3l.switchable"] = json.dumps(table, sort_keys=True)
+        props["us3l.widths"] = json.dumps([format_width(r["width"]) for r in table])
+        props["us3l.precision"] = cfg.precision
+        model, facts = build_switchable(branches, props)
+        if cfg.precision == "fp16":
+            from .onnx_quant import fp16_tool, to_fp16
+
+            model = to_fp16(model)
+            onnx.helper.set_model_props(model, props)
+            facts["precision_tool"] = fp16_tool()
+        path = staging.path(name)
+        onnx.save_model(model, str(path))
+        x = calib.images()[: cfg.parity_images] if cfg.precision == "fp32" else calib.images()[-cfg.gate_images:]
+        records = []
+        what = f"switchable {cfg.precision}"
+        for row, br in zip(table, branches):
+            with torch.no_grad():
+                ref = flatten_outputs(br.module(x))
+            out = switchable_runner(path, row["index"], cfg.batch, threads=1, all_outputs=True)(x.numpy())
+            label = f"{what} index {row['index']} (width {format_width(row['width'])})"
+            if cfg.precision == "fp32":
+                atol, rtol = DEFAULT_TOLERANCE["fp32"]
+                rec = compare(ref, out, cfg.atol if cfg.atol is not None else atol,
+                              cfg.rtol if cfg.rtol is not None else rtol, "onnxruntime", calib.kind)
+                enforce(rec, label)
+                record = {"index": row["index"], "width": row["width"], **rec.to_dict()}
+            else:
+                gate = accuracy_gate(ref, out, cfg.min_cosine if cfg.min_cosine is not None else DEFAULT_MIN_COSINE["fp16"],
+                                     "onnxruntime", calib.kind, cfg.outputs in ("logits", "probs"))
+                enforce_gate(gate, label + " (fp16 does not hold the gate here; export --precision fp32)")
+                record = {"index": row["index"], "width": row["width"], **gate.to_dict()}
+            row["parity"] = {k: record[k] for k in ("max_abs_err", "mean_cosine", "passed") if k in record}
+            records.append(record)
+        size = int(path.stat().st_size)
+        widest = max(range(len(arts)), key=lambda i: arts[i].width)
+        wa, ws = arts[widest], sides[widest]
+        parity = {"gate": "per_index", "passed": True, "precision": cfg.precision, "inputs": calib.kind,
+                  "num_images": int(len(x)), "max_abs_err": max(r["max_abs_err"] for r in records),
+                  "per_index": records}
+        if cfg.precision == "fp16":
+            parity["mean_cosine"] = min(r["mean_cosine"] for r in records)
+        data = {
+            "schema": SIDECAR_SCHEMA, "artifact": name, "format": "onnx", "precision": cfg.precision,
+            "sha256": sha256_file(path), "size_bytes": size, "width": wa.width, "aliases": [], "divisor": cfg.snap,
+            "arch": net.arch, "arch_kwargs": net.arch_kwargs, "untrained": net.untrained,
+            "checkpoint": {"path": net.source_path, "sha256": net.source_hash, "method": net.method},
+            "channels": dict(wa.channels), "feature_dim": int(wa.feature_dim), "macs": int(wa.macs), "params": int(wa.params),
+            "bn": [s.get("bn") for s in sides],
+            "input": ws["input"], "output": {**ws["output"], "shape": None if len({a.feature_dim for a in arts}) > 1
+                                             else ws["output"].get("shape")},
+            "inputs": [ws["input"]["name"], WIDTH_INPUT],
+            "switchable": {"input": WIDTH_INPUT, "dtype": "int64", "shape": [], "index": table,
+                           "widths": [w for row in table for w in [row["width"], *row["aliases"]]],
+                           "per_width_bytes": per_width_bytes, "widest_bytes": per_width_bytes[widest],
+                           "size_over_widest": round(size / per_width_bytes[widest], 4),
+                           "size_over_sum": round(size / sum(per_width_bytes), 4)},
+            "stages": ws.get("stages"), "classes": ws.get("classes"), "preprocess": ws.get("preprocess"),
+            "head": ws.get("head"), "parity": parity, "calibration": None, "opset": cfg.opset,
+            "versions": tool_versions(), "format_info": {**facts, "graph": {"opset": cfg.opset}},
+            "export": {"method": "switchable", "branches": [r["export_method"] for r in table]},
+            "source_onnx": None, "cache_key": key,
+            "build": {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "seconds": round(time.perf_counter() - t0, 3), "host": platform.node()},
+        }
+        staging.write_json(sidecar_name, data)
+        staging.commit()
+    result.artifacts.append(Artifact.from_sidecar(out_dir / sidecar_name, data, cached=False))
+    result.seconds = time.perf_counter() - t0
+    log.info("switchable file %s: %d widths, %d bytes (%.3fx the widest per-width file)", name, len(table), size,
+             size / per_width_bytes[widest])
+    return result
