@@ -12,6 +12,7 @@ import json
 import pytest
 
 from us3l.benchmarks import BenchConfig, run_bench
+from us3l.benchmarks.rows import BenchRow
 from us3l.benchmarks.search import search_width
 from us3l.core.errors import ConfigError
 
@@ -87,15 +88,15 @@ def test_search_bisects_distinct_configs_on_a_synthetic_latency(tmp_path):
 
     def fake_measure(w):  # latency ~ MACs ~ sum of squared channels: monotone step function of width
         measured.append(w)
-        return {"width": w, "p95_ms": sum(c * c for c in channel_config(net, w).values()) / 1e5}
+        return BenchRow(width=w, p95_ms=sum(c * c for c in channel_config(net, w).values()) / 1e5)
 
-    budget = fake_measure(0.6)["p95_ms"]
+    budget = fake_measure(0.6).p95_ms
     measured.clear()
     out = search_width(ModelSource(arch="us_resnet18_cifar"), None, 0.25, 1.0, 0.01, 1, budget, "p95", tmp_path,
                        "fp32", None, measure=fake_measure)
-    lo, hi = out["width_range"]
-    assert lo <= 0.6 <= hi and out["width"] == hi  # the widest width with 0.6's channels
-    assert len(measured) <= 2 + 7 and out["configs"] > 20
+    lo, hi = out.width_range
+    assert lo <= 0.6 <= hi and out.width == hi  # the widest width with 0.6's channels
+    assert len(measured) <= 2 + 7 and out.configs > 20 and all(p.searched for p in out.probes)
     assert channel_config(net, hi) == channel_config(net, 0.6)
 
 

@@ -11,7 +11,9 @@ Runners (``list_runners()``): ``torch``, ``onnxruntime``, ``tensorrt``, ``trtexe
 TOML profiles (:mod:`us3l.benchmarks.devices`). Heavy backends are imported lazily.
 """
 
-from .run import BenchResult, resolve_runner, run_bench
+from .run import BenchResult, BenchRun, resolve_runner, run_bench
+from .rows import CSV_COLUMNS, BenchRow
+from .search import SearchOutcome
 from .artifacts import BenchArtifact, ModelSource, prepare_artifacts
 from .config import BenchConfig, parse_batches, parse_modes
 from .devices import DeviceProfile, get_device, list_devices, load_profiles
@@ -21,7 +23,7 @@ from .choice import bisect_widest, choose, distinct_configs, load_accuracy, pare
 from .stats import LatencyStats, compute_stats
 
 __all__ = [
-    "BenchArtifact", "BenchConfig", "BenchResult", "DeviceProfile", "LatencyStats", "LatencyTable", "LocalRunner",
+    "CSV_COLUMNS", "BenchArtifact", "BenchConfig", "BenchResult", "BenchRow", "BenchRun", "SearchOutcome", "DeviceProfile", "LatencyStats", "LatencyTable", "LocalRunner",
     "ModelSource", "Runner", "RunnerOptions", "SweepResult", "TimingConfig", "bisect_widest", "choose",
     "compute_stats", "default_cache_path", "distinct_configs", "get_device", "get_runner", "list_devices",
     "list_runners", "load_accuracy", "load_profiles", "pareto_front", "parse_batches", "parse_modes",

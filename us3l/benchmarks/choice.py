@@ -11,6 +11,7 @@ from pathlib import Path
 
 from us3l.core.accuracy import read_accuracy, row_precision
 from us3l.core.errors import ConfigError, DataError
+from us3l.core.precision import PLANS
 from us3l.core.width import DEFAULT_DIVISOR, format_width, round_width
 
 from .stats import METRICS
@@ -73,7 +74,7 @@ def accuracy_for(width: float, aliases: Sequence[float], table: dict[tuple[float
     return None
 
 
-PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}  # most faithful first (ties without accuracy)
+PRECISION_ORDER = {p.value: plan.rank for p, plan in PLANS.items()}  # most faithful first (ties without accuracy)
 
 
 def pair(row: dict) -> dict:

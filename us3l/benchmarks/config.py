@@ -7,9 +7,10 @@ from pathlib import Path
 
 from us3l.core.errors import ConfigError
 
+from us3l.core.precision import PRECISIONS, Precision  # noqa: F401  (PRECISIONS: re-exported)
+
 from .stats import METRICS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,7 @@ class BenchConfig:
         if self.metric not in METRICS:
             raise ConfigError(f"metric {self.metric!r} is invalid; valid: {', '.join(METRICS)}")
         if self.precision is not None:
-            parts = [p.strip() for p in str(self.precision).split(",")]
-            bad = [p for p in parts if p not in PRECISIONS]
-            if bad or not parts:
-                raise ConfigError(f"precision {self.precision!r} is invalid; valid: {', '.join(PRECISIONS)} "
-                                  "or a list such as fp32,int8")
+            Precision.parse_list(self.precision, "precision")
         from us3l.core.checks import check_number
 
         check_number("--remeasure", self.remeasure, minimum=0, integer=True)
@@ -100,11 +97,11 @@ class BenchConfig:
             raise ConfigError("--search bisects widths at one precision; give one --precision with --search")
 
     @property
-    def precisions(self) -> tuple[str, ...] | None:
+    def precisions(self) -> tuple[Precision, ...] | None:
         """The requested precisions in order (``None``: the device's)."""
         if self.precision is None:
             return None
-        return tuple(dict.fromkeys(p.strip() for p in str(self.precision).split(",")))
+        return Precision.parse_list(self.precision, "precision")
 
 
 def parse_batches(text: str) -> tuple[int, ...]:

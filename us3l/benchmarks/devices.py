@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from us3l.core.errors import ConfigError, unknown_name
+from us3l.core.precision import PRECISIONS
 
 PROJECT_FILE = "us3l-devices.toml"
 DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
@@ -111,7 +112,6 @@ SAFE_SSH_OPTIONS = frozenset({
     "pubkeyacceptedkeytypes", "rekeylimit", "serveralivecountmax", "serveraliveinterval", "stricthostkeychecking",
     "tcpkeepalive", "updatehostkeys", "user", "userknownhostsfile", "verifyhostkeydns",
 })
-PRECISIONS = ("fp32", "fp16", "int8")
 #: Keys that only mean something for an ssh device (a profile with them but no ``host`` would run locally).
 SSH_KEYS = ("user", "port", "identity_file", "ssh_options", "known_hosts", "accept_new_host_key", "workdir")
 

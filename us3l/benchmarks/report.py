@@ -12,15 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from us3l.core.files import atomic_write_bytes, atomic_write_text
+from us3l.core.precision import Precision
 from us3l.core.width import format_width
 
-from us3l.core.files import atomic_write_bytes, atomic_write_text
-
-CSV_COLUMNS = ("width", "precision", "aliases", "channels", "macs", "params", "accuracy", "accuracy_source", "p50_ms",
-               "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "ci_low_ms", "ci_high_ms",
-               "n", "throughput", "batch", "runner", "device", "threads", "power_mode", "power_mw", "energy_mj",
-               "gpu_compute_p50_ms", "int8_path", "source", "cached", "remeasured", "artifact", "sha256")
-# ci_low_ms / ci_high_ms: the 95 % bootstrap interval of the budget metric (--metric)
+from .rows import CSV_COLUMNS
 
 
 def _cell(value: Any) -> str:
@@ -46,8 +42,8 @@ def write_json(path: Path, report: dict) -> Path:
     return atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
 
 
-MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
-COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+MARKERS: dict[str, str] = {Precision.FP32: "o", Precision.FP16: "s", Precision.INT8: "^"}
+COLORS: dict[str, str] = {Precision.FP32: "tab:blue", Precision.FP16: "tab:orange", Precision.INT8: "tab:green"}
 
 
 def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | None, budget_ms: float | None,

@@ -2,7 +2,7 @@
 
 :func:`measure_rows` looks every (artifact, batch) point up in the lookup table, measures the
 missing ones in one interleaved sweep on the runner, turns raw timings into statistics and
-returns one report row per (artifact, batch).
+returns one :class:`~us3l.benchmarks.rows.BenchRow` per (artifact, batch).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .artifacts import BenchArtifact
 from .lut import LatencyTable, point_key
+from .rows import BenchRow
 from .runners.base import Runner, RunnerOptions, SweepResult, TimingConfig
 from .stats import compute_stats
 from .tegrastats import energy_per_inference_mj
@@ -81,8 +82,8 @@ def _point(times: list[float], extras: dict, batch: int) -> dict:
 
 
 def measure_rows(ctx: MeasureContext, artifacts: Sequence[BenchArtifact], batches: Sequence[int],
-                 progress: ProgressFn | None = None) -> list[dict]:
-    """One row per (artifact, batch): artifact facts + statistics, cached points reused.
+                 progress: ProgressFn | None = None) -> list[BenchRow]:
+    """One :class:`BenchRow` per (artifact, batch): artifact facts + statistics, cached points reused.
 
     Returns:
         Rows ordered by artifact then batch, each with ``cached`` telling whether it was reused.
@@ -119,11 +120,9 @@ def measure_rows(ctx: MeasureContext, artifacts: Sequence[BenchArtifact], batche
     for i, art in enumerate(artifacts):
         for b in batches:
             point, cached = points[(i, b)]
-            rows.append({
-                "width": art.width, "aliases": list(art.aliases), "channels": art.channels, "macs": art.macs,
-                "params": art.params, **{k: v for k, v in point.items() if k != "measured_at"},
-                "batch": b, "runner": ctx.runner_name, "device": ctx.device, "precision": art.precision,
-                "artifact": str(art.path) if art.path else None,
-                "threads": ctx.options.threads, "power_mode": ctx.power_mode, "sha256": art.sha256, "cached": cached,
-            })
+            rows.append(BenchRow.from_point(
+                point, width=art.width, aliases=list(art.aliases), channels=art.channels, macs=art.macs,
+                params=art.params, batch=b, runner=ctx.runner_name, device=ctx.device, precision=art.precision,
+                artifact=str(art.path) if art.path else None, threads=ctx.options.threads,
+                power_mode=ctx.power_mode, sha256=art.sha256, cached=cached))
     return rows

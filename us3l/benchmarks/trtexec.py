@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 
 from us3l.core.errors import ConfigError, US3LError
+from us3l.core.precision import Precision
 
 Version = tuple[int, int, int]
 
@@ -55,11 +56,10 @@ def precision_flags(precision: str, version: Version) -> list[str]:
     Raises:
         ConfigError: unknown precision.
     """
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ConfigError(f"precision {precision!r} is invalid; valid: fp32, fp16, int8")
-    if version[0] >= 11 or precision == "fp32":
+    plan = Precision.parse(precision).plan
+    if version[0] >= 11:
         return []
-    return ["--int8", "--fp16"] if precision == "int8" else ["--fp16"]  # int8: unquantised layers in fp16
+    return list(plan.trtexec_flags)  # int8: --int8 --fp16 (unquantised layers in fp16)
 
 
 def build_command(trtexec: str, onnx: str, engine: str, input_name: str, sample_dims: Sequence[int],
@@ -81,7 +81,7 @@ def build_command(trtexec: str, onnx: str, engine: str, input_name: str, sample_
     Raises:
         ConfigError: ``calib`` without int8, or on TensorRT >= 11.
     """
-    if calib and (precision != "int8" or version[0] >= 11):
+    if calib and (not Precision.parse(precision).plan.calibrated or version[0] >= 11):
         raise ConfigError("a calibration cache applies to int8 on TensorRT <= 10 only; TensorRT >= 11 takes a Q/DQ ONNX")
     lo, hi = min(batches), max(batches)
     cmd = [trtexec, f"--onnx={onnx}", f"--saveEngine={engine}",

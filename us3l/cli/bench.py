@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         widths: Annotated[Optional[str], typer.Option("--widths", "--width", help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: 0.25:1.0:0.25 plus the checkpoint's calibrated and evaluated widths]")] = None,
         batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
         runner: Annotated[Optional[str], typer.Option(help="torch, onnxruntime, tensorrt or trtexec.  [default: the device's]")] = None,
-        precision: Annotated[Optional[str], typer.Option(help="Precision or list, e.g. fp32,int8,fp16: every (width, precision) pair is measured.  [default: the device's]")] = None,
+        precision: Annotated[Optional[str], typer.Option(metavar="[fp32|fp16|int8][,...]", help="Precision or comma list, e.g. fp32,int8: every (width, precision) pair is measured.  [default: the device's]")] = None,
         threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads.  [default: the device's, else the runtime's]")] = None,
         duration: Annotated[float, typer.Option(help="Timed seconds per width and batch size.")] = 1.0,
         iterations: Annotated[Optional[int], typer.Option(help="Fixed timed runs per width and batch size (overrides --duration).  [default: time-based, --duration]")] = None,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from ..core.precision import Precision
 from .common import example, print_json, user_errors
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def render(result: ExportResult) -> None:
     from .common import console
 
     table = Table(title=f"{len(result.artifacts)} artifact(s) in {result.out_dir} ({result.seconds:.1f}s)")
-    reduced = any(a.precision != "fp32" for a in result.artifacts)
+    reduced = any(Precision.parse(a.precision).reduced for a in result.artifacts)
     rows = [{
         "width": format_width(a.width),
         "prec": a.precision,
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
         batch: Annotated[Optional[str], typer.Option(help="Fixed batch size in images (one value; bench takes a list).  [default: a dynamic batch axis]")] = None,
         opset: Annotated[int, typer.Option(help="ONNX opset (17 loads in TensorRT 8.5/JetPack 5 through TensorRT 11).")] = 17,
         snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
-        precision: Annotated[str, typer.Option(help="fp32, fp16 or int8; with --format onnx: ONNX Runtime's FP16 converter or static INT8 (QDQ, per-channel) calibrated on real images.")] = "fp32",
+        precision: Annotated[Precision, typer.Option(help="Numeric precision; with --format onnx, fp16 is ONNX Runtime's FP16 converter and int8 static INT8 (QDQ, per-channel) calibrated on real images.")] = Precision.FP32,
         calibration: Annotated[str, typer.Option(help="INT8 calibration method: minmax, entropy or percentile.")] = "minmax",
         min_cosine: Annotated[Optional[float], typer.Option(help="fp16/int8 gate: least mean cosine similarity to FP32 features on held-out images.  [default: fp16 0.999, int8 0.95]")] = None,
         calib_data: Annotated[Optional[str], typer.Option(help="BN/INT8 calibration images: .npy/.pt N x C x H x W, or a dataset name[:root].  [default: the checkpoint's training data]")] = None,

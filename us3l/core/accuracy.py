@@ -21,14 +21,14 @@ from typing import Any
 
 from .errors import DataError
 from .files import atomic_write_json
+from .precision import PRECISIONS, Precision
 
 ACCURACY_FILE = "accuracy.json"
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def row_precision(row: dict[str, Any]) -> str:
     """The precision a row describes (``fp32`` when the row predates precisions)."""
-    return str(row.get("precision") or "fp32")
+    return str(row.get("precision") or Precision.FP32.value)
 
 
 def row_key(row: dict[str, Any]) -> tuple[float, str]:

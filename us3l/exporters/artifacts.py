@@ -27,6 +27,7 @@ from typing import Any
 
 from us3l.core.errors import ExportError
 from us3l.core.files import sha256_file
+from us3l.core.precision import Precision
 
 SIDECAR_SCHEMA = "us3l-export/1"
 STAGING_PREFIX = ".us3l-export-"
@@ -42,8 +43,9 @@ def artifact_stem(base: str, width: float, snap: int, batch: int | None, fmt: st
         stem += f"_s{snap}"
     if batch:
         stem += f"_b{batch}"
-    if fmt != "onnx" or precision != "fp32":
-        stem += f"_{fmt}" + (f"_{precision}" if fmt == "trt" or precision != "fp32" else "")
+    reduced = Precision.parse(precision).reduced
+    if fmt != "onnx" or reduced:
+        stem += f"_{fmt}" + (f"_{precision}" if fmt == "trt" or reduced else "")
     return stem
 
 

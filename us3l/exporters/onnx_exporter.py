@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from us3l.core.errors import BackendUnavailableError, ExportError
+from us3l.core.precision import Precision
 
 from .registry import Exporter, ExportRequest, register_exporter
 
@@ -286,7 +287,7 @@ class OnnxExporter(Exporter):
     """
 
     suffix = ".onnx"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = tuple(Precision)
 
     def check_available(self, precision: str) -> None:
         from .ort import import_onnxruntime
@@ -296,7 +297,7 @@ class OnnxExporter(Exporter):
 
     def export(self, req: ExportRequest) -> dict[str, Any]:
         onnx = _require("onnx")
-        if req.precision != "fp32":
+        if Precision.parse(req.precision).plan.converted:
             return self._reduced(req)
         if not MIN_OPSET <= req.opset <= MAX_OPSET:
             raise ExportError(f"opset {req.opset} is not supported; valid: {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
@@ -372,7 +373,8 @@ class OnnxExporter(Exporter):
             raise ExportError(f"{req.precision} ONNX is converted from the FP32 ONNX of the same width; none was given")
         start = time.perf_counter()
         facts: dict[str, Any] = {}
-        if req.precision == "fp16":
+        calibrated = Precision.parse(req.precision).plan.calibrated
+        if not calibrated:  # FP16: a cast of the weights, no calibration
             model = to_fp16(onnx.load(str(req.onnx_path)))
             facts["precision_tool"] = fp16_tool()
         else:
@@ -382,10 +384,10 @@ class OnnxExporter(Exporter):
             facts["calibration"] = quantize_int8(req.onnx_path, req.calib_images, req.path, ranges,
                                                  req.options.get("calibration", "minmax"), req.input_name, req.batch)
             model = onnx.load(str(req.path))
-        onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": req.precision})
+        onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": str(req.precision)})
         model.producer_name = "us3l-deploy"
         data = model.SerializeToString()
-        if req.precision == "int8":  # the float16 converter appends its input Casts after their users
+        if calibrated:  # the float16 converter appends its input Casts after their users
             try:             # (not topologically sorted for onnx.checker); ONNX Runtime sorts on load and
                 onnx.checker.check_model(data, full_check=False)  # the accuracy gate runs the file
             except onnx.checker.ValidationError as exc:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from us3l.core.errors import BackendUnavailableError, ExportError, ParityError
+from us3l.core.precision import PLANS
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,8 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # 0.3-1.9 s (MinMax), 0.9-2.3 s (Percentile) and 22-40 s (Entropy) per width. MinMax is as
 # accurate here, the fastest, needs no tuning and keeps the rare large post-ReLU activations.
 DEFAULT_CALIBRATION = "minmax"
-# Gate thresholds on the mean cosine similarity between artifact and FP32 features (held-out images).
-# INT8 measured 0.976-0.997 on the nets here (a barely trained digits net at 8 px lowest); a broken
-# quantisation (wrong ranges, saturated activations) falls far below 0.95.
-DEFAULT_MIN_COSINE = {"fp16": 0.999, "int8": 0.95}
+#: Gate thresholds on the mean cosine similarity to FP32 outputs, from :data:`us3l.core.precision.PLANS`.
+DEFAULT_MIN_COSINE = {p.value: plan.min_cosine for p, plan in PLANS.items() if plan.min_cosine is not None}
 RANGES_SUFFIX = ".ranges.json"
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from us3l.core.errors import ConfigError, ExportError
+from us3l.core.precision import Precision
 
 OUTPUTS = ("features", "logits", "probs", "stages")
 
@@ -40,7 +41,7 @@ def check_outputs(outputs: str, fmt: str, precision: str) -> None:
     """
     if outputs not in OUTPUTS:
         raise ConfigError(f"--outputs {outputs} is invalid; valid: {', '.join(OUTPUTS)}")
-    if outputs == "stages" and (fmt != "onnx" or precision != "fp32"):
+    if outputs == "stages" and (fmt != "onnx" or Precision.parse(precision).reduced):
         raise ConfigError("--outputs stages is exported as FP32 ONNX (several named maps); use --format onnx --precision fp32")
 
 

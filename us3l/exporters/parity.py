@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 
 from us3l.core.errors import ParityError
+from us3l.core.precision import PLANS
 
-# Default tolerances per precision (atol, rtol). FP32 graphs differ from PyTorch only by
-# summation order and BN folding: ~1e-6 on unit-scale features, up to ~2e-4 on deep untrained
-# ResNet-50 features (scale ~3) where folding multiplies near-dead channels by up to 1/sqrt(eps).
-# Reduced precisions get looser defaults.
-DEFAULT_TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
+#: Default tolerances per precision (atol, rtol), from :data:`us3l.core.precision.PLANS` (reasons there).
+DEFAULT_TOLERANCE = {p.value: plan.tolerance for p, plan in PLANS.items()}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ statistics, but parity stays exact against ``use_width(model, w, divisor=snap)``
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import shutil
@@ -26,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +35,7 @@ from us3l.core import __version__
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError, ExportError, ParityError
 from us3l.core.files import sha256_file
+from us3l.core.precision import PRECISIONS, Precision  # noqa: F401  (PRECISIONS: re-exported)
 from us3l.core.profile import count_macs
 from us3l.core.slicing import channel_config, find_aliases, slice_to_width
 from us3l.core.width import format_width, parse_widths
@@ -41,14 +44,13 @@ from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, artifact
 from .onnx_exporter import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ONNX_EXPORTERS, default_exporter
 from .outputs import (check_outputs, deploy_module, flatten_outputs, metadata_props, multi_output_runner,
                       output_names, stage_taps)
-from .onnx_quant import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_MIN_COSINE, RANGES_SUFFIX, accuracy_gate, enforce_gate
-from .parity import DEFAULT_TOLERANCE, compare, enforce
+from .onnx_quant import CALIBRATION_METHODS, DEFAULT_CALIBRATION, RANGES_SUFFIX, accuracy_gate, enforce_gate
+from .parity import compare, enforce
 from .registry import Exporter, ExportRequest, get_exporter
 from .source import CalibrationSet, Network, bn_plan, check_input_size, load_head, load_network, prepare_bn
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 #: Other names users type for a format (TensorRT users say "engine"; trtexec writes .engine files).
 FORMAT_ALIASES = {"engine": "trt"}
 SNAP_DIVISORS = (8, 16, 32)
@@ -115,7 +117,7 @@ class ExportConfig:
     batch: int | None = None
     opset: int = DEFAULT_OPSET
     snap: int = 8
-    precision: str = "fp32"
+    precision: str | Precision = Precision.FP32
     calib_data: str | None = None
     bn_images: int = 512
     calib_batch_size: int = 64
@@ -143,8 +145,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", FORMAT_ALIASES.get(self.format, self.format))
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "precision", Precision.parse(self.precision, "--precision"))
         if self.snap not in SNAP_DIVISORS:
             raise ConfigError(f"--snap {self.snap} is not supported; valid: {', '.join(map(str, SNAP_DIVISORS))}")
         if self.batch is not None and self.batch < 1:
@@ -180,6 +181,46 @@ class _Group:
     channels: dict[str, int]
 
 
+@dataclass(frozen=True)
+class _Names:
+    """File names of one artifact: the file, its sidecar and (ONNX INT8) its calibration ranges."""
+
+    file: str
+    sidecar: str
+    ranges: str | None = None
+
+
+@dataclass
+class _Build:
+    """One artifact being built: what the steps of :meth:`_Run.artifact` hand to each other."""
+
+    group: _Group
+    exporter: Exporter
+    precision: Precision
+    names: _Names
+    plan: dict[str, Any]
+    key: dict[str, Any]
+    onnx: Artifact | None
+    start: float
+    static: nn.Module
+    feature_dim: int
+    head: nn.Module | None
+    deploy: nn.Module
+    output_names: list[str]
+    inputs: torch.Tensor | None = None  # gate inputs (held out from INT8 calibration)
+    calib_images: np.ndarray | None = None  # INT8 calibration images
+    reference: torch.Tensor | None = None  # the slimmable network's outputs (stages: flattened)
+    reference_out: Any = None  # as the deployed module returns them (stages: a tuple of maps)
+    request: ExportRequest | None = None
+    facts: dict[str, Any] = field(default_factory=dict)  # what the exporter reported
+    parity: dict[str, Any] | None = None  # the gate record
+
+    @property
+    def reduced(self) -> bool:
+        """A precision below FP32 (gated on cosine similarity, on held-out images)."""
+        return self.precision.reduced
+
+
 def _base(cfg: ExportConfig, net: Network) -> str:
     return Path(cfg.checkpoint).name.split(".")[0] if cfg.checkpoint else net.arch
 
@@ -203,19 +244,21 @@ class _Run:
         if cfg.format == "trt" and not cfg.timing_cache and (self.out_dir / self.timing_name).is_file():
             shutil.copyfile(self.out_dir / self.timing_name, staging.dir / self.timing_name)
 
-    def key(self, width: float, fmt: str, precision: str, plan: dict[str, Any]) -> dict[str, Any]:
+    def key(self, width: float, fmt: str, precision: Precision, plan: dict[str, Any]) -> dict[str, Any]:
         c = self.cfg
         return jsonable({"checkpoint": self.net.source_hash, "width": format_width(width), "format": fmt, "opset": c.opset,
                 "batch": c.batch, "snap": c.snap, "precision": precision, "tool": __version__, "bn": plan,
                 "input_shape": list(self.input_shape), "head": self.head_digest, "simplify": c.simplify,
                 "exporter": c.onnx_exporter, **({"outputs": c.outputs} if c.outputs != "features" else {}),
-                "parity": [self._tolerance(precision), c.parity_images] if precision == "fp32"
-                else ["cosine", self._min_cosine(precision), c.gate_images],
-                "int8": [c.calibration, c.int8_images, self.calib.describe()] if precision == "int8" else None,
+                "parity": ["cosine", self._min_cosine(precision), c.gate_images] if precision.reduced
+                else [self._tolerance(precision), c.parity_images],
+                "int8": [c.calibration, c.int8_images, self.calib.describe()] if precision.plan.calibrated else None,
                 "trt": [c.workspace_mib, c.max_batch, c.opt_batch, c.int8_images] if fmt == "trt" else None})
 
-    def _min_cosine(self, precision: str) -> float:
-        return self.cfg.min_cosine if self.cfg.min_cosine is not None else DEFAULT_MIN_COSINE[precision]
+    def _min_cosine(self, precision: Precision) -> float:
+        default = precision.plan.min_cosine
+        assert default is not None, "only reduced precisions are gated on cosine similarity"
+        return self.cfg.min_cosine if self.cfg.min_cosine is not None else default
 
     def split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(calibration images, held-out gate images): the gate never sees a calibration image
@@ -224,26 +267,61 @@ class _Run:
         n_gate = min(self.cfg.gate_images, max(1, len(x) // 5)) if len(x) > 1 else len(x)
         return x[: min(self.cfg.int8_images, len(x) - n_gate) or len(x)], x[len(x) - n_gate:]
 
-    def _tolerance(self, precision: str) -> tuple[float, float]:
-        atol, rtol = DEFAULT_TOLERANCE[precision]
+    def _tolerance(self, precision: Precision) -> tuple[float, float]:
+        atol, rtol = precision.plan.tolerance
         return (self.cfg.atol if self.cfg.atol is not None else atol, self.cfg.rtol if self.cfg.rtol is not None else rtol)
 
-    def artifact(self, group: _Group, exporter: Exporter, precision: str, onnx: Artifact | None = None) -> Artifact:
+    def artifact(self, group: _Group, exporter: Exporter, precision: Precision, onnx: Artifact | None = None) -> Artifact:
+        """One artifact of ``group`` in ``exporter``'s format at ``precision`` (``onnx``: the FP32 ONNX
+        it is built from), reused when the cached one has the same key, else built in named steps:
+        network -> reference outputs -> file -> gate -> sidecar record."""
+        names = self.names(group, exporter, precision)
+        plan = bn_plan(self.net, self.calib, group.width, self.cfg.snap, self.cfg.bn_images)
+        key = self.key(group.width, exporter.name, precision, plan)
+        reused = self.reuse(group, names, key)
+        if reused is not None:
+            return reused
+        build = self.network(group, exporter, precision, names, plan, key, onnx)
+        self.reference(build)
+        self.write_file(build)
+        try:
+            self.gate(build)
+        except ParityError as exc:
+            if (build.facts.get("export") or {}).get("method") != "substituted":
+                raise
+            self.translate_again(build, exc)
+        data = self.sidecar_record(build)
+        self.staging.write_json(names.sidecar, data)
+        assert build.request is not None
+        self.locations[names.file] = build.request.path
+        return Artifact.from_sidecar(self.out_dir / names.sidecar, data, cached=False)
+
+    def names(self, group: _Group, exporter: Exporter, precision: Precision) -> _Names:
+        """File names of the artifact, its sidecar and (ONNX INT8) its calibration ranges."""
+        cfg = self.cfg
+        prefix = (cfg.name or _base(cfg, self.net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
+        stem = artifact_stem(prefix, group.width, cfg.snap, cfg.batch, exporter.name, precision)
+        ranges = stem + RANGES_SUFFIX if precision.plan.calibrated and exporter.name == "onnx" else None
+        return _Names(stem + exporter.suffix, stem + ".json", ranges)
+
+    def reuse(self, group: _Group, names: _Names, key: dict[str, Any]) -> Artifact | None:
+        """The artifact already in ``out_dir`` with the same cache key and a verified hash (its
+        sidecar's alias list refreshed), or ``None``."""
+        old = cached_artifact(self.out_dir / names.file, self.out_dir / names.sidecar, key, self.cfg.force,
+                              repairable=names.file in self.staging.repairable)
+        if old is None:
+            return None
+        self.locations[names.file] = self.out_dir / names.file
+        self.staging.settled.update((names.file, names.sidecar))
+        if sorted(old.get("aliases", [])) != sorted(group.aliases):
+            self.staging.write_json(names.sidecar, {**old, "aliases": group.aliases})
+        log.info("Reusing %s (same cache key, hash verified)", names.file)
+        return Artifact.from_sidecar(self.out_dir / names.sidecar, {**old, "aliases": group.aliases}, cached=True)
+
+    def network(self, group: _Group, exporter: Exporter, precision: Precision, names: _Names, plan: dict[str, Any],
+                key: dict[str, Any], onnx: Artifact | None) -> _Build:
+        """BN statistics for the width, the plain static network, its head and the deployed module."""
         cfg, net, w = self.cfg, self.net, group.width
-        prefix = (cfg.name or _base(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
-        stem = artifact_stem(prefix, w, cfg.snap, cfg.batch, exporter.name, precision)
-        name, sidecar_name = stem + exporter.suffix, stem + ".json"
-        plan = bn_plan(net, self.calib, w, cfg.snap, cfg.bn_images)
-        key = self.key(w, exporter.name, precision, plan)
-        old = cached_artifact(self.out_dir / name, self.out_dir / sidecar_name, key, cfg.force,
-                              repairable=name in self.staging.repairable)
-        if old is not None:
-            self.locations[name] = self.out_dir / name
-            self.staging.settled.update((name, sidecar_name))
-            if sorted(old.get("aliases", [])) != sorted(group.aliases):
-                self.staging.write_json(sidecar_name, {**old, "aliases": group.aliases})
-            log.info("Reusing %s (same cache key, hash verified)", name)
-            return Artifact.from_sidecar(self.out_dir / sidecar_name, {**old, "aliases": group.aliases}, cached=True)
         start = time.perf_counter()
         prepare_bn(net, self.calib, w, cfg.snap, plan, cfg.calib_batch_size)
         static = slice_to_width(net.model, w, cfg.snap)
@@ -251,103 +329,144 @@ class _Run:
         head = load_head(cfg.include_head, feature_dim, net.model.max_feature_dim)
         if head is None and cfg.outputs in ("logits", "probs"):
             head = _checkpoint_head(net, w, feature_dim)
-        deploy: nn.Module = deploy_module(static, head, cfg.outputs)
-        if self.keep is not None and precision == "fp32" and exporter.name == "onnx":
+        deploy = deploy_module(static, head, cfg.outputs)
+        if self.keep is not None and precision == Precision.FP32 and exporter.name == "onnx":
             self.keep[w] = deploy
-        names = output_names(cfg.outputs, head, static)
-        reduced = precision != "fp32"
-        calib_x, held_out = self.split() if reduced else (None, None)
-        x = held_out if reduced else self.calib.images()[: cfg.parity_images]
-        with torch.no_grad(), use_width(net.model, w, cfg.snap):
-            ref_out = deploy_module(net.model, head, cfg.outputs)(x)
-        ref = torch.from_numpy(flatten_outputs(ref_out)) if cfg.outputs == "stages" else ref_out
+        return _Build(group=group, exporter=exporter, precision=precision, names=names, plan=plan, key=key,
+                      onnx=onnx, start=start, static=static, feature_dim=feature_dim, head=head,
+                      deploy=deploy, output_names=output_names(cfg.outputs, head, static))
+
+    def translate_again(self, b: _Build, failure: ParityError) -> None:
+        """A substituted file failed its gate: translate the width in full (sidecar
+        ``export.fallback`` says why) and gate that."""
+        assert b.request is not None
+        log.warning("substituted width %s failed its gate; translating it in full", format_width(b.group.width))
+        b.request = replace(b.request, options={**b.request.options, "ladder": None})
+        b.facts = b.exporter.export(b.request)
+        b.facts["export"]["fallback"] = f"parity gate after substitution: {str(failure).split('; minimum')[0][:200]}"
+        self.gate(b)
+
+    def reference(self, b: _Build) -> None:
+        """The inputs the gate compares on and the slimmable network's outputs on them: held-out
+        images for a reduced precision (the rest calibrate INT8), else the first parity images."""
+        cfg, net = self.cfg, self.net
+        if b.reduced:
+            calib_x, b.inputs = self.split()
+            if b.precision.plan.calibrated:
+                if self.calib.kind == "random" and not net.untrained:
+                    raise ExportError("INT8 calibration needs real images; pass --calib-data")
+                b.calib_images = calib_x.numpy()
+        else:
+            b.inputs = self.calib.images()[: cfg.parity_images]
+        with torch.no_grad(), use_width(net.model, b.group.width, cfg.snap):
+            b.reference_out = deploy_module(net.model, b.head, cfg.outputs)(b.inputs)
+        b.reference = (torch.from_numpy(flatten_outputs(b.reference_out)) if cfg.outputs == "stages"
+                       else b.reference_out)
+
+    def metadata(self, b: _Build) -> dict[str, str]:
+        """Key/values stored inside the artifact (width, provenance, I/O, classes, preprocessing)."""
+        cfg, net, w = self.cfg, self.net, b.group.width
         meta = {"us3l.width": format_width(w), "us3l.arch": net.arch, "us3l.checkpoint_sha256": net.source_hash,
                 "us3l.tool_version": __version__, "us3l.snap": str(cfg.snap), "us3l.untrained": str(net.untrained).lower(),
-                "us3l.aliases": ",".join(format_width(a) for a in group.aliases)}
-        classes, preprocess = self.task_facts()
-        meta.update(metadata_props(cfg.outputs, names, self.calib.normalization(), self.input_shape[-1], classes, preprocess))
+                "us3l.aliases": ",".join(format_width(a) for a in b.group.aliases)}
+        classes, preprocess = self._task_facts
+        meta.update(metadata_props(cfg.outputs, b.output_names, self.calib.normalization(), self.input_shape[-1],
+                                   classes, preprocess))
+        return meta
+
+    def write_file(self, b: _Build) -> None:
+        """The exporter writes the file into staging."""
+        cfg = self.cfg
         options = {"exporter": cfg.onnx_exporter, "workspace_mib": cfg.workspace_mib, "max_batch": cfg.max_batch,
                    "opt_batch": cfg.opt_batch, "timing_cache": self.timing_cache_path(), "calibration": cfg.calibration}
-        if self.ladder is not None and exporter.name == "onnx" and precision == "fp32":
+        if b.names.ranges:
+            options["ranges_path"] = str(self.staging.path(b.names.ranges))
+        if self.ladder is not None and b.exporter.name == "onnx" and b.precision == Precision.FP32:
             options["ladder"] = self.ladder
-        calib_np = None
-        ranges_name = stem + RANGES_SUFFIX if precision == "int8" and exporter.name == "onnx" else None
-        if ranges_name:
-            options["ranges_path"] = str(self.staging.path(ranges_name))
-        if precision == "int8":
-            if self.calib.kind == "random" and not net.untrained:
-                raise ExportError("INT8 calibration needs real images; pass --calib-data")
-            calib_np = calib_x.numpy()
-        req = ExportRequest(static=deploy, path=self.staging.path(name), input_shape=self.input_shape, batch=cfg.batch,
-                            opset=cfg.opset, precision=precision, output_name=names[0],
-                            output_names=tuple(names) if len(names) > 1 else (),
-                            metadata=meta, simplify=cfg.simplify, onnx_path=self.locations.get(onnx.path.name) if onnx else None,
-                            calib_images=calib_np, options=options)
-        facts = exporter.export(req)
+        names = b.output_names
+        b.request = ExportRequest(
+            static=b.deploy, path=self.staging.path(b.names.file), input_shape=self.input_shape, batch=cfg.batch,
+            opset=cfg.opset, precision=b.precision, output_name=names[0],
+            output_names=tuple(names) if len(names) > 1 else (), metadata=self.metadata(b), simplify=cfg.simplify,
+            onnx_path=self.locations.get(b.onnx.path.name) if b.onnx else None, calib_images=b.calib_images,
+            options=options)
+        b.facts = b.exporter.export(b.request)
 
-        def gate() -> dict[str, Any]:
-            run_file = multi_output_runner(req.path, cfg.batch) if cfg.outputs == "stages" else exporter.runner(req.path, req)
-            out = run_file(x.numpy())
-            runtime = facts.get("runtime", "onnxruntime" if exporter.name == "onnx" else exporter.name)
-            what = f"{exporter.name} {precision} width {format_width(w)}"
-            if reduced:  # quantisation error is large in absolute terms: gate on what the features keep
-                record = accuracy_gate(ref.numpy(), out, self._min_cosine(precision), runtime, self.calib.kind,
-                                       head is not None)
-                enforce_gate(record, what)
-                return record.to_dict()
-            atol, rtol = self._tolerance(precision)
-            rec = compare(ref.numpy(), out, atol, rtol, runtime, self.calib.kind)
-            enforce(rec, what)
-            return rec.to_dict()
+    def gate(self, b: _Build) -> None:
+        """Run the written file on the gate inputs and compare with the reference: elementwise
+        tolerance at FP32; for a reduced precision (large absolute error by design) the cosine
+        similarity of what the outputs keep. Raises on failure (nothing is written then)."""
+        cfg, req = self.cfg, b.request
+        assert req is not None and b.inputs is not None and b.reference is not None
+        run_file = multi_output_runner(req.path, cfg.batch) if cfg.outputs == "stages" else b.exporter.runner(req.path, req)
+        out = run_file(b.inputs.numpy())
+        runtime = b.facts.get("runtime", "onnxruntime" if b.exporter.name == "onnx" else b.exporter.name)
+        what = f"{b.exporter.name} {b.precision} width {format_width(b.group.width)}"
+        if b.reduced:
+            gate = accuracy_gate(b.reference.numpy(), out, self._min_cosine(b.precision), runtime, self.calib.kind,
+                                 b.head is not None)
+            b.parity = gate.to_dict()
+            enforce_gate(gate, what)
+        else:
+            atol, rtol = self._tolerance(b.precision)
+            record = compare(b.reference.numpy(), out, atol, rtol, runtime, self.calib.kind)
+            enforce(record, what)
+            b.parity = record.to_dict()
 
-        try:
-            record_dict = gate()
-        except ParityError as exc:
-            if (facts.get("export") or {}).get("method") != "substituted":
-                raise
-            log.warning("substituted width %s failed its gate; translating it in full", format_width(w))
-            facts = exporter.export(replace(req, options={**req.options, "ladder": None}))
-            facts["export"]["fallback"] = f"parity gate after substitution: {str(exc).split('; minimum')[0][:200]}"
-            record_dict = gate()
-        calibration = None
-        if precision == "int8":
-            facts_cal = facts.pop("calibration", None) or {}  # the TRT exporter reports its calibrator here too
-            calibration = {**facts_cal, "method": facts_cal.get("method", "entropy2" if exporter.name == "trt" else cfg.calibration),
-                           "images": int(len(calib_np)), "data": self.calib.describe(), "kind": self.calib.kind,
-                           "held_out_gate_images": int(len(x))}
-            if ranges_name:
-                calibration["ranges_file"] = ranges_name
-                calibration["tensorrt"] = {"<=10": "trtexec --int8 --calib=<cache derived from ranges_file>",
-                                           ">=11": "symmetric int8 Q/DQ ONNX derived from ranges_file"}
-        sha = sha256_file(req.path)
+    def calibration_record(self, b: _Build) -> dict[str, Any] | None:
+        """How an INT8 artifact was calibrated (method, images, data, ranges file), else ``None``."""
+        if not b.precision.plan.calibrated:
+            return None
+        assert b.calib_images is not None and b.inputs is not None
+        reported = b.facts.pop("calibration", None) or {}  # the TRT exporter reports its calibrator here too
+        record = {**reported,
+                  "method": reported.get("method", "entropy2" if b.exporter.name == "trt" else self.cfg.calibration),
+                  "images": int(len(b.calib_images)), "data": self.calib.describe(), "kind": self.calib.kind,
+                  "held_out_gate_images": int(len(b.inputs))}
+        if b.names.ranges:
+            record["ranges_file"] = b.names.ranges
+            record["tensorrt"] = {"<=10": "trtexec --int8 --calib=<cache derived from ranges_file>",
+                                  ">=11": "symmetric int8 Q/DQ ONNX derived from ranges_file"}
+        return record
+
+    def sidecar_record(self, b: _Build) -> dict[str, Any]:
+        """The sidecar JSON of a built artifact: identity and hash, the network (width, channels,
+        MACs, BN plan), I/O contract, task facts, gate record, calibration, versions, cache key, build."""
+        cfg, net, req = self.cfg, self.net, b.request
+        assert req is not None
+        calibration = self.calibration_record(b)  # before the facts are recorded: it takes its entry out of them
         with torch.no_grad():
-            macs = count_macs(deploy, torch.zeros(1, *self.input_shape))
-        params = int(sum(p.numel() for p in deploy.parameters()))
-        shape = [cfg.batch or "batch", *self.input_shape]
-        data = {
-            "schema": SIDECAR_SCHEMA, "artifact": name, "format": exporter.name, "precision": precision, "sha256": sha,
-            "size_bytes": req.path.stat().st_size, "width": w, "aliases": group.aliases, "divisor": cfg.snap,
+            macs = count_macs(b.deploy, torch.zeros(1, *self.input_shape))
+        params = int(sum(p.numel() for p in b.deploy.parameters()))
+        out_dim = b.feature_dim if b.head is None else b.head.out_features
+        classes, preprocess = self._task_facts
+        batch_dim = cfg.batch or "batch"
+        return {
+            "schema": SIDECAR_SCHEMA, "artifact": b.names.file, "format": b.exporter.name, "precision": b.precision,
+            "sha256": sha256_file(req.path), "size_bytes": req.path.stat().st_size, "width": b.group.width,
+            "aliases": b.group.aliases, "divisor": cfg.snap,
             "arch": net.arch, "arch_kwargs": net.arch_kwargs, "untrained": net.untrained,
             "checkpoint": {"path": net.source_path, "sha256": net.source_hash, "method": net.method},
-            "channels": group.channels, "feature_dim": feature_dim if head is None else head.out_features,
-            "macs": macs, "params": params, "bn": plan,
-            "input": {"name": req.input_name, "shape": shape, "dtype": "float32", "normalization": self.calib.normalization()},
-            "output": {"name": req.output_name, "names": names, "kind": cfg.outputs,
-                       "shape": None if cfg.outputs == "stages"
-                       else [cfg.batch or "batch", feature_dim if head is None else head.out_features]},
-            "stages": [{"name": n, "module": m, "stride": s, "channels": int(o.shape[1]), "shape": [cfg.batch or "batch", *o.shape[1:]]}
-                       for (n, m, s), o in zip(stage_taps(static), ref_out)] if cfg.outputs == "stages" else None,
+            "channels": b.group.channels, "feature_dim": out_dim, "macs": macs, "params": params, "bn": b.plan,
+            "input": {"name": req.input_name, "shape": [batch_dim, *self.input_shape], "dtype": "float32",
+                      "normalization": self.calib.normalization()},
+            "output": {"name": req.output_name, "names": b.output_names, "kind": cfg.outputs,
+                       "shape": None if cfg.outputs == "stages" else [batch_dim, out_dim]},
+            "stages": [{"name": n, "module": m, "stride": s, "channels": int(o.shape[1]),
+                        "shape": [batch_dim, *o.shape[1:]]}
+                       for (n, m, s), o in zip(stage_taps(b.static), b.reference_out)] if cfg.outputs == "stages" else None,
             "classes": classes or None, "preprocess": preprocess,
-            "head": {"path": str(cfg.include_head), "sha256": self.head_digest} if head is not None else None,
-            "export": facts.pop("export", None) or {"method": "converted" if onnx is not None else "traced"},
-            "parity": record_dict, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(), "format_info": facts,
-            "source_onnx": onnx.path.name if onnx else None, "cache_key": key,
+            "head": {"path": str(cfg.include_head), "sha256": self.head_digest} if b.head is not None else None,
+            "export": b.facts.pop("export", None) or {"method": "converted" if b.onnx is not None else "traced"},
+            "parity": b.parity, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(),
+            "format_info": b.facts, "source_onnx": b.onnx.path.name if b.onnx else None, "cache_key": b.key,
             "build": {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "seconds": round(time.perf_counter() - start, 3), "host": platform.node()},
+                      "seconds": round(time.perf_counter() - b.start, 3), "host": platform.node()},
         }
-        self.staging.write_json(sidecar_name, data)
-        self.locations[name] = req.path
-        return Artifact.from_sidecar(self.out_dir / sidecar_name, data, cached=False)
+
+    @functools.cached_property
+    def _task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
+        return self.task_facts()
 
     def task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
         """(class names, preprocessing record) the artifact's users need; empty/None when unknown."""
@@ -432,7 +551,8 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
     with Staging(Path(cfg.out_dir)) as staging:
         run = _Run(cfg, net, calib, staging)
         run.keep = keep
-        needs_onnx = exporter.needs_onnx or (cfg.format == "onnx" and cfg.precision != "fp32")
+        precision = Precision.parse(cfg.precision)
+        needs_onnx = exporter.needs_onnx or (cfg.format == "onnx" and precision.plan.converted)
         onnx_exporter = get_exporter("onnx") if needs_onnx else None
         order = list(groups.values())
         if cfg.substitute and len(groups) >= 2 and (cfg.format == "onnx" or needs_onnx):
@@ -445,8 +565,8 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
         for i, group in enumerate(order):
             if progress:
                 progress(i, len(groups), f"w={format_width(group.width)}")
-            onnx_art = run.artifact(group, onnx_exporter, "fp32") if onnx_exporter else None
-            done[group.width] = run.artifact(group, exporter, cfg.precision, onnx_art)
+            onnx_art = run.artifact(group, onnx_exporter, Precision.FP32) if onnx_exporter else None
+            done[group.width] = run.artifact(group, exporter, precision, onnx_art)
         result.artifacts.extend(done[w] for w in groups)
         if cfg.format == "trt" and not cfg.timing_cache and (staging.dir / run.timing_name).exists():
             staging.path(run.timing_name)  # the updated timing cache lands with the engines

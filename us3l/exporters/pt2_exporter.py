@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from us3l.core.errors import ExportError
+from us3l.core.precision import Precision
 
 from .onnx_exporter import batched_runner
 from .registry import Exporter, ExportRequest, register_exporter
@@ -31,7 +32,7 @@ class ExportedProgramExporter(Exporter):
     """Plain static network → ``torch.export`` ExportedProgram archive (``.pt2``)."""
 
     suffix = ".pt2"
-    precisions = ("fp32",)
+    precisions = (Precision.FP32,)
 
     def export(self, req: ExportRequest) -> dict[str, Any]:
         start = time.perf_counter()

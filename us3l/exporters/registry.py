@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from us3l.core.precision import Precision
 from us3l.core.registry import Registry
 
 
@@ -43,7 +44,7 @@ class ExportRequest:
     input_shape: tuple[int, int, int]
     batch: int | None = None
     opset: int = 17
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     input_name: str = "input"
     output_name: str = "features"
     output_names: tuple[str, ...] = ()  # several named outputs (--outputs stages); else output_name
@@ -67,7 +68,7 @@ class Exporter(ABC):
     name: str = ""
     suffix: str = ""
     needs_onnx: bool = False
-    precisions: tuple[str, ...] = ("fp32",)
+    precisions: tuple[Precision, ...] = (Precision.FP32,)
 
     def check_available(self, precision: str) -> None:
         """Raise :class:`~us3l.core.errors.BackendUnavailableError` early if this format cannot run here."""

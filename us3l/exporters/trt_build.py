@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from us3l.core.errors import BackendUnavailableError, ExportError
+from us3l.core.errors import BackendUnavailableError, ConfigError, ExportError
+from us3l.core.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class PrecisionPlan:
     onnx_conversion: str | None
 
 
-def precision_plan(major: int, precision: str, has_modelopt: bool) -> PrecisionPlan:
-    """Choose the precision path for TensorRT ``major``.
+def precision_plan(major: int, precision: str | Precision, has_modelopt: bool) -> PrecisionPlan:
+    """Choose the precision path for TensorRT ``major`` from :class:`us3l.core.precision.PrecisionPlan`.
 
     INT8 on TensorRT <= 10 also enables FP16 so layers TensorRT does not quantize run in half
     precision (as ``trtexec --int8 --fp16``).
@@ -68,17 +69,17 @@ def precision_plan(major: int, precision: str, has_modelopt: bool) -> PrecisionP
         BackendUnavailableError: INT8 on TensorRT >= 11 without ModelOpt.
         ExportError: unknown precision.
     """
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ExportError(f"unknown precision {precision!r}; valid: fp32, fp16, int8")
+    try:
+        plan = Precision.parse(precision).plan  # the per-precision facts (us3l.core.precision)
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
     if major <= 10:
-        flags = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
-        return PrecisionPlan(False, flags, precision == "int8", None)
-    if precision == "int8" and not has_modelopt:
+        return PrecisionPlan(False, plan.trt_builder_flags, plan.calibrated, None)
+    if plan.trt_onnx == "int8-qdq" and not has_modelopt:
         raise BackendUnavailableError(
             f"INT8 on TensorRT >= 11 needs explicit Q/DQ nodes in the ONNX (no calibrator API any more): {MODELOPT_HINT}"
         )
-    conversion = {"fp32": None, "fp16": "fp16", "int8": "int8-qdq"}[precision]
-    return PrecisionPlan(True, (), False, conversion)
+    return PrecisionPlan(True, (), False, plan.trt_onnx)
 
 
 def profile_shapes(input_shape: tuple[int, int, int], batch: int | None, opt_batch: int = 1,

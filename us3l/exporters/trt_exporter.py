@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from us3l.core.errors import BackendUnavailableError, ExportError
+from us3l.core.precision import Precision
 
 from .onnx_exporter import batched_runner
 from .onnx_precision import has_modelopt, quantize_int8_qdq, to_fp16
@@ -112,7 +113,7 @@ class TrtExporter(Exporter):
 
     suffix = ".engine"
     needs_onnx = True
-    precisions = ("fp32", "fp16", "int8")
+    precisions = tuple(Precision)
 
     def check_available(self, precision: str) -> None:
         trt = import_tensorrt()
@@ -130,11 +131,12 @@ class TrtExporter(Exporter):
             raise ExportError("the TensorRT exporter needs the ONNX artifact of this width")
         onnx_path, tool = Path(req.onnx_path), None
         converted = req.path.with_name(req.path.stem + f".{req.precision}.onnx")
-        if plan.onnx_conversion == "fp16":
+        calibrated = Precision.parse(req.precision).plan.calibrated
+        if plan.onnx_conversion is not None and not calibrated:  # FP16 graph
             model16, tool = to_fp16(onnx.load(str(onnx_path)))
             onnx.save_model(model16, str(converted))
             onnx_path = converted
-        elif plan.onnx_conversion == "int8-qdq":
+        elif plan.onnx_conversion is not None:  # INT8: explicit Q/DQ
             if req.calib_images is None:
                 raise ExportError("INT8 needs calibration images; pass --calib-data")
             tool = quantize_int8_qdq(onnx_path, req.calib_images[: req.options.get("int8_images", 500)], converted)
@@ -156,7 +158,7 @@ class TrtExporter(Exporter):
         return {"runtime": "tensorrt", "tensorrt": ".".join(map(str, version)), **info,
                 "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.builder_flags),
                 "precision_tool": tool,
-                "int8": None if req.precision != "int8" else
+                "int8": None if not calibrated else
                 ("calibrator: IInt8EntropyCalibrator2 on real images" if plan.calibrator else "qdq: explicit Q/DQ ONNX"),
                 "profile": {"min": shapes[0], "opt": shapes[1], "max": shapes[2]},
                 "workspace_mib": int(opts.get("workspace_mib", 1024)),

@@ -41,6 +41,7 @@ from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec
 from us3l.core.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, unknown_name
+from us3l.core.precision import precision_rank
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
 from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, _batches, _linear_cfg,  # noqa: F401
@@ -339,8 +340,7 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
         protocol = _artifact_protocol(out, ckpt.content_hash, protocol)  # keep the table's protocol
     merged = {row_key(r): r for r in _previous_rows(out, ckpt.content_hash, protocol)}
     merged.update({row_key(r): r for r in rows})
-    order = {"fp32": 0, "fp16": 1, "int8": 2}
-    write_accuracy(out, [merged[k] for k in sorted(merged, key=lambda k: (k[0], order.get(k[1], 9)))], protocol,
+    write_accuracy(out, [merged[k] for k in sorted(merged, key=lambda k: (k[0], precision_rank(k[1])))], protocol,
                    ckpt.content_hash)
     classifier = None
     if heads and cfg.divisor == DEFAULT_DIVISOR:

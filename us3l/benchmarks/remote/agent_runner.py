@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from us3l.core.errors import ConfigError, RemoteError
+from us3l.core.precision import Precision
 
 from ..artifacts import BenchArtifact
 from ..runners.base import Runner, RunnerOptions, StepCallback, SweepResult, TimingConfig
@@ -71,7 +72,7 @@ class OrtAgentRunner(Runner):
 
     @classmethod
     def check_available(cls, options: RunnerOptions) -> None:
-        if options.precision != "fp32":
+        if Precision.parse(options.precision).reduced:
             raise ConfigError(f"the onnxruntime agent measures the fp32 ONNX; precision {options.precision!r} "
                               "applies to the trtexec runner")
 

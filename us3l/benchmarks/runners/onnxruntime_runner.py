@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from us3l.core.errors import BackendUnavailableError, ConfigError
+from us3l.core.precision import Precision
 
 from .base import LocalRunner, RunnerOptions
 from .registry import register_runner
@@ -47,7 +48,7 @@ def providers_for(device: str, available: list[str], precision: str = "fp32",
             raise BackendUnavailableError(problem)
         chain: list[Any] = []
         if use_tensorrt and "TensorrtExecutionProvider" in available:
-            chain.append(("TensorrtExecutionProvider", {"trt_fp16_enable": precision == "fp16",
+            chain.append(("TensorrtExecutionProvider", {"trt_fp16_enable": precision == Precision.FP16,
                                                         "trt_engine_cache_enable": True}))
         # EXHAUSTIVE conv search (the default) makes first runs very slow (ORT #19838).
         chain.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
@@ -81,8 +82,7 @@ class OnnxRuntimeRunner(LocalRunner):
 
     @classmethod
     def check_available(cls, options: RunnerOptions) -> None:
-        if options.precision not in ("fp32", "fp16", "int8"):
-            raise ConfigError(f"precision {options.precision!r} is invalid; valid: fp32, fp16, int8")
+        Precision.parse(options.precision)
         ort = import_onnxruntime()
         providers_for(options.device, ort.get_available_providers(), options.precision)
 

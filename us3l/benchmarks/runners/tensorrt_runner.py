@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from us3l.core.errors import BackendUnavailableError, ConfigError, ExportError
+from us3l.core.precision import Precision
 
 from .base import LocalRunner, RunnerOptions
 from .registry import register_runner
@@ -43,14 +44,13 @@ def builder_precision_flags(precision: str, major: int) -> list[str]:
     Raises:
         ConfigError: unknown precision, or int8 without a Q/DQ graph on the Python API.
     """
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ConfigError(f"precision {precision!r} is invalid; valid: fp32, fp16, int8")
-    if major >= 11 or precision == "fp32":
+    plan = Precision.parse(precision).plan
+    if major >= 11 or not plan.trt_builder_flags:
         return []  # strongly typed: precision comes from the ONNX itself
-    if precision == "int8":
+    if plan.calibrated:
         raise ConfigError("int8 on the tensorrt runner needs a calibrated Q/DQ ONNX; use --runner trtexec "
                           "for latency-only INT8 (random scales) on TensorRT <= 10")
-    return ["FP16"]
+    return list(plan.trt_builder_flags)
 
 
 @register_runner("tensorrt")

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from us3l.core.errors import BackendUnavailableError, ConfigError
+from us3l.core.precision import Precision
 
 from .base import LocalRunner, RunnerOptions
 from .registry import register_runner
@@ -41,11 +42,12 @@ class TorchRunner(LocalRunner):
             torch.set_num_threads(int(self.options.threads))
         module = self.artifact.build_module().eval().to(device)
         self._dtype = torch.float32
-        if self.options.precision == "fp16":
+        precision = Precision.parse(self.options.precision)
+        if precision is Precision.FP16:
             if device != "cuda":
                 raise ConfigError("torch fp16 is only benchmarked on cuda; valid on cpu: fp32")
             module, self._dtype = module.half(), torch.float16
-        elif self.options.precision != "fp32":
+        elif precision is not Precision.FP32:
             raise ConfigError(f"torch runner precision {self.options.precision!r} is invalid; valid: fp32, fp16")
         self._module, self._device, self._torch = module, torch.device(device), torch
         self._sync = torch.cuda.synchronize if device == "cuda" else None

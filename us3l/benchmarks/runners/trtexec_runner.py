@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from us3l.core.errors import BackendUnavailableError, ConfigError, ExportError, US3LError
+from us3l.core.precision import Precision
 
 from .. import tegrastats, trtexec
 from ..artifacts import BenchArtifact
@@ -87,53 +88,32 @@ class TrtexecRunner(Runner):
     def _upload_model(self, ex: Any, sha: str) -> tuple[str, str | None]:
         """Upload what trtexec builds from: ``(remote ONNX, remote calibration cache or None)``.
 
-        - fp32: the ONNX as is.
-        - fp16: TensorRT <= 10 builds the FP32 ONNX with ``--fp16``; TensorRT >= 11 is strongly
-          typed, so the FP16 ONNX (the exported artifact, or converted here) is uploaded.
-        - int8: TensorRT <= 10 builds the FP32 ONNX with ``--int8 --fp16 --calib=CACHE``, the cache
-          derived from the artifact's activation ranges (calibrated on real images at export);
-          TensorRT >= 11 gets a symmetric int8 Q/DQ ONNX derived from the same ranges. Which one is
-          recorded per row as ``int8_path`` (``calibration-cache`` or ``qdq``).
+        The exporters say what that is for this precision and TensorRT version
+        (:func:`us3l.exporters.trtexec_input.trtexec_input`: the FP32 ONNX with flags on TensorRT
+        <= 10, the FP16 graph or an INT8 Q/DQ graph on strongly typed TensorRT >= 11, an INT8
+        calibration cache derived from the export's ranges on <= 10); this runner only uploads and
+        measures. How INT8 reached the engine is recorded per row as ``int8_path``.
         """
-        art, precision, new = self.artifact, self.options.precision, self._version[0] >= 11
-        plain = art.source if art.source is not None and precision != "fp32" else art.path
-        if precision == "fp32" or (precision == "fp16" and not new):
-            return ex.upload_once(plain, f"{art.sha256}:plain", f"model_{sha}.onnx"), None
         import tempfile
 
-        if precision == "fp16":
-            key = f"{art.sha256}:fp16"
-            if key in ex.uploaded:
-                return ex.uploaded[key], None
-            with tempfile.TemporaryDirectory() as tmp:
-                local = Path(tmp) / f"model_{sha}_fp16.onnx"
-                if art.source is not None:  # the exported FP16 ONNX (ONNX Runtime's converter)
-                    local.write_bytes(Path(art.path).read_bytes())
-                else:
-                    import onnx
+        from us3l.exporters.trtexec_input import trtexec_input
 
-                    from us3l.exporters.onnx_precision import to_fp16
-
-                    model, tool = to_fp16(onnx.load(str(art.path)))
-                    log.info("converted width %s to fp16 with %s for strongly typed TensorRT", art.width, tool)
-                    onnx.save(model, str(local))
-                return ex.upload_once(local, key, local.name), None
-        if art.ranges is None or art.source is None or not Path(art.ranges).is_file():
-            raise ConfigError(f"int8 on trtexec needs the artifact's calibration from real images; width {art.width} "
-                              "has none: export it with 'us3l export --precision int8' (or let bench export it)")
-        from us3l.exporters.onnx_quant import qdq_for_tensorrt, tensorrt_calibration_cache
-
+        art, precision = self.artifact, Precision.parse(self.options.precision)
+        if precision.reduced and not precision.plan.calibrated and self._version[0] >= 11 \
+                and f"{art.sha256}:half" in ex.uploaded:  # converted and uploaded by an earlier activation
+            return ex.uploaded[f"{art.sha256}:half"], None
+        assert art.path is not None  # checked in _activate
         with tempfile.TemporaryDirectory() as tmp:
-            if new:
-                self._int8_path = "qdq"
-                local = Path(tmp) / f"model_{sha}_int8_qdq.onnx"
-                qdq_for_tensorrt(Path(art.source), Path(art.ranges), local)
-                return ex.upload_once(local, f"{art.sha256}:qdq", local.name), None
-            self._int8_path = "calibration-cache"
-            cache = Path(tmp) / f"calib_{sha}.cache"
-            cache.write_bytes(tensorrt_calibration_cache(Path(art.ranges), self._version))
-            remote_cache = ex.upload_once(cache, f"{art.sha256}:calib:{self._version}", cache.name)
-            return ex.upload_once(plain, f"{art.sha256}:plain", f"model_{sha}.onnx"), remote_cache
+            given = trtexec_input(Path(art.path), precision, self._version, Path(tmp), source=art.source,
+                                  ranges=art.ranges, width=art.width)
+            self._int8_path = given.int8_path
+            names = {"plain": f"model_{sha}.onnx", "half": f"model_{sha}_fp16.onnx", "qdq": f"model_{sha}_int8_qdq.onnx"}
+            remote = ex.upload_once(given.onnx, f"{art.sha256}:{given.kind}", names[given.kind])
+            cache = None
+            if given.calibration_cache is not None:
+                cache = ex.upload_once(given.calibration_cache, f"{art.sha256}:calib:{self._version}",
+                                       f"calib_{sha}.cache")
+            return remote, cache
 
     def _deactivate(self) -> None:
         self._engine = None
