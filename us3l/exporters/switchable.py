@@ -39,12 +39,13 @@ import numpy as np
 from torch import nn
 
 from us3l.core.errors import ConfigError, ExportError
+from us3l.core.precision import Precision
 
 log = logging.getLogger(__name__)
 
 WIDTH_INPUT = "width_index"
 MAX_WIDTHS = 16
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = (Precision.FP32, Precision.FP16)
 SHARED_PREFIX = "shared/"
 
 
@@ -507,7 +508,7 @@ def _accuracy_rows(cfg: Any, source_hash: str) -> dict[float, dict[str, float]]:
         return {}
     out: dict[float, dict[str, float]] = {}
     for row in data["results"]:
-        if row_precision(row) == "fp32":
+        if row_precision(row) == Precision.FP32:
             out[round(float(row["width"]), 6)] = {k: float(row[k]) for k in ("knn", "linear", "top1")
                                                   if isinstance(row.get(k), (int, float))}
     return out
@@ -550,14 +551,15 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
     from us3l.core.width import format_width, parse_widths
 
     from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, cached_artifact, tool_versions
-    from .onnx_quant import DEFAULT_MIN_COSINE, accuracy_gate, enforce_gate
+    from .onnx_quant import accuracy_gate, enforce_gate
     from .outputs import flatten_outputs
-    from .parity import DEFAULT_TOLERANCE, compare, enforce
+    from .parity import compare, enforce
     from .pipeline import _base, _export
     from .source import CalibrationSet, check_input_size, load_network
 
     t0 = time.perf_counter()
-    if cfg.format != "onnx" or cfg.precision not in PRECISIONS:
+    precision = Precision.parse(cfg.precision)
+    if cfg.format != "onnx" or precision not in PRECISIONS:
         raise ConfigError(f"--switchable writes one ONNX file in fp32 or fp16 (it holds the gate at every width), not "
                           f"{cfg.format} {cfg.precision}; for TensorRT build an engine per width from the switchable "
                           f"file: us3l export FILE_switchable.onnx --widths W --format trt")
@@ -574,7 +576,7 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
                            limit=max(cfg.bn_images, cfg.int8_images + cfg.gate_images, cfg.parity_images))
     prefix = (cfg.name or _base(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
     stem = f"{prefix}_switchable" + (f"_s{cfg.snap}" if cfg.snap != 8 else "") + (f"_b{cfg.batch}" if cfg.batch else "") \
-        + ("_fp16" if cfg.precision == "fp16" else "")
+        + ("" if precision is Precision.FP32 else f"_{precision}")
     name, sidecar_name = stem + ".onnx", stem + ".json"
     out_dir = Path(cfg.out_dir)
     key = _cache_key(cfg, net, [float(w) for w in widths], calib)
@@ -589,7 +591,7 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
             return result
         keep: dict[float, nn.Module] = {}
         with tempfile.TemporaryDirectory(prefix="us3l-switchable-") as tmp:
-            inner = dataclasses.replace(cfg, switchable=False, precision="fp32", out_dir=tmp, force=True,
+            inner = dataclasses.replace(cfg, switchable=False, precision=Precision.FP32, out_dir=tmp, force=True,
                                         name=prefix if cfg.outputs == "features" else (cfg.name or _base(cfg, net)))
             per_width = _export(inner, progress, net, keep=keep)
             arts = sorted(per_width.artifacts, key=lambda a: a.width)
@@ -608,9 +610,9 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
                  if p.key not in ("us3l.width", "us3l.aliases")}
         props["us3l.switchable"] = json.dumps(table, sort_keys=True)
         props["us3l.widths"] = json.dumps([format_width(r["width"]) for r in table])
-        props["us3l.precision"] = cfg.precision
+        props["us3l.precision"] = str(precision)
         model, facts = build_switchable(branches, props)
-        if cfg.precision == "fp16":
+        if precision.reduced:
             from .onnx_quant import fp16_tool, to_fp16
 
             model = to_fp16(model)
@@ -618,22 +620,22 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
             facts["precision_tool"] = fp16_tool()
         path = staging.path(name)
         onnx.save_model(model, str(path))
-        x = calib.images()[: cfg.parity_images] if cfg.precision == "fp32" else calib.images()[-cfg.gate_images:]
+        x = calib.images()[-cfg.gate_images:] if precision.reduced else calib.images()[: cfg.parity_images]
         records = []
-        what = f"switchable {cfg.precision}"
+        what = f"switchable {precision}"
         for row, br in zip(table, branches):
             with torch.no_grad():
                 ref = flatten_outputs(br.module(x))
             out = switchable_runner(path, row["index"], cfg.batch, threads=1, all_outputs=True)(x.numpy())
             label = f"{what} index {row['index']} (width {format_width(row['width'])})"
-            if cfg.precision == "fp32":
-                atol, rtol = DEFAULT_TOLERANCE["fp32"]
+            if not precision.reduced:
+                atol, rtol = precision.plan.tolerance
                 rec = compare(ref, out, cfg.atol if cfg.atol is not None else atol,
                               cfg.rtol if cfg.rtol is not None else rtol, "onnxruntime", calib.kind)
                 enforce(rec, label)
                 record = {"index": row["index"], "width": row["width"], **rec.to_dict()}
             else:
-                gate = accuracy_gate(ref, out, cfg.min_cosine if cfg.min_cosine is not None else DEFAULT_MIN_COSINE["fp16"],
+                gate = accuracy_gate(ref, out, cfg.min_cosine if cfg.min_cosine is not None else float(precision.plan.min_cosine or 0),
                                      "onnxruntime", calib.kind, cfg.outputs in ("logits", "probs"))
                 enforce_gate(gate, label + " (fp16 does not hold the gate here; export --precision fp32)")
                 record = {"index": row["index"], "width": row["width"], **gate.to_dict()}
@@ -642,13 +644,13 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
         size = int(path.stat().st_size)
         widest = max(range(len(arts)), key=lambda i: arts[i].width)
         wa, ws = arts[widest], sides[widest]
-        parity = {"gate": "per_index", "passed": True, "precision": cfg.precision, "inputs": calib.kind,
+        parity = {"gate": "per_index", "passed": True, "precision": str(precision), "inputs": calib.kind,
                   "num_images": int(len(x)), "max_abs_err": max(r["max_abs_err"] for r in records),
                   "per_index": records}
-        if cfg.precision == "fp16":
+        if precision.reduced:
             parity["mean_cosine"] = min(r["mean_cosine"] for r in records)
         data = {
-            "schema": SIDECAR_SCHEMA, "artifact": name, "format": "onnx", "precision": cfg.precision,
+            "schema": SIDECAR_SCHEMA, "artifact": name, "format": "onnx", "precision": str(precision),
             "sha256": sha256_file(path), "size_bytes": size, "width": wa.width, "aliases": [], "divisor": cfg.snap,
             "arch": net.arch, "arch_kwargs": net.arch_kwargs, "untrained": net.untrained,
             "checkpoint": {"path": net.source_path, "sha256": net.source_hash, "method": net.method},
