@@ -157,13 +157,16 @@ def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: s
     return FinetuneResult(out.checkpoint, out.accuracy_path, out.checkpoint_hash, results, out.seconds, tuple(out.history))
 
 
-def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5) -> PredictResult:
+def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5,
+            width: float | None = None) -> PredictResult:
     """Classify image files with an exported classifier (``us3l export ... --outputs logits|probs``).
 
     Args:
         artifact: the ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT, where it runs) file.
         images: an image file, a directory of images, or a list of files.
         top_k: classes reported per image.
+        width: the width to run a switchable file (``export(..., switchable=True)``) at; required
+            for one, and a width it holds.
 
     Raises:
         ConfigError, DataError, BackendUnavailableError: one-line user errors.
@@ -174,7 +177,7 @@ def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k:
     files: list[Path] = []
     for item in ([images] if isinstance(images, (str, os.PathLike)) else list(images)):
         files += image_files(item)
-    info, records = predict_images(artifact, files, top_k)
+    info, records = predict_images(artifact, files, top_k, width=width)
     preds = tuple(Prediction(Path(r["image"]), tuple(ClassScore(t["index"], t["name"], t["prob"]) for t in r["top"]),
                              tuple(r["logits"]) if "logits" in r else None) for r in records)
     return PredictResult(Path(artifact), info["outputs"], info.get("width"), preds)

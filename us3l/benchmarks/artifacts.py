@@ -116,6 +116,8 @@ class BenchArtifact:
             from it on TensorRT <= 10), else None.
         ranges: the INT8 activation ranges file (TensorRT calibration cache / Q/DQ), else None.
         build_module: callable returning the static ``nn.Module`` (for the ``torch`` runner).
+        width_index: for a switchable file measured as it is, the ``width_index`` fed with every
+            run (``path`` is then the switchable file and ``sha256`` its hash + ``#index``), else None.
     """
 
     width: float
@@ -130,6 +132,7 @@ class BenchArtifact:
     source: Path | None = None
     ranges: Path | None = None
     build_module: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    width_index: int | None = None
 
     def record(self) -> dict:
         """JSON-ready fields (no callables) for the lookup table and reports."""
@@ -138,6 +141,7 @@ class BenchArtifact:
             "input_shape": list(self.input_shape), "channels": self.channels, "macs": self.macs,
             "params": self.params, "aliases": list(self.aliases), "precision": self.precision,
             "source": str(self.source) if self.source else None, "ranges": str(self.ranges) if self.ranges else None,
+            **({"width_index": self.width_index} if self.width_index is not None else {}),
         }
 
 

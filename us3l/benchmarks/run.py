@@ -225,15 +225,20 @@ class BenchRun:
             raise ConfigError(f"the torch runner measures the fp32 network; precision {','.join(self.precisions)} "
                               "needs --runner onnxruntime (or tensorrt/trtexec on a GPU)")
         self.threads = cfg.threads or self.profile.threads
-        self.source = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap)
+        self.source: Any = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap) if cfg.artifact is None else None
+        if cfg.artifact is not None:
+            self._switchable_source()
         self.out_dir = cfg.out_dir or DEFAULT_OUT
         self.table = LatencyTable(cfg.lut or (self.out_dir / "lut.json" if cfg.out_dir else default_cache_path()))
         info = _width_info(self.source, self.table, cfg.force)
         self.lo, self.hi = float(info["lo"]), float(info["hi"])
         ladder = [float(w) for w in info["ladder"]]
         self.accuracy.check(info.get("hash"), cfg.snap)
-        self.widths = (parse_widths(cfg.widths, self.lo, self.hi) if cfg.widths
-                       else default_widths(self.lo, self.hi, ladder, self.accuracy.table))
+        if cfg.artifact is not None:
+            self.widths = self.source.widths(cfg.widths)
+        else:
+            self.widths = (parse_widths(cfg.widths, self.lo, self.hi) if cfg.widths
+                           else default_widths(self.lo, self.hi, ladder, self.accuracy.table))
         self.timing = TimingConfig(warmup_ms=cfg.warmup_ms, duration_s=cfg.duration_s, iterations=cfg.iterations,
                                    rounds=cfg.rounds, idle_gap_ms=cfg.idle_gap_ms)
         p = self.profile
@@ -248,6 +253,24 @@ class BenchRun:
         self.rows: list[BenchRow] = []
         self.search: SearchOutcome | None = None
         self.noise: NoiseCheck | None = None
+
+    def _switchable_source(self) -> None:
+        """A switchable file as the source: its widths, its precision, its own accuracy per index."""
+        from .choice import accuracy_table
+        from .switchable import SwitchableSource
+
+        cfg = self.cfg
+        assert cfg.artifact is not None
+        if self.runner_name == "torch":
+            raise ConfigError("the torch runner measures a checkpoint's network; a switchable file runs in onnxruntime, "
+                              "tensorrt or trtexec (--runner)")
+        self.source = SwitchableSource(Path(cfg.artifact))
+        if cfg.precisions is None and self.runner_name == "onnxruntime":
+            self.precisions = [self.source.precision]
+        rows = self.source.accuracy_rows()
+        if cfg.accuracy is None and rows:
+            data = {"checkpoint": self.source.checkpoint_hash, "protocol": {}, "results": rows}
+            self.accuracy = AccuracyJoin(Path(cfg.artifact), data, accuracy_table(rows, Path(cfg.artifact)))
 
     @property
     def needs_executor(self) -> bool:
@@ -285,6 +308,12 @@ class BenchRun:
         """One artifact per (width, precision): fp16/int8 ONNX are converted from the fp32 ONNX at
         export (int8 calibrated on real images); the torch runner measures the fp32 network itself."""
         cfg = self.cfg
+        if cfg.artifact is not None:
+            from .switchable import switchable_artifacts
+
+            return [a for p in self.precisions
+                    for a in switchable_artifacts(self.source, self.widths, Precision.parse(p),
+                                                  self.runner_name == "onnxruntime", self.out_dir)]
         return [a for p in self.precisions
                 for a in prepare_artifacts(self.source, self.widths, self.out_dir, p, self.table, cfg.force,
                                            self.progress)]
@@ -405,7 +434,8 @@ class BenchRun:
             "schema": "us3l-bench/1", "device": self.profile.name, "runner": self.runner_name,
             "precision": ",".join(self.precisions), "precisions": self.precisions, "threads": self.threads,
             "fingerprint": self.fingerprint, "environment": self.env,
-            "source": {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "arch": cfg.arch},
+            "source": {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "arch": cfg.arch,
+                       **({"switchable": str(cfg.artifact)} if cfg.artifact is not None else {})},
             "accuracy_file": str(acc.path) if acc.path else None, "accuracy_note": acc.note,
             "accuracy_unknown": [{"width": w, "precision": p} for w, p in unknown],
             "config": _config_dict(cfg, self.widths),
@@ -448,6 +478,11 @@ class BenchRun:
             art = Path(chosen["artifact"])
             report["deploy"] = {"artifact": str(art), "sidecar": str(art.with_suffix(".json")),
                                 "width": chosen["width"], "precision": chosen["precision"]}
+            if cfg.artifact is not None:  # one switchable file: the device feeds this index
+                from us3l.exporters.switchable import index_for
+
+                report["deploy"].update(switchable=str(cfg.artifact),
+                                        width_index=index_for(self.source.table, chosen["width"]))
         if len(modes) > 1:
             report["policy"] = {str(m): (choose([r for r in rows if r["batch"] == cfg.batches[0]
                                                  and r.get("power_mode") == m], cfg.budget_ms, cfg.metric)

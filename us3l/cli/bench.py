@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
     @app.command("bench", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint; its accuracy.json is joined (omit it and give --arch).",
+        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint (its accuracy.json is joined), or a switchable .onnx file measured at the widths it holds (omit it and give --arch).",
                                                              exists=True, dir_okay=False)] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (latency does not depend on weights).  [default: the checkpoint's]")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, jetson, or a profile name from us3l-devices.toml.")] = "cpu",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -37,12 +37,13 @@ def register(app: typer.Typer) -> None:
         artifact: Annotated[Path, typer.Argument(help="Classifier artifact from 'us3l export --outputs logits|probs' (.onnx, or a TensorRT .engine).")],
         images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
         top_k: Annotated[int, typer.Option(help="Classes reported per image.")] = 5,
+        width: Annotated[Optional[float], typer.Option("--width", "-w", help="Width to run a switchable file (export --switchable) at; it must be one the file holds.  [default: the artifact's only width]")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON.")] = False,
     ) -> None:
         """Run an exported classifier on images with exactly the preprocessing recorded in the artifact."""
         from ..api import predict
 
-        result = predict(artifact, images, top_k=top_k)
+        result = predict(artifact, images, top_k=top_k, width=width)
         if as_json:
             print_json(result.to_dict())
             return

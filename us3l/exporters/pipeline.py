@@ -517,6 +517,10 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None, network: Net
             from .switchable import export_switchable
 
             return export_switchable(cfg, progress, network)
+        if network is None and cfg.checkpoint and Path(cfg.checkpoint).suffix == ".onnx":
+            from .switchable import export_from_switchable  # one width (or an engine) out of a switchable file
+
+            return export_from_switchable(cfg, progress)
         return _export(cfg, progress, network)
     finally:
         torch.set_num_threads(old_threads)

@@ -679,3 +679,152 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
     log.info("switchable file %s: %d widths, %d bytes (%.3fx the widest per-width file)", name, len(table), size,
              size / per_width_bytes[widest])
     return result
+
+
+# ----------------------------------------------------------------------------- one width out of a switchable file, as an artifact
+
+
+def export_from_switchable(cfg: Any, progress: Any = None) -> Any:
+    """``us3l export FILE_switchable.onnx --widths W [--format trt]``: each asked width fixed out of
+    the switchable file (:func:`fix_width`) and written as a one-width ONNX artifact, or built into a
+    TensorRT engine from that graph; every file is gated against the switchable file itself at
+    that index (ONNX Runtime), and nothing is written unless all passed.
+
+    Raises:
+        ConfigError: not a switchable file, a width it does not hold (one line listing them), or a
+            format/precision this path cannot give. BackendUnavailableError: TensorRT missing here.
+    """
+    import platform
+    import time
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import onnx
+    import torch
+
+    from us3l.core.files import sha256_file
+    from us3l.core.width import format_width, parse_widths
+
+    from .artifacts import SIDECAR_SCHEMA, Artifact, ExportResult, Staging, artifact_stem, read_sidecar, tool_versions
+    from .onnx_quant import accuracy_gate, enforce_gate
+    from .parity import compare, enforce
+    from .registry import ExportRequest, get_exporter
+    from .source import CalibrationSet
+
+    t0 = time.perf_counter()
+    src = Path(str(cfg.checkpoint))
+    model = onnx.load(str(src))
+    table = switchable_table(model)
+    if table is None:
+        raise ConfigError(f"{src.name} is a one-width ONNX file; export widths from its checkpoint, or give a "
+                          "switchable file (us3l export CKPT --switchable)")
+    props = {p.key: p.value for p in model.metadata_props}
+    file_precision = Precision.parse(props.get("us3l.precision", "fp32"))
+    precision = Precision.parse(cfg.precision)
+    exporter = get_exporter(cfg.format)
+    if cfg.format == "onnx" and precision is not file_precision:
+        raise ConfigError(f"{src.name} is {file_precision}; the widths fixed out of it are {file_precision} ONNX "
+                          f"(--precision {file_precision}), or build TensorRT engines from it (--format trt)")
+    if cfg.format not in ("onnx", "trt"):
+        raise ConfigError(f"a switchable file gives one-width ONNX (--format onnx) or TensorRT engines (--format trt), "
+                          f"not {cfg.format}")
+    exporter.check_available(precision)
+    side = read_sidecar(src.with_suffix(".json")) or {}
+    held_side = side.get("artifact") == src.name
+    widths = parse_widths(cfg.widths, 0.0, 1.0)
+    indices = list(dict.fromkeys(index_for(table, w, src.name) for w in widths))
+    input_vi = next(i for i in model.graph.input if i.name != WIDTH_INPUT)
+    dims = [d.dim_value or None for d in input_vi.type.tensor_type.shape.dim]
+    input_shape = (int(dims[1] or 3), int(dims[2] or 1), int(dims[3] or 1))
+    fixed_batch = dims[0]
+    if cfg.batch and fixed_batch and cfg.batch != fixed_batch:
+        raise ConfigError(f"{src.name} has a fixed batch of {fixed_batch}; --batch {cfg.batch} cannot change it")
+    batch = cfg.batch or fixed_batch
+    calib = CalibrationSet(cfg.calib_data, None, input_shape[-1], input_shape[0], True, cfg.seed,
+                           limit=max(cfg.int8_images + cfg.gate_images, cfg.parity_images))
+    x_all = calib.images()
+    if precision.plan.calibrated and calib.kind == "random":
+        raise ConfigError("INT8 engines calibrate on real images; pass --calib-data (the images the file was "
+                          "exported for, an .npy/.pt array or a dataset name)")
+    base = src.stem.split("_switchable")[0]
+    out_dir = Path(cfg.out_dir)
+    result = ExportResult(out_dir=out_dir)
+    with Staging(out_dir) as staging:
+        for k, index in enumerate(indices):
+            row = table[index]
+            width = float(row["width"])
+            if progress:
+                progress(k, len(indices), f"w={format_width(width)}")
+            start = time.perf_counter()
+            fixed = fix_width(model, index)
+            onnx_stem = artifact_stem(base, width, cfg.snap, cfg.batch, "onnx", file_precision)
+            x = x_all[-cfg.gate_images:] if precision.reduced else x_all[: cfg.parity_images]
+            reference = switchable_runner(src, index, batch, threads=1)(x.numpy())
+            if cfg.format == "onnx":
+                path = staging.path(onnx_stem + ".onnx")
+                onnx.save_model(fixed, str(path))
+                out = _plain_runner(path, batch)(x.numpy())
+                facts: dict[str, Any] = {"runtime": "onnxruntime"}
+                name = path.name
+            else:
+                onnx_path = staging.path(onnx_stem + ".onnx")
+                onnx.save_model(fixed, str(onnx_path))
+                stem = artifact_stem(base, width, cfg.snap, cfg.batch, "trt", precision)
+                path = staging.path(stem + exporter.suffix)
+                n_gate = min(cfg.gate_images, max(1, len(x_all) // 5))
+                req = ExportRequest(static=torch.nn.Identity(), path=path, input_shape=input_shape, batch=cfg.batch,
+                                    opset=cfg.opset, precision=precision, onnx_path=onnx_path,
+                                    calib_images=x_all[: len(x_all) - n_gate].numpy() if precision.plan.calibrated else None,
+                                    options={"workspace_mib": cfg.workspace_mib, "max_batch": cfg.max_batch,
+                                             "opt_batch": cfg.opt_batch, "timing_cache": cfg.timing_cache,
+                                             "int8_images": cfg.int8_images})
+                facts = exporter.export(req)
+                out = exporter.runner(path, req)(x.numpy())
+                name = path.name
+            what = f"{cfg.format} {precision} width {format_width(width)} (index {index} of {src.name})"
+            if precision.reduced:
+                gate = accuracy_gate(reference, out, cfg.min_cosine if cfg.min_cosine is not None
+                                     else float(precision.plan.min_cosine or 0), facts.get("runtime", cfg.format),
+                                     calib.kind, props.get("us3l.outputs") in ("logits", "probs"))
+                enforce_gate(gate, what)
+                parity: dict[str, Any] = gate.to_dict()
+            else:
+                atol, rtol = precision.plan.tolerance
+                rec = compare(reference, out, cfg.atol if cfg.atol is not None else atol,
+                              cfg.rtol if cfg.rtol is not None else rtol, facts.get("runtime", cfg.format), calib.kind)
+                enforce(rec, what)
+                parity = {**rec.to_dict(), "reference": f"{src.name} at width_index {index} (onnxruntime)"}
+            shape = [batch or "batch", *input_shape]
+            data = {
+                **{k: v for k, v in side.items() if held_side and k in (
+                    "arch", "arch_kwargs", "untrained", "checkpoint", "divisor", "classes", "preprocess", "head", "stages")},
+                "schema": SIDECAR_SCHEMA, "artifact": name, "format": cfg.format, "precision": str(precision),
+                "sha256": sha256_file(path), "size_bytes": path.stat().st_size, "width": width,
+                "aliases": list(row.get("aliases") or []), "channels": dict(row.get("channels") or {}),
+                "macs": int(row.get("macs") or 0), "params": int(row.get("params") or 0),
+                "feature_dim": int(row.get("feature_dim") or 0),
+                "input": {**(side.get("input") or {}), "name": input_vi.name, "shape": shape, "dtype": "float32"}
+                if held_side else {"name": input_vi.name, "shape": shape, "dtype": "float32"},
+                "output": {**(side.get("output") or {}), "shape": None} if held_side else None,
+                "export": {"method": "fixed", "switchable": src.name, "width_index": index,
+                           "switchable_sha256": sha256_file(src)},
+                "parity": parity, "calibration": None, "opset": cfg.opset, "versions": tool_versions(),
+                "format_info": facts, "source_onnx": onnx_stem + ".onnx" if cfg.format == "trt" else None,
+                "cache_key": None,
+                "build": {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          "seconds": round(time.perf_counter() - start, 3), "host": platform.node()},
+            }
+            sidecar = Path(name).stem + ".json"
+            staging.write_json(sidecar, data)
+            result.artifacts.append(Artifact.from_sidecar(out_dir / sidecar, data, cached=False))
+        staging.commit()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _plain_runner(path: Any, batch: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    from .onnx_exporter import batched_runner, ort_session
+
+    sess = ort_session(path, threads=1)
+    name = sess.get_inputs()[0].name
+    return batched_runner(lambda x: np.asarray(sess.run(None, {name: x.astype(np.float32)})[0]), batch)

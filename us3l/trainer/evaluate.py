@@ -152,7 +152,7 @@ def _artifact_sidecar(path: Path) -> dict[str, Any]:
 
 
 def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: int,
-                       fixed_batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+                       fixed_batch: int | None, width_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of an ONNX artifact on a split (ONNX Runtime CPU), resized per batch to ``size``; and the labels."""
     import numpy as np
 
@@ -163,7 +163,8 @@ def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: in
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    name = next(i.name for i in sess.get_inputs() if i.name != "width_index")
+    extra = {} if width_index is None else {"width_index": np.asarray(width_index, dtype=np.int64)}
     step = fixed_batch or batch_size
     out, labels = [], []
     for images, y in stream:
@@ -173,7 +174,7 @@ def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: in
             n = len(x)
             if fixed_batch and n < fixed_batch:
                 x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
-            out.append(torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x)})[0],
+            out.append(torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x), **extra})[0],
                                                    dtype=np.float32)[:n]))
     return torch.cat(out), torch.cat(labels)
 
@@ -181,8 +182,10 @@ def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: in
 def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str = "knn",
                       dataset: DatasetSpec | None = None, knn_k: int | None = None,
                       linear: LinearProbeConfig | str = "fast", batch_size: int = 256,
-                      divisor: int = DEFAULT_DIVISOR, workers: int | None = None) -> dict[str, Any]:
-    """Accuracy of one exported ONNX artifact of ``ckpt`` (same protocol as :func:`evaluate_checkpoint`).
+                      divisor: int = DEFAULT_DIVISOR, workers: int | None = None,
+                      width: float | None = None) -> dict[str, Any]:
+    """Accuracy of one exported ONNX artifact of ``ckpt`` (same protocol as :func:`evaluate_checkpoint`);
+    of a switchable file (``us3l export --switchable``) at ``width``, one of those it holds.
 
     Returns:
         ``{"width", "precision", "feature_dim", "knn"?, "linear"?, "top1"?, "source": "artifact",
@@ -218,17 +221,26 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
     shape = side["input"]["shape"]
     size = int(shape[-1])
     fixed = shape[0] if isinstance(shape[0], int) else None
+    index, table = None, (side.get("switchable") or {}).get("index")
+    if table:
+        from us3l.exporters.switchable import index_for
+
+        if width is None:
+            raise ConfigError(f"{path.name} is a switchable file; give the widths to evaluate (--widths)")
+        index = index_for(table, width, path.name)
+        row_info = table[index]
+        side = {**side, "width": width, "feature_dim": row_info["feature_dim"]}
     train_s = EvalStream(spec, "train", batch_size, workers)
     test_s = EvalStream(spec, "test", batch_size, workers)
     n_classes = stream_num_classes(spec)
-    f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed)
+    f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed, index)
     row: dict[str, Any] = {"width": round_width(float(side["width"])), "precision": side.get("precision", "fp32"),
                            "feature_dim": int(side["feature_dim"]), "source": "artifact", "artifact": path.name,
-                           "sha256": side.get("sha256")}
+                           "sha256": side.get("sha256"), **({"width_index": index} if index is not None else {})}
     if side.get("head"):
         row["top1"] = float((f_test.argmax(1) == test_y).float().mean())
         return row
-    f_train, train_y = _artifact_features(path, train_s, batch_size, size, fixed)
+    f_train, train_y = _artifact_features(path, train_s, batch_size, size, fixed, index)
     k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
     if method in ("knn", "both"):
         row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
@@ -236,6 +248,20 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
         row["linear"] = linear_probe_accuracy(f_train, train_y, f_test, test_y, n_classes, _linear_cfg(linear))
     log.info("artifact %s: %s", path.name, row)
     return row
+
+
+def _switchable_widths(path: Path) -> list[float]:
+    """The widths a switchable artifact holds (empty for a one-width file or an unreadable sidecar)."""
+    try:
+        side = _artifact_sidecar(path) if path.is_file() else {}
+    except ConfigError:
+        return []
+    table = (side.get("switchable") or {}).get("index")
+    if not table:
+        return []
+    from us3l.exporters.switchable import held_widths
+
+    return held_widths(table)
 
 
 def _checkpoint_dataset(ckpt: Checkpoint) -> DatasetSpec:
@@ -319,15 +345,18 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
     if cfg.method not in METHODS:
         raise unknown_name("evaluation method", cfg.method, METHODS)
     if cfg.artifacts:
-        if cfg.widths is not None or cfg.store_bn:
+        switchable = {a: _switchable_widths(Path(a)) for a in cfg.artifacts}
+        if cfg.store_bn or (cfg.widths is not None and not all(switchable.values())):
             raise ConfigError("--artifact measures exported files (their width is fixed, their BN baked in); "
-                              "drop --widths / --store-bn")
+                              "drop --widths / --store-bn (--widths chooses widths of a switchable file only)")
         rows = []
         for a in cfg.artifacts:
-            if progress:
-                progress(0.0, f"evaluate {Path(a).name}")
-            rows.append(evaluate_artifact(ckpt, a, cfg.method, spec, cfg.knn_k, cfg.linear_preset, cfg.batch_size,
-                                          cfg.divisor, cfg.workers))
+            held = switchable[a]
+            for w in (widths if cfg.widths is not None else held) if held else [None]:
+                if progress:
+                    progress(0.0 if w is None else w, f"evaluate {Path(a).name}")
+                rows.append(evaluate_artifact(ckpt, a, cfg.method, spec, cfg.knn_k, cfg.linear_preset, cfg.batch_size,
+                                              cfg.divisor, cfg.workers, width=w))
     heads: dict[str, Any] = {}
     if not cfg.artifacts:
         rows = evaluate_checkpoint(ckpt, widths, cfg.method, spec,
