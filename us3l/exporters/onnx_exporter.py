@@ -381,8 +381,25 @@ class OnnxExporter(Exporter):
             if req.calib_images is None:
                 raise ExportError("INT8 calibration needs images; pass --calib-data")
             ranges = Path(req.options["ranges_path"])
-            facts["calibration"] = quantize_int8(req.onnx_path, req.calib_images, req.path, ranges,
-                                                 req.options.get("calibration", "minmax"), req.input_name, req.batch)
+            method = req.options.get("calibration", "minmax")
+            recipe = req.options.get("int8_recipe")
+            if recipe is not None:  # per-width recipe chosen on the held-out gate (us3l.exporters.int8_recipe)
+                from .int8_recipe import choose_recipe, sensitive_nodes
+
+                def quantize(src: Path, images: np.ndarray, out: Path, rng: Path, m: str, **kw: Any) -> dict[str, Any]:
+                    return quantize_int8(src, images, out, rng, m, req.input_name, req.batch, **kw)
+
+                def run(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+                    sess = ort_session(path, threads=1)
+                    name = sess.get_inputs()[0].name
+                    return batched_runner(lambda x: sess.run(None, {name: x.astype(np.float32)})[0], req.batch)
+
+                groups = sensitive_nodes(onnx.load(str(req.onnx_path)), req.static)
+                facts["calibration"] = choose_recipe(Path(req.onnx_path), req.calib_images, req.path, ranges, method,
+                                                     recipe, quantize, run, groups)
+            else:
+                facts["calibration"] = quantize_int8(req.onnx_path, req.calib_images, req.path, ranges, method,
+                                                     req.input_name, req.batch)
             model = onnx.load(str(req.path))
         onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": str(req.precision)})
         model.producer_name = "us3l-deploy"

@@ -106,6 +106,12 @@ class ExportConfig:
             (``export.method``, ``export.fallback``).
         switchable: write one ONNX file holding every width, chosen at run time by an int64
             ``width_index`` input (:mod:`us3l.exporters.switchable`); ONNX fp32 or fp16 only.
+        int8_recipe / int8_min_agreement: ONNX INT8 only. ``auto`` (default) chooses each width's
+            recipe on the held-out gate images (:mod:`us3l.exporters.int8_recipe`: calibration
+            method, then the head / stem / last block kept in FP32, until a classifier's top-1
+            agrees with FP32 on ``int8_min_agreement`` of them, or features keep a mean cosine of
+            0.99); ``fixed`` quantizes every layer with ``calibration``. More ``gate_images`` give
+            the agreement a finer resolution (64 images: 1.6 points per image).
     """
 
     checkpoint: str | None = None
@@ -142,6 +148,8 @@ class ExportConfig:
     outputs: str = "features"
     substitute: bool = True
     switchable: bool = False
+    int8_recipe: str = "auto"
+    int8_min_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", FORMAT_ALIASES.get(self.format, self.format))
@@ -172,6 +180,12 @@ class ExportConfig:
         check_number("--input-size", self.input_size, minimum=4, integer=True)
         if self.threads < 0:
             raise ConfigError(f"threads {self.threads} is invalid; valid: 0 (torch's setting) or a positive integer")
+        from .int8_recipe import RECIPE_MODES
+
+        if self.int8_recipe not in RECIPE_MODES:
+            raise ConfigError(f"--int8-recipe {self.int8_recipe} is invalid; valid: {', '.join(RECIPE_MODES)}")
+        if not 0 < self.int8_min_agreement <= 1:
+            raise ConfigError(f"--int8-min-agreement {self.int8_min_agreement} is invalid; valid: a fraction in (0, 1]")
 
 
 @dataclass
@@ -252,7 +266,9 @@ class _Run:
                 "exporter": c.onnx_exporter, **({"outputs": c.outputs} if c.outputs != "features" else {}),
                 "parity": ["cosine", self._min_cosine(precision), c.gate_images] if precision.reduced
                 else [self._tolerance(precision), c.parity_images],
-                "int8": [c.calibration, c.int8_images, self.calib.describe()] if precision.plan.calibrated else None,
+                "int8": [c.calibration, c.int8_images, self.calib.describe()]
+                + ([c.int8_recipe, c.int8_min_agreement] if c.int8_recipe != "fixed" and fmt == "onnx" else [])
+                if precision.plan.calibrated else None,
                 "trt": [c.workspace_mib, c.max_batch, c.opt_batch, c.int8_images] if fmt == "trt" else None})
 
     def _min_cosine(self, precision: Precision) -> float:
@@ -383,6 +399,14 @@ class _Run:
             options["ranges_path"] = str(self.staging.path(b.names.ranges))
         if self.ladder is not None and b.exporter.name == "onnx" and b.precision == Precision.FP32:
             options["ladder"] = self.ladder
+        if b.precision.plan.calibrated and b.exporter.name == "onnx" and cfg.int8_recipe == "auto":
+            from .int8_recipe import RecipeRequest
+
+            assert b.inputs is not None and b.reference is not None
+            options["int8_recipe"] = RecipeRequest(inputs=b.inputs.numpy(), reference=b.reference.numpy(),
+                                                   classifier=b.head is not None,
+                                                   min_agreement=cfg.int8_min_agreement,
+                                                   gate_cosine=self._min_cosine(b.precision))
         names = b.output_names
         b.request = ExportRequest(
             static=b.deploy, path=self.staging.path(b.names.file), input_shape=self.input_shape, batch=cfg.batch,
