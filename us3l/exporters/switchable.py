@@ -12,8 +12,9 @@ branch, the network at that width:
   (``Conv -> Mul -> Add``) rather than folded into the shared weights (which would make them
   per-width again); tensors that are not first-channel slices of the widest one (a per-width
   classifier head, constants) are kept in their branch;
-- an index outside 0 .. N-1 selects a last branch that fails at run time (ONNX has no assert):
-  the runners of this package refuse such an index before running, in one line.
+- the ``If``s form a balanced tree (``width_index < mid``), so every width passes the same
+  ceil(log2 N) of them; an index outside 0 .. N-1 fails at run time (a ``Gather`` out of range:
+  ONNX has no assert), and the runners of this package refuse it before running, in one line.
 
 Each branch is derived from that width's ordinary FP32 ONNX (translated or substituted, see
 :mod:`us3l.exporters.ladder`): its initializers are matched by value to the network's tensors
@@ -67,7 +68,7 @@ def _np(init: Any) -> np.ndarray:
 def _tensor(name: str, value: np.ndarray) -> Any:
     from onnx import numpy_helper
 
-    return numpy_helper.from_array(np.ascontiguousarray(value), name)
+    return numpy_helper.from_array(np.require(value, requirements="C"), name)  # keeps 0-d scalars 0-d
 
 
 def _prefix_of(shared: np.ndarray, value: np.ndarray) -> bool:
@@ -212,51 +213,61 @@ def _branch_graph(index: int, br: Branch, builder: _Builder, input_names: set[st
     return graph, stats
 
 
-def _fail_graph(outputs: Sequence[Any], input_name: str) -> Any:
-    """A branch producing outputs of the right types and ranks that fails when it runs (an index
-    outside the file's range): broadcasting a 2-vector to ``[batch, ..., 3]`` is invalid."""
+def _guard(n: int) -> list[Any]:
+    """Nodes computing ``select`` = ``width_index`` when it lies in ``0 .. n-1``, failing otherwise:
+    ``Gather(arange(n), i)`` rejects ``i >= n`` and ``Gather(arange(n), i - n)`` rejects ``i < 0``
+    (negative indices count from the end, down to ``-n``); the second is multiplied by 0 and added so
+    that both run. ONNX has no assert; this costs four scalar operations."""
     import onnx
 
-    nodes, inits, outs = [], [], []
-    nodes.append(onnx.helper.make_node("Shape", [input_name], ["bad_index/shape"], name="bad_index/shape"))
-    inits += [_tensor("bad_index/zero", np.zeros(1, np.int64)), _tensor("bad_index/one", np.ones(1, np.int64)),
-              _tensor("bad_index/two", np.zeros(2, np.float32))]
-    nodes.append(onnx.helper.make_node("Slice", ["bad_index/shape", "bad_index/zero", "bad_index/one"],
-                                       ["bad_index/batch"], name="bad_index/batch"))
-    for o in outputs:
-        rank = len(o.type.tensor_type.shape.dim)
-        tail = f"bad_index/{o.name}/tail"
-        inits.append(_tensor(tail, np.asarray([1] * max(rank - 2, 0) + [3], np.int64)))
-        nodes.append(onnx.helper.make_node("Concat", ["bad_index/batch", tail], [f"bad_index/{o.name}/target"], axis=0,
-                                           name=f"bad_index/{o.name}/target"))
-        nodes.append(onnx.helper.make_node("Expand", ["bad_index/two", f"bad_index/{o.name}/target"],
-                                           [f"bad_index/{o.name}"], name=f"bad_index/{o.name}/expand"))
-        outs.append(onnx.helper.make_tensor_value_info(f"bad_index/{o.name}", o.type.tensor_type.elem_type, None))
-    return onnx.helper.make_graph(nodes, "index_out_of_range", [], outs, initializer=inits)
+    h = onnx.helper
+    return [
+        h.make_node("Constant", [], ["select/range"], value=_tensor("", np.arange(n, dtype=np.int64)), name="select/range"),
+        h.make_node("Constant", [], ["select/n"], value=_tensor("", np.asarray(n, np.int64)), name="select/n"),
+        h.make_node("Constant", [], ["select/zero"], value=_tensor("", np.asarray(0, np.int64)), name="select/zero"),
+        h.make_node("Gather", ["select/range", WIDTH_INPUT], ["select/below_n"], axis=0, name="select/below_n"),
+        h.make_node("Sub", [WIDTH_INPUT, "select/n"], ["select/shifted"], name="select/shifted"),
+        h.make_node("Gather", ["select/range", "select/shifted"], ["select/not_negative"], axis=0,
+                    name="select/not_negative"),
+        h.make_node("Mul", ["select/not_negative", "select/zero"], ["select/nothing"], name="select/nothing"),
+        h.make_node("Add", ["select/below_n", "select/nothing"], [SELECT], name="select/index"),
+    ]
 
 
-def _select(names: list[str], branches: list[Any], outputs: Sequence[Any], input_name: str) -> list[Any]:
-    """Top-level nodes: ``If(width_index == 0, branch 0, If(width_index == 1, ...))``."""
+SELECT = "select/checked_index"
+
+
+def _tree(lo: int, hi: int, branches: list[Any], names: list[str], otype: dict[str, int], top: bool) -> list[Any]:
+    """Nodes choosing among ``branches[lo:hi]`` by ``select``: ``If(select < mid, left, right)``,
+    a balanced tree (depth ceil(log2 N): every width runs through the same few ``If``s)."""
     import onnx
 
+    h = onnx.helper
+    outs = names if top else [f"t{lo}_{hi}/{n}" for n in names]
+
+    def side(a: int, b: int) -> Any:
+        if b - a == 1:
+            return branches[a]
+        return h.make_graph(_tree(a, b, branches, names, otype, False), f"widths_{a}_{b}", [],
+                            [h.make_tensor_value_info(f"t{a}_{b}/{n}", otype[n], None) for n in names])
+
+    if hi - lo == 1:  # a single width: the guard has already refused every other index
+        then_g = else_g = branches[lo]
+        mid = lo + 1
+    else:
+        mid = (lo + hi) // 2
+        then_g, else_g = side(lo, mid), side(mid, hi)
+    const, cond = f"t{lo}_{hi}/mid", f"t{lo}_{hi}/below_mid"
+    return [h.make_node("Constant", [], [const], value=_tensor("", np.asarray(mid, np.int64)), name=const),
+            h.make_node("Less", [SELECT, const], [cond], name=cond),
+            h.make_node("If", [cond], outs, then_branch=then_g, else_branch=else_g, name=f"t{lo}_{hi}/if",
+                        doc_string=f"widths {lo}..{hi - 1}: then {lo}..{mid - 1}, else {mid}..{hi - 1}")]
+
+
+def _select(names: list[str], branches: list[Any], outputs: Sequence[Any]) -> list[Any]:
+    """Top-level nodes: the index guard, then the balanced tree of ``If``s over the branches."""
     otype = {o.name: o.type.tensor_type.elem_type for o in outputs}
-    else_graph = _fail_graph(outputs, input_name)
-    top: list[Any] = []
-    for i in reversed(range(len(branches))):
-        outs = names if i == 0 else [f"select{i}/{n}" for n in names]
-        const, cond = f"select{i}/index", f"select{i}/is_index"
-        level = [onnx.helper.make_node("Constant", [], [const], value=_tensor("", np.asarray(i, np.int64)),
-                                       name=f"select{i}/const"),
-                 onnx.helper.make_node("Equal", [WIDTH_INPUT, const], [cond], name=f"select{i}/equal"),
-                 onnx.helper.make_node("If", [cond], outs, then_branch=branches[i], else_branch=else_graph,
-                                       name=f"select{i}/if")]
-        if i == 0:
-            top = level
-        else:
-            else_graph = onnx.helper.make_graph(level, f"select_{i}", [],
-                                                [onnx.helper.make_tensor_value_info(o, otype[n], None)
-                                                 for o, n in zip(outs, names)])
-    return top
+    return _guard(len(branches)) + _tree(0, len(branches), branches, names, otype, True)
 
 
 def build_switchable(branches: Sequence[Branch], metadata: dict[str, str]) -> tuple[Any, dict[str, Any]]:
@@ -290,7 +301,7 @@ def build_switchable(branches: Sequence[Branch], metadata: dict[str, str]) -> tu
         g, s = _branch_graph(i, br, builder, {input_vi.name})
         graphs.append(g)
         stats.append(s)
-    nodes = _select(names, graphs, first.graph.output, input_vi.name)
+    nodes = _select(names, graphs, first.graph.output)
     outputs = []
     for j, o in enumerate(first.graph.output):
         dims = [[(d.dim_value if d.HasField("dim_value") else d.dim_param or None) for d in br.model.graph.output[j].type.tensor_type.shape.dim]
@@ -399,13 +410,13 @@ def fix_width(model: Any, index: int) -> Any:
     if table is None:
         raise ConfigError("not a switchable file (no us3l.switchable metadata); it already has one width")
     check_index(index, len(table))
-    top_if = next(n for n in model.graph.node if n.op_type == "If")
-    node, level = top_if, 0
-    while level < index:
-        else_g = next(a.g for a in node.attribute if a.name == "else_branch")
-        node = next(n for n in else_g.node if n.op_type == "If")
-        level += 1
-    branch = next(a.g for a in node.attribute if a.name == "then_branch")
+    graph, branch = model.graph, None
+    while branch is None:  # descend the tree: If(select < mid, then, else)
+        node = next(n for n in graph.node if n.op_type == "If")
+        mid = next(int(_np(n.attribute[0].t)) for n in graph.node if n.op_type == "Constant" and n.output[0] == node.name[:-3] + "/mid")
+        sub = next(a.g for a in node.attribute if a.name == ("then_branch" if index < mid else "else_branch"))
+        branch = sub if sub.name.startswith("width_") else None
+        graph = sub
     names = [o.name for o in model.graph.output]
     inner = [o.name for o in branch.output]
     rename = dict(zip(inner, names))
