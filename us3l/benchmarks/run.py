@@ -225,7 +225,9 @@ class BenchRun:
             raise ConfigError(f"the torch runner measures the fp32 network; precision {','.join(self.precisions)} "
                               "needs --runner onnxruntime (or tensorrt/trtexec on a GPU)")
         self.threads = cfg.threads or self.profile.threads
-        self.source: Any = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap) if cfg.artifact is None else None
+        self.source: Any = None  # ModelSource, or a SwitchableSource for a switchable file
+        if cfg.artifact is None:
+            self.source = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap)
         if cfg.artifact is not None:
             self._switchable_source()
         self.out_dir = cfg.out_dir or DEFAULT_OUT

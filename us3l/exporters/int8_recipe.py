@@ -120,9 +120,9 @@ def sensitive_nodes(model: Any, module: Any = None) -> dict[str, list[str]]:
         keys, _ = match_initializers(model, network_tensors(module))
         owner = {}
         for i in convs:
-            key = (keys.get(nodes[i].input[1]) or [None])[0]
-            if key:
-                owner[i] = _conv_of(key)
+            found = keys.get(nodes[i].input[1])
+            if found:
+                owner[i] = _conv_of(found[0])
         last = owner.get(last_conv)
         if last:
             parent = last.rsplit(".", 1)[0]

@@ -71,21 +71,31 @@ def _conv_bn_pairs(module: nn.Module) -> list[tuple[str, nn.Conv2d, str, nn.Batc
     return pairs
 
 
-def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+def _bn_tensors(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(gamma, beta, mean, var, eps) of an eval-mode BatchNorm in float64."""
+    gamma, beta, mean, var = (getattr(bn, k) for k in ("weight", "bias", "running_mean", "running_var"))
+    if not all(isinstance(t, torch.Tensor) for t in (gamma, beta, mean, var)):
+        raise SubstitutionError(f"BatchNorm {type(bn).__name__} has no affine parameters or running statistics")
+    return gamma.double(), beta.double(), mean.double(), var.double(), float(getattr(bn, "eps", 1e-5))
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """The convolution's weight and bias with ``bn`` (eval statistics) folded in (float32)."""
     with torch.no_grad():
-        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        gamma, beta, mean, var, eps = _bn_tensors(bn)
+        scale = gamma / torch.sqrt(var + eps)
         w = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.ndim - 1)))
         b0 = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-        b = (b0 - bn.running_mean.double()) * scale + bn.bias.double()
+        b = (b0 - mean) * scale + beta
     return w.float().numpy(), b.float().numpy()
 
 
-def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+def bn_scale_shift(bn: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """``(gamma / sqrt(var + eps), beta - mean * scale)`` of an eval-mode BatchNorm (float32)."""
     with torch.no_grad():
-        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        shift = bn.bias.double() - bn.running_mean.double() * scale
+        gamma, beta, mean, var, eps = _bn_tensors(bn)
+        scale = gamma / torch.sqrt(var + eps)
+        shift = beta - mean * scale
     return scale.float().numpy(), shift.float().numpy()
 
 
@@ -162,8 +172,15 @@ def slimmable_counts(model: nn.Module, width: float, divisor: int) -> dict[str, 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
     if a.shape != b.shape:
         return False
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    return bool(np.abs(a.astype(np.float64) - b).max() <= MATCH_RTOL * max(scale, 1e-6)) if a.size else True
+    if not a.size:
+        return True
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    scale = max(float(np.abs(flat_b).max()), 1e-6)
+    tol = MATCH_RTOL * scale
+    probe = flat_a[:64] - flat_b[:64]  # most candidates differ in their first entries: reject those cheaply
+    if float(np.abs(probe).max()) > tol:
+        return False
+    return bool(float(np.abs(flat_a - flat_b).max()) <= tol)
 
 
 # ----------------------------------------------------------------------------- ONNX side
@@ -408,10 +425,10 @@ def finish(model: Any, simplify: bool, template_ops: dict[str, int], drop_whole_
     import onnx
 
     try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as exc:  # onnx raises InferenceError and others
         raise SubstitutionError(f"shape inference failed: {str(exc).splitlines()[0][:160]}") from None
-    dropped = drop_identity_slices(model) if drop_whole_slices else 0
+    dropped = drop_identity_slices(model) if drop_whole_slices and template_ops.get("Slice") else 0
     if dropped:
         template_ops = dict(template_ops)
         template_ops["Slice"] = template_ops.get("Slice", 0) - dropped

@@ -577,13 +577,14 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
     net = network if network is not None else load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.input_size)
     if network is not None and cfg.input_size and int(cfg.input_size) != net.model.input_size:
         check_input_size(net.model, int(cfg.input_size))
-    widths = parse_widths(cfg.widths, *net.model.width_range)
+    lo, hi = net.model.width_range  # type: ignore[misc]  # every registered network has one
+    widths = parse_widths(cfg.widths, float(lo), float(hi))
     distinct = sorted({f for f in find_aliases(net.model, widths, cfg.snap).values()})
     if len(distinct) > MAX_WIDTHS:
         raise ConfigError(f"a switchable file holds at most {MAX_WIDTHS} distinct widths; {len(distinct)} were asked "
                           "for; valid: a shorter list or range")
     calib = CalibrationSet(cfg.calib_data, net.checkpoint.dataset if net.checkpoint else None,
-                           int(cfg.input_size or net.model.input_size), net.model.in_chans, net.untrained, cfg.seed,
+                           int(cfg.input_size or net.model.input_size), int(net.model.in_chans), net.untrained, cfg.seed,  # type: ignore[arg-type]
                            limit=max(cfg.bn_images, cfg.int8_images + cfg.gate_images, cfg.parity_images))
     prefix = (cfg.name or _base(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
     stem = f"{prefix}_switchable" + (f"_s{cfg.snap}" if cfg.snap != 8 else "") + (f"_b{cfg.batch}" if cfg.batch else "") \
@@ -610,7 +611,7 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
             branches = [Branch(a.width, onnx.load(str(a.path)), keep[a.width]) for a in arts]
             per_width_bytes = [int(a.path.stat().st_size) for a in arts]
         accuracy = _accuracy_rows(cfg, net.source_hash)
-        table = []
+        table: list[dict[str, Any]] = []
         for i, (a, side) in enumerate(zip(arts, sides)):
             acc = accuracy.get(round(a.width, 6))
             table.append({"index": i, "width": a.width, "aliases": list(a.aliases), "channels": dict(a.channels),
