@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         linear_preset: Annotated[str, typer.Option(help="Linear-probe recipe: fast, or cifar (docs/method.md section 11, 100 epochs).")] = "fast",
         device: Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")] = "cpu",
         workers: Annotated[int | None, typer.Option(help="Processes decoding image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
-        artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint to measure in ONNX Runtime instead of the PyTorch widths; repeatable; its row is keyed by its precision. A switchable file is measured at --widths (default: every width it holds).  [default: none]",
+        artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint, measured in ONNX Runtime instead of the PyTorch widths; repeatable; a switchable file at --widths (default: all it holds).  [default: none]",
                                                               exists=True, dir_okay=False)] = None,
     ) -> None:
         """Accuracy of each width: recalibrate BN on training data, then kNN and/or a linear probe.

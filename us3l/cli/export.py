@@ -111,6 +111,8 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
         switchable: Annotated[bool, typer.Option(help="One ONNX file holding every width, chosen at run time by its int64 width_index input (fp32, or fp16 when it holds the gate).")] = False,
         substitute: Annotated[bool, typer.Option(help="Ladders of 2+ widths: translate one width and derive the others from its graph (fall back per width, with the reason in the sidecar).")] = True,
+        int8_recipe: Annotated[str, typer.Option(help="ONNX INT8: auto chooses each width's recipe on held-out images (calibration, then head/stem/last block kept FP32); fixed quantizes every layer.")] = "auto",
+        int8_min_agreement: Annotated[float, typer.Option(help="ONNX INT8 auto recipe: least top-1 agreement with FP32 on held-out images (classifiers).")] = 0.99,
     ) -> None:
         """Export widths of a checkpoint to ONNX / TensorRT / torch.export (.pt2), each verified against PyTorch.
 
@@ -143,7 +145,9 @@ def register(app: typer.Typer) -> None:
                             min_cosine=min_cosine,
                             include_head=str(include_head) if include_head else None, input_size=input_size,
                             force=force, **({"outputs": outputs} if outputs != "features" else {}),
-                            **({"switchable": True} if switchable else {}), **({} if substitute else {"substitute": False}))
+                            **({"switchable": True} if switchable else {}), **({} if substitute else {"substitute": False}),
+                            **({} if int8_recipe == "auto" else {"int8_recipe": int8_recipe}),
+                            **({} if int8_min_agreement == 0.99 else {"int8_min_agreement": int8_min_agreement}))
         finally:
             if bar.live.is_started:
                 bar.stop()
