@@ -587,7 +587,8 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
             from .ladder import Ladder, choose_template, slimmable_counts
 
             run.ladder = Ladder()
-            first = choose_template(groups, lambda w: slimmable_counts(net.model, w, cfg.snap))
+            first = choose_template(groups, lambda w: {**slimmable_counts(net.model, w, cfg.snap),
+                                                       **({"@batch": cfg.batch} if cfg.batch else {})})
             order.sort(key=lambda g: g.width != first)  # the template is translated first
         done: dict[float, Artifact] = {}
         for i, group in enumerate(order):
