@@ -1,4 +1,5 @@
-"""GPU check of the trainer and the torch runner (run by hand on one CUDA GPU: ``python -m perf.gpu_check``).
+"""GPU check of the trainer and the torch runner (run by hand on one CUDA GPU: ``python perf/gpu_check.py``,
+or ``python -m perf.gpu_check`` from the repository root).
 
 Prints one JSON object (and writes it with ``--json FILE``):
 
@@ -26,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from perf.train_speed import iteration_overhead
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts, however this one is started
+from train_speed import iteration_overhead  # noqa: E402
 
 BUDGET_S = 8 * 60
 

@@ -177,3 +177,20 @@ def test_choice_at_the_edge_of_its_interval_is_remeasured_then_stated(tmp_path):
     assert noise["within_noise"] == bool(noise["pairs"]) and (("message" in noise) == noise["within_noise"])
     if noise["within_noise"]:
         assert "within noise" in noise["message"]
+
+
+def test_bench_takes_a_packed_model_directory_as_export_does(tmp_path, fixture_exporter):
+    """``us3l bench DIR``: the directory's network is measured and its accuracy.json joined; the
+    lookup table keys it by its weights and config, so a second run reuses every point."""
+    from us3l.core.checkpoint import load_checkpoint
+    from us3l.core.modelfile import pack_checkpoint
+
+    path, content_hash = _bench_checkpoint(tmp_path)
+    model_dir = pack_checkpoint(load_checkpoint(path), tmp_path / "model")
+    (model_dir / "accuracy.json").write_text(json.dumps({"checkpoint": content_hash, "protocol": {"divisor": 8},
+                                                         "results": [{"width": 0.25, "knn": 0.9}]}))
+    cfg = BenchConfig(checkpoint=model_dir, threads=1, iterations=3, rounds=1, warmup_ms=1, widths="0.25,1.0",
+                      out_dir=tmp_path / "out", plot=False)
+    first = run_bench(cfg).report
+    assert first["accuracy_file"] == str(model_dir / "accuracy.json") and first["results"][0]["accuracy"] == 0.9
+    assert run_bench(cfg).report["results"][0]["cached"] and len(fixture_exporter) == 1

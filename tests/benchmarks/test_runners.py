@@ -119,7 +119,7 @@ def test_tensorrt_runner_unavailable_here_is_one_line(tiny_artifacts):
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass
-    with pytest.raises(BackendUnavailableError, match=r"us3l-deploy\[trt\]"):
+    with pytest.raises(BackendUnavailableError, match=r"us3l-deploy\[tensorrt\]"):
         with get_runner("tensorrt")(tiny_artifacts[0], RunnerOptions(device="cuda")):
             pass
 

@@ -90,3 +90,118 @@ def test_files_written_by_export_honour_the_umask(tmp_path):
     assert proc.returncode == 0, proc.stderr
     files = [p for p in (tmp_path / "x").rglob("*") if p.is_file()]
     assert files and {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o644"}, files
+
+
+# ------------------------------------------------------------------ one convention per option
+
+def _commands() -> dict:
+    import typer.main
+
+    from us3l.cli.main import app
+
+    group = typer.main.get_command(app)
+    return {name: cmd for name, cmd in group.commands.items()}  # type: ignore[attr-defined]
+
+
+def _options(cmd) -> dict[str, object]:
+    return {opt: p for p in cmd.params if p.param_type_name == "option" for opt in p.opts}
+
+
+def _enum_of(param) -> type | None:
+    """The Enum an option is typed with (``X | None`` unwrapped), else None."""
+    import enum
+    import typing
+
+    annotation = param.type_descriptor.annotation
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
+            return candidate
+    return None
+
+
+#: Commands that write files: each takes -o/--out.
+WRITERS = ("train", "eval", "export", "import", "bench", "finetune", "pack")
+#: Options whose values come from a fixed vocabulary: each is a choice listed in --help.
+CHOICE_OPTIONS = ("--format", "--precision", "--calibration", "--outputs", "--method", "--ssl", "--data",
+                  "--on-bad-image", "--linear-preset", "--onnx-exporter", "--snap", "--metric", "--runner",
+                  "--int8-recipe")
+
+
+def test_every_writer_takes_o_out_and_image_size_is_one_name():
+    commands = _commands()
+    for name in WRITERS:
+        opts = _options(commands[name])
+        assert "-o" in opts and "--out" in opts and opts["-o"] is opts["--out"], name
+    for name, cmd in commands.items():
+        opts = _options(cmd)
+        assert "--input-size" not in opts, name
+    assert "--single-width" in _options(commands["train"]) and "--width" not in _options(commands["train"])
+    assert "--image-size" in _options(commands["export"]) and "--image-size" in _options(commands["widths"])
+
+
+def test_every_choice_option_lists_its_choices():
+    from typer.testing import CliRunner
+
+    from us3l.cli.main import app
+
+    seen = set()
+    for name, cmd in _commands().items():
+        help_text = " ".join(CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output.split())
+        for opt, param in _options(cmd).items():
+            if opt not in CHOICE_OPTIONS:
+                continue
+            seen.add(opt)
+            if name == "bench" and opt == "--precision":  # a comma list: its metavar names the choices
+                assert param.metavar == "[fp32|fp16|int8][,...]"
+                continue
+            choice = _enum_of(param)
+            assert choice is not None, (name, opt)
+            assert param.type_descriptor.is_choice and f"<{'|'.join(e.value for e in choice)}>" in help_text, (name, opt)
+    assert seen == set(CHOICE_OPTIONS)
+
+
+def test_choice_enums_match_the_rooms_vocabularies():
+    """The CLI writes the choices out (so --help needs no torch); they must not drift from their source."""
+    from us3l.benchmarks import list_runners
+    from us3l.benchmarks.stats import METRICS
+    from us3l.cli import choices
+    from us3l.core.data import DATASETS
+    from us3l.core.images import BAD_IMAGE_POLICIES
+    from us3l.core.precision import PRECISIONS
+    from us3l.exporters import list_exporters
+    from us3l.exporters.onnx_exporter import ONNX_EXPORTERS
+    from us3l.exporters.onnx_quant import CALIBRATION_METHODS
+    from us3l.exporters.outputs import OUTPUTS
+    from us3l.exporters.pipeline import FORMAT_ALIASES, SNAP_DIVISORS
+    from us3l.trainer import evaluate
+    from us3l.trainer.config import METHODS, SSL_TYPES
+    from us3l.trainer.probes import LINEAR_PRESETS
+
+    def values(enum) -> list[str]:
+        return [e.value for e in enum]
+
+    assert values(choices.Dataset) == list(DATASETS)
+    assert values(choices.TrainMethod) == list(METHODS) and values(choices.SSL) == list(SSL_TYPES)
+    assert values(choices.BadImage) == list(BAD_IMAGE_POLICIES)
+    assert values(choices.EvalMethod) == list(evaluate.METHODS) and values(choices.LinearPreset) == list(LINEAR_PRESETS)
+    assert sorted(values(choices.Format)) == sorted([*list_exporters(), *FORMAT_ALIASES])
+    assert values(choices.Calibration) == list(CALIBRATION_METHODS) and values(choices.Outputs) == list(OUTPUTS)
+    assert values(choices.OnnxExporter) == list(ONNX_EXPORTERS)
+    assert values(choices.Snap) == [str(d) for d in SNAP_DIVISORS] and values(choices.Metric) == list(METRICS)
+    assert sorted(values(choices.Runner)) == sorted(r for r in list_runners() if r != "onnxruntime-agent")
+    assert values(choices.Precision) == list(PRECISIONS)
+    from us3l.exporters.int8_recipe import RECIPE_MODES
+
+    assert values(choices.Int8Recipe) == list(RECIPE_MODES)
+
+
+def test_onnx_files_name_their_producer(tmp_path):
+    import onnx
+
+    import us3l
+    from us3l.core.version import __version__
+
+    result = us3l.export("us_resnet_mini", "0.25", out=tmp_path, onnx_exporter="torchscript", bn_images=8,
+                         parity_images=2)
+    model = onnx.load(str(result.artifacts[0].path))
+    assert (model.producer_name, model.producer_version) == ("us3l-deploy", __version__)

@@ -27,9 +27,9 @@ def test_each_broken_gpu_install_names_its_fix(dists, expect):
 
 
 def test_the_real_install_here():
-    """This machine has the CPU build (the dev extra pulls us3l-deploy[cpu]): cpu passes, cuda is
+    """This machine has the CPU build (the dev extra pulls us3l-deploy[onnxruntime]): cpu passes, cuda is
     refused with the CPU-only line, checked against the real onnxruntime."""
     assert installed_distributions() == ["onnxruntime"]
     check_device("cpu")
-    with pytest.raises(BackendUnavailableError, match="CPU-only .*pip install 'us3l-deploy\\[gpu\\]'"):
+    with pytest.raises(BackendUnavailableError, match="CPU-only .*pip install 'us3l-deploy\\[onnxruntime-gpu\\]'"):
         check_device("cuda")

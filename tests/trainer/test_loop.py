@@ -103,7 +103,7 @@ def test_kill_mid_training_then_resume_finishes(tmp_path):
 
 
 @pytest.mark.parametrize("flags,method", [(["--method", "naive"], "naive"),
-                                          (["--method", "single", "--width", "0.5"], "single")])
+                                          (["--method", "single", "--single-width", "0.5"], "single")])
 def test_cli_baselines(tmp_path, flags, method):
     out = tmp_path / method
     result = CliRunner().invoke(app, ["train", "--epochs", "1", "--out", str(out), "--max-steps-per-epoch", "1",

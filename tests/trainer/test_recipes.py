@@ -121,3 +121,31 @@ def test_vit_recipe_batch_is_global_and_lr_follows_it():
     assert per_process_batch(32, False, 4) == 32  # other recipes: per process
     with pytest.raises(ConfigError, match="global batch 512 cannot be split evenly .* 3 process"):
         per_process_batch(512, True, 3)
+
+
+# every control character, quotes, backslashes, non-ASCII and astral characters
+AWKWARD = "".join(chr(c) for c in range(32)) + "\x7f\"'\\ é 中 💥 [a] = {b} # c"
+
+
+def test_print_config_round_trips_every_string(tmp_path):
+    """config.toml / --print-config are written by tomli-w: reading them back gives the same config,
+    strings with \\r, NUL and every other control character included."""
+    from typer.testing import CliRunner
+
+    from us3l.cli.main import app
+    from us3l.trainer.config_file import load_file, to_toml
+    from us3l.trainer.recipes import resolve
+
+    for name in list_recipes():
+        cfg = get_recipe(name).replace(data_root=AWKWARD, out_dir=AWKWARD[::-1],
+                                      arch_kwargs={"input_size": 8, "note": AWKWARD})
+        path = tmp_path / f"{name}.toml"
+        path.write_text(to_toml(cfg, header="a header\nover two lines"), encoding="utf-8")
+        _, fields = load_file(path)
+        assert TrainConfig.from_dict({**TrainConfig().to_dict(), **fields}) == cfg, name
+        assert resolve(config=path) == cfg
+    printed = CliRunner().invoke(app, ["train", "--print-config", "--data-root", "a\rb\x01c", "--out", "o\x7fp"])
+    assert printed.exit_code == 0, printed.output
+    (tmp_path / "printed.toml").write_text(printed.stdout, encoding="utf-8")
+    again = resolve(config=tmp_path / "printed.toml")
+    assert (again.data_root, again.out_dir) == ("a\rb\x01c", "o\x7fp")

@@ -81,7 +81,7 @@ def test_two_view_crops_come_from_the_full_image(tmp_path, monkeypatch, request,
     pipeline.fast_backend.cache_clear()
     request.addfinalizer(pipeline.fast_backend.cache_clear)  # later tests see the environment's decoder
     if decoder == "fast" and pipeline.fast_backend() is None:
-        pytest.skip("the 'fast' extra (simplejpeg, opencv-python-headless) is not installed")
+        pytest.skip("the 'fast-decode' extra (simplejpeg, opencv-python-headless) is not installed")
     pixels = np.zeros((40, 80, 3), dtype=np.uint8)
     pixels[:, :, 1] = 160  # green everywhere
     pixels[:, :10] = pixels[:, -10:] = (255, 0, 0)  # red side borders, outside the centre 40x40
@@ -140,7 +140,8 @@ def test_print_config_round_trips_and_bad_keys_are_one_line(tmp_path):
 
 
 def test_config_resolution_order_and_resume_base(tmp_path):
-    from us3l.trainer.config_file import resolve, save_resolved, to_toml
+    from us3l.trainer.config_file import save_resolved, to_toml
+    from us3l.trainer.recipes import resolve
 
     (tmp_path / "c.toml").write_text('recipe = "fashion_mnist"\nepochs = 2\narch_kwargs = { }\n')
     cfg = resolve(None, tmp_path / "c.toml", ["lr=0.3", "image_size=none", "distill_layers=[]"], {"seed": 5})

@@ -25,7 +25,8 @@ from .results import (BenchResult, Choice, CollapseScore, EvalResult, LatencyRow
                       WidthInfo)
 
 if TYPE_CHECKING:
-    from .commands import bench, evaluate, export, finetune, import_reference, load, pack, predict, train, widths
+    from .commands import bench, evaluate, export, finetune, pack, predict, train, widths
+    from .model import import_reference, load
     from .tasks import FinetuneResult, PackResult, Prediction, PredictResult
     from .model import SlimmableModel
     from us3l.exporters import Artifact, ExportResult
@@ -33,13 +34,13 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "SlimmableModel": "us3l.api.model",
-    "load": "us3l.api.commands",
+    "load": "us3l.api.model",
     "train": "us3l.api.commands",
     "evaluate": "us3l.api.commands",
     "widths": "us3l.api.commands",
     "export": "us3l.api.commands",
     "bench": "us3l.api.commands",
-    "import_reference": "us3l.api.commands",
+    "import_reference": "us3l.api.model",
     "finetune": "us3l.api.commands",
     "predict": "us3l.api.commands",
     "pack": "us3l.api.commands",

@@ -1,6 +1,9 @@
-"""The library calls behind the CLI: ``train``, ``evaluate``, ``widths``, ``export``, ``bench``,
-``import_reference`` and ``load``. Each ``us3l`` command parses its flags and calls exactly one of
-these; the CLI only renders the typed result (one code path).
+"""The library calls behind the CLI: ``train``, ``evaluate``, ``widths``, ``export``, ``bench`` (and,
+from :mod:`us3l.api.tasks`, ``finetune``, ``predict``, ``pack``). Each ``us3l`` command parses its
+flags and calls exactly one of these; the CLI only renders the typed result (one code path).
+``load`` and ``import_reference`` return a :class:`~us3l.api.model.SlimmableModel` and live beside
+it in :mod:`us3l.api.model`, which calls these verbs; a model passed in here is taken by what it
+has (:class:`InMemoryModel`), so the two modules do not import each other.
 
 Every long function reports progress through ``progress``: a callback ``progress(done, total,
 message)`` (``total`` is ``None`` while unknown), ``True`` for a rich bar on stderr, or ``None``.
@@ -15,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..core.errors import CheckpointError, ConfigError
 from .progress import ProgressArg, resolve_progress
@@ -27,25 +30,22 @@ if TYPE_CHECKING:
     from us3l.exporters import ExportResult
     from us3l.trainer.config import TrainConfig
 
-    from .model import SlimmableModel
-
 PathLike = Union[str, "os.PathLike[str]"]
-Source = Union[PathLike, "SlimmableModel"]
 
 
-def load(checkpoint: PathLike) -> SlimmableModel:
-    """Load a checkpoint as a :class:`~us3l.api.model.SlimmableModel`.
+class InMemoryModel(Protocol):
+    """What the verbs use of a :class:`~us3l.api.model.SlimmableModel` given as a source."""
 
-    Raises:
-        CheckpointError: missing, corrupt, foreign or code-carrying file (one line).
+    network: nn.Module
+    checkpoint: Any
+    path: Path | None
+    seed: int
 
-    Examples:
-        >>> model = load("runs/us3l/checkpoint.pt")            # doctest: +SKIP
-        >>> model.calibrate(0.35).slice(0.35)                  # doctest: +SKIP
-    """
-    from .model import SlimmableModel
+    @property
+    def arch(self) -> str: ...
 
-    return SlimmableModel.load(checkpoint)
+
+Source = Union[PathLike, InMemoryModel]
 
 
 def _width_text(widths: str | Sequence[float] | None) -> str | None:
@@ -125,10 +125,10 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
              dataset: str | None = None, data_root: PathLike | None = None, image_size: int | None = None,
              calib_batches: int = 50, batch_size: int = 256, knn_k: int | None = None, linear_preset: str = "fast",
              store_bn: bool = False, device: str = "cpu", progress: ProgressArg = None,
-             artifacts: Sequence[PathLike] = (), workers: int | None = None) -> EvalResult:
+             artifacts: Sequence[PathLike] = (), workers: int | None = None, out: PathLike | None = None) -> EvalResult:
     """Accuracy per width: BN recalibration on training images at each width, then kNN and/or a linear probe.
 
-    Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it).
+    Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it), or ``out``.
 
     Args:
         checkpoint: the checkpoint file (or a saved :class:`SlimmableModel`).
@@ -143,6 +143,8 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
         artifacts: exported ONNX files (FP32/FP16/INT8) of this checkpoint to measure in ONNX Runtime
             instead of the PyTorch widths; their rows are keyed by the artifact's precision.
         workers: loader processes decoding image files (default: from the CPU count).
+        out: the accuracy table to write (default: ``accuracy.json`` beside the checkpoint; ``bench``
+            reads it from there, or from ``accuracy=``).
 
     Raises:
         CheckpointError, DataError, WidthError, ConfigError: one-line user errors.
@@ -157,7 +159,8 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
     cfg = EvalConfig(checkpoint=str(path), widths=_width_text(widths), method=method, dataset=dataset,
                      data_root=str(data_root) if data_root is not None else None, image_size=image_size,
                      calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k, linear_preset=linear_preset,
-                     store_bn=store_bn, device=device, artifacts=tuple(str(a) for a in artifacts), workers=workers)
+                     store_bn=store_bn, device=device, artifacts=tuple(str(a) for a in artifacts), workers=workers,
+                     out=str(out) if out is not None else None)
     done = 0
     with resolve_progress(progress, "evaluating") as report:
 
@@ -169,12 +172,12 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
             if report:
                 report(done, None, f"width {format_width(width)}: {what}")
 
-        out = run_eval(cfg, stage)
-    result = EvalResult.from_rows(path, out.checkpoint_hash, out.accuracy_path, out.protocol, out.rows)
-    if out.classifier is not None:
+        done_eval = run_eval(cfg, stage)
+    result = EvalResult.from_rows(path, done_eval.checkpoint_hash, done_eval.accuracy_path, done_eval.protocol, done_eval.rows)
+    if done_eval.classifier is not None:
         import dataclasses
 
-        result = dataclasses.replace(result, classifier=out.classifier)
+        result = dataclasses.replace(result, classifier=done_eval.classifier)
     return result
 
 
@@ -197,14 +200,14 @@ def width_infos(network: nn.Module, widths: Sequence[float], snap: int) -> list[
 
 
 def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, snap: int = 8,
-           input_size: int | None = None) -> list[WidthInfo]:
+           image_size: int | None = None) -> list[WidthInfo]:
     """Channels, MACs, parameters and aliases per width of an architecture or a checkpoint's network.
 
     Args:
         source: an architecture name (``us_resnet18_cifar``), a checkpoint file or a :class:`SlimmableModel`.
         widths: a list/range text or floats, validated against the network's range.
         snap: channel divisor (8 is the method's rule; 16/32 snap channels for hardware).
-        input_size: input resolution for the MAC count (architectures only; default: the architecture's).
+        image_size: input side in pixels for the MAC count (architectures only; default: the architecture's).
 
     Raises:
         UnknownNameError / ConfigError / WidthError: bad architecture, divisor or widths.
@@ -219,7 +222,7 @@ def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, s
 
     if snap < 1:
         raise ConfigError(f"snap must be a positive channel divisor, got {snap}; valid: 8, 16, 32")
-    check_number("--input-size", input_size, minimum=4, integer=True)
+    check_number("--image-size", image_size, minimum=4, integer=True)
     path, arch, model = _resolve_source(source, None)
     if model is not None:
         network = model.network
@@ -230,7 +233,7 @@ def widths(source: Source, widths: str | Sequence[float] = "0.25:1.0:0.25", *, s
     else:
         from ..core.models import get_model
 
-        network = get_model(str(arch), **({"input_size": input_size} if input_size else {}))
+        network = get_model(str(arch), **({"input_size": image_size} if image_size else {}))
     lo, hi = network.width_range
     values = parse_widths(widths if isinstance(widths, str) else list(widths), lo, hi)
     return width_infos(network, values, snap)
@@ -251,7 +254,7 @@ def export(source: Source | None, widths: str | float | Sequence[float] = 1.0, *
         format: ``onnx``, ``trt`` (alias ``engine``) or ``pt2`` (torch.export).
         out: output directory (created only when every width passed its parity gate).
         options: other :class:`us3l.exporters.ExportConfig` fields: ``batch``, ``opset``, ``snap``,
-            ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``input_size``,
+            ``precision``, ``calib_data``, ``atol``, ``rtol``, ``include_head``, ``image_size``,
             ``name``, ``simplify``, ``force``, TensorRT build options.
 
     Returns:
@@ -323,28 +326,6 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
     with resolve_progress(progress, f"measuring on {device}") as report:
         result = run_bench(cfg, progress=report)
     return BenchResult.from_report(result.report, result.paths)
-
-
-# ---------------------------------------------------------------------------- import
-
-
-def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None,
-                     calibrated_width: float | None = None) -> SlimmableModel:
-    """Convert a reference US3L checkpoint (``*.pth.tar``) into ours, save it at ``out`` and load it.
-
-    Keeps the online encoder; drops the momentum encoder, projector and predictors. With
-    ``calibrated_width`` the file's BN statistics enter the bank for that width unchanged.
-
-    Raises:
-        CheckpointError: unreadable file or keys that do not map (listed). ConfigError: unsupported arch.
-    """
-    from us3l.exporters import ImportConfig
-    from us3l.exporters import import_reference as run_import
-
-    from .model import SlimmableModel
-
-    ckpt = run_import(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
-    return SlimmableModel(ckpt.build_model(), ckpt, out)
 
 
 # ---------------------------------------------------------------------------- task models (us3l.api.tasks)

@@ -330,3 +330,36 @@ class SlimmableModel:
     def _one_width(self, width: float) -> float:
         values = self._resolve([float(width)])
         return values[0]
+
+
+# ---------------------------------------------------------------------------- load and import
+
+
+def load(checkpoint: PathLike) -> SlimmableModel:
+    """Load a checkpoint as a :class:`~us3l.api.model.SlimmableModel`.
+
+    Raises:
+        CheckpointError: missing, corrupt, foreign or code-carrying file (one line).
+
+    Examples:
+        >>> model = load("runs/us3l/checkpoint.pt")            # doctest: +SKIP
+        >>> model.calibrate(0.35).slice(0.35)                  # doctest: +SKIP
+    """
+    return SlimmableModel.load(checkpoint)
+
+
+def import_reference(source: PathLike, out: PathLike, *, arch: str | None = None,
+                     calibrated_width: float | None = None) -> SlimmableModel:
+    """Convert a reference US3L checkpoint (``*.pth.tar``) into ours, save it at ``out`` and load it.
+
+    Keeps the online encoder; drops the momentum encoder, projector and predictors. With
+    ``calibrated_width`` the file's BN statistics enter the bank for that width unchanged.
+
+    Raises:
+        CheckpointError: unreadable file or keys that do not map (listed). ConfigError: unsupported arch.
+    """
+    from us3l.exporters import ImportConfig
+    from us3l.exporters import import_reference as run_import
+
+    ckpt = run_import(ImportConfig(source=str(source), out=str(out), arch=arch, calibrated_width=calibrated_width))
+    return SlimmableModel(ckpt.build_model(), ckpt, out)

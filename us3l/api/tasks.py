@@ -102,10 +102,16 @@ class PackResult:
     size_bytes: int
     source_bytes: int
     content_hash: str
+    resealed: Any = None  # us3l.core.modelfile.Reseal after pack(..., reseal=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), "files": [str(f) for f in self.files], "size_bytes": self.size_bytes,
-                "source_bytes": self.source_bytes, "content_hash": self.content_hash}
+        out = {"directory": str(self.directory), "files": [str(f) for f in self.files], "size_bytes": self.size_bytes,
+               "source_bytes": self.source_bytes, "content_hash": self.content_hash}
+        if self.resealed is not None:
+            r = self.resealed
+            out["resealed"] = {"old_sha256": r.old_sha256, "new_sha256": r.new_sha256, "tensors": r.tensors,
+                               "values_changed": r.values_changed, "old_content_hash": r.old_content_hash}
+        return out
 
 
 def _checkpoint_arg(checkpoint: Any, what: str) -> str:
@@ -183,38 +189,62 @@ def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k:
     return PredictResult(Path(artifact), info["outputs"], info.get("width"), preds)
 
 
-def pack(checkpoint: PathLike, out: PathLike | None = None) -> PackResult:
-    """Write a checkpoint as a shareable model directory (``model.safetensors`` + ``config.json``).
+def pack(checkpoint: PathLike, out: PathLike | None = None, *, reseal: bool = False,
+         license: str | None = None) -> PackResult:
+    """Write a checkpoint as a shareable model directory: ``model.safetensors``, ``config.json``
+    (timm's Hub layout) and a ``README.md`` model card (:mod:`us3l.core.modelfile`).
 
-    Keeps the backbone, BN bank, classifier head, class names, normalisation and provenance; drops
-    the optimiser, EMA and resume state. ``accuracy.json`` beside the checkpoint is copied along
-    when it describes these weights. ``out`` defaults to ``model/`` beside the checkpoint file.
+    Keeps the backbone, BN bank, classifier head, class names, normalisation and provenance (no
+    absolute path of this machine); drops the optimiser, EMA and resume state. ``accuracy.json``
+    beside the checkpoint is copied along (and tabulated in the card) when it describes these
+    weights. ``out`` defaults to ``model/`` beside the checkpoint file.
+
+    Args:
+        reseal: ``checkpoint`` is a model directory whose weights were re-saved or edited on
+            purpose: check every tensor's name, shape and dtype against its ``config.json`` and
+            record the new hash (nothing else is written).
+        license: the card's license (default ``apache-2.0``).
 
     Raises:
-        CheckpointError: unreadable checkpoint or unwritable ``out``.
+        CheckpointError: unreadable checkpoint, unwritable ``out``, or (``reseal``) weights that do
+            not match ``config.json``.
     """
     import json
     import shutil
 
     from ..core.checkpoint import load_checkpoint
-    from ..core.modelfile import CONFIG_FILE, WEIGHTS_FILE, pack_checkpoint
+    from ..core.modelfile import ACCURACY_FILE, CARD_FILE, CONFIG_FILE, DEFAULT_LICENSE, WEIGHTS_FILE, card_license
+    from ..core.modelfile import pack_checkpoint
+    from ..core.modelfile import reseal as reseal_dir
 
     src = Path(checkpoint)
+    if reseal:
+        if out is not None:
+            raise ConfigError("--reseal updates the model directory in place; drop --out")
+        if not src.is_dir():
+            raise ConfigError(f"--reseal takes a model directory (written by 'us3l pack'); {src} is not one")
+        done = reseal_dir(src)
+        sealed = tuple(src / f for f in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE))
+        size = sum(f.stat().st_size for f in sealed[:2])
+        return PackResult(src, sealed, size, size, done.new_content_hash, resealed=done)
     ckpt = load_checkpoint(src)
     if out is None:
         if src.is_dir():
             raise ConfigError(f"{src} is already a model directory; give --out for a copy")
         out = src.parent / "model"
-    directory = pack_checkpoint(ckpt, out, source=str(src.resolve()))
-    files = [directory / WEIGHTS_FILE, directory / CONFIG_FILE]
-    acc = (src if src.is_dir() else src.parent) / "accuracy.json"
-    if acc.is_file() and acc.resolve() != (directory / "accuracy.json").resolve():
-        try:
-            same = json.loads(acc.read_text()).get("checkpoint") == ckpt.content_hash
-        except (OSError, ValueError, AttributeError):
-            same = False
-        if same:
-            shutil.copyfile(acc, directory / "accuracy.json")
-            files.append(directory / "accuracy.json")
+    acc = (src if src.is_dir() else src.parent) / ACCURACY_FILE
+    accuracy = None
+    try:
+        data = json.loads(acc.read_text(encoding="utf-8"))
+        accuracy = data if isinstance(data, dict) and data.get("checkpoint") == ckpt.content_hash else None
+    except (OSError, ValueError):
+        pass
+    if license is None:
+        license = card_license(src) if src.is_dir() else DEFAULT_LICENSE
+    directory = pack_checkpoint(ckpt, out, source=src, accuracy=accuracy, license=license)
+    files = [directory / WEIGHTS_FILE, directory / CONFIG_FILE, directory / CARD_FILE]
+    if accuracy is not None and acc.resolve() != (directory / ACCURACY_FILE).resolve():
+        shutil.copyfile(acc, directory / ACCURACY_FILE)
+        files.append(directory / ACCURACY_FILE)
     source_bytes = sum(f.stat().st_size for f in src.iterdir() if f.is_file()) if src.is_dir() else src.stat().st_size
     return PackResult(directory, tuple(files), sum(f.stat().st_size for f in files[:2]), source_bytes, ckpt.content_hash)

@@ -22,6 +22,9 @@ from us3l.core.files import sha256_file
 from us3l.core.width import format_width, round_width
 
 log = logging.getLogger(__name__)
+#: What identifies a packed model directory's network (``accuracy.json`` and ``README.md`` may change
+#: beside them without changing what is measured); :mod:`us3l.core.modelfile` names them too.
+MODEL_DIR_FILES = ("config.json", "model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class ModelSource:
 
     @functools.cached_property
     def _identity(self) -> str:  # hashed once per source object (frozen dataclasses allow cached_property)
+        if self.checkpoint is not None and Path(self.checkpoint).is_dir():  # a packed model directory
+            import hashlib
+
+            files = [Path(self.checkpoint) / name for name in MODEL_DIR_FILES]
+            return "dir:" + hashlib.sha256("|".join(sha256_file(f) for f in files).encode()).hexdigest()
         if self.checkpoint is not None:
             return "ckpt:" + sha256_file(self.checkpoint)
         return f"arch:{self.arch}"

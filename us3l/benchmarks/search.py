@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from us3l.core.errors import ConfigError
-from us3l.core.slicing import channel_config
 from us3l.core.width import format_width, round_width
 
 from .artifacts import ModelSource, prepare_artifacts
@@ -72,6 +71,8 @@ def search_width(source: ModelSource, ctx: MeasureContext | None, lo: float, hi:
     Returns:
         The :class:`SearchOutcome`.
     """
+    from us3l.core.slicing import channel_config  # torch: only a search needs it
+
     model = source.slimmable()
     groups = distinct_configs(width_grid(lo, hi, step),
                               lambda w: tuple(channel_config(model, w, source.snap).values()))

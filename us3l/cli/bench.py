@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from .choices import Metric, Runner, Snap, value
 from .common import console, example, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
@@ -15,14 +15,6 @@ if TYPE_CHECKING:
 
 EXAMPLE = ("us3l bench runs/us3l/checkpoint.pt --device cpu --widths 0.25:1.0:0.25 --precision fp32,int8 --budget-ms 2 "
            "--out runs/us3l/bench")
-
-
-class Metric(str, Enum):
-    p50 = "p50"
-    p90 = "p90"
-    p95 = "p95"
-    p99 = "p99"
-    mean = "mean"
 
 
 def render(result: BenchResult) -> None:
@@ -58,14 +50,14 @@ def register(app: typer.Typer) -> None:
     @app.command("bench", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint (its accuracy.json is joined), or a switchable .onnx file measured at the widths it holds (omit it and give --arch).",
-                                                             exists=True, dir_okay=False)] = None,
+        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory (its accuracy.json is joined), or a switchable .onnx file (its widths); or --arch.",
+                                                             exists=True)] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (latency does not depend on weights).  [default: the checkpoint's]")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, jetson, or a profile name from us3l-devices.toml.")] = "cpu",
         devices_file: Annotated[Optional[Path], typer.Option(help="Device profiles TOML (a ./us3l-devices.toml is read only when named here).  [default: ~/.config/us3l/devices.toml]")] = None,
         widths: Annotated[Optional[str], typer.Option("--widths", "--width", help="Widths: a list 0.25,0.5 or a range 0.25:1.0:0.05.  [default: 0.25:1.0:0.25 plus the checkpoint's calibrated and evaluated widths]")] = None,
         batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
-        runner: Annotated[Optional[str], typer.Option(help="torch, onnxruntime, tensorrt or trtexec.  [default: the device's]")] = None,
+        runner: Annotated[Optional[Runner], typer.Option(help="Backend that times the artifacts (onnxruntime on a remote device runs the agent there).  [default: the device's]")] = None,
         precision: Annotated[Optional[str], typer.Option(metavar="[fp32|fp16|int8][,...]", help="Precision or comma list, e.g. fp32,int8: every (width, precision) pair is measured.  [default: the device's]")] = None,
         threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads.  [default: the device's, else the runtime's]")] = None,
         duration: Annotated[float, typer.Option(help="Timed seconds per width and batch size.")] = 1.0,
@@ -82,8 +74,8 @@ def register(app: typer.Typer) -> None:
         accept_new_host_key: Annotated[bool, typer.Option(help="Trust an unknown SSH host key on first contact (accept-new).")] = False,
         force: Annotated[bool, typer.Option(help="Re-export and re-measure points already in the lookup table.")] = False,
         remeasure: Annotated[int, typer.Option(help="Re-measurements (each twice as long) of the chosen pair and the next candidate while their 95% intervals straddle the budget.")] = 2,
-        snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
-        out: Annotated[Optional[Path], typer.Option(help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
+        snap: Annotated[Snap, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = Snap.s8,
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
                                                     "[default: ./us3l-bench, lookup table in ~/.cache/us3l/lut.json]")] = None,
         no_plot: Annotated[bool, typer.Option("--no-plot", help="Skip latency.png.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
@@ -101,10 +93,10 @@ def register(app: typer.Typer) -> None:
             result = bench(
                 checkpoint, arch=arch, device=device, devices_file=devices_file, widths=widths,
                 batches=parse_batches(batch), budget_ms=budget_ms, metric=metric.value, accuracy=accuracy, out=out,
-                progress=progress, runner=runner, precision=precision, threads=threads, remeasure=remeasure,
+                progress=progress, runner=value(runner), precision=precision, threads=threads, remeasure=remeasure,
                 duration_s=duration, iterations=iterations, warmup_ms=warmup_ms, rounds=rounds,
                 idle_gap_ms=idle_gap_ms, search=search, power_modes=parse_modes(power_modes),
-                accept_new_host_key=accept_new_host_key, force=force, snap=snap, plot=not no_plot,
+                accept_new_host_key=accept_new_host_key, force=force, snap=int(snap.value), plot=not no_plot,
             )
         if as_json:
             print_json(result.report)

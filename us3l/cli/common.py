@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.markup import escape
 
 from ..core.errors import US3LError
@@ -170,3 +171,38 @@ def print_json(obj: Any) -> None:
     import json
 
     typer.echo(json.dumps(jsonable(obj), indent=2, sort_keys=True))
+
+
+def choice_error(exc: BaseException) -> str | None:
+    """One line for a value outside a choice option's Enum (``--format tflite``), else None."""
+    import enum
+    import re
+    import typing
+
+    param = getattr(exc, "param", None)
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    choices = next((c for c in (annotation, *typing.get_args(annotation))
+                    if isinstance(c, type) and issubclass(c, enum.Enum)), None)
+    if choices is None or param is None:
+        return None
+    found = re.search(r"'(.*)' is not one of", str(getattr(exc, "message", "")))
+    value = found.group(1) if found else None
+    name = max(getattr(param, "opts", None) or [str(getattr(param, "name", "value"))], key=len)
+    return (f"{name} {value!r} is invalid" if value is not None else f"{name} is invalid") + \
+        f"; valid: {', '.join(str(c.value) for c in choices)}"
+
+
+class OneLineChoiceErrors(TyperGroup):
+    """The ``us3l`` group: a value outside a choice option's Enum is one line (``error: --format
+    'tflite' is invalid; valid: onnx, trt, engine, pt2``), exit code 2, like every other bad input."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            line = choice_error(exc)
+            if line is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None

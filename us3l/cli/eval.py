@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .choices import Dataset, EvalMethod, LinearPreset, value
 from .common import console, example, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import EvalResult
 
 EXAMPLE = "us3l eval runs/us3l/checkpoint.pt --widths 0.25:1.0:0.25 --method both"
-
-
-class Method(str, Enum):
-    knn = "knn"
-    linear = "linear"
-    both = "both"
 
 
 def render(result: EvalResult) -> None:
@@ -45,32 +39,33 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by 'us3l train' or 'us3l import'.")],
         widths: Annotated[str | None, typer.Option("--widths", "--width",
             help="Widths: a list 0.25,0.5,1.0 or a range start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
-        method: Annotated[Method, typer.Option(help="kNN (seconds), linear probe (slower) or both.")] = Method.knn,
+        method: Annotated[EvalMethod, typer.Option(help="kNN (seconds), linear probe (slower) or both.")] = EvalMethod.knn,
         as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON list of rows to stdout.")] = False,
         store_bn: Annotated[bool, typer.Option("--store-bn", help="Save the calibrated BN statistics in the checkpoint's bank (for export without data).")] = False,
-        data: Annotated[str | None, typer.Option(help="Dataset: digits, fashion-mnist, cifar10, cifar100 or imagefolder.  [default: the checkpoint's]")] = None,
+        data: Annotated[Dataset | None, typer.Option(help="Dataset.  [default: the checkpoint's]")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Data folder (CIFAR pickles, Fashion-MNIST IDX files or an image-folder tree).  [default: the checkpoint's]")] = None,
         image_size: Annotated[int | None, typer.Option(help="Square image side in pixels.  [default: the dataset's]")] = None,
         calib_batches: Annotated[int, typer.Option(help="Training batches (of --batch-size images) to recalibrate BN at each width.")] = 50,
         batch_size: Annotated[int, typer.Option(help="Images per inference and calibration batch.")] = 256,
         knn_k: Annotated[int | None, typer.Option(help="kNN neighbours.  [default: 20, or 200 on sets of 10k+ images]")] = None,
-        linear_preset: Annotated[str, typer.Option(help="Linear-probe recipe: fast, or cifar (docs/method.md section 11, 100 epochs).")] = "fast",
+        linear_preset: Annotated[LinearPreset, typer.Option(help="Linear-probe recipe: fast, or cifar (docs/method.md section 11, 100 epochs).")] = LinearPreset.fast,
         device: Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")] = "cpu",
         workers: Annotated[int | None, typer.Option(help="Processes decoding image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
         artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint, measured in ONNX Runtime instead of the PyTorch widths; repeatable; a switchable file at --widths (default: all it holds).  [default: none]",
                                                               exists=True, dir_okay=False)] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Accuracy table to write ('us3l bench --accuracy' reads it).  [default: accuracy.json beside the checkpoint, where bench looks]")] = None,
     ) -> None:
         """Accuracy of each width: recalibrate BN on training data, then kNN and/or a linear probe.
 
-        Writes accuracy.json next to the checkpoint (read by 'us3l bench' to choose a width).
+        Writes accuracy.json next to the checkpoint (read by 'us3l bench' to choose a width), or --out.
         """
         from ..api import evaluate
 
         with progress_bar("evaluating", transient=True) as progress:
-            result = evaluate(checkpoint, widths, method=method.value, dataset=data, data_root=data_root,
+            result = evaluate(checkpoint, widths, method=method.value, dataset=value(data), data_root=data_root,
                               image_size=image_size, calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k,
-                              linear_preset=linear_preset, store_bn=store_bn, device=device, progress=progress,
-                              artifacts=tuple(artifact or ()), workers=workers)
+                              linear_preset=linear_preset.value, store_bn=store_bn, device=device, progress=progress,
+                              artifacts=tuple(artifact or ()), workers=workers, out=out)
         if as_json:
             typer.echo(json.dumps(result.to_rows()))
             return

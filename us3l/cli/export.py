@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..core.precision import Precision
+from .choices import Calibration, Format, Int8Recipe, OnnxExporter, Outputs, Precision, Snap, value
 from .common import example, print_json, user_errors
 
 if TYPE_CHECKING:
@@ -87,31 +87,31 @@ def register(app: typer.Typer) -> None:
     @app.command("export", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory (omit it and give --arch for an untrained network), or a switchable .onnx file to take widths out of (--format onnx or trt).")] = None,
+        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory (omit it and give --arch for an untrained network), or a switchable .onnx file to take widths out of.")] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (random weights).  [default: the checkpoint's]")] = None,
         width: Annotated[str, typer.Option("--widths", "--width", "-w", help="Width 0.35, a list 0.25,0.5 or a range 0.25:1.0:0.05.")] = "1.0",
-        fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, trt (a TensorRT engine, needs a GPU; alias engine) or pt2 (torch.export).")] = "onnx",
+        fmt: Annotated[Format, typer.Option("--format", "-f", help="onnx; trt (alias engine): a TensorRT engine, built on the GPU that runs it; pt2: torch.export.")] = Format.onnx,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (created only when every width passed).")] = Path("exports"),
         batch: Annotated[Optional[str], typer.Option(help="Fixed batch size in images (one value; bench takes a list).  [default: a dynamic batch axis]")] = None,
         opset: Annotated[int, typer.Option(help="ONNX opset (17 loads in TensorRT 8.5/JetPack 5 through TensorRT 11).")] = 17,
-        snap: Annotated[int, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = 8,
+        snap: Annotated[Snap, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = Snap.s8,
         precision: Annotated[Precision, typer.Option(help="Numeric precision; with --format onnx, fp16 is ONNX Runtime's FP16 converter and int8 static INT8 (QDQ, per-channel) calibrated on real images.")] = Precision.FP32,
-        calibration: Annotated[str, typer.Option(help="INT8 calibration method: minmax, entropy or percentile.")] = "minmax",
+        calibration: Annotated[Calibration, typer.Option(help="INT8 calibration method.")] = Calibration.minmax,
         min_cosine: Annotated[Optional[float], typer.Option(help="fp16/int8 gate: least mean cosine similarity to FP32 features on held-out images.  [default: fp16 0.999, int8 0.95]")] = None,
         calib_data: Annotated[Optional[str], typer.Option(help="BN/INT8 calibration images: .npy/.pt N x C x H x W, or a dataset name[:root].  [default: the checkpoint's training data]")] = None,
         atol: Annotated[Optional[float], typer.Option("--atol", help="Parity gate absolute tolerance.  [default: per precision; fp32 1e-4]")] = None,
         rtol: Annotated[Optional[float], typer.Option(help="Parity gate relative tolerance (times max |reference|).  [default: per precision]")] = None,
         include_head: Annotated[Optional[Path], typer.Option(help="Linear probe .pt with weight and bias, appended after the features.  [default: none, features only]")] = None,
-        input_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.  [default: the architecture's]")] = None,
+        image_size: Annotated[Optional[int], typer.Option(help="Square input side in pixels.  [default: the architecture's]")] = None,
         name: Annotated[Optional[str], typer.Option(help="Artifact file-name prefix.  [default: checkpoint stem or arch]")] = None,
         simplify: Annotated[bool, typer.Option(help="Simplify the ONNX graph with onnxsim.")] = True,
-        onnx_exporter: Annotated[Optional[str], typer.Option(help="torch's ONNX exporter: dynamo (supported) or torchscript (legacy, ~2-30x faster).  [default: $US3L_ONNX_EXPORTER, else dynamo]")] = None,
-        outputs: Annotated[str, typer.Option(help="What the artifact outputs: features, logits or probs (the task checkpoint's classifier), or stages (multi-scale maps C2..C5).")] = "features",
+        onnx_exporter: Annotated[Optional[OnnxExporter], typer.Option(help="torch's ONNX exporter: dynamo (supported) or torchscript (legacy, ~2-30x faster).  [default: $US3L_ONNX_EXPORTER, else dynamo]")] = None,
+        outputs: Annotated[Outputs, typer.Option(help="What the artifact outputs: features; logits or probs (the task checkpoint's classifier); stages (multi-scale maps C2..C5).")] = Outputs.features,
         as_json: Annotated[bool, typer.Option("--json", help="Print the artifacts as JSON instead of a table.")] = False,
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
         switchable: Annotated[bool, typer.Option(help="One ONNX file holding every width, chosen at run time by its int64 width_index input (fp32, or fp16 when it holds the gate).")] = False,
         substitute: Annotated[bool, typer.Option(help="Ladders of 2+ widths: translate one width and derive the others from its graph (fall back per width, with the reason in the sidecar).")] = True,
-        int8_recipe: Annotated[str, typer.Option(help="ONNX INT8: auto chooses each width's recipe on held-out images (calibration, then head/stem/last block kept FP32); fixed quantizes every layer.")] = "auto",
+        int8_recipe: Annotated[Int8Recipe, typer.Option(help="ONNX INT8: auto chooses each width's recipe on held-out images (calibration, then head/stem/last block kept FP32); fixed quantizes every layer.")] = Int8Recipe.auto,
         int8_min_agreement: Annotated[float, typer.Option(help="ONNX INT8 auto recipe: least top-1 agreement with FP32 on held-out images (classifiers).")] = 0.99,
     ) -> None:
         """Export widths of a checkpoint to ONNX / TensorRT / torch.export (.pt2), each verified against PyTorch.
@@ -138,15 +138,15 @@ def register(app: typer.Typer) -> None:
             bar.update(task, completed=done, total=total, status=message)
 
         try:
-            result = export(checkpoint, width, format=fmt, out=out, arch=arch, progress=progress, name=name,
-                            batch=batches[0] if batches else None, opset=opset, snap=snap, precision=precision, calib_data=calib_data,
-                            atol=atol, rtol=rtol, simplify=simplify, calibration=calibration,
-                            **({"onnx_exporter": onnx_exporter} if onnx_exporter else {}),
+            result = export(checkpoint, width, format=fmt.value, out=out, arch=arch, progress=progress, name=name,
+                            batch=batches[0] if batches else None, opset=opset, snap=int(snap.value), precision=precision,
+                            calib_data=calib_data, atol=atol, rtol=rtol, simplify=simplify, calibration=calibration.value,
+                            **({"onnx_exporter": value(onnx_exporter)} if onnx_exporter else {}),
                             min_cosine=min_cosine,
-                            include_head=str(include_head) if include_head else None, input_size=input_size,
-                            force=force, **({"outputs": outputs} if outputs != "features" else {}),
+                            include_head=str(include_head) if include_head else None, image_size=image_size,
+                            force=force, **({"outputs": outputs.value} if outputs is not Outputs.features else {}),
                             **({"switchable": True} if switchable else {}), **({} if substitute else {"substitute": False}),
-                            **({} if int8_recipe == "auto" else {"int8_recipe": int8_recipe}),
+                            **({} if int8_recipe is Int8Recipe.auto else {"int8_recipe": int8_recipe.value}),
                             **({} if int8_min_agreement == 0.99 else {"int8_min_agreement": int8_min_agreement}))
         finally:
             if bar.live.is_started:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .choices import Dataset, value
 from .common import console, example, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def register(app: typer.Typer) -> None:
     def command(
         checkpoint: Annotated[Path, typer.Argument(help="SSL checkpoint file or packed model directory to fine-tune.")],
         recipe: Annotated[str | None, typer.Option(help="Preset: digits, fashion_mnist or cifar.  [default: from the checkpoint's dataset]")] = None,
-        data: Annotated[str | None, typer.Option(help="Labelled dataset: digits, fashion-mnist, cifar10, cifar100 or imagefolder.  [default: the checkpoint's]")] = None,
+        data: Annotated[Dataset | None, typer.Option(help="Labelled dataset.  [default: the checkpoint's]")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles, Fashion-MNIST IDX files or train/ + val/ class folders).  [default: the checkpoint's]")] = None,
         image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's]")] = None,
         freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the shared input-slimmed head (a linear probe for all widths at once).")] = False,
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
         distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Sub-widths learn from the max width's soft predictions (in-place distillation), else from the labels.")] = True,
         widths: Annotated[str | None, typer.Option("--widths", help="Evaluation and BN-bank widths: a list or start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
         augment: Annotated[str | None, typer.Option(help="Augmentation: shift (random translation) or none.  [default: shift]")] = None,
-        out: Annotated[Path | None, typer.Option(help="Output folder for checkpoint.pt and accuracy.json.  [default: finetune/ (linear/ when frozen) beside the checkpoint]")] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder for checkpoint.pt and accuracy.json.  [default: finetune/ (linear/ when frozen) beside the checkpoint]")] = None,
         device: Annotated[str | None, typer.Option(help="Torch device: cpu, cuda or cuda:N.  [default: cpu]")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.  [default: 0]")] = None,
         max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).  [default: no cap]")] = None,
@@ -63,7 +64,7 @@ def register(app: typer.Typer) -> None:
         from ..api import finetune
 
         with progress_bar("fine-tuning", transient=True) as progress:
-            result = finetune(checkpoint, recipe=recipe, progress=progress, dataset=data,
+            result = finetune(checkpoint, recipe=recipe, progress=progress, dataset=value(data),
                               data_root=str(data_root) if data_root else None, image_size=image_size,
                               freeze_backbone=freeze_backbone or None, epochs=epochs, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, label_smoothing=label_smoothing, num_widths=num_widths,

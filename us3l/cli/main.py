@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..core import __version__
-from .common import setup_logging
+from .common import OneLineChoiceErrors, setup_logging
 
 COMMAND_MODULES = ("train", "eval", "export", "import_", "bench", "widths", "finetune", "predict", "pack")
 
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
     rich_markup_mode=None,
+    cls=OneLineChoiceErrors,
 )
 
 

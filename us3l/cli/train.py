@@ -7,29 +7,18 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m us3l.cli.main train ...
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .choices import SSL, BadImage, Dataset, TrainMethod, value
 from .common import console, err_console, example, is_main_process, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import TrainResult
 
 EXAMPLE = "us3l train --epochs 5 --out runs/digits5"
-
-
-class Method(str, Enum):
-    us3l = "us3l"
-    naive = "naive"
-    single = "single"
-
-
-class BadImage(str, Enum):
-    skip = "skip"
-    fail = "fail"
 
 
 def dataset_label(cfg: object) -> str:
@@ -50,12 +39,6 @@ def describe_run(cfg: object) -> str:
 
         line += f", {resolve_workers(getattr(cfg, 'workers'))} loader process(es)"
     return line
-
-
-class SSL(str, Enum):
-    simclr_momentum = "simclr_momentum"
-    byol = "byol"
-    mocov3 = "mocov3"
 
 
 def render(result: TrainResult) -> None:
@@ -88,18 +71,18 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override any setting: key=value (TOML value), repeatable; e.g. --set prefetch=4.  [default: none]")] = None,
         print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration as TOML and exit.")] = False,
         arch: Annotated[str | None, typer.Option(help="Backbone architecture name.  [default: the recipe's]")] = None,
-        data: Annotated[str | None, typer.Option(help="Dataset: digits, fashion-mnist, cifar10, cifar100 or imagefolder.  [default: the recipe's]")] = None,
+        data: Annotated[Dataset | None, typer.Option(help="Dataset (imagefolder: train/ + val/ class folders under --data-root).  [default: the recipe's]")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles, Fashion-MNIST IDX files or train/ + val/ class folders); not for digits.  [default: the recipe's; fashion-mnist /usr/share/datasets/fashion-mnist]")] = None,
         image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's: 16 digits, 28 fashion-mnist, 32 CIFAR, 224 folders]")] = None,
         epochs: Annotated[int | None, typer.Option(help="Training epochs.  [default: the recipe's; digits 13]")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per batch per process (global = this x processes; the ViT recipe's is global).  [default: the recipe's]")] = None,
         lr: Annotated[float | None, typer.Option(help="Base learning rate, cosine-decayed per epoch.  [default: the recipe's]")] = None,
-        method: Annotated[Method | None, typer.Option(help="us3l, naive (US-Net + SimCLR) or single (one width).  [default: us3l]")] = None,
+        method: Annotated[TrainMethod | None, typer.Option(help="us3l; naive (US-Net + SimCLR) or single (one width) are the baselines.  [default: us3l]")] = None,
         ssl: Annotated[SSL | None, typer.Option(help="SSL loss of the full-width network.  [default: the recipe's]")] = None,
-        width: Annotated[float | None, typer.Option(help="Width trained by --method single, in [0.25, 1.0].  [default: 1.0]")] = None,
+        single_width: Annotated[float | None, typer.Option("--single-width", help="Width trained by --method single, in [0.25, 1.0].  [default: 1.0]")] = None,
         accumulate: Annotated[bool | None, typer.Option("--accumulate/--step-per-width",
                                                         help="One optimizer step per iteration, or one per sampled width.  [default: per width]")] = None,
-        out: Annotated[Path | None, typer.Option(help="Output folder for checkpoint.pt, config.toml, metrics.jsonl and tb/.  [default: runs/us3l]")] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder for checkpoint.pt, config.toml, metrics.jsonl and tb/.  [default: runs/us3l]")] = None,
         resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the options saved in OUT/config.toml.")] = False,
         overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in OUT (checkpoint, metrics.jsonl, tb/); without it or --resume an existing run is refused.")] = False,
         workers: Annotated[int | None, typer.Option(help="Processes decoding and cropping image files (0: in the training process).  [default: CPUs - 1, at most 14]")] = None,
@@ -128,15 +111,16 @@ def register(app: typer.Typer) -> None:
             for name in list_recipes():
                 console.print(f"[bold]{name}[/]: {recipe_doc(name)}")
             return
-        from us3l.trainer.config_file import resolve, to_toml
+        from us3l.trainer.config_file import to_toml
+        from us3l.trainer.recipes import resolve
 
-        flags = dict(arch=arch, data=data, data_root=str(data_root) if data_root else None, image_size=image_size,
-                     epochs=epochs, batch_size=batch_size, lr=lr, method=method.value if method else None,
-                     ssl=ssl.value if ssl else None, single_width=width, accumulate=accumulate,
+        flags = dict(arch=arch, data=value(data), data_root=str(data_root) if data_root else None, image_size=image_size,
+                     epochs=epochs, batch_size=batch_size, lr=lr, method=value(method),
+                     ssl=value(ssl), single_width=single_width, accumulate=accumulate,
                      out_dir=str(out) if out else None, resume=resume or None, overwrite=overwrite or None, device=device, amp=amp,
                      channels_last=channels_last, fail_on_collapse=fail_on_collapse or None, seed=seed,
                      max_steps_per_epoch=max_steps_per_epoch, workers=workers, threads=threads,
-                     on_bad_image=on_bad_image.value if on_bad_image else None)
+                     on_bad_image=value(on_bad_image))
         cfg = resolve(recipe, config, set_, flags, resume_dir=(out or Path("runs/us3l")) if resume else None)
         if print_config:
             typer.echo(to_toml(cfg), nl=False)

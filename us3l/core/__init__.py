@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .lazy import lazy_getattr
 
-__version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
+from .version import __version__  # noqa: F401  (written in core/version.py, read by pyproject)
 
 if TYPE_CHECKING:
     from .bn import bn_stats, calibrate_bn, load_bn_stats

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from .state import state_hash
+from .version import __version__
 from .errors import CheckpointError
 from .files import atomic_open
 from .width import DEFAULT_WIDTH_RANGE, format_width, round_width
@@ -58,16 +59,6 @@ def strip_prefixes(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = W
                     key, changed = key[len(p):], True
         out[key] = value
     return out
-
-
-def state_hash(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over sorted keys, dtypes, shapes and bytes of a state dict."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous().reshape(-1)
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
@@ -309,9 +300,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     """
     path = Path(path)
     if path.is_dir():  # a model directory written by 'us3l pack' (model.safetensors + config.json)
-        from .modelfile import load_model_dir
-
-        return load_model_dir(path, verify)
+        return _load_model_dir(path, verify)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     try:
@@ -390,3 +379,20 @@ def load_plain(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             IndexError, UnicodeDecodeError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{what} {path} is truncated or corrupt ({first[:120]})") from None
+
+
+def _load_model_dir(path: Path, verify: bool) -> Checkpoint:
+    """The checkpoint a model directory holds (``training=None``): its weights file checked against
+    the sha256 in config.json, config.json against the weights, and the backbone against the
+    recorded content hash (see :mod:`us3l.core.modelfile`)."""
+    from .modelfile import CONFIG_FILE, read_model_dir
+
+    fields = read_model_dir(path, verify)
+    try:
+        ckpt = Checkpoint(**fields)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG_FILE} lacks or mangles a required field ({exc})") from None
+    if verify and ckpt.content_hash and state_hash(ckpt.model) != ckpt.content_hash:
+        raise CheckpointError(f"{path / CONFIG_FILE}: content_hash does not describe the backbone in the weights "
+                              f"(edited); run 'us3l pack {path} --reseal' to record it")
+    return ckpt

@@ -100,7 +100,7 @@ def static_head(ckpt: Any, width: float, feature_dim: int) -> nn.Linear:
 
 def head_digest(ckpt: Any) -> str | None:
     """sha256 of the classifier's tensors (None without one): part of export cache keys."""
-    from .checkpoint import state_hash
+    from .state import state_hash
 
     extra = ckpt.extra or {}
     if extra.get("head"):

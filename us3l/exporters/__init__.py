@@ -12,7 +12,7 @@ Stable API (used by ``us3l export`` and by ``us3l.bench``)::
 - :class:`ExportConfig` (frozen): source (``checkpoint`` or ``arch``), ``widths``, ``format``
   (``onnx`` | ``trt`` | ``pt2``), ``out_dir``, ``batch`` (None = dynamic), ``opset``
   (default 17), ``snap`` (8/16/32), ``precision`` (fp32/fp16/int8), ``calib_data``, tolerances,
-  ``include_head``, ``input_size``, ``force`` and TensorRT build options.
+  ``include_head``, ``image_size``, ``force`` and TensorRT build options.
 - :func:`run_export` → :class:`ExportResult` (``artifacts: list[Artifact]``, ``out_dir``, ``seconds``).
 - :class:`Artifact`: ``path``, ``sidecar``, ``width``, ``aliases``, ``format``, ``precision``,
   ``channels``, ``macs``, ``params``, ``feature_dim``, ``input_shape``, ``parity``, ``sha256``,

@@ -53,7 +53,7 @@ def tool_versions() -> dict[str, str]:
     """Versions recorded in sidecars (tool, torch, python, onnx, onnxruntime, onnxsim when importable)."""
     import torch
 
-    from us3l.core import __version__
+    from us3l.core.version import __version__
 
     out = {"us3l": __version__, "torch": torch.__version__, "python": platform.python_version()}
     for mod in ("onnx", "onnxruntime", "onnxsim"):

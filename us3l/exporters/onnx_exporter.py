@@ -38,6 +38,7 @@ import torch
 
 from us3l.core.errors import BackendUnavailableError, ExportError
 from us3l.core.precision import Precision
+from us3l.core.version import __version__
 
 from .registry import Exporter, ExportRequest, register_exporter
 
@@ -329,7 +330,8 @@ class OnnxExporter(Exporter):
             if ladder is not None and ladder.template is None:
                 ladder.adopt(model, req.static, _width_of(req), req.batch, req.input_shape[-1])
         onnx.helper.set_model_props(model, {k: str(v) for k, v in req.metadata.items()})
-        model.producer_name, model.doc_string = "us3l-deploy", "universally slimmable network sliced to one width"
+        model.producer_name, model.producer_version = "us3l-deploy", __version__
+        model.doc_string = "universally slimmable network sliced to one width"
         data = model.SerializeToString()  # serialise once: checked bytes == written bytes (single file, < 2 GB)
         try:
             onnx.checker.check_model(data, full_check=True)
@@ -402,7 +404,7 @@ class OnnxExporter(Exporter):
                                                      req.input_name, req.batch)
             model = onnx.load(str(req.path))
         onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": str(req.precision)})
-        model.producer_name = "us3l-deploy"
+        model.producer_name, model.producer_version = "us3l-deploy", __version__
         data = model.SerializeToString()
         if calibrated:  # the float16 converter appends its input Casts after their users
             try:             # (not topologically sorted for onnx.checker); ONNX Runtime sorts on load and

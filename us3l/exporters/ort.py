@@ -3,7 +3,7 @@
 ONNX Runtime ships as two distributions, ``onnxruntime`` (CPU) and ``onnxruntime-gpu`` (CUDA and
 TensorRT execution providers). Both install the same ``onnxruntime`` module, so with both present
 one overwrites the other's files and the providers are whichever was installed last. The
-package's extras ``[cpu]`` and ``[gpu]`` pick one.
+package's extras, named after them (``[onnxruntime]`` and ``[onnxruntime-gpu]``), pick one.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from us3l.core.errors import BackendUnavailableError
 
-INSTALL_CPU = "pip install 'us3l-deploy[cpu]'"
-INSTALL_GPU = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'us3l-deploy[gpu]'"
+INSTALL_CPU = "pip install 'us3l-deploy[onnxruntime]'"
+INSTALL_GPU = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'us3l-deploy[onnxruntime-gpu]'"
 
 
 def installed_distributions() -> list[str]:
@@ -39,7 +39,7 @@ def import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError:
         raise BackendUnavailableError(
-            f"onnxruntime is not installed; {INSTALL_CPU} (or 'us3l-deploy[gpu]' on a CUDA host)") from None
+            f"onnxruntime is not installed; {INSTALL_CPU} (or 'us3l-deploy[onnxruntime-gpu]' on a CUDA host)") from None
     return onnxruntime
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from us3l.core import __version__
+from us3l.core.version import __version__
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError, ExportError, ParityError
 from us3l.core.files import sha256_file
@@ -90,7 +90,7 @@ class ExportConfig:
         include_head: ``.pt`` with a linear probe ``{"weight", "bias"}`` appended to the features.
         outputs: ``features`` (default), ``logits`` / ``probs`` (the task checkpoint's classifier, or
             ``include_head``) or ``stages`` (multi-scale maps, :mod:`us3l.exporters.outputs`).
-        input_size: square input side (default: the architecture's).
+        image_size: square input side in pixels (default: the architecture's).
         force: rebuild and overwrite existing artifacts.
         seed: seed for the untrained network and data order.
         onnx_exporter: ``dynamo`` (default, torch's supported exporter; ``$US3L_ONNX_EXPORTER``
@@ -136,7 +136,7 @@ class ExportConfig:
     rtol: float | None = None
     simplify: bool = True
     include_head: str | None = None
-    input_size: int | None = None
+    image_size: int | None = None
     force: bool = False
     seed: int = 0
     onnx_exporter: str = field(default_factory=default_exporter)
@@ -177,7 +177,7 @@ class ExportConfig:
                 raise ConfigError(f"{what} {v} is invalid; valid: a positive integer")
         from us3l.core.checks import check_number
 
-        check_number("--input-size", self.input_size, minimum=4, integer=True)
+        check_number("--image-size", self.image_size, minimum=4, integer=True)
         if self.threads < 0:
             raise ConfigError(f"threads {self.threads} is invalid; valid: 0 (torch's setting) or a positive integer")
         from .int8_recipe import RECIPE_MODES
@@ -559,11 +559,11 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
     exporter.check_available(cfg.precision)
     check_outputs(cfg.outputs, cfg.format, cfg.precision)
     if network is None:
-        net = load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.input_size)
+        net = load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.image_size)
     else:
         net = network
-        if cfg.input_size and int(cfg.input_size) != net.model.input_size:
-            check_input_size(net.model, int(cfg.input_size))
+        if cfg.image_size and int(cfg.image_size) != net.model.input_size:
+            check_input_size(net.model, int(cfg.image_size))
     widths = parse_widths(cfg.widths, *net.model.width_range)
     log.info("Exporting %s at %d width(s) as %s %s", net.arch, len(widths), cfg.format, cfg.precision)
     groups: dict[float, _Group] = {}
@@ -573,7 +573,7 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
         else:
             groups[first].aliases.append(w)
     calib = CalibrationSet(cfg.calib_data, net.checkpoint.dataset if net.checkpoint else None,
-                           int(cfg.input_size or net.model.input_size), net.model.in_chans, net.untrained, cfg.seed,
+                           int(cfg.image_size or net.model.input_size), net.model.in_chans, net.untrained, cfg.seed,
                            limit=max(cfg.bn_images, cfg.int8_images + cfg.gate_images, cfg.parity_images))
     result = ExportResult(out_dir=Path(cfg.out_dir))
     with Staging(Path(cfg.out_dir)) as staging:

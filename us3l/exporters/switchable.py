@@ -574,9 +574,9 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
         raise ConfigError(f"--switchable writes one ONNX file in fp32 or fp16 (it holds the gate at every width), not "
                           f"{cfg.format} {cfg.precision}; for TensorRT build an engine per width from the switchable "
                           f"file: us3l export FILE_switchable.onnx --widths W --format trt")
-    net = network if network is not None else load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.input_size)
-    if network is not None and cfg.input_size and int(cfg.input_size) != net.model.input_size:
-        check_input_size(net.model, int(cfg.input_size))
+    net = network if network is not None else load_network(cfg.checkpoint, cfg.arch, cfg.seed, cfg.image_size)
+    if network is not None and cfg.image_size and int(cfg.image_size) != net.model.input_size:
+        check_input_size(net.model, int(cfg.image_size))
     lo, hi = net.model.width_range  # type: ignore[misc]  # every registered network has one
     widths = parse_widths(cfg.widths, float(lo), float(hi))
     distinct = sorted({f for f in find_aliases(net.model, widths, cfg.snap).values()})
@@ -584,7 +584,7 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
         raise ConfigError(f"a switchable file holds at most {MAX_WIDTHS} distinct widths; {len(distinct)} were asked "
                           "for; valid: a shorter list or range")
     calib = CalibrationSet(cfg.calib_data, net.checkpoint.dataset if net.checkpoint else None,
-                           int(cfg.input_size or net.model.input_size), int(net.model.in_chans), net.untrained, cfg.seed,  # type: ignore[arg-type]
+                           int(cfg.image_size or net.model.input_size), int(net.model.in_chans), net.untrained, cfg.seed,  # type: ignore[arg-type]
                            limit=max(cfg.bn_images, cfg.int8_images + cfg.gate_images, cfg.parity_images))
     prefix = (cfg.name or _base(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
     stem = f"{prefix}_switchable" + (f"_s{cfg.snap}" if cfg.snap != 8 else "") + (f"_b{cfg.batch}" if cfg.batch else "") \

@@ -26,7 +26,7 @@ from .trt_build import build_engine, calibration_batches, precision_plan, profil
 
 log = logging.getLogger(__name__)
 
-WHAT_TO_DO = ("install the trt extra on a GPU host (pip install 'us3l-deploy[trt]'), or export ONNX here and build "
+WHAT_TO_DO = ("install the trt extra on a GPU host (pip install 'us3l-deploy[tensorrt]'), or export ONNX here and build "
               "on the device with 'us3l bench --device <jetson profile>' (trtexec builds the engine there)")
 
 

@@ -44,7 +44,13 @@ class SSLAugment(nn.Module):
                  blur: bool | None = None, scale: tuple[float, float] = (0.2, 1.0), blur_p: float | None = None,
                  solarize_p: float = 0.0, saturation: float = 0.4, geometric: bool = True) -> None:
         super().__init__()
-        import kornia.augmentation as K  # heavy; imported only where augmentation is built
+        try:  # heavy, and part of the [train] extra: imported only where augmentation is built
+            import kornia.augmentation as K
+        except ImportError:
+            from us3l.core.errors import BackendUnavailableError
+
+            raise BackendUnavailableError("training augmentation needs kornia, which a deploy-only install leaves out; "
+                                          "pip install 'us3l-deploy[train]'") from None
 
         if int(image_size) < 1:
             raise ValueError(f"image_size must be >= 1, got {image_size!r}")

@@ -6,9 +6,8 @@ optionally, ``recipe = "name"``: the shipped preset its values override. ``us3l 
 the same run; unset optional fields are written as comments. The shipped recipes are such files
 too (``us3l/trainer/recipe_files/*.toml``, with a ``description``).
 
-Resolution (:func:`resolve`): defaults → recipe → ``--config`` file → ``--set key=value`` → explicit
-flags. With ``--resume`` the base is the run's saved ``config.toml`` (written beside the checkpoint),
-so the original options need not be repeated.
+Resolution (:func:`us3l.trainer.recipes.resolve`, above this module and the recipes): defaults →
+recipe → ``--config`` file → ``--set key=value`` → explicit flags.
 
 Unknown keys and wrong types raise :class:`~us3l.core.errors.ConfigError`: one line naming the key,
 the expected type and, for a typo, the nearest valid key.
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import tomllib
 import types
@@ -145,36 +143,34 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- writing
 
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }" if v else "{}"
-    raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
-
-
-def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _value(str(k))
-
-
 def to_toml(cfg: TrainConfig, header: str = "") -> str:
-    """Every field of ``cfg`` as TOML (``None`` fields as comments); :func:`load_file` reads it back."""
+    """Every field of ``cfg`` as TOML, written by ``tomli_w`` (``None`` fields as comments, tables such
+    as ``arch_kwargs`` last); :func:`load_file` reads every value back exactly, strings with control
+    characters included.
+
+    Raises:
+        ConfigError: a value TOML cannot hold.
+    """
     lines = [f"# {line}" for line in header.splitlines()] if header else []
+    tables: dict[str, Any] = {}
     for name, value in cfg.to_dict().items():
-        lines.append(f"# {name} = (unset)" if value is None else f"{name} = {_value(value)}")
-    return "\n".join(lines) + "\n"
+        if value is None:
+            lines.append(f"# {name} = (unset)")
+        elif isinstance(value, dict):
+            tables[name] = value
+        else:
+            lines.append(_dump({name: list(value) if isinstance(value, tuple) else value}).rstrip("\n"))
+    text = "\n".join(lines) + "\n"
+    return text + ("\n" + _dump(tables) if tables else "")
+
+
+def _dump(data: dict[str, Any]) -> str:
+    import tomli_w
+
+    try:
+        return tomli_w.dumps(data)
+    except TypeError as exc:
+        raise ConfigError(f"cannot write the configuration as TOML ({exc})") from None
 
 
 def save_resolved(cfg: TrainConfig, out_dir: str | os.PathLike) -> Path:
@@ -183,58 +179,3 @@ def save_resolved(cfg: TrainConfig, out_dir: str | os.PathLike) -> Path:
 
     return atomic_write_text(Path(out_dir) / CONFIG_NAME,
                              to_toml(cfg, "resolved configuration of this run (us3l train --config reads it)"))
-
-
-# --------------------------------------------------------------------------- resolving
-
-def resolve(recipe: str | None = None, config: str | os.PathLike | None = None, sets: list[str] | None = None,
-            overrides: dict[str, Any] | None = None, resume_dir: str | os.PathLike | None = None) -> TrainConfig:
-    """The run's configuration: defaults → recipe → config file → ``--set`` → explicit flags.
-
-    Args:
-        recipe: preset name (``--recipe``); None: the file's ``recipe`` key, else ``digits``.
-        config: a TOML file (``--config``).
-        sets: ``key=value`` items (``--set``).
-        overrides: fields given as flags (``None`` values ignored).
-        resume_dir: with ``--resume``, the run folder whose saved configuration is the base
-            (``config.toml``, else the checkpoint's record) when no recipe or file is given.
-
-    Raises:
-        ConfigError / UnknownNameError: unknown keys, wrong types, invalid values or recipes.
-    """
-    from .recipes import get_recipe
-
-    fields: dict[str, Any] = {}
-    file_recipe = None
-    if config is not None:
-        file_recipe, fields = load_file(config)
-        if recipe is not None and file_recipe is not None and recipe != file_recipe:
-            raise ConfigError(f"--recipe {recipe} contradicts recipe = \"{file_recipe}\" in {config}; give one")
-    base_name = recipe or file_recipe
-    if base_name is not None:
-        base = get_recipe(base_name)
-    elif resume_dir is not None and config is None and _saved(resume_dir) is not None:
-        base = _saved(resume_dir)  # type: ignore[assignment]
-    else:
-        base = get_recipe("digits")
-    merged = {**base.to_dict(), **fields, **parse_set(list(sets or []))}
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return TrainConfig.from_dict(merged)
-
-
-def _saved(run_dir: str | os.PathLike) -> TrainConfig | None:
-    """The configuration a run folder recorded: ``config.toml``, else the checkpoint's ``train_config``."""
-    folder = Path(run_dir)
-    path = folder / CONFIG_NAME
-    if path.is_file():
-        _, fields = load_file(path)
-        return TrainConfig.from_dict({**TrainConfig().to_dict(), **fields})
-    ckpt = folder / "checkpoint.pt"
-    if ckpt.is_file():
-        from us3l.core.checkpoint import load_checkpoint
-
-        saved = load_checkpoint(ckpt).train_config
-        if saved:
-            known = set(field_names())
-            return TrainConfig.from_dict({k: v for k, v in dict(saved).items() if k in known})
-    return None

@@ -301,6 +301,7 @@ class EvalConfig:
     divisor: int = DEFAULT_DIVISOR
     artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
     workers: int | None = None  # loader processes for image files (None: from the CPU count)
+    out: str | None = None  # the accuracy table (None: accuracy.json beside the checkpoint, where bench looks)
 
     def __post_init__(self) -> None:
         from us3l.core.checks import check_number
@@ -364,13 +365,17 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
                                    cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path, heads_out=heads,
                                    workers=cfg.workers)
     protocol = eval_protocol(cfg.method, spec, cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.divisor)
-    out = (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
+    out = Path(cfg.out) if cfg.out else (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
     if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in):
         protocol = _artifact_protocol(out, ckpt.content_hash, protocol)  # keep the table's protocol
     merged = {row_key(r): r for r in _previous_rows(out, ckpt.content_hash, protocol)}
     merged.update({row_key(r): r for r in rows})
     write_accuracy(out, [merged[k] for k in sorted(merged, key=lambda k: (k[0], precision_rank(k[1])))], protocol,
                    ckpt.content_hash)
+    if ckpt_path.is_dir() and out.parent == ckpt_path:  # a packed model directory: its card shows the new table
+        from us3l.core.modelfile import refresh_card
+
+        refresh_card(ckpt_path)
     classifier = None
     if heads and cfg.divisor == DEFAULT_DIVISOR:
         from .finetune import write_probe_classifier

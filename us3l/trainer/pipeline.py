@@ -102,7 +102,7 @@ def crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random
 
 @functools.lru_cache(maxsize=1)
 def fast_backend() -> tuple[Any, Any] | None:
-    """``(simplejpeg, cv2)`` when both are installed (``pip install 'us3l-deploy[fast]'``) and
+    """``(simplejpeg, cv2)`` when both are installed (``pip install 'us3l-deploy[fast-decode]'``) and
     ``US3L_DECODER`` is not ``pillow``; else None (Pillow decodes and resizes)."""
     if os.environ.get("US3L_DECODER", "auto").lower() == "pillow":
         return None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from us3l.core.errors import ConfigError, RemoteError
 
-from ..devices import DeviceProfile
+from ..device_profile import DeviceProfile, check_host_key_policy, check_ssh_option
 
 log = logging.getLogger(__name__)
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
@@ -152,8 +152,6 @@ def ssh_options(profile: DeviceProfile, accept_new: bool = False) -> list[str]:
     Raises:
         ConfigError: an ssh option that is not ``Key=Value``.
     """
-    from ..devices import check_host_key_policy, check_ssh_option
-
     check_host_key_policy(profile, accept_new)
     opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(profile.connect_timeout)}",
             "-o", f"StrictHostKeyChecking={'accept-new' if accept_new or profile.accept_new_host_key else 'yes'}",

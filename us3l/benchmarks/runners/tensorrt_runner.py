@@ -28,7 +28,7 @@ def import_tensorrt() -> Any:
         import tensorrt
     except ImportError:
         raise BackendUnavailableError(
-            "TensorRT Python bindings are not installed; pip install 'us3l-deploy[trt]' "
+            "TensorRT Python bindings are not installed; pip install 'us3l-deploy[tensorrt]' "
             "(on Jetson use JetPack's system python3-libnvinfer), or use --runner trtexec") from None
     return tensorrt
 
