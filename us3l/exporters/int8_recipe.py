@@ -38,7 +38,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-RECIPE_MODES = ("fixed", "auto")
+RECIPE_MODES = ("auto", "fixed")
 DEFAULT_MIN_AGREEMENT = 0.99
 DEFAULT_MIN_COSINE_FEATURES = 0.99
 SENSITIVE = ("head", "stem", "last_block")
