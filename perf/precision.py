@@ -273,10 +273,19 @@ def main(argv: list[str] | None = None) -> dict:
             res = task_int8(args.task, args.widths, root / "task", args.gate_images, args.int8_images, args.rounds,
                             args.iters)
             result["task"] = res
-            _print(f"{args.task}: top-1 % per width, FP32 vs INT8 (fixed / per-width recipe)",
-                   [{k: v for k, v in r.items() if k != "auto_recipe"} for r in res["accuracy"]])
-            _print("per-width INT8 recipe", [{"width": r["width"], **r["auto_recipe"]} for r in res["accuracy"]])
-            _print("p50 ms, FP32 vs INT8 (same run)", res["latency"])
+            _print(f"{args.task.name}: top-1 %, FP32 vs INT8 fixed / auto",
+                   [{"width": r["width"], "fp32": r["fp32_top1"], "fixed": r["int8_fixed_top1"],
+                     "auto": r["int8_auto_top1"], "d_fixed": r["fixed_minus_fp32"], "d_auto": r["auto_minus_fp32"],
+                     "agree_fixed": r["int8_fixed_agreement"], "agree_auto": r["int8_auto_agreement"]}
+                    for r in res["accuracy"]])
+            _print("per-width INT8 recipe (auto)", [{"width": r["width"], "calibration": r["auto_recipe"]["calibration"],
+                                                     "fp32_kept": ",".join(r["auto_recipe"]["keep_fp32"]) or "-",
+                                                     "passed": r["auto_recipe"]["passed"], "tried": r["auto_recipe"]["tried"]}
+                                                    for r in res["accuracy"]])
+            _print("p50 ms, FP32 vs INT8 (same run, 1 thread)",
+                   [{"width": r["width"], "batch": r["batch"], "fp32": r["fp32_p50_ms"], "fixed": r["int8_fixed_p50_ms"],
+                     "auto": r["int8_auto_p50_ms"], "x_fixed": r["fixed_speedup"], "x_auto": r["auto_speedup"]}
+                    for r in res["latency"]])
             print(json.dumps(res["goals"]))
         if args.checkpoint and args.calib_only:
             cal = calibration_methods(args.checkpoint, args.widths, root / "calib")
