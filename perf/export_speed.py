@@ -115,7 +115,7 @@ def _child_session(args: argparse.Namespace) -> None:
 
 
 def _run_child(argv: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"child {argv[:2]} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -137,8 +137,8 @@ def task_int8(ckpt_path: Path, widths: str, root: Path, gate_images: int, int8_i
     from us3l.trainer.evaluate import evaluate_artifact
 
     ckpt = load_checkpoint(ckpt_path)
-    common = dict(checkpoint=str(ckpt_path), widths=widths, outputs="logits", gate_images=gate_images,
-                  int8_images=int8_images)
+    common = {"checkpoint": str(ckpt_path), "widths": widths, "outputs": "logits", "gate_images": gate_images,
+              "int8_images": int8_images}
     exports, seconds = {}, {}
     for name, extra in (("fp32", {}), ("int8_fixed", {"precision": "int8", "int8_recipe": "fixed"}),
                         ("int8_auto", {"precision": "int8", "int8_recipe": "auto"})):

@@ -29,3 +29,70 @@ def _single_thread():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------------- progress in CI logs
+# In a pipe (a CI log) pytest's dots arrive a line at a time, minutes apart, and say nothing of where
+# the suite is. There, one plain line per finished test file says which file, how many of its tests
+# passed, failed or were skipped, how long it took, and how far the run is (US3L_TEST_PROGRESS=1
+# forces these lines on a terminal, 0 turns them off). Works with and without pytest-xdist: the
+# controller counts the reports the workers send.
+
+
+class _FileProgress:
+    def __init__(self, config) -> None:
+        self.config = config
+        self.total: dict[str, int] = {}
+        self.seen: dict[str, dict[str, int]] = {}
+        self.started: dict[str, float] = {}
+        self.done_tests = 0
+        self.all_tests = 0
+
+    def _expect(self, nodeids) -> None:
+        if self.total:
+            return  # every xdist worker sends the same collection
+        for nodeid in nodeids:
+            path = nodeid.split("::", 1)[0]
+            self.total[path] = self.total.get(path, 0) + 1
+        self.all_tests = sum(self.total.values())
+
+    def pytest_collection_modifyitems(self, session, config, items) -> None:
+        self._expect([item.nodeid for item in items])
+
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        self._expect(ids)
+
+    def pytest_runtest_logreport(self, report) -> None:
+        import time as _time
+
+        path = report.nodeid.split("::", 1)[0]
+        self.started.setdefault(path, _time.monotonic())
+        counts = self.seen.setdefault(path, {"passed": 0, "failed": 0, "skipped": 0})
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed") or \
+                (report.when == "teardown" and report.outcome == "failed"):
+            counts[report.outcome if report.outcome in counts else "failed"] += 1
+        if report.when != "teardown":
+            return
+        self.done_tests += 1
+        finished = sum(v for k, v in counts.items())
+        if path in self.total and finished >= self.total[path] and not counts.get("_reported"):
+            counts["_reported"] = 1
+            spent = _time.monotonic() - self.started[path]
+            parts = [f"{counts[k]} {k}" for k in ("passed", "failed", "skipped") if counts[k]]
+            pct = 100 * self.done_tests / max(self.all_tests, 1)
+            writer = self.config.pluginmanager.get_plugin("terminalreporter")
+            if writer is not None:
+                tw = getattr(writer, "_tw", None)
+                if tw is not None and getattr(tw, "width_of_current_line", 0):
+                    tw.line()  # after a line of dots
+                writer.write_line(f"[{pct:3.0f}%] {path}: {', '.join(parts)} in {spent:.1f} s")
+
+
+def pytest_configure(config) -> None:
+    import sys as _sys
+
+    wanted = os.environ.get("US3L_TEST_PROGRESS")
+    on = wanted == "1" or (wanted != "0" and not _sys.stdout.isatty())
+    is_worker = hasattr(config, "workerinput")
+    if on and not is_worker:
+        config.pluginmanager.register(_FileProgress(config), "us3l-file-progress")

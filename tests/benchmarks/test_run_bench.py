@@ -44,13 +44,29 @@ def test_cached_rerun_reuses_artifacts_and_points(tmp_path, fixture_exporter):
     assert all(r["cached"] for r in careful["results"])  # ...nor stand in for them later
 
 
+def _row(width, value, sha, protocol="knn", **extra):
+    return {"width": width, protocol: value, "protocol": protocol, "outputs": "features", "precision": "fp32",
+            "source": "artifact", "sha256": sha, **extra}
+
+
 def test_reports_accuracy_join_and_choice(tmp_path, fixture_exporter):
-    acc = tmp_path / "accuracy.json"
-    acc.write_text(json.dumps({"checkpoint": "x", "protocol": {}, "results": [
-        {"width": 0.25, "knn": 0.70}, {"width": 0.5, "knn": 0.95}, {"width": 1.0, "knn": 0.90}]}))
     out = tmp_path / "out"
+    first = run_bench(BenchConfig(**TINY, out_dir=out)).report
+    sha = {r["width"]: r["sha256"] for r in first["results"]}
+    acc = tmp_path / "accuracy.json"
+    acc.write_text(json.dumps({"format": 2, "checkpoint": None, "results": [
+        _row(0.25, 0.70, sha[0.25]), _row(0.5, 0.95, sha[0.5]), _row(1.0, 0.90, sha[1.0]),
+        _row(1.0, 0.60, sha[1.0], "linear"),  # the same file, two protocols: linear is preferred
+        _row(1.0, 0.99, "f" * 64), _row(0.5, 0.99, "e" * 64, precision="int8")]}))  # other files: never joined
     report = run_bench(BenchConfig(**TINY, out_dir=out, accuracy=acc, budget_ms=10_000.0, metric="p50")).report
+    by_width = {r["width"]: r for r in report["results"]}
+    assert [by_width[w]["accuracy"] for w in (0.25, 0.5, 1.0)] == [0.70, 0.95, 0.60]
+    assert [by_width[w]["accuracy_protocol"] for w in (0.25, 0.5, 1.0)] == ["knn", "knn", "linear"]
+    assert all(r["sha256"] == sha[r["width"]] and r["outputs"] == "features" for r in report["results"])
     assert report["chosen"]["width"] == 0.5 and report["chosen"]["accuracy"] == 0.95  # most accurate, not widest
+    deploy = report["deploy"]  # names the timed file, with its hash and its own accuracy
+    assert deploy["sha256"] == sha[0.5] and deploy["artifact"] == by_width[0.5]["artifact"]
+    assert (deploy["accuracy"], deploy["accuracy_protocol"], deploy["outputs"]) == (0.95, "knn", "features")
     assert "most accurate" in report["choice"]["reason"]
     assert 1.0 not in report["pareto_widths"] or report["results"][2]["p50_ms"] < report["results"][1]["p50_ms"]
     rows = list(csv.DictReader((out / "latency.csv").open()))
@@ -119,15 +135,19 @@ def test_checkpoint_ladder_accuracy_beside_it_and_torch_runner(tmp_path, fixture
     for w in (0.25, 0.5, 1.0):  # the BN bank defines the ladder
         ckpt.add_bn_stats(w, bn_stats(net, w))
     path = tmp_path / "mini.pt"
-    save_checkpoint(ckpt, path)
+    digest = save_checkpoint(ckpt, path)
+    # PyTorch rows of this checkpoint state: what the torch runner times
     (tmp_path / "accuracy.json").write_text(json.dumps(
-        [{"width": 0.25, "knn": 0.8}, {"width": 0.5, "knn": 0.9}, {"width": 0.405, "knn": 0.88}, {"width": 1.0, "knn": 0.85}]))
+        [{"width": w, "knn": a, "protocol": "knn", "outputs": "features", "source": "pytorch", "sha256": digest}
+         for w, a in ((0.25, 0.8), (0.5, 0.9), (0.405, 0.88), (1.0, 0.85))]))
     report = run_bench(BenchConfig(checkpoint=path, runner="torch", threads=1, duration_s=0.05, rounds=2,
                                    warmup_ms=10, budget_ms=1000.0, out_dir=tmp_path / "out")).report
     # the default ladder, plus the bank's widths, plus the evaluated ones: an extra eval adds, never replaces
     assert report["config"]["widths_resolved"] == [0.25, 0.405, 0.5, 0.75, 1.0]
     assert report["accuracy_file"] == str(tmp_path / "accuracy.json")
     assert report["runner"] == "torch" and report["chosen"]["width"] == 0.5
+    assert {r["width"]: r["accuracy"] for r in report["results"]} == {0.25: 0.8, 0.405: 0.88, 0.5: 0.9, 0.75: None,
+                                                                      1.0: 0.85}
 
 
 def _bench_checkpoint(tmp_path):
@@ -147,12 +167,12 @@ def _bench_checkpoint(tmp_path):
 def test_accuracy_join_refuses_stale_or_other_divisor_tables(tmp_path, fixture_exporter, case):
     path, content_hash = _bench_checkpoint(tmp_path)
     recorded = "0" * 64 if case == "stale" else content_hash
-    (tmp_path / "accuracy.json").write_text(json.dumps({
+    (tmp_path / "accuracy.json").write_text(json.dumps({  # a format-1 table (one protocol for the file)
         "checkpoint": recorded, "protocol": {"method": "knn", "divisor": 8},
-        "results": [{"width": 0.25, "knn": 0.9}, {"width": 1.0, "knn": 0.8}]}))
+        "results": [{"width": 0.25, "knn": 0.9, "sha256": content_hash}, {"width": 1.0, "knn": 0.8, "sha256": content_hash}]}))
     snap = 16 if case == "snapped" else 8
     report = run_bench(BenchConfig(checkpoint=path, threads=1, iterations=3, rounds=1, warmup_ms=1, snap=snap,
-                                   budget_ms=1000.0, out_dir=tmp_path / "out", plot=False)).report
+                                   runner="torch", budget_ms=1000.0, out_dir=tmp_path / "out", plot=False)).report
     accuracies = [r["accuracy"] for r in report["results"]]  # default widths 0.25, 0.5, 0.75, 1.0
     if case == "current":
         assert report["accuracy_note"] is None and accuracies == [0.9, None, None, 0.8]
@@ -187,10 +207,13 @@ def test_bench_takes_a_packed_model_directory_as_export_does(tmp_path, fixture_e
 
     path, content_hash = _bench_checkpoint(tmp_path)
     model_dir = pack_checkpoint(load_checkpoint(path), tmp_path / "model")
-    (model_dir / "accuracy.json").write_text(json.dumps({"checkpoint": content_hash, "protocol": {"divisor": 8},
-                                                         "results": [{"width": 0.25, "knn": 0.9}]}))
     cfg = BenchConfig(checkpoint=model_dir, threads=1, iterations=3, rounds=1, warmup_ms=1, widths="0.25,1.0",
                       out_dir=tmp_path / "out", plot=False)
+    timed = {r["width"]: r["sha256"] for r in run_bench(cfg).report["results"]}  # the files it times
+    (model_dir / "accuracy.json").write_text(json.dumps({"format": 2, "checkpoint": content_hash, "results": [
+        {"width": 0.25, "knn": 0.9, "protocol": "knn", "outputs": "features", "source": "artifact",
+         "sha256": timed[0.25]}]}))
     first = run_bench(cfg).report
     assert first["accuracy_file"] == str(model_dir / "accuracy.json") and first["results"][0]["accuracy"] == 0.9
-    assert run_bench(cfg).report["results"][0]["cached"] and len(fixture_exporter) == 1
+    assert first["results"][0]["cached"] and first["results"][1]["accuracy_source"] == "unknown"
+    assert len(fixture_exporter) == 1

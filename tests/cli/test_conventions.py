@@ -123,7 +123,7 @@ def _enum_of(param) -> type | None:
 WRITERS = ("train", "eval", "export", "import", "bench", "finetune", "pack")
 #: Options whose values come from a fixed vocabulary: each is a choice listed in --help.
 CHOICE_OPTIONS = ("--format", "--precision", "--calibration", "--outputs", "--method", "--ssl", "--data",
-                  "--on-bad-image", "--linear-preset", "--onnx-exporter", "--snap", "--metric", "--runner",
+                  "--on-bad-image", "--linear-preset", "--onnx-exporter", "--snap", "--metric", "--runner", "--augment",
                   "--int8-recipe")
 
 
@@ -190,8 +190,11 @@ def test_choice_enums_match_the_rooms_vocabularies():
     assert values(choices.Snap) == [str(d) for d in SNAP_DIVISORS] and values(choices.Metric) == list(METRICS)
     assert sorted(values(choices.Runner)) == sorted(r for r in list_runners() if r != "onnxruntime-agent")
     assert values(choices.Precision) == list(PRECISIONS)
+    from us3l.benchmarks.artifacts import BENCH_OUTPUTS
     from us3l.exporters.int8_recipe import RECIPE_MODES
+    from us3l.trainer.finetune import AUGMENTS
 
+    assert values(choices.Augment) == list(AUGMENTS) and values(choices.BenchOutputs) == list(BENCH_OUTPUTS)
     assert values(choices.Int8Recipe) == list(RECIPE_MODES)
 
 

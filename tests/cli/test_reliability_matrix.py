@@ -61,7 +61,11 @@ def base(tmp_path_factory) -> dict[str, Path]:
     data[len(data) // 2] ^= 0xFF
     flipped = d / "flipped.pt"
     flipped.write_bytes(bytes(data))
-    return {"run": run, "ckpt": run / "checkpoint.pt", "evil": evil, "canary": canary, "flipped": flipped}
+    from us3l.exporters import ExportConfig, run_export
+
+    onnx = run_export(ExportConfig(checkpoint=str(run / "checkpoint.pt"), widths="0.5", out_dir=str(d / "onnx"),
+                                   threads=1)).artifacts[0].path
+    return {"run": run, "ckpt": run / "checkpoint.pt", "evil": evil, "canary": canary, "flipped": flipped, "onnx": onnx}
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:
@@ -108,6 +112,49 @@ def _a_png(cwd: Path) -> None:
 
 def _existing_run(cwd: Path, base: dict[str, Path]) -> None:
     shutil.copytree(base["run"], cwd / "run")
+
+
+# issue 25: files that are not what they are given as
+def _text(cwd: Path, name: str = "notes.pt") -> None:
+    (cwd / name).write_text("hello, this is a text file\n")
+
+
+def _random(cwd: Path, name: str = "noise.pt") -> None:
+    (cwd / name).write_bytes(bytes((37 * i + 11) % 256 for i in range(300)))  # starts with 0b 30 55 ...
+
+
+def _run_with_text_checkpoint(cwd: Path) -> None:
+    (cwd / "run").mkdir()
+    _text(cwd / "run", "checkpoint.pt")
+
+
+def _cut_classifier(cwd: Path, base: dict[str, Path]) -> None:
+    """A classifier artifact cut short (a broken download) whose sidecar is intact: predict must name the file."""
+    data = base["onnx"].read_bytes()
+    (cwd / "cut.onnx").write_bytes(data[: len(data) // 3])
+    side = json.loads(base["onnx"].with_suffix(".json").read_text())
+    side.update(artifact="cut.onnx", output={"kind": "logits"}, classes=[str(i) for i in range(10)],
+                preprocess={"resize": 8, "mean": [0.5] * 3, "std": [0.5] * 3})
+    (cwd / "cut.json").write_text(json.dumps(side))
+    _a_png(cwd)
+
+
+def _cut_features(cwd: Path, base: dict[str, Path]) -> None:
+    """An exported feature artifact cut short, its sidecar copied beside it."""
+    data = base["onnx"].read_bytes()
+    (cwd / "cut.onnx").write_bytes(data[: len(data) // 2])
+    side = json.loads(base["onnx"].with_suffix(".json").read_text())
+    side["artifact"] = "cut.onnx"
+    (cwd / "cut.json").write_text(json.dumps(side))
+
+
+def _reference_with_text_epoch(cwd: Path) -> None:
+    torch.save({"epoch": "ten", "arch": "us_cifar_resnet18",
+                "state_dict": {"module.encoder_q.conv1.weight": torch.zeros(4, 3, 3, 3)}}, cwd / "ref.pth.tar")
+
+
+def _config(cwd: Path, body: str) -> None:
+    (cwd / "c.toml").write_text(body)
 
 
 # (id, class, argv with {ckpt}/{evil}/{flipped} placeholders, setup(cwd), exit code, message regex)
@@ -199,6 +246,63 @@ CASES: list[tuple[str, int, list[str], Callable[[Path], None] | None, int, str]]
      r"--overwrite to replace it"),
     ("train-resume-and-overwrite", 8, ["train", "--out", "run", "--resume", "--overwrite"], "existing-run", 2,
      r"resume and overwrite exclude each other"),
+    # issue 25: a file that is no PyTorch checkpoint is said to be that (not "would execute code")
+    ("eval-text-checkpoint", 6, ["eval", "notes.pt"], _text, 2,
+     r"checkpoint notes.pt is not a PyTorch checkpoint \(27 bytes, starts with 'hello, this is a'\)"),
+    ("widths-random-checkpoint", 6, ["widths", "noise.pt"], _random, 2,
+     r"checkpoint noise.pt is not a PyTorch checkpoint \(300 bytes, starts with 0b 30 55 7a 9f c4 e9 0e\)"),
+    ("bench-text-checkpoint", 6, ["bench", "notes.pt", "--widths", "0.5"], _text, 2, r"notes.pt is not a PyTorch checkpoint"),
+    ("finetune-text-checkpoint", 6, ["finetune", "notes.pt", "--out", "f"], _text, 2,
+     r"notes.pt is not a PyTorch checkpoint \(27 bytes"),
+    ("pack-random-checkpoint", 6, ["pack", "noise.pt", "--out", "m"], _random, 2, r"noise.pt is not a PyTorch checkpoint"),
+    ("import-text-checkpoint", 6, ["import", "notes.pt", "--out", "r.pt"], _text, 2,
+     r"reference checkpoint notes.pt is not a PyTorch checkpoint \(27 bytes"),
+    ("train-resume-text-checkpoint", 6, ["train", "--out", "run", "--resume"], _run_with_text_checkpoint, 2,
+     r"run/checkpoint.pt is not a PyTorch checkpoint"),
+    ("finetune-code-pickle", 6, ["finetune", "{evil}", "--out", "f"], None, 2, r"would execute code when loaded"),
+    ("pack-code-pickle", 6, ["pack", "{evil}", "--out", "m"], None, 2, r"would execute code when loaded"),
+    # a truncated or foreign artifact names the file
+    ("predict-truncated-onnx", 6, ["predict", "cut.onnx", "x.png"], "cut-classifier", 2,
+     r"cut.onnx cannot be read as ONNX \(\d+ bytes, .*\); valid: an .onnx file written by 'us3l export'"),
+    ("predict-text-as-onnx", 6, ["predict", "notes.onnx", "x.png"], lambda c: (_text(c, "notes.onnx"), _a_png(c)), 2,
+     r"artifact notes.onnx cannot be read as ONNX \(27 bytes"),
+    ("eval-artifact-text", 6, ["eval", "{ckpt}", "--artifact", "notes.onnx"], lambda c: _text(c, "notes.onnx"), 2,
+     r"artifact notes.onnx cannot be read as ONNX \(27 bytes"),
+    ("eval-artifact-truncated", 6, ["eval", "{ckpt}", "--artifact", "cut.onnx"], "cut-features", 2,
+     r"artifact cut.onnx cannot be read as ONNX \(\d+ bytes"),
+    ("predict-features-artifact", 6, ["predict", "{onnx}", "x.png"], _a_png, 2,
+     r"outputs features, not class scores; export a classifier"),
+    ("predict-top-k-0", 2, ["predict", "{onnx}", "x.png", "--top-k", "0"], _a_png, 2, r"--top-k 0 is invalid"),
+    ("predict-threads-negative", 2, ["predict", "{onnx}", "x.png", "--threads", "-1"], _a_png, 2,
+     r"--threads -1 is invalid; valid: 0 \(auto\)"),
+    # resume: nothing to resume is said, with the folder
+    ("train-resume-empty-folder", 8, ["train", "--out", "empty", "--resume"], lambda c: (c / "empty").mkdir(), 2,
+     r"--resume: empty holds no checkpoint.pt, so there is nothing to resume; drop --resume to start a new run"),
+    ("train-resume-missing-folder", 8, ["train", "--out", "nope", "--resume"], None, 2,
+     r"--resume: nope does not exist, so there is nothing to resume; drop --resume"),
+    # a non-numeric field of an imported checkpoint names the field
+    ("import-text-epoch", 6, ["import", "ref.pth.tar", "--out", "r.pt"], _reference_with_text_epoch, 2,
+     r"ref.pth.tar: field 'epoch' is 'ten'; valid: a whole number >= 0"),
+    # config files
+    ("train-config-missing", 1, ["train", "--config", "none.toml", "--out", "r"], None, 2,
+     r"cannot read config file none.toml: No such file"),
+    ("train-config-not-toml", 6, ["train", "--config", "c.toml", "--out", "r"], lambda c: _config(c, "epochs = [\n"), 2,
+     r"config file c.toml is not valid TOML"),
+    ("train-config-unknown-key", 6, ["train", "--config", "c.toml", "--out", "r"], lambda c: _config(c, "epoch = 3\n"), 2,
+     r"c.toml: unknown (setting|key) 'epoch'"),
+    ("train-config-wrong-type", 6, ["train", "--config", "c.toml", "--out", "r"], lambda c: _config(c, 'epochs = "ten"\n'),
+     2, r"c.toml: .*epochs.*(integer|int)"),
+    ("train-config-not-utf8", 6, ["train", "--config", "c.toml", "--out", "r"],
+     lambda c: (c / "c.toml").write_bytes(b"\xff\xfe\x00e"), 2, r"config file c.toml is not UTF-8 text"),
+    ("train-threads-negative", 2, ["train", "--threads", "-2", "--out", "r"], None, 2, r"threads"),
+    ("eval-threads-negative", 2, ["eval", "{ckpt}", "--threads", "-2"], None, 2,
+     r"--threads -2 is invalid; valid: 0 \(auto\) or a positive number of threads"),
+    ("finetune-threads-negative", 2, ["finetune", "{ckpt}", "--threads", "-2", "--out", "f"], None, 2,
+     r"--threads -2 is invalid"),
+    ("export-threads-negative", 2, ["export", "{ckpt}", "--threads", "-2", "--out", "x"], None, 2, r"--threads -2 is invalid"),
+    ("bench-threads-negative", 2, ["bench", "--arch", "us_resnet_mini", "--threads", "-2"], None, 2,
+     r"--threads -2 is invalid"),
+    ("bench-max-tail-1", 2, ["bench", "--arch", "us_resnet_mini", "--max-tail", "1"], None, 2, r"--max-tail 1 is invalid"),
 ]
 
 
@@ -212,9 +316,13 @@ def test_bad_input_gets_one_line_and_leaves_nothing(case, base, tmp_path, monkey
         monkeypatch.setenv(var, str(tmp_path / ".home"))
     if setup == "existing-run":
         _existing_run(tmp_path, base)
+    elif setup == "cut-classifier":
+        _cut_classifier(tmp_path, base)
+    elif setup == "cut-features":
+        _cut_features(tmp_path, base)
     elif setup is not None:
         setup(tmp_path)
-    argv = [a.format(ckpt=base["ckpt"], evil=base["evil"], flipped=base["flipped"]) for a in argv]
+    argv = [a.format(ckpt=base["ckpt"], evil=base["evil"], flipped=base["flipped"], onnx=base["onnx"]) for a in argv]
     before, inputs = _snapshot(tmp_path), _snapshot(base["run"])
     result = CliRunner().invoke(app, argv)
     text = " ".join(result.output.split())

@@ -112,4 +112,5 @@ def test_plain_text_file_is_called_corrupt_not_dangerous(tmp_path):
     text.write_text("hello world\n" * 10)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(text)
-    assert "corrupt" in str(info.value) and "execute" not in str(info.value)
+    assert "notes.pt is not a PyTorch checkpoint (120 bytes, starts with 'hello world\\nhell')" in str(info.value)
+    assert "execute" not in str(info.value)  # issue 25: not the code-carrying pickle's message

@@ -69,7 +69,8 @@ def test_layout_follows_timm_and_the_card_has_front_matter(packed):
     front = card.split("---")[1]
     assert "library_name: us3l-deploy" in front and 'license: "apache-2.0"' in front and "- \"us3l\"" in front
     assert "model-index:" in front and "value: 0.81" in front
-    assert "| 0.25 | fp32 | 81.00 % |" in card and "| 1.0 | fp32 | 90.00 % |" in card
+    # one line per measured network: width, precision, what it was measured on (accuracy.json format 2)
+    assert "| 0.25 | fp32 | PyTorch (logits) | 81.00 % |" in card and "| 1.0 | fp32 | PyTorch (logits) | 90.00 % |" in card
 
 
 def test_no_path_of_the_packing_machine(packed):
@@ -126,7 +127,7 @@ def test_weights_that_differ_are_refused_then_resealed(packed, tmp_path):
     assert proc.returncode == 0 and "tensors match config.json" in proc.stdout, proc.stderr
     again = load_checkpoint(d)
     assert again.content_hash == load_checkpoint(packed).content_hash  # same values: accuracy still joins
-    assert "| 0.25 | fp32 | 81.00 % |" in (d / "README.md").read_text()
+    assert "| 0.25 | fp32 | PyTorch (logits) | 81.00 % |" in (d / "README.md").read_text()
 
 
 def test_reseal_checks_every_tensor_and_a_malformed_file_is_one_line(packed, tmp_path):

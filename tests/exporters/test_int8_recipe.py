@@ -93,9 +93,9 @@ def test_the_first_recipe_that_holds_is_chosen_and_every_trial_is_recorded(logit
 
 
 def test_the_pipeline_records_the_recipe_per_width_and_fixed_mode_does_not(logits, tmp_path):
-    root, head, _ = logits
-    common = dict(arch="us_resnet_mini", widths="0.25,1.0", precision="int8", include_head=str(head), gate_images=16,
-                  int8_images=32)
+    _, head, _ = logits
+    common = {"arch": "us_resnet_mini", "widths": "0.25,1.0", "precision": "int8", "include_head": str(head),
+              "gate_images": 16, "int8_images": 32}
     auto = run_export(ExportConfig(out_dir=str(tmp_path / "auto"), int8_min_agreement=0.5, **common))
     for a in auto.artifacts:
         side = json.loads(a.sidecar.read_text())

@@ -84,7 +84,7 @@ def test_every_index_matches_its_per_width_file_and_a_foreign_index_fails(files)
     with pytest.raises(ConfigError, match="outside this file's 0..3"):
         switchable_runner(art.path, 4)
     raw = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
-    with pytest.raises(Exception):  # the file itself refuses an index it does not hold
+    with pytest.raises(Exception):  # noqa: B017 - ORT's error type varies by version; the file itself refuses
         raw.run(None, {"input": x, WIDTH_INPUT: np.asarray(7, np.int64)})
 
 

@@ -44,8 +44,8 @@ def test_kinds(untrained, tmp_path, kind, widths, method):
     assert "epoch   2: loss max width" in proc.stdout
     saved = Path(data["checkpoint"])
     assert saved.is_file() and saved.parent == tmp_path / "o" / kind
-    cfg = json.loads((saved.parent / "accuracy.json").read_text())["protocol"]
-    assert cfg["trained_by"] == method  # what the kind claims: SSL start (finetune) or random start (scratch)
+    rows = json.loads((saved.parent / "accuracy.json").read_text())["results"]  # how each row was measured
+    assert {r["details"]["trained_by"] for r in rows} == {method}  # SSL start (finetune) or random start (scratch)
 
 
 def test_missing_checkpoint_exit_2(tmp_path):

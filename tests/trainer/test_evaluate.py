@@ -52,8 +52,10 @@ def test_evaluate_rows_and_bn_bank(ckpt):
     assert [r["width"] for r in rows] == [1.0, 0.25]
     assert [r["feature_dim"] for r in rows] == [128, 32]
     for r in rows:
-        assert set(r) == {"width", "precision", "feature_dim", "knn", "linear", "source", "calib_images", "knn_k"}
-        assert (r["precision"], r["source"]) == ("fp32", "pytorch")
+        assert set(r) == {"width", "precision", "feature_dim", "knn", "linear", "source", "calib_images", "knn_k",
+                          "outputs", "sha256", "bn"}
+        assert (r["precision"], r["source"], r["outputs"], r["bn"]) == ("fp32", "pytorch", "features", "recalibrated")
+        assert r["sha256"] == ckpt.content_hash  # the checkpoint state measured
         assert 0.3 < r["knn"] <= 1.0 and 0.0 <= r["linear"] <= 1.0  # random init is still far above chance
     assert ("0.25", "done") == (str(calls[-1][0]), calls[-1][1])
     assert ckpt.bank_widths() == [0.25, 1.0]
@@ -109,11 +111,14 @@ def test_cli_eval_end_to_end(tmp_path, ckpt):
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert [r["width"] for r in rows] == [0.25, 1.0] and all(0 <= r["knn"] <= 1 for r in rows)
-    assert read_accuracy(tmp_path / "accuracy.json") == rows
+    table = read_accuracy(tmp_path / "accuracy.json")  # one row per protocol, recording what it measured
+    assert [(r["width"], r["knn"]) for r in table] == [(r["width"], r["knn"]) for r in rows]
+    assert all(r["protocol"] == "knn" and r["outputs"] == "features" and r["sha256"] == load_checkpoint(path).content_hash
+               and r["details"]["dataset"]["name"] == "digits" and r["measured_at"] for r in table)
     res = runner.invoke(app, ["eval", str(path), "--widths", "0.5", "--store-bn", "--calib-batches", "2", "--image-size", "8"])
     assert res.exit_code == 0, res.output
     assert "knn" in res.stdout and load_checkpoint(path).bank_widths() == [0.5]
-    assert [r["width"] for r in read_accuracy(tmp_path / "accuracy.json")] == [0.25, 0.5, 1.0]  # merged, same protocol
+    assert [r["width"] for r in read_accuracy(tmp_path / "accuracy.json")] == [0.25, 0.5, 1.0]  # merged: tables only grow
     res = runner.invoke(app, ["eval", str(path), "--widths", "0.1"])
     assert res.exit_code == 2 and "outside" in res.stderr
     res = runner.invoke(app, ["eval", str(path), "--data", "cifar10", "--data-root", str(tmp_path / "none")])

@@ -171,7 +171,7 @@ def test_train_and_eval_on_a_slice_through_the_cli(fm_slice, tmp_path):
     rows = json.loads(proc.stdout)
     assert [r["width"] for r in rows] == [0.25, 1.0] and all(0.1 < r["knn"] <= 1.0 for r in rows)  # > chance
     written = json.loads((tmp_path / "run" / "accuracy.json").read_text())
-    assert written["protocol"]["dataset"]["name"] == "fashion-mnist"
+    assert {r["details"]["dataset"]["name"] for r in written["results"]} == {"fashion-mnist"}
 
 
 def test_corrupt_idx_header_exits_2_with_one_line(fm_slice, tmp_path):

@@ -212,7 +212,7 @@ def test_plain_progress_lines_when_not_a_terminal(monkeypatch):
         for i in range(1, 11):
             update(i, 10, f"loss {i}")
     lines = out.getvalue().splitlines()
-    assert lines == ["training x on y: 1/10 [0:00] loss 1", "training x on y: 10/10 [0:00] loss 10"]
+    assert lines == ["training x on y: 1/10, 0:00 elapsed; loss 1", "training x on y: 10/10, 0:00 elapsed, eta 0:00; loss 10"]
 
 
 SHARDS = textwrap.dedent("""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
@@ -71,7 +71,15 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
     if not isinstance(source, (str, os.PathLike)):
         raise ConfigError(f"source {source!r} is invalid; valid: a checkpoint path, an architecture name or a SlimmableModel")
     path = Path(source)
+    if path.is_file() and path.suffix == ".onnx":  # a switchable file (export takes widths out, bench times it)
+        from ..core.checks import check_onnx_file
+
+        check_onnx_file(path)
+        return path, arch, None
     if path.is_file() or (path / "config.json").is_file():  # a checkpoint file or a packed model directory
+        from ..core.files import check_torch_file
+
+        check_torch_file(path)  # a text file is said to be one before torch is even imported
         return path, arch, None
     from ..core.models import list_models
 
@@ -90,13 +98,15 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
 
 
 def train(config: TrainConfig | None = None, *, recipe: str | None = None, progress: ProgressArg = None,
-          **overrides: Any) -> TrainResult:
+          notify: Callable[[str], None] | None = None, **overrides: Any) -> TrainResult:
     """US3L self-supervised training of one universally slimmable checkpoint.
 
     Args:
         config: a full :class:`us3l.trainer.config.TrainConfig`; default: the ``recipe`` preset.
         recipe: preset name (``digits`` when neither is given; see ``us3l train --list-recipes``).
         progress: a callback ``progress(done, total, message)`` per training step, or ``True`` for a rich bar.
+        notify: a callback for one-line notices before training: where a resumed run continues
+            (``resuming runs/us3l/checkpoint.pt at epoch 4 of 13``) or that it is already complete.
         overrides: :class:`~us3l.trainer.config.TrainConfig` fields to change (``None`` values are
             ignored), e.g. ``epochs=2, out_dir="runs/demo"``.
 
@@ -113,19 +123,32 @@ def train(config: TrainConfig | None = None, *, recipe: str | None = None, progr
     if config is not None and recipe is not None:
         raise ConfigError("give a TrainConfig or a recipe name, not both")
     cfg = (config or get_recipe(recipe or "digits")).replace(**overrides)
+    started = {"epoch": 0}
+
+    def on_start(start_epoch: int, epochs: int) -> None:
+        started["epoch"] = start_epoch
+        if notify is None or not cfg.resume:
+            return
+        ckpt = Path(cfg.out_dir) / "checkpoint.pt"
+        if start_epoch >= epochs:
+            notify(f"{ckpt} is complete ({start_epoch} of {epochs} epochs); nothing to train")
+        else:
+            notify(f"resuming {ckpt} at epoch {start_epoch + 1} of {epochs}")
+
     with resolve_progress(progress, f"training {cfg.arch} on {cfg.data}") as report:
-        path = run_training(cfg, report)
-    return TrainResult.from_run(Path(path))
+        path = run_training(cfg, report, on_start)
+    return TrainResult.from_run(Path(path), started["epoch"])
 
 
 # ---------------------------------------------------------------------------- evaluate
 
 
-def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *, method: str = "knn",
+def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *, method: str | None = None,
              dataset: str | None = None, data_root: PathLike | None = None, image_size: int | None = None,
              calib_batches: int = 50, batch_size: int = 256, knn_k: int | None = None, linear_preset: str = "fast",
              store_bn: bool = False, device: str = "cpu", progress: ProgressArg = None,
-             artifacts: Sequence[PathLike] = (), workers: int | None = None, out: PathLike | None = None) -> EvalResult:
+             artifacts: Sequence[PathLike] = (), workers: int | None = None, out: PathLike | None = None,
+             threads: int = 0) -> EvalResult:
     """Accuracy per width: BN recalibration on training images at each width, then kNN and/or a linear probe.
 
     Writes ``accuracy.json`` beside the checkpoint (the accuracy join of :func:`bench` reads it), or ``out``.
@@ -133,18 +156,20 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
     Args:
         checkpoint: the checkpoint file (or a saved :class:`SlimmableModel`).
         widths: a list/range text or floats (default: 0.25/0.5/0.75/1.0 within the range).
-        method: ``knn``, ``linear`` or ``both``.
+        method: ``top1`` (a task checkpoint's classifier: the default for one), ``knn`` (the default
+            otherwise), ``linear`` or ``both`` (the backbone's features).
         dataset / data_root / image_size: evaluation data (default: the checkpoint's training set).
         calib_batches / batch_size: BN recalibration batches and the inference batch size.
         knn_k: neighbours (default 20, or 200 on sets of 10 000+ images).
         linear_preset: ``fast`` or ``cifar`` (docs/method.md §11's recipe).
         store_bn: keep the calibrated statistics in the checkpoint's BN bank (rewrites the file atomically).
         device: torch device.
-        artifacts: exported ONNX files (FP32/FP16/INT8) of this checkpoint to measure in ONNX Runtime
-            instead of the PyTorch widths; their rows are keyed by the artifact's precision.
+        artifacts: exported ONNX files (FP32/FP16/INT8; features, logits or probs) of this checkpoint to
+            measure in ONNX Runtime instead of the PyTorch widths; each row records the file's sha256.
         workers: loader processes decoding image files (default: from the CPU count).
         out: the accuracy table to write (default: ``accuracy.json`` beside the checkpoint; ``bench``
             reads it from there, or from ``accuracy=``).
+        threads: CPU threads (0: auto, one per CPU other processes leave idle; :mod:`us3l.core.threads`).
 
     Raises:
         CheckpointError, DataError, WidthError, ConfigError: one-line user errors.
@@ -160,7 +185,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
                      data_root=str(data_root) if data_root is not None else None, image_size=image_size,
                      calib_batches=calib_batches, batch_size=batch_size, knn_k=knn_k, linear_preset=linear_preset,
                      store_bn=store_bn, device=device, artifacts=tuple(str(a) for a in artifacts), workers=workers,
-                     out=str(out) if out is not None else None)
+                     out=str(out) if out is not None else None, threads=threads)
     done = 0
     with resolve_progress(progress, "evaluating") as report:
 
@@ -170,7 +195,7 @@ def evaluate(checkpoint: Source, widths: str | Sequence[float] | None = None, *,
 
             done += what == "done"
             if report:
-                report(done, None, f"width {format_width(width)}: {what}")
+                report(done, None, f"width {format_width(width)}: {what}" if width else what)
 
         done_eval = run_eval(cfg, stage)
     result = EvalResult.from_rows(path, done_eval.checkpoint_hash, done_eval.accuracy_path, done_eval.protocol, done_eval.rows)
@@ -303,7 +328,9 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
         devices_file / accuracy: explicit profiles file and accuracy table.
         options: other :class:`us3l.benchmarks.BenchConfig` fields: ``runner``, ``precision``, ``threads``,
             ``duration_s``, ``iterations``, ``warmup_ms``, ``rounds``, ``idle_gap_ms``, ``search``,
-            ``power_modes``, ``accept_new_host_key``, ``force``, ``snap``, ``plot``, ``lut``.
+            ``power_modes``, ``accept_new_host_key``, ``force``, ``snap``, ``plot``, ``lut``,
+            ``outputs`` (``features``/``logits``/``probs``; default logits for a task checkpoint) and
+            ``measure_accuracy`` (evaluate each timed file without a row in the accuracy table).
 
     Raises:
         UnknownNameError, ConfigError, RemoteError, BackendUnavailableError, WidthError: one-line user errors.
@@ -324,8 +351,20 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
                       accuracy=Path(accuracy) if accuracy is not None else None,
                       out_dir=Path(out) if out is not None else None, **options)
     with resolve_progress(progress, f"measuring on {device}") as report:
-        result = run_bench(cfg, progress=report)
+        result = run_bench(cfg, progress=report, measure_accuracy=_measure_accuracy if cfg.measure_accuracy else None)
     return BenchResult.from_report(result.report, result.paths)
+
+
+def _measure_accuracy(checkpoint: Path, files: list[Path], widths: list[float], table: Path) -> None:
+    """``bench --measure-accuracy``: the evaluator (trainer room) measures the timed files (or, for
+    the torch runner, the PyTorch widths) on the checkpoint's data and merges rows into ``table``."""
+    from us3l.trainer.evaluate import EvalConfig, run_eval
+
+    if files:
+        run_eval(EvalConfig(checkpoint=str(checkpoint), artifacts=tuple(str(f) for f in files), out=str(table)))
+    if widths:
+        run_eval(EvalConfig(checkpoint=str(checkpoint), widths=",".join(repr(float(w)) for w in widths),
+                            out=str(table)))
 
 
 # ---------------------------------------------------------------------------- task models (us3l.api.tasks)

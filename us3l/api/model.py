@@ -187,6 +187,14 @@ class SlimmableModel:
         size = self.input_size
         if data is None or isinstance(data, str):
             spec = self._dataset(data)
+            from us3l.trainer.pipeline import EvalStream, is_streamed
+
+            if is_streamed(spec):  # image files: decoded batch by batch (the one decoder), never held whole
+                stream = EvalStream(spec, "train", batch_size, workers=0)
+                order = torch.randperm(len(stream), generator=torch.Generator().manual_seed(self.seed))
+                for batch_images, _ in stream.subset(order):
+                    yield resize_images(batch_images, size)
+                return
             images, _ = load_split(spec, "train", resize=False)
             if images.shape[1] == self.in_chans:
                 order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))

@@ -62,7 +62,10 @@ class TrainResult:
         checkpoint: the checkpoint file (``OUT/checkpoint.pt``).
         metrics: the per-epoch log (``OUT/metrics.jsonl``); ``history`` holds its records.
         epochs: epochs completed (including resumed ones).
-        seconds: training time summed over epochs.
+        seconds: training time summed over all epochs (every invocation of a resumed run).
+        start_epoch: epochs the checkpoint held when this invocation started (0 for a new run;
+            ``== epochs`` when the run was already complete and nothing was trained).
+        run_seconds: training time of this invocation's epochs alone.
         loss / distill_loss: last epoch's mean loss of the max width and of the sub-widths.
         images_per_s: last epoch's throughput.
         collapse: last epoch's collapse scores per monitored width.
@@ -77,10 +80,18 @@ class TrainResult:
     images_per_s: float | None
     collapse: tuple[CollapseScore, ...]
     history: tuple[dict[str, Any], ...] = field(repr=False)
+    start_epoch: int = 0
+    run_seconds: float | None = None
+
+    @property
+    def trained_epochs(self) -> int:
+        """Epochs trained by this invocation."""
+        return max(0, self.epochs - self.start_epoch)
 
     @classmethod
-    def from_run(cls, checkpoint: Path) -> TrainResult:
-        """Read ``metrics.jsonl`` beside ``checkpoint`` (written by the trainer, one record per epoch)."""
+    def from_run(cls, checkpoint: Path, start_epoch: int = 0) -> TrainResult:
+        """Read ``metrics.jsonl`` beside ``checkpoint`` (written by the trainer, one record per epoch);
+        ``start_epoch``: where this invocation started (its epochs are the later records)."""
         metrics = checkpoint.parent / "metrics.jsonl"
         records: list[dict[str, Any]] = []
         if metrics.is_file():
@@ -91,7 +102,10 @@ class TrainResult:
         return cls(checkpoint=checkpoint, metrics=metrics, epochs=int(last.get("epoch", 0)),
                    seconds=float(sum(r.get("epoch_time_s", 0.0) for r in records)),
                    loss=last.get("loss_base"), distill_loss=last.get("loss_distill"),
-                   images_per_s=last.get("images_per_s"), collapse=collapse, history=tuple(records))
+                   images_per_s=last.get("images_per_s"), collapse=collapse, history=tuple(records),
+                   start_epoch=int(start_epoch),
+                   run_seconds=float(sum(r.get("epoch_time_s", 0.0) for r in records
+                                         if int(r.get("epoch", 0)) > start_epoch)))
 
     @property
     def collapsed(self) -> bool:
@@ -116,9 +130,11 @@ class WidthAccuracy:
     artifact: str | None = None
     calib_images: int | None = None
     knn_k: int | None = None
+    outputs: str | None = None  # features, logits or probs: what the measured network returns
+    sha256: str | None = None  # the measured file's sha256, or the checkpoint state's for PyTorch rows
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``accuracy.json`` row: keys of protocols that were not run are left out."""
+        """The row as ``us3l eval --json`` prints it: keys of protocols that were not run are left out."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
@@ -146,7 +162,7 @@ class EvalResult:
                   rows: Sequence[dict[str, Any]]) -> EvalResult:
         results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), r.get("knn"), r.get("linear"),
                                       str(r.get("precision") or "fp32"), r.get("top1"), r.get("source"), r.get("artifact"),
-                                      r.get("calib_images"), r.get("knn_k"))
+                                      r.get("calib_images"), r.get("knn_k"), r.get("outputs"), r.get("sha256"))
                         for r in rows)
         return cls(checkpoint, checkpoint_hash, accuracy_file, str(protocol.get("dataset", {}).get("name", "")),
                    protocol, tuple(sorted(results, key=lambda r: (r.width, r.precision))))
@@ -157,12 +173,13 @@ class EvalResult:
         return [m for m in ("knn", "linear", "top1") if any(getattr(r, m) is not None for r in self.results)]
 
     def accuracy(self, width: float, metric: str | None = None, precision: str = "fp32") -> float:
-        """Accuracy of ``width`` at ``precision`` under ``metric`` (default: linear if it was run, else kNN).
+        """Accuracy of ``width`` at ``precision`` under ``metric`` (default: top-1 if it was run, else
+        linear if it was run, else kNN).
 
         Raises:
             ConfigError: the width or the metric was not evaluated.
         """
-        metric = metric or ("linear" if "linear" in self.metrics else "knn")
+        metric = metric or next((m for m in ("top1", "linear") if m in self.metrics), "knn")
         for r in self.results:
             if abs(r.width - width) < 1e-9 and r.precision == precision and getattr(r, metric, None) is not None:
                 return float(getattr(r, metric))
@@ -204,6 +221,9 @@ class LatencyRow:
     cov: float | None = None
     ci_ms: tuple[float, float] | None = None  # 95 % bootstrap interval of the run's budget metric
     artifact: str | None = None
+    sha256: str | None = None  # the timed file's
+    outputs: str | None = None  # features, logits or probs
+    accuracy_protocol: str | None = None  # top1, linear or knn: how the accuracy of this very file was measured
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> LatencyRow:
@@ -214,7 +234,8 @@ class LatencyRow:
                    energy_mj=r.get("energy_mj"), cached=bool(r.get("cached")), precision=str(r.get("precision") or "fp32"),
                    accuracy_source=r.get("accuracy_source"), cov=r.get("cov"),
                    ci_ms=(float(r["ci_low_ms"]), float(r["ci_high_ms"])) if r.get("ci_low_ms") is not None else None,
-                   artifact=r.get("artifact"))
+                   artifact=r.get("artifact"), sha256=r.get("sha256"), outputs=r.get("outputs"),
+                   accuracy_protocol=r.get("accuracy_protocol"))
 
     def latency(self, metric: str = "p95") -> float | None:
         """The latency statistic ``metric`` (p50, p90, p95, p99 or mean) in ms."""
@@ -254,6 +275,8 @@ class BenchResult:
             for other channel counts than ``--snap``), else ``None``.
         report / files: the full ``report.json`` content and the files written
             (``report``, ``csv``, ``plot``).
+        unstable / stability_note: rows stayed noisy after a re-measurement (the machine looked
+            busy; the choice is marked unstable), and the one line saying how noisy.
     """
 
     device: str
@@ -269,6 +292,8 @@ class BenchResult:
     accuracy_note: str | None
     report: dict[str, Any] = field(repr=False)
     files: dict[str, Path] = field(default_factory=dict)
+    unstable: bool = False
+    stability_note: str | None = None
 
     @classmethod
     def from_report(cls, report: dict[str, Any], files: dict[str, Path]) -> BenchResult:
@@ -286,7 +311,8 @@ class BenchResult:
                    threads=report.get("threads"), results=tuple(LatencyRow.from_record(r) for r in report["results"]),
                    pareto_widths=tuple(float(w) for w in report.get("pareto_widths", [])), budget_ms=budget,
                    metric=metric, chosen=pick, reason=choice.get("reason"), accuracy_note=report.get("accuracy_note"),
-                   report=report, files=dict(files))
+                   report=report, files=dict(files), unstable=bool(report.get("unstable")),
+                   stability_note=(report.get("stability") or {}).get("message"))
 
     def latency(self, width: float, metric: str | None = None, batch: int | None = None) -> float | None:
         """Measured ``metric`` latency (default: the run's metric) of ``width`` at ``batch`` (default: the first).

@@ -31,6 +31,8 @@ class FinetuneResult:
         checkpoint_hash: the task checkpoint's content hash.
         results: one :class:`WidthAccuracy` (``top1`` set) per evaluated width.
         seconds: wall time; history: per-epoch mean losses.
+        notices: one line each: fine-tuning data other than the SSL checkpoint's; a width whose
+            top-1 is below the SSL checkpoint's kNN at that width (under-trained).
     """
 
     checkpoint: Path
@@ -39,6 +41,7 @@ class FinetuneResult:
     results: tuple[WidthAccuracy, ...]
     seconds: float
     history: tuple[dict[str, float], ...] = ()
+    notices: tuple[str, ...] = ()  # one-line cross-checks (other data than the SSL run's, a width below its kNN)
 
     def top1(self, width: float) -> float:
         """Top-1 of ``width``.
@@ -64,21 +67,41 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Top-k classes of one image (``logits`` only for a logits artifact)."""
+    """Top-k classes of one image (``logits`` only for a logits artifact).
+
+    Attributes:
+        image: the file (the argument joined with its path below a directory argument).
+        name: how tables show it: the path relative to the directory argument when there was one
+            argument, else ``image`` (``a/000.jpg`` and ``b/000.jpg`` stay apart).
+    """
 
     image: Path
     top: tuple[ClassScore, ...]
     logits: tuple[float, ...] | None = None
+    name: str = ""
 
     @property
     def label(self) -> str:
         return self.top[0].name
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"image": str(self.image), "top": [{"index": c.index, "name": c.name, "prob": c.prob} for c in self.top]}
+        d: dict[str, Any] = {"image": str(self.image), "name": self.name or str(self.image),
+                             "top": [{"index": c.index, "name": c.name, "prob": c.prob} for c in self.top]}
         if self.logits is not None:
             d["logits"] = list(self.logits)
         return d
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """A file ``predict`` could not read (``--on-bad-image skip``) and why."""
+
+    image: Path
+    reason: str
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": str(self.image), "name": self.name or str(self.image), "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -87,10 +110,12 @@ class PredictResult:
     outputs: str
     width: float | None
     predictions: tuple[Prediction, ...]
+    skipped: tuple[SkippedImage, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": str(self.artifact), "outputs": self.outputs, "width": self.width,
-                "predictions": [p.to_dict() for p in self.predictions]}
+                "predictions": [p.to_dict() for p in self.predictions],
+                "skipped": [s.to_dict() for s in self.skipped]}
 
 
 @dataclass(frozen=True)
@@ -122,6 +147,9 @@ def _checkpoint_arg(checkpoint: Any, what: str) -> str:
         return str(checkpoint._saved_path(what))
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise ConfigError(f"{what} needs a checkpoint path or model directory, got {type(checkpoint).__name__}")
+    from ..core.files import check_torch_file
+
+    check_torch_file(checkpoint)  # a text file is said to be one before torch is even imported
     return str(checkpoint)
 
 
@@ -160,17 +188,21 @@ def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: s
         out = run_finetune(cfg, report)
     results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), precision=r.get("precision", "fp32"),
                                   top1=r.get("top1"), source=r.get("source")) for r in out.rows)
-    return FinetuneResult(out.checkpoint, out.accuracy_path, out.checkpoint_hash, results, out.seconds, tuple(out.history))
+    return FinetuneResult(out.checkpoint, out.accuracy_path, out.checkpoint_hash, results, out.seconds, tuple(out.history),
+                          tuple(out.notices))
 
 
 def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5,
-            width: float | None = None) -> PredictResult:
+            threads: int = 0, on_bad_image: str = "skip", width: float | None = None) -> PredictResult:
     """Classify image files with an exported classifier (``us3l export ... --outputs logits|probs``).
 
     Args:
         artifact: the ``.onnx`` (ONNX Runtime) or ``.engine`` (TensorRT, where it runs) file.
-        images: an image file, a directory of images, or a list of files.
+        images: an image file, a directory of images (searched recursively), or a list of them.
         top_k: classes reported per image.
+        threads: CPU threads of ONNX Runtime (0: auto, one per CPU other processes leave idle).
+        on_bad_image: ``skip`` (unreadable files are listed in ``skipped``, the rest classified) or
+            ``fail`` (the first unreadable file is a :class:`DataError`).
         width: the width to run a switchable file (``export(..., switchable=True)``) at; required
             for one, and a width it holds.
 
@@ -178,15 +210,26 @@ def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k:
         ConfigError, DataError, BackendUnavailableError: one-line user errors.
     """
     from us3l.core.preprocess import image_files
+    from us3l.core.threads import check_threads
     from us3l.exporters.predict import predict_images
 
+    check_threads(threads)
+    targets = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     files: list[Path] = []
-    for item in ([images] if isinstance(images, (str, os.PathLike)) else list(images)):
-        files += image_files(item)
-    info, records = predict_images(artifact, files, top_k, width=width)
+    shown: dict[str, str] = {}
+    for item in targets:
+        found = image_files(item)
+        files += found
+        for f in found:
+            single_dir = len(targets) == 1 and Path(item).is_dir()
+            shown[str(f)] = f.relative_to(item).as_posix() if single_dir else str(f)
+    info, records, skipped = predict_images(artifact, files, top_k, on_bad_image=on_bad_image, threads=threads,
+                                            width=width)
     preds = tuple(Prediction(Path(r["image"]), tuple(ClassScore(t["index"], t["name"], t["prob"]) for t in r["top"]),
-                             tuple(r["logits"]) if "logits" in r else None) for r in records)
-    return PredictResult(Path(artifact), info["outputs"], info.get("width"), preds)
+                             tuple(r["logits"]) if "logits" in r else None, shown.get(r["image"], r["image"]))
+                  for r in records)
+    bad = tuple(SkippedImage(Path(s["image"]), s["reason"], shown.get(s["image"], s["image"])) for s in skipped)
+    return PredictResult(Path(artifact), info["outputs"], info.get("width"), preds, bad)
 
 
 def pack(checkpoint: PathLike, out: PathLike | None = None, *, reseal: bool = False,
@@ -227,6 +270,7 @@ def pack(checkpoint: PathLike, out: PathLike | None = None, *, reseal: bool = Fa
         sealed = tuple(src / f for f in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE))
         size = sum(f.stat().st_size for f in sealed[:2])
         return PackResult(src, sealed, size, size, done.new_content_hash, resealed=done)
+    _checkpoint_arg(src, "pack")
     ckpt = load_checkpoint(src)
     if out is None:
         if src.is_dir():

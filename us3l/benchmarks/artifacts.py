@@ -22,6 +22,7 @@ from us3l.core.files import sha256_file
 from us3l.core.width import format_width, round_width
 
 log = logging.getLogger(__name__)
+BENCH_OUTPUTS = ("features", "logits", "probs")
 #: What identifies a packed model directory's network (``accuracy.json`` and ``README.md`` may change
 #: beside them without changing what is measured); :mod:`us3l.core.modelfile` names them too.
 MODEL_DIR_FILES = ("config.json", "model.safetensors")
@@ -35,15 +36,23 @@ class ModelSource:
         checkpoint: a ``us3l train`` checkpoint (weights and BN bank are used).
         arch: architecture name for latency planning (random weights; latency is weight-free).
         snap: channel divisor (8 per the method; 16/32 snap channels for hardware).
+        outputs: what the exported network returns: ``features`` (the backbone), ``logits`` or
+            ``probs`` (a task checkpoint's classifier).
     """
 
     checkpoint: Path | None = None
     arch: str | None = None
     snap: int = 8
+    outputs: str = "features"
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.arch is None):
             raise ConfigError("give exactly one of a checkpoint or --arch NAME")
+        if self.outputs not in BENCH_OUTPUTS:
+            raise ConfigError(f"--outputs {self.outputs!r} is invalid; valid: {', '.join(BENCH_OUTPUTS)}")
+        if self.arch is not None and self.outputs != "features":
+            raise ConfigError(f"--outputs {self.outputs} needs a classifier: a task checkpoint ('us3l finetune'); "
+                              "an untrained --arch has features only")
 
     def key(self) -> str:
         """Stable identity of the source (checkpoint file hash or architecture name)."""
@@ -71,19 +80,25 @@ class ModelSource:
         return get_model(self.arch).eval()
 
     def width_info(self) -> dict:
-        """``{"lo", "hi", "ladder", "hash"}``: the width range, the checkpoint's BN-bank widths (the
-        default ladder; empty for an architecture) and the checkpoint's content hash (``None``)."""
+        """``{"lo", "hi", "ladder", "hash", "classifier", "states", "has_dataset"}``: the width range,
+        the checkpoint's BN-bank widths (the default ladder; empty for an architecture), its content
+        hash (``None``), whether it carries a classifier, the sha256 of the PyTorch state per outputs
+        kind (:func:`us3l.core.taskmodel.state_hashes`: what PyTorch accuracy rows were measured on)
+        and whether it records its dataset."""
         if self.checkpoint is not None:
             from us3l.core.checkpoint import load_checkpoint
+            from us3l.core.taskmodel import has_head, state_hashes
 
             ckpt = load_checkpoint(self.checkpoint)
             lo, hi = ckpt.width_range
             return {"lo": float(lo), "hi": float(hi), "ladder": sorted(round_width(w) for w in ckpt.bank_widths()),
-                    "hash": ckpt.content_hash}
+                    "hash": ckpt.content_hash, "classifier": has_head(ckpt), "states": state_hashes(ckpt),
+                    "has_dataset": bool(ckpt.dataset)}
         from us3l.core.models import get_model
 
         lo, hi = get_model(self.arch).width_range
-        return {"lo": float(lo), "hi": float(hi), "ladder": [], "hash": None}
+        return {"lo": float(lo), "hi": float(hi), "ladder": [], "hash": None, "classifier": False, "states": {},
+                "has_dataset": False}
 
     def build_static(self, width: float) -> Any:
         """The plain ``nn.Module`` at ``width`` (for in-process runners such as ``torch``)."""
@@ -106,7 +121,15 @@ class ModelSource:
             from us3l.core.models import get_model
 
             model = get_model(self.arch)
-        return slice_to_width(model.eval(), width, divisor=self.snap)
+        static = slice_to_width(model.eval(), width, divisor=self.snap)
+        if self.outputs == "features":
+            return static
+        from us3l.core.taskmodel import static_head
+        from us3l.exporters.outputs import deploy_module
+
+        # the classifier the exported file carries: the static backbone, the head at this width (+ softmax)
+        net: Any = model  # a SlimmableNet: feature_dim(width, divisor)
+        return deploy_module(static, static_head(ckpt, width, int(net.feature_dim(width, self.snap))), self.outputs)
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,7 @@ class BenchArtifact:
         source: the FP32 ONNX a reduced-precision artifact was converted from (TensorRT builds
             from it on TensorRT <= 10), else None.
         ranges: the INT8 activation ranges file (TensorRT calibration cache / Q/DQ), else None.
+        outputs: what the network returns (``features``, ``logits``, ``probs``).
         build_module: callable returning the static ``nn.Module`` (for the ``torch`` runner).
         width_index: for a switchable file measured as it is, the ``width_index`` fed with every
             run (``path`` is then the switchable file and ``sha256`` its hash + ``#index``), else None.
@@ -139,6 +163,7 @@ class BenchArtifact:
     precision: str = "fp32"
     source: Path | None = None
     ranges: Path | None = None
+    outputs: str = "features"
     build_module: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
     width_index: int | None = None
 
@@ -149,6 +174,7 @@ class BenchArtifact:
             "input_shape": list(self.input_shape), "channels": self.channels, "macs": self.macs,
             "params": self.params, "aliases": list(self.aliases), "precision": self.precision,
             "source": str(self.source) if self.source else None, "ranges": str(self.ranges) if self.ranges else None,
+            "outputs": self.outputs,
             **({"width_index": self.width_index} if self.width_index is not None else {}),
         }
 
@@ -173,7 +199,7 @@ def _export(source: ModelSource, widths: list[float], out_dir: Path, precision: 
                  if k in known}
     cfg = ExportConfig(checkpoint=str(source.checkpoint) if source.checkpoint else None, arch=source.arch,
                        widths=tuple(widths), format="onnx", out_dir=str(out_dir), batch=None, snap=source.snap,
-                       precision=precision, **extra)
+                       precision=precision, outputs=source.outputs, **extra)
     result = run_export(cfg, progress=progress)
     records = []
     for art in result.artifacts:
@@ -186,6 +212,7 @@ def _export(source: ModelSource, widths: list[float], out_dir: Path, precision: 
             "source": str(Path(art.source).resolve()) if art.source else None,
             "ranges": str((Path(art.path).parent / art.calibration["ranges_file"]).resolve())
             if art.calibration and art.calibration.get("ranges_file") else None,
+            "outputs": source.outputs,
         })
     return records
 
@@ -214,7 +241,8 @@ def prepare_artifacts(source: ModelSource, widths: Sequence[float], out_dir: Pat
     records: dict[float, dict] = {}
     missing: list[float] = []
     for w in wanted:
-        rec = None if force or table is None else table.get_artifact(source_key, w, source.snap, precision)
+        rec = None if force or table is None else table.get_artifact(source_key, w, source.snap, precision,
+                                                                      source.outputs)
         if rec and Path(rec["path"]).is_file() and _file_stamp(Path(rec["path"])) == rec.get("stamp"):
             records[w] = rec
         else:
@@ -226,7 +254,7 @@ def prepare_artifacts(source: ModelSource, widths: Sequence[float], out_dir: Pat
                 if w in missing:
                     records[w] = rec
                     if table is not None:
-                        table.put_artifact(source_key, w, source.snap, precision, rec)
+                        table.put_artifact(source_key, w, source.snap, precision, rec, source.outputs)
     arts: list[BenchArtifact] = []
     seen: dict[str, BenchArtifact] = {}
     for w in wanted:
@@ -242,7 +270,7 @@ def prepare_artifacts(source: ModelSource, widths: Sequence[float], out_dir: Pat
             channels=rec["channels"], macs=rec["macs"], params=rec["params"],
             aliases=tuple(a for a in aliases if a != width), precision=rec["precision"],
             source=Path(rec["source"]) if rec.get("source") else None,
-            ranges=Path(rec["ranges"]) if rec.get("ranges") else None,
+            ranges=Path(rec["ranges"]) if rec.get("ranges") else None, outputs=rec.get("outputs", "features"),
             build_module=lambda w=width: source.build_static(w),
         )
         seen[rec["sha256"]] = art

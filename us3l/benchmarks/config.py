@@ -37,6 +37,13 @@ class BenchConfig:
         force: re-export and re-measure even when cached.
         out_dir: reports and artifacts (``None``: ``./us3l-bench`` with the LUT in the user cache).
         lut: explicit lookup-table file; snap: channel divisor; plot: write the PNG.
+        max_cov / max_tail: a row whose coefficient of variation or p95/p50 exceeds these is
+            re-measured once, and marks the run unstable if it stays noisy
+            (:mod:`us3l.benchmarks.stability`).
+        outputs: what is exported and timed: ``features``, ``logits`` or ``probs`` (``None``: logits
+            for a task checkpoint, features otherwise).
+        measure_accuracy: evaluate every timed file that the accuracy table has no row for, on the
+            checkpoint's data, before timing (rows merged into the table).
     """
 
     checkpoint: Path | None = None
@@ -67,6 +74,10 @@ class BenchConfig:
     lut: Path | None = None
     snap: int = 8
     plot: bool = True
+    max_cov: float = 0.5
+    max_tail: float = 2.0
+    outputs: str | None = None
+    measure_accuracy: bool = False
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.checkpoint, self.arch, self.artifact)) != 1:
@@ -92,12 +103,17 @@ class BenchConfig:
         check_number("--rounds", self.rounds, minimum=1, integer=True)
         check_number("--idle-gap-ms", self.idle_gap_ms, minimum=0, maximum=3600e3)
         check_number("--search-step", self.search_step, minimum=0, exclusive=True)
+        if self.outputs is not None and self.outputs not in ("features", "logits", "probs"):
+            raise ConfigError(f"--outputs {self.outputs!r} is invalid; valid: features, logits, probs")
         if self.snap not in (8, 16, 32):
             raise ConfigError(f"--snap {self.snap} is not supported; valid: 8, 16, 32")
         if self.search and self.budget_ms is None:
             raise ConfigError("--search needs --budget-ms")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        from us3l.core.threads import check_threads
+
+        check_threads(self.threads)
+        check_number("--max-cov", self.max_cov, minimum=0, exclusive=True)
+        check_number("--max-tail", self.max_tail, minimum=1, exclusive=True)
         if not 0 < self.search_step <= 0.25:
             raise ConfigError(f"search step must be in (0, 0.25], got {self.search_step}")
         if self.search and len(self.precisions or ()) > 1:

@@ -64,16 +64,19 @@ class LatencyTable:
         self.points[key] = {**value, "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
     @staticmethod
-    def _artifact_key(source_key: str, width: float, snap: int, precision: str) -> str:
-        return "|".join([source_key, format_width(width), str(snap), precision])
+    def _artifact_key(source_key: str, width: float, snap: int, precision: str, outputs: str = "features") -> str:
+        parts = [source_key, format_width(width), str(snap), precision]
+        return "|".join(parts if outputs == "features" else [*parts, outputs])  # features: the key before outputs
 
-    def get_artifact(self, source_key: str, width: float, snap: int, precision: str) -> dict | None:
+    def get_artifact(self, source_key: str, width: float, snap: int, precision: str,
+                     outputs: str = "features") -> dict | None:
         """A previously exported artifact record."""
-        return self.artifacts.get(self._artifact_key(source_key, width, snap, precision))
+        return self.artifacts.get(self._artifact_key(source_key, width, snap, precision, outputs))
 
-    def put_artifact(self, source_key: str, width: float, snap: int, precision: str, record: dict) -> None:
+    def put_artifact(self, source_key: str, width: float, snap: int, precision: str, record: dict,
+                     outputs: str = "features") -> None:
         """Remember an exported artifact record."""
-        self.artifacts[self._artifact_key(source_key, width, snap, precision)] = record
+        self.artifacts[self._artifact_key(source_key, width, snap, precision, outputs)] = record
 
     def save(self) -> Path:
         """Write the table atomically."""

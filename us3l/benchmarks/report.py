@@ -165,7 +165,8 @@ def render_table(report: dict, max_width: int | None = None) -> Any:
     dropped: list[str] = []
 
     def needed(cols: list[tuple[str, Any]]) -> int:  # rich's box: 1 + per column (padding 2 + rule 1)
-        return 1 + sum(3 + max([len(w) for w in name.split()] + [len(fn(r)) for r in rows]) for name, fn in cols)
+        # whole header names: rich keeps "p50 ms" on one line when it can, and then cuts a value
+        return 1 + sum(3 + max([len(name)] + [len(fn(r)) for r in rows]) for name, fn in cols)
 
     for name in _DROP_ORDER:
         if max_width is None or needed(columns) <= max_width:
@@ -179,7 +180,7 @@ def render_table(report: dict, max_width: int | None = None) -> Any:
         is_chosen = chosen and r["width"] == chosen["width"] and r["batch"] == report["config"]["batches"][0] \
             and (r.get("precision") or "fp32") == (chosen.get("precision") or "fp32")
         table.add_row(*(fn(r) for _, fn in columns), style="bold green" if is_chosen else None)
-    table.caption = f"budget metric: {metric} (CI: its 95% bootstrap interval); acc ? = not measured at that precision"
+    table.caption = f"budget metric: {metric} (CI: its 95% bootstrap interval); acc ? = not measured on that file"
     if dropped:
         table.caption += f"; not shown at this width: {', '.join(dropped)} (in report.json and latency.csv)"
     return table

@@ -13,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-CSV_COLUMNS = ("width", "precision", "aliases", "channels", "macs", "params", "accuracy", "accuracy_source", "p50_ms",
+CSV_COLUMNS = ("width", "precision", "outputs", "aliases", "channels", "macs", "params", "accuracy", "accuracy_source",
+               "accuracy_protocol", "p50_ms",
                "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "ci_low_ms", "ci_high_ms",
                "n", "throughput", "batch", "runner", "device", "threads", "power_mode", "power_mw", "energy_mj",
                "gpu_compute_p50_ms", "int8_path", "source", "cached", "remeasured", "artifact", "sha256")
@@ -33,7 +34,10 @@ class BenchRow:
         gpu_compute_p50_ms / int8_path / power_mw / energy_mj: side measurements, when taken.
         batch / runner / device / threads / power_mode: where and how it was measured.
         artifact / sha256: the timed file. cached: the point came from the lookup table.
-        accuracy / accuracy_source: joined accuracy (``measured`` / ``unknown``; ``None``: no table).
+        outputs: what the timed network returns (``features``, ``logits``, ``probs``).
+        accuracy / accuracy_source / accuracy_protocol: the accuracy measured on this exact file
+            (joined by its sha256; ``measured``), or ``unknown`` when the table has no row for it
+            (``None``: no table); the protocol it was measured with (``top1``, ``linear``, ``knn``).
         ci_low_ms / ci_high_ms: the interval of the budget metric. remeasured: re-measurement
             attempt that produced this row (noise check). searched: a ``--search`` probe.
         extra: point fields this version does not know (from a newer or older lookup table).
@@ -72,6 +76,8 @@ class BenchRow:
     cached: bool = False
     accuracy: float | None = None
     accuracy_source: str | None = None
+    accuracy_protocol: str | None = None
+    outputs: str | None = None
     ci_low_ms: float | None = None
     ci_high_ms: float | None = None
     remeasured: int | None = None

@@ -74,6 +74,8 @@ def search_width(source: ModelSource, ctx: MeasureContext | None, lo: float, hi:
     from us3l.core.slicing import channel_config  # torch: only a search needs it
 
     model = source.slimmable()
+    from us3l.core.slicing import channel_config  # torch: only when a run searches
+
     groups = distinct_configs(width_grid(lo, hi, step),
                               lambda w: tuple(channel_config(model, w, source.snap).values()))
     probes: list[BenchRow] = []

@@ -124,5 +124,5 @@ def measure_rows(ctx: MeasureContext, artifacts: Sequence[BenchArtifact], batche
                 point, width=art.width, aliases=list(art.aliases), channels=art.channels, macs=art.macs,
                 params=art.params, batch=b, runner=ctx.runner_name, device=ctx.device, precision=art.precision,
                 artifact=str(art.path) if art.path else None, threads=ctx.options.threads,
-                power_mode=ctx.power_mode, sha256=art.sha256, cached=cached))
+                power_mode=ctx.power_mode, sha256=art.sha256, cached=cached, outputs=art.outputs))
     return rows

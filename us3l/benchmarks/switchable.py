@@ -7,8 +7,10 @@
   away), written once beside the reports and reused while the switchable file is unchanged.
 
 Widths are those the file holds (all of them by default); asking for another is one line listing
-them. The file's own accuracy per index (when it was exported beside an ``accuracy.json``) is the
-accuracy table unless ``--accuracy`` names one.
+them. Accuracy belongs to the file timed: rows that ``us3l eval CKPT --artifact FILE`` measured on
+this file at each index (same sha256 and ``width_index``), read from ``--accuracy TABLE`` or an
+``accuracy.json`` beside the file; the PyTorch figures written into the file's metadata at export
+are not joined (they describe another network).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class SwitchableSource:
         return Precision.parse(self._meta.get("us3l.precision", "fp32"))
 
     @property
+    def outputs(self) -> str:
+        """What every branch returns (``features``, ``logits`` or ``probs``)."""
+        return str(self._meta.get("us3l.outputs", "features"))
+
+    @property
     def checkpoint_hash(self) -> str | None:
         return self._meta.get("us3l.checkpoint_sha256")
 
@@ -80,11 +87,13 @@ class SwitchableSource:
         return sha256_file(self.path)
 
     def width_info(self) -> dict[str, Any]:
-        """``{"lo", "hi", "ladder", "hash"}`` as :meth:`ModelSource.width_info`: the held widths."""
+        """``{"lo", "hi", "ladder", "hash", "classifier", "states"}`` as :meth:`ModelSource.width_info`:
+        the held widths (no PyTorch states: the file is what is timed)."""
         from us3l.exporters.switchable import held_widths
 
         held = held_widths(self.table)
-        return {"lo": held[0], "hi": held[-1], "ladder": held, "hash": self.checkpoint_hash}
+        return {"lo": held[0], "hi": held[-1], "ladder": held, "hash": self.checkpoint_hash,
+                "classifier": self.outputs in ("logits", "probs"), "states": {}, "has_dataset": False}
 
     def widths(self, text: str | None) -> list[float]:
         """The widths to measure: all held ones, or those asked for (each must be held).
@@ -103,15 +112,6 @@ class SwitchableSource:
         for w in wanted:
             index_for(self.table, w, self.path.name)
         return wanted
-
-    def accuracy_rows(self) -> list[dict[str, Any]]:
-        """Accuracy rows (``us3l.core.accuracy`` form) from the file's index table."""
-        rows = []
-        for row in self.table:
-            acc = row.get("accuracy") or {}
-            if acc:
-                rows.append({"width": row["width"], "precision": str(Precision.FP32), **acc})
-        return rows
 
 
 def switchable_artifacts(source: SwitchableSource, widths: Sequence[float], precision: Precision, direct: bool,
@@ -161,5 +161,6 @@ def switchable_artifacts(source: SwitchableSource, widths: Sequence[float], prec
             sha, width_index = sha256_file(path), None
         arts.append(BenchArtifact(width=width, path=path, sha256=sha, input_shape=source.input_shape,
                                   channels=row.get("channels"), macs=row.get("macs"), params=row.get("params"),
-                                  aliases=aliases, precision=str(precision), width_index=width_index))
+                                  aliases=aliases, precision=str(precision), outputs=source.outputs,
+                                  width_index=width_index))
     return arts

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .choices import Metric, Runner, Snap, value
-from .common import console, example, print_json, progress_bar, user_errors
+from .choices import BenchOutputs, Metric, Runner, Snap, value
+from .common import console, err_console, example, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
     from ..api import BenchResult
@@ -26,17 +26,20 @@ def render(result: BenchResult) -> None:
     from ..core.width import format_width
 
     console.print(render_table(result.report, max_width=console.width))
+    if result.stability_note:
+        err_console.print(f"[bold yellow]warning:[/] {escape(result.stability_note)}", highlight=False, soft_wrap=True)
     if result.accuracy_note:
         console.print(f"[yellow]note:[/] {escape(result.accuracy_note)}")
-    if result.report.get("accuracy_unknown_note"):
-        console.print(f"[yellow]note:[/] {escape(result.report['accuracy_unknown_note'])}")
+    if result.report.get("accuracy_unknown_note"):  # one notice: which timed files have no measured accuracy
+        console.print(f"[yellow]notice:[/] {escape(result.report['accuracy_unknown_note'])}")
     files = result.files
     console.print(f"report: {files['report']}  csv: {files['csv']}" + (f"  plot: {files['plot']}" if "plot" in files else ""))
     if result.budget_ms is None:
         return
     if result.chosen is not None:
         c = result.chosen
-        console.print(f"[bold green]chosen width {format_width(c.width)} {c.precision}[/]: {c.metric} "
+        unstable = " [bold yellow](unstable)[/]" if result.unstable else ""
+        console.print(f"[bold green]chosen width {format_width(c.width)} {c.precision}[/]{unstable}: {c.metric} "
                       f"{c.latency_ms:.3f} ms <= {c.budget_ms:g} ms ({escape(c.reason)})")
         if c.artifact:
             console.print(f"deploy: {escape(c.artifact)}")
@@ -59,7 +62,7 @@ def register(app: typer.Typer) -> None:
         batch: Annotated[str, typer.Option(help="Batch sizes in images, e.g. 1,8,32 (the budget applies to the first).")] = "1",
         runner: Annotated[Optional[Runner], typer.Option(help="Backend that times the artifacts (onnxruntime on a remote device runs the agent there).  [default: the device's]")] = None,
         precision: Annotated[Optional[str], typer.Option(metavar="[fp32|fp16|int8][,...]", help="Precision or comma list, e.g. fp32,int8: every (width, precision) pair is measured.  [default: the device's]")] = None,
-        threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads.  [default: the device's, else the runtime's]")] = None,
+        threads: Annotated[Optional[int], typer.Option(help="Intra-op CPU threads of the measured runtime; 0 = auto: one per CPU other processes leave idle (recorded in report.json).  [default: the device profile's, else auto on a CPU, else the runtime's]")] = None,
         duration: Annotated[float, typer.Option(help="Timed seconds per width and batch size.")] = 1.0,
         iterations: Annotated[Optional[int], typer.Option(help="Fixed timed runs per width and batch size (overrides --duration).  [default: time-based, --duration]")] = None,
         warmup_ms: Annotated[float, typer.Option(help="Warm-up per input shape, in milliseconds.")] = 200.0,
@@ -75,15 +78,21 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="Re-export and re-measure points already in the lookup table.")] = False,
         remeasure: Annotated[int, typer.Option(help="Re-measurements (each twice as long) of the chosen pair and the next candidate while their 95% intervals straddle the budget.")] = 2,
         snap: Annotated[Snap, typer.Option(help="Channel divisor: 8 (the method's rule), 16 or 32 (hardware-friendly).")] = Snap.s8,
+        outputs: Annotated[Optional[BenchOutputs], typer.Option(help="What is exported and timed: the backbone's features, or a task checkpoint's classifier (logits, probs).  [default: logits for a task checkpoint, else features]")] = None,
+        measure_accuracy: Annotated[bool, typer.Option("--measure-accuracy", help="Measure the accuracy of each timed file that the accuracy table has no row for, on the checkpoint's data, before timing it.")] = False,
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory for report.json, latency.csv, latency.png and lut.json.  "
                                                     "[default: ./us3l-bench, lookup table in ~/.cache/us3l/lut.json]")] = None,
         no_plot: Annotated[bool, typer.Option("--no-plot", help="Skip latency.png.")] = False,
+        max_cov: Annotated[float, typer.Option(help="A row whose coefficient of variation (std/mean) exceeds this is re-measured once; still above it, the run is unstable.")] = 0.5,
+        max_tail: Annotated[float, typer.Option(help="The same for a row's p95/p50 ratio.")] = 2.0,
+        strict: Annotated[bool, typer.Option("--strict", help="Exit with code 3 when rows stay noisy after a re-measurement (a busy machine; the report is still written).")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout instead of the table.")] = False,
     ) -> None:
         """Measure latency per width on a device and pick the width for a latency budget.
 
         Widths are exported (ONNX) and measured in interleaved rounds; measured points are cached
         in a lookup table keyed by device fingerprint, runner, artifact, batch, precision and timing.
+        Each row's accuracy is the one measured on the very file timed (by sha256), else unknown.
         """
         from us3l.benchmarks import parse_batches, parse_modes
 
@@ -97,8 +106,16 @@ def register(app: typer.Typer) -> None:
                 duration_s=duration, iterations=iterations, warmup_ms=warmup_ms, rounds=rounds,
                 idle_gap_ms=idle_gap_ms, search=search, power_modes=parse_modes(power_modes),
                 accept_new_host_key=accept_new_host_key, force=force, snap=int(snap.value), plot=not no_plot,
+                max_cov=max_cov, max_tail=max_tail,
+                outputs=value(outputs), measure_accuracy=measure_accuracy,
             )
         if as_json:
             print_json(result.report)
+            if result.stability_note:
+                err_console.print(f"warning: {result.stability_note}", highlight=False, markup=False, soft_wrap=True)
         else:
             render(result)
+        if strict and result.unstable:
+            err_console.print("error: --strict: the measurement is unstable (see the warning above); report.json "
+                              "records it", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(3)

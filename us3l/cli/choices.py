@@ -13,8 +13,8 @@ from enum import Enum
 
 from ..core.precision import Precision
 
-__all__ = ["BadImage", "Calibration", "Dataset", "EvalMethod", "Format", "Int8Recipe", "LinearPreset", "Metric",
-           "OnnxExporter", "Outputs", "Precision", "Runner", "SSL", "Snap", "TrainMethod"]
+__all__ = ["Augment", "BadImage", "BenchOutputs", "Calibration", "Dataset", "EvalMethod", "Format", "Int8Recipe",
+           "LinearPreset", "Metric", "OnnxExporter", "Outputs", "Precision", "Runner", "SSL", "Snap", "TrainMethod"]
 
 
 class Dataset(str, Enum):
@@ -56,6 +56,16 @@ class EvalMethod(str, Enum):
     knn = "knn"
     linear = "linear"
     both = "both"
+    top1 = "top1"
+
+
+class Augment(str, Enum):
+    """:data:`us3l.trainer.finetune.AUGMENTS`."""
+
+    auto = "auto"
+    crop = "crop"
+    shift = "shift"
+    none = "none"
 
 
 class LinearPreset(str, Enum):
@@ -89,6 +99,14 @@ class Outputs(str, Enum):
     logits = "logits"
     probs = "probs"
     stages = "stages"
+
+
+class BenchOutputs(str, Enum):
+    """:data:`us3l.benchmarks.artifacts.BENCH_OUTPUTS` (what bench exports and times; accuracy needs one output)."""
+
+    features = "features"
+    logits = "logits"
+    probs = "probs"
 
 
 class OnnxExporter(str, Enum):

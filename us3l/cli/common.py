@@ -77,13 +77,16 @@ def user_errors(fn: F) -> F:
     exits 143. Both unwind normally, so atomic writes leave the previous file intact.
     """
 
+    command_name = "us3l " + fn.__module__.rsplit(".", 1)[-1].rstrip("_")  # us3l.cli.import_ -> us3l import
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return fn(*args, **kwargs)
+            with heartbeat(command_name):
+                return fn(*args, **kwargs)
         except US3LError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -140,11 +143,24 @@ def make_progress(transient: bool = False, disable: bool = False) -> Progress:
     return build(transient, disable, err_console)
 
 
-def progress_bar(description: str, transient: bool = False, disable: bool = False) -> ContextManager[ProgressFn]:
+def progress_bar(description: str, transient: bool = False, disable: bool = False,
+                 lazy: bool = False) -> ContextManager[ProgressFn]:
     """:func:`us3l.api.progress.progress_bar` on this CLI's stderr console."""
     from ..api.progress import progress_bar as bar
 
-    return bar(description, transient, disable, err_console)
+    return bar(description, transient, disable, err_console, lazy)
+
+
+def heartbeat(name: str = "us3l") -> ContextManager[Any]:
+    """Plain progress lines for the whole command when stderr is not a terminal (a pipe, a CI log):
+    a line at least every few seconds while it runs (:mod:`us3l.core.heartbeat`); else nothing."""
+    import contextlib
+
+    if err_console.is_terminal or not is_main_process():
+        return contextlib.nullcontext()
+    from ..api.progress import plain_heartbeat
+
+    return plain_heartbeat(err_console, prefix=name)
 
 
 def jsonable(obj: Any) -> Any:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from ..core.threads import threads_help
 from .choices import Calibration, Format, Int8Recipe, OnnxExporter, Outputs, Precision, Snap, value
 from .common import example, print_json, user_errors
 
@@ -24,17 +25,47 @@ def _channels_summary(channels: dict[str, int]) -> str:
 def render(result: ExportResult) -> None:
     """One row per artifact: width, aliases, channels, cost, gate result, file.
 
-    Columns with nothing to say (no aliases, nothing cached, one precision) are left out, and the
-    channels and file names wrap rather than being cut, so the table stays whole in 80 columns.
+    Columns with nothing to say (no aliases, nothing cached, one precision) are left out. File
+    names (relative to the output folder) are never broken inside a cell: when the whole names do
+    not fit the terminal, the cells show what tells the files apart and one line below the table
+    gives the shared part, so the table stays whole in 80 columns.
     """
-    from rich.table import Table
-
-    from ..core.width import format_width
     from .common import console
 
     if len(result.artifacts) == 1 and result.artifacts[0].switchable:
         render_switchable(result)
         return
+    names = [a.path.name for a in result.artifacts]
+    table = _table(result, names)
+    natural = console.measure(table, options=console.options.update(max_width=10_000)).maximum
+    if natural <= console.width or len(names) < 2:
+        console.print(table)
+        return
+    head, tail = _shared(names)
+    console.print(_table(result, [n[len(head):len(n) - len(tail)] for n in names], "file *"))
+    console.print(f"files: {result.out_dir}/{head}{{{','.join(n[len(head):len(n) - len(tail)] for n in names)}}}{tail}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _shared(names: list[str]) -> tuple[str, str]:
+    """The longest common prefix and suffix of the names (ending/starting at a separator)."""
+    import os.path
+
+    head = os.path.commonprefix(names)
+    tail = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    cut = max((head.rfind(c) for c in "_.-"), default=-1)
+    head = head[:cut + 1] if cut >= 0 else ""
+    shortest = min(len(n) for n in names)
+    tail = tail[max(0, len(tail) - (shortest - len(head))):]
+    cut = min((i for i, c in enumerate(tail) if c in "_.-"), default=len(tail))
+    return head, tail[cut:]
+
+
+def _table(result: ExportResult, files: list[str], file_header: str = "file") -> Any:
+    from rich.table import Table
+
+    from ..core.width import format_width
+
     table = Table(title=f"{len(result.artifacts)} artifact(s) in {result.out_dir} ({result.seconds:.1f}s)")
     reduced = any(Precision.parse(a.precision).reduced for a in result.artifacts)
     rows = [{
@@ -46,18 +77,21 @@ def render(result: ExportResult) -> None:
         "Mparams": f"{a.params / 1e6:.2f}",
         "cosine" if reduced else "max err": (f"{a.parity['mean_cosine']:.4f}" if "mean_cosine" in a.parity
                                              else f"{a.parity['max_abs_err']:.2e}"),
-        "file": a.path.name,
+        "file": f,
         "note": "cached" if a.cached else "",
-    } for a in result.artifacts]
+    } for a, f in zip(result.artifacts, files)]
     optional = {"prec": len({r["prec"] for r in rows}) > 1, "aliases": any(r["aliases"] for r in rows),
                 "note": any(r["note"] for r in rows)}
     columns = [c for c in rows[0] if optional.get(c, True)] if rows else []
     for col in columns:
-        wraps = col in ("channels", "file", "aliases")
+        if col == "file":
+            table.add_column(file_header, no_wrap=True, min_width=max(len(r["file"]) for r in rows))
+            continue
+        wraps = col in ("channels", "aliases")
         table.add_column(col, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
     for r in rows:
         table.add_row(*(r[c] for c in columns))
-    console.print(table)
+    return table
 
 
 def render_switchable(result: ExportResult) -> None:
@@ -113,6 +147,7 @@ def register(app: typer.Typer) -> None:
         substitute: Annotated[bool, typer.Option(help="Ladders of 2+ widths: translate one width and derive the others from its graph (fall back per width, with the reason in the sidecar).")] = True,
         int8_recipe: Annotated[Int8Recipe, typer.Option(help="ONNX INT8: auto chooses each width's recipe on held-out images (calibration, then head/stem/last block kept FP32); fixed quantizes every layer.")] = Int8Recipe.auto,
         int8_min_agreement: Annotated[float, typer.Option(help="ONNX INT8 auto recipe: least top-1 agreement with FP32 on held-out images (classifiers).")] = 0.99,
+        threads: Annotated[int, typer.Option(help=threads_help())] = 0,
     ) -> None:
         """Export widths of a checkpoint to ONNX / TensorRT / torch.export (.pt2), each verified against PyTorch.
 
@@ -123,34 +158,24 @@ def register(app: typer.Typer) -> None:
 
         from ..api import export
         from ..core.errors import ConfigError
-        from .common import make_progress
+        from .common import progress_bar
 
         batches = parse_batches(batch) if batch is not None else ()
         if len(batches) > 1:
             raise ConfigError(f"--batch {batch!r}: an artifact has one fixed batch size; give one value, "
                               "or none for a dynamic batch axis (us3l bench --batch takes a list)")
-        bar = make_progress(transient=True)
-        task = bar.add_task("export", total=None, status="")
-
-        def progress(done: int, total: int | None, message: str) -> None:
-            if not bar.live.is_started:  # started on the first width, so early errors stay one line
-                bar.start()
-            bar.update(task, completed=done, total=total, status=message)
-
-        try:
+        with progress_bar("exporting", transient=True, lazy=True) as progress:  # drawn from the first width
             result = export(checkpoint, width, format=fmt.value, out=out, arch=arch, progress=progress, name=name,
                             batch=batches[0] if batches else None, opset=opset, snap=int(snap.value), precision=precision,
                             calib_data=calib_data, atol=atol, rtol=rtol, simplify=simplify, calibration=calibration.value,
                             **({"onnx_exporter": value(onnx_exporter)} if onnx_exporter else {}),
                             min_cosine=min_cosine,
                             include_head=str(include_head) if include_head else None, image_size=image_size,
-                            force=force, **({"outputs": outputs.value} if outputs is not Outputs.features else {}),
+                            force=force, threads=threads,
+                            **({"outputs": outputs.value} if outputs is not Outputs.features else {}),
                             **({"switchable": True} if switchable else {}), **({} if substitute else {"substitute": False}),
                             **({} if int8_recipe is Int8Recipe.auto else {"int8_recipe": int8_recipe.value}),
                             **({} if int8_min_agreement == 0.99 else {"int8_min_agreement": int8_min_agreement}))
-        finally:
-            if bar.live.is_started:
-                bar.stop()
         if as_json:
             print_json({"out_dir": result.out_dir, "seconds": result.seconds, "artifacts": result.artifacts})
         else:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .choices import Dataset, value
+from ..core.threads import threads_help
+from .choices import Augment, BadImage, Dataset, value
 from .common import console, example, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ EXAMPLE = "us3l finetune runs/us3l/checkpoint.pt --epochs 30 --out runs/us3l/fin
 
 def render(result: FinetuneResult) -> None:
     """Top-1 per width."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ..core.width import format_width
@@ -29,6 +31,8 @@ def render(result: FinetuneResult) -> None:
         table.add_row(format_width(r.width), str(r.feature_dim), f"{100 * (r.top1 or 0):.2f} %")
     console.print(table)
     console.print(f"wrote {result.checkpoint} and {result.accuracy_file}")
+    for line in result.notices:
+        console.print(f"[yellow]notice:[/] {escape(line)}")
 
 
 def register(app: typer.Typer) -> None:
@@ -49,11 +53,15 @@ def register(app: typer.Typer) -> None:
         num_widths: Annotated[int | None, typer.Option(help="Widths per step: max, min and N-2 random (sandwich rule).  [default: 4]")] = None,
         distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Sub-widths learn from the max width's soft predictions (in-place distillation), else from the labels.")] = True,
         widths: Annotated[str | None, typer.Option("--widths", help="Evaluation and BN-bank widths: a list or start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
-        augment: Annotated[str | None, typer.Option(help="Augmentation: shift (random translation) or none.  [default: shift]")] = None,
+        augment: Annotated[Augment | None, typer.Option(help="Augmentation: auto (crop for image files, shift for in-memory sets), crop (random resized crop of the full image + flip), shift (random translation) or none.  [default: auto]")] = None,
+        crop_scale_min: Annotated[float | None, typer.Option(help="Smallest crop area fraction of --augment crop, in (0, 1].  [default: 0.25]")] = None,
+        workers: Annotated[int | None, typer.Option(help="Processes decoding and cropping image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
+        on_bad_image: Annotated[BadImage | None, typer.Option(help="An unreadable, truncated or decompression-bomb image: skip (count, warn) or fail (stop, exit 2).  [default: skip]")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder for checkpoint.pt and accuracy.json.  [default: finetune/ (linear/ when frozen) beside the checkpoint]")] = None,
         device: Annotated[str | None, typer.Option(help="Torch device: cpu, cuda or cuda:N.  [default: cpu]")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.  [default: 0]")] = None,
         max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).  [default: no cap]")] = None,
+        threads: Annotated[int, typer.Option(help=threads_help())] = 0,
         as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Fine-tune a universally slimmable checkpoint on labelled data: one task checkpoint for every width.
@@ -68,9 +76,11 @@ def register(app: typer.Typer) -> None:
                               data_root=str(data_root) if data_root else None, image_size=image_size,
                               freeze_backbone=freeze_backbone or None, epochs=epochs, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, label_smoothing=label_smoothing, num_widths=num_widths,
-                              distill=None if distill else False, widths=widths, augment=augment,
+                              distill=None if distill else False, widths=widths, augment=value(augment),
+                              crop_scale_min=crop_scale_min, workers=workers,
+                              on_bad_image=value(on_bad_image),
                               out_dir=str(out) if out else None, device=device, seed=seed,
-                              max_steps_per_epoch=max_steps_per_epoch)
+                              max_steps_per_epoch=max_steps_per_epoch, threads=threads)
         if as_json:
             print_json(result)
             return

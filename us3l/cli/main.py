@@ -5,10 +5,14 @@ from __future__ import annotations
 import importlib
 from typing import Annotated
 
-import typer
+from ..core.threads import prefer_passive_waiting
 
-from ..core import __version__
-from .common import OneLineChoiceErrors, setup_logging
+prefer_passive_waiting()  # before torch is imported: idle OpenMP threads sleep instead of spinning (docs/deployment.md)
+
+import typer  # noqa: E402
+
+from ..core import __version__  # noqa: E402
+from .common import OneLineChoiceErrors, setup_logging  # noqa: E402
 
 COMMAND_MODULES = ("train", "eval", "export", "import_", "bench", "widths", "finetune", "predict", "pack")
 

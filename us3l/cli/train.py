@@ -7,11 +7,13 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N -m us3l.cli.main train ...
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..core.threads import threads_help
 from .choices import SSL, BadImage, Dataset, TrainMethod, value
 from .common import console, err_console, example, is_main_process, print_json, progress_bar, user_errors
 
@@ -49,6 +51,8 @@ def render(result: TrainResult) -> None:
 
     if not result.history:
         return
+    if result.trained_epochs == 0:  # a finished run resumed: nothing was trained (the notice said so)
+        return
     table = Table(title=f"training summary (epoch {result.epochs})")
     for col in ("width", "std*sqrt(d)", "effective rank", "collapsed"):
         table.add_column(col, justify="right")
@@ -59,7 +63,16 @@ def render(result: TrainResult) -> None:
     nan = float("nan")
     console.print(f"loss (max width) {result.loss if result.loss is not None else nan:.4f}, "
                   f"sub-width loss {result.distill_loss if result.distill_loss is not None else nan:.4f}, "
-                  f"{result.images_per_s or 0:.0f} img/s, {result.seconds:.0f}s of training")
+                  f"{result.images_per_s or 0:.0f} img/s, {training_time(result)}")
+
+
+def training_time(result: TrainResult) -> str:
+    """``12 s of training`` for a new run; this invocation's epochs and time apart from the total on resume."""
+    now = result.run_seconds if result.run_seconds is not None else result.seconds
+    if result.start_epoch == 0:
+        return f"{now:.0f} s of training"
+    return (f"{now:.0f} s of training now (epochs {result.start_epoch + 1}-{result.epochs}), "
+            f"{result.seconds:.0f} s over all {result.epochs} epochs")
 
 
 def register(app: typer.Typer) -> None:
@@ -86,7 +99,7 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt with the options saved in OUT/config.toml.")] = False,
         overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in OUT (checkpoint, metrics.jsonl, tb/); without it or --resume an existing run is refused.")] = False,
         workers: Annotated[int | None, typer.Option(help="Processes decoding and cropping image files (0: in the training process).  [default: CPUs - 1, at most 14]")] = None,
-        threads: Annotated[int | None, typer.Option(help="Torch intra-op threads on CPU (0: PyTorch's default; 1 is often fastest on a shared CPU).  [default: 0]")] = None,
+        threads: Annotated[int | None, typer.Option(help=threads_help("the recipe's, normally auto"))] = None,
         on_bad_image: Annotated[BadImage | None, typer.Option(help="An unreadable, truncated or decompression-bomb image: skip (count, warn) or fail (stop, exit 2).  [default: skip]")] = None,
         device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.  [default: auto]")] = None,
         amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="Mixed precision (CUDA only).  [default: the recipe's]")] = None,
@@ -126,10 +139,18 @@ def register(app: typer.Typer) -> None:
             typer.echo(to_toml(cfg), nl=False)
             return
         main = is_main_process()
+        if cfg.resume and "WORLD_SIZE" not in os.environ and not (Path(cfg.out_dir) / "checkpoint.pt").is_file():
+            from us3l.trainer.loop import nothing_to_resume  # before the start line: the error is the one line
+
+            raise nothing_to_resume(Path(cfg.out_dir))
         if main:
             err_console.print(describe_run(cfg), highlight=False, markup=False, soft_wrap=True)
+
+        def notice(line: str) -> None:
+            err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
         with progress_bar(f"training {cfg.arch} on {dataset_label(cfg)}", disable=not main) as progress:
-            result = train(cfg, progress=progress)
+            result = train(cfg, progress=progress, notify=notice if main else None)
         if main and as_json:  # under torchrun the other ranks trained the same model: one summary
             print_json(result)
         elif main:

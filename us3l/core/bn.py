@@ -71,16 +71,24 @@ def calibrate_bn(
     Raises:
         DataError: no batch was available.
     """
+    from .heartbeat import stage
+    from .width import format_width
+
     if device is None:
         device = next(model.parameters()).device
     seen = 0
-    with use_width(model, width, divisor), bn_calibration(model), torch.no_grad():
+    total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
+    if num_batches is not None:
+        total = min(total, num_batches) if total is not None else num_batches
+    with use_width(model, width, divisor), bn_calibration(model), torch.no_grad(), \
+            stage(f"BN recalibration w{format_width(width)}", total=total, unit="batches") as progress:
         for batch in batches:
             if num_batches is not None and seen >= num_batches:
                 break
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             model(x.to(device, non_blocking=True))
             seen += 1
+            progress.update(seen)
     if seen == 0:
         raise DataError("BN calibration got no batches; give a non-empty calibration set")
     return model

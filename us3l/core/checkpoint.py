@@ -362,6 +362,11 @@ def load_plain(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """
     import warnings
 
+    from .files import foreign_file
+
+    not_torch = foreign_file(path)
+    if not_torch:
+        raise CheckpointError(f"{what} {path} is not a PyTorch checkpoint ({not_torch})")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"(?s).*weights_only", category=UserWarning)

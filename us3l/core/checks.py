@@ -4,6 +4,7 @@ what is valid. NaN and infinities fail every check (``--budget-ms nan`` must not
 from __future__ import annotations
 
 import math
+import os
 
 from .errors import ConfigError
 
@@ -43,3 +44,25 @@ def check_number(name: str, value: float | int | None, *, minimum: float | None 
     if not ok:
         raise ConfigError(f"{name} {value:g} is invalid; valid: {valid}" if isinstance(value, (int, float))
                           else f"{name} {value!r} is invalid; valid: {valid}")
+
+
+def check_onnx_file(path: os.PathLike[str] | str, what: str = "artifact") -> None:
+    """Raise :class:`ConfigError` (one line naming the file) unless ``path`` parses as an ONNX model.
+
+    A truncated download, a sidecar or any other file given where an ``.onnx`` file belongs is
+    reported as what it is, before its sidecar or metadata are consulted.
+    """
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is a dependency
+        return
+    try:
+        size = f"{os.path.getsize(path)} bytes"
+    except OSError:
+        size = "unreadable"
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, onnx's own errors, OSError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+        raise ConfigError(f"{what} {path} cannot be read as ONNX ({size}; {first[:120]}); valid: an .onnx file "
+                          "written by 'us3l export'") from None

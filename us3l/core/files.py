@@ -175,3 +175,45 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def leading_bytes(head: bytes) -> str:
+    """The first bytes of a file as a person reads them: quoted text when printable, else hex."""
+    if not head:
+        return "nothing"
+    text = head.decode("ascii", errors="replace")
+    if all(c.isprintable() or c in "\t\r\n" for c in text):
+        return repr(text)
+    return " ".join(f"{b:02x}" for b in head[:8])
+
+
+def foreign_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a file ``torch.save`` wrote (``"12 bytes, starts with 'hello'"``), else None.
+
+    ``torch.save`` writes a zip archive (``PK\\x03\\x04``) or, in its legacy format, a pickle
+    (protocol 2 or later, first byte ``0x80``); anything else is refused before unpickling, so a
+    text file is not reported as a code-carrying pickle.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None  # the loader reports it
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return None
+    if size == 0:
+        return "0 bytes: the file is empty"
+    return f"{size} bytes, starts with {leading_bytes(head)}"
+
+
+def check_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """Raise :class:`~us3l.core.errors.CheckpointError` (one line) when ``path`` is a file that
+    ``torch.save`` cannot have written: cheap, before any heavy import (see :func:`foreign_file`)."""
+    if not os.path.isfile(path):
+        return
+    reason = foreign_file(path)
+    if reason:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{what} {path} is not a PyTorch checkpoint ({reason})")

@@ -12,8 +12,11 @@ Layouts accepted as the root of ``--data imagefolder``:
   Labels are integers or class names (sorted to indices). The evaluation split is the sibling list
   with ``train`` replaced by ``val`` (or ``test``) in the file name.
 
-Decoding (:func:`open_checked`, :func:`to_rgb`): grayscale, CMYK, palette, 16-bit and RGBA images
-become RGB (transparent pixels over white). An unreadable, truncated or decompression-bomb file
+Decoding: **one decoder** (:class:`SourceImage`, :func:`decode_image`, :func:`load_center`) for
+training, evaluation, fine-tuning, BN and INT8 calibration and ``us3l predict``. It applies the
+EXIF orientation, brings 16-bit, palette and CMYK images to 8-bit RGB or grey, composites alpha
+over white and turns colour into grey by ITU-R BT.601 luma; the exact rules are in the comment
+above :func:`to_mode` and in docs/files.md. An unreadable, truncated or decompression-bomb file
 (more than :data:`MAX_PIXELS` pixels, Pillow's limit) raises :class:`BadImageError`, which the
 callers count and skip with a warning, or turn into one error line (``--on-bad-image fail``).
 """
@@ -183,9 +186,28 @@ def _from_list(path: Path) -> ImageList:
 
 
 # --------------------------------------------------------------------------- decoding
+#
+# The one image decoder. Training crops, evaluation and fine-tuning views, BN and INT8 calibration
+# images and `us3l predict` all read files through SourceImage.decode, so one file gives the same
+# pixels everywhere. The rules (docs/files.md, "How an image file becomes pixels") in order:
+#   1. EXIF orientation (tag 0x0112, values 2..8) is applied; the size seen is the displayed size;
+#   2. bit depth: 16-bit grey (I;16*) and 32-bit integer (I) keep the high byte of the 16-bit value
+#      (v >> 8 after clipping to [0, 65535]), as Pillow does for 16-bit colour PNGs; 32-bit float (F)
+#      is read as [0, 1] (round(255 v) after clipping); bilevel (1) is 0 / 255;
+#   3. palette (P) becomes RGBA when it has a transparent entry, else RGB; CMYK becomes RGB by
+#      Pillow's conversion round((255 - C)(255 - K) / 255) per channel (embedded ICC profiles are not
+#      applied); YCbCr, LAB and HSV become RGB by Pillow;
+#   4. alpha (RGBA, LA, PA, premultiplied RGBa / La) is composited over white:
+#      round((c a + 255 (255 - a)) / 255) per channel, then dropped;
+#   5. colour to grey (a model whose preprocessing says "gray"): ITU-R BT.601 luma as Pillow
+#      computes it, L = (19595 R + 38470 G + 7471 B + 32768) >> 16 (0.299 R + 0.587 G + 0.114 B,
+#      rounded); grey to RGB copies the channel.
 
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, EOFError, struct.error,
                                                    IndexError, ZeroDivisionError)
+COLORS = ("rgb", "gray")
+ORIENTATION_TAG = 0x0112
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def _reason(exc: BaseException) -> str:
@@ -220,29 +242,76 @@ def open_checked(path: str) -> Any:
     return img
 
 
-def to_rgb(img: Any) -> Any:
-    """Decode ``img`` and return it as RGB: alpha composited over white; L, CMYK, P, I;16 converted."""
+def exif_orientation(img: Any) -> int:
+    """The EXIF orientation (1..8) of an opened image; 1 when absent or invalid (header only)."""
+    try:
+        value = int(img.getexif().get(ORIENTATION_TAG, 1))
+    except _DECODE_ERRORS + (TypeError, KeyError, AttributeError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def orient(img: Any, orientation: int) -> Any:
+    """``img`` turned as EXIF ``orientation`` says (1: unchanged), the transposes of ``ImageOps.exif_transpose``."""
     from PIL import Image
 
+    T = Image.Transpose
+    op = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_270,
+          7: T.TRANSVERSE, 8: T.ROTATE_90}.get(orientation)
+    return img if op is None else img.transpose(op)
+
+
+def _over_white(arr: np.ndarray) -> np.ndarray:
+    """``(H, W, C + 1)`` uint8 with straight alpha last -> ``(H, W, C)``: round((c a + 255 (255 - a)) / 255)."""
+    a = arr[..., -1:].astype(np.uint32)
+    c = arr[..., :-1].astype(np.uint32)
+    return ((c * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def to_mode(img: Any, color: str = "rgb") -> Any:
+    """Rules 2-5 of the decoder (see the comment above): a loaded Pillow image as mode ``RGB``
+    (``color="rgb"``) or ``L`` (``color="gray"``).
+
+    Raises:
+        BadImageError: the pixels cannot be decoded (truncated or corrupt data).
+    """
+    from PIL import Image
+
+    if color not in COLORS:
+        raise ValueError(f"color {color!r}; valid: {', '.join(COLORS)}")
     path = getattr(img, "filename", "") or "<image>"
     try:
         img.load()
-        if img.mode == "P":
+        mode = img.mode
+        if mode.startswith("I;16") or mode == "I":
+            arr = np.asarray(img).astype(np.int64)
+            img = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), "L")
+        elif mode == "F":
+            arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+            img = Image.fromarray(np.rint(np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8), "L")
+        elif mode == "1":
+            img = img.convert("L")
+        elif mode == "P":
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-            rgba = img.convert("RGBA")
-            out = Image.new("RGB", rgba.size, (255, 255, 255))
-            out.paste(rgba, mask=rgba.getchannel("A"))
-            return out
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64)
-            hi = arr.max() if arr.size and arr.max() > 255 else 255.0
-            img = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
-        if img.mode == "F":
-            img = Image.fromarray((np.asarray(img) * 255).clip(0, 255).astype(np.uint8), "L")
-        return img if img.mode == "RGB" else img.convert("RGB")
+        elif mode in ("PA", "RGBa"):
+            img = img.convert("RGBA")
+        elif mode == "La":
+            img = img.convert("LA")
+        if img.mode in _ALPHA_MODES:
+            arr = np.asarray(img, dtype=np.uint8)
+            flat = _over_white(arr)
+            img = Image.fromarray(flat[..., 0], "L") if flat.shape[-1] == 1 else Image.fromarray(flat, "RGB")
+        if img.mode not in ("RGB", "L"):
+            img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV: Pillow's conversions
+        target = "RGB" if color == "rgb" else "L"
+        return img if img.mode == target else img.convert(target)
     except _DECODE_ERRORS as exc:
         raise BadImageError(str(path), _reason(exc)) from None
+
+
+def to_rgb(img: Any) -> Any:
+    """:func:`to_mode` with ``color="rgb"``."""
+    return to_mode(img, "rgb")
 
 
 def draft_for(img: Any, need_w: float, need_h: float) -> None:
@@ -251,25 +320,87 @@ def draft_for(img: Any, need_w: float, need_h: float) -> None:
         img.draft("RGB", (int(np.ceil(need_w)), int(np.ceil(need_h))))
 
 
-def load_center(path: str, size: int) -> np.ndarray:
-    """The evaluation view: shorter side resized to ``size``, centre crop ``size x size``, uint8 HWC RGB.
+class SourceImage:
+    """One image file, opened (header only): its displayed ``size`` (EXIF orientation applied) is
+    known before a pixel is decoded, so crop boxes and resize factors are drawn on it.
+
+    Use as a context manager; :meth:`decode` gives the pixels by the decoder's rules.
 
     Raises:
-        BadImageError: see :func:`open_checked` / :func:`to_rgb`.
+        BadImageError: unreadable file or decompression bomb (on opening).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self.raw = open_checked(self.path)
+        self.orientation = exif_orientation(self.raw)
+        w, h = self.raw.size
+        self.size: tuple[int, int] = (h, w) if self.orientation >= 5 else (w, h)
+
+    def __enter__(self) -> SourceImage:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def decode(self, color: str = "rgb", shrink: float = 1.0) -> Any:
+        """The pixels as a Pillow image of mode ``RGB`` or ``L``, oriented for display.
+
+        Args:
+            color: ``rgb`` or ``gray`` (rule 5).
+            shrink: a JPEG may be decoded up to this many times smaller on each side (draft mode:
+                1/2, 1/4 or 1/8); the caller maps its boxes by the decoded size.
+
+        Raises:
+            BadImageError: truncated or corrupt pixel data.
+        """
+        if shrink > 1:
+            w, h = self.raw.size
+            draft_for(self.raw, w / shrink, h / shrink)
+        return orient(to_mode(self.raw, color), self.orientation)
+
+
+def decode_image(path: str | os.PathLike, color: str = "rgb") -> np.ndarray:
+    """The whole image at ``path`` as uint8 ``(H, W, 3)`` (``rgb``) or ``(H, W)`` (``gray``), by the
+    decoder's rules (EXIF orientation, bit depth, palette, CMYK, alpha over white, luma).
+
+    Raises:
+        BadImageError: unreadable, truncated or decompression-bomb file.
+    """
+    with SourceImage(path) as src:
+        return np.asarray(src.decode(color), dtype=np.uint8)
+
+
+def center_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The evaluation view's source box on a ``width x height`` image: the shorter side resized to
+    ``size``, the centre ``size x size`` square (fractional edges, as the resize samples them)."""
+    scale = size / min(width, height)
+    nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (nw - size) / 2, (nh - size) / 2
+    return (left / nw * width, top / nh * height, (left + size) / nw * width, (top + size) / nh * height)
+
+
+def load_center(path: str, size: int, color: str = "rgb") -> np.ndarray:
+    """The evaluation view: shorter side resized to ``size``, centre crop ``size x size`` (Pillow
+    bilinear over the source box), uint8 ``(S, S, 3)`` (``rgb``) or ``(S, S)`` (``gray``).
+
+    Used by evaluation, fine-tuning, BN and INT8 calibration and ``us3l predict`` alike.
+
+    Raises:
+        BadImageError: see :class:`SourceImage`.
     """
     from PIL import Image
 
-    with open_checked(path) as raw:
-        w, h = raw.size
-        scale = size / min(w, h)
-        draft_for(raw, w * scale, h * scale)
-        img = to_rgb(raw)
+    with SourceImage(path) as src:
+        w, h = src.size
+        img = src.decode(color, shrink=min(w, h) / size)
         sx, sy = img.size[0] / w, img.size[1] / h  # the draft may have reduced it
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        left, top = (nw - size) / 2, (nh - size) / 2
-        box = (left / nw * w * sx, top / nh * h * sy, (left + size) / nw * w * sx, (top + size) / nh * h * sy)
+        x0, y0, x1, y1 = center_box(w, h, size)
         try:
-            out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            out = img.resize((size, size), Image.Resampling.BILINEAR, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
         except _DECODE_ERRORS as exc:
             raise BadImageError(path, _reason(exc)) from None
         return np.asarray(out, dtype=np.uint8)

@@ -613,6 +613,19 @@ def _yaml(value: Any) -> str:
 _METRICS = (("top1", "top-1"), ("linear", "linear probe"), ("knn", "kNN"))
 
 
+def _card_rows(accuracy: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The table's rows with one line per measured network (width, precision, outputs, file): the
+    per-protocol rows of ``accuracy.json`` (format 2) merged back, in the table's order."""
+    from .accuracy import normalize_rows
+
+    rows = [r for r in (accuracy or {}).get("results") or [] if isinstance(r, dict) and "width" in r]
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in normalize_rows(rows):
+        key = (r["width"], r.get("precision"), r.get("outputs"), r.get("source"), r.get("artifact"))
+        merged.setdefault(key, {}).update(r)
+    return list(merged.values())
+
+
 def model_card(config: dict[str, Any], name: str, accuracy: dict[str, Any] | None = None,
                license: str = DEFAULT_LICENSE) -> str:
     """``README.md`` of a model directory: front matter (library, license, tags, datasets, the
@@ -623,7 +636,7 @@ def model_card(config: dict[str, Any], name: str, accuracy: dict[str, Any] | Non
     classifier = bool(config.get("num_classes"))
     task = "image-classification" if classifier else "image-feature-extraction"
     dataset = (us3l.get("dataset") or {}).get("name")
-    rows = [r for r in (accuracy or {}).get("results") or [] if isinstance(r, dict) and "width" in r]
+    rows = _card_rows(accuracy)
     metrics = [(key, label) for key, label in _METRICS if any(isinstance(r.get(key), (int, float)) for r in rows)]
     lines = ["---", f"library_name: {LIBRARY}", f"license: {_yaml(license)}", f"pipeline_tag: {task}", "tags:"]
     lines += [f"- {_yaml(t)}" for t in (task, "us3l", "slimmable-network", "self-supervised-learning",
@@ -648,11 +661,14 @@ def model_card(config: dict[str, Any], name: str, accuracy: dict[str, Any] | Non
               + (f"Classifier over {config['num_classes']} classes." if classifier
                  else f"A backbone: {config.get('num_features')} features at full width."), ""]
     if rows and metrics:
-        lines += ["## Accuracy per width", "", "| width | precision | " + " | ".join(m for _, m in metrics) + " |",
-                  "|---|---|" + "---|" * len(metrics)]
+        lines += ["## Accuracy per width", "",
+                  "| width | precision | measured on | " + " | ".join(m for _, m in metrics) + " |",
+                  "|---|---|---|" + "---|" * len(metrics)]
         for r in rows:
             cells = [f"{100 * r[k]:.2f} %" if isinstance(r.get(k), (int, float)) else "" for k, _ in metrics]
-            lines.append(f"| {format_width(r['width'])} | {r.get('precision') or 'fp32'} | " + " | ".join(cells) + " |")
+            on = f"`{r['artifact']}`" if r.get("artifact") else f"PyTorch ({r.get('outputs') or 'features'})"
+            lines.append(f"| {format_width(r['width'])} | {r.get('precision') or 'fp32'} | {on} | "
+                         + " | ".join(cells) + " |")
         proto = (accuracy or {}).get("protocol") or {}
         if proto.get("method"):
             lines += ["", f"Measured by `us3l eval` ({proto['method']})."]

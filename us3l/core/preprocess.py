@@ -16,7 +16,9 @@ The record (all keys always present)::
 ``bilinear`` is ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` with the
 recorded ``antialias``: without antialiasing it is computed here exactly (the digits path); with it
 Pillow's bilinear filter on the float image (the filter torch's antialias mode reproduces) is used.
-``shorter-side-crop`` (image folders) is the dataset loader's own Pillow resize and centre crop.
+``shorter-side-crop`` (image folders) is the dataset loaders' own centre view
+(:func:`us3l.core.images.load_center`). Files are decoded by the one decoder of
+:mod:`us3l.core.images` (docs/files.md states its rules).
 """
 
 from __future__ import annotations
@@ -73,19 +75,6 @@ def resize_bilinear(img: np.ndarray, size: int, antialias: bool) -> np.ndarray:
     return (top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]).astype(np.float32)
 
 
-def _crop_square(img: Any, size: int) -> np.ndarray:
-    """The image-folder loader's geometry (``us3l.core.data``): shorter side to ``size`` (Pillow
-    bilinear), then the centre ``size`` x ``size`` crop, as uint8 ``(S, S, 3)``."""
-    from PIL import Image
-
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
 def check_preprocessing(pre: Any) -> dict[str, Any]:
     """``pre`` validated (a dict with every key of the record).
 
@@ -106,27 +95,27 @@ def check_preprocessing(pre: Any) -> dict[str, Any]:
 def load_image(path: str | os.PathLike, pre: dict[str, Any]) -> np.ndarray:
     """One image file as the network's float32 ``(3, S, S)`` input, preprocessed per ``pre``.
 
+    Pixels come from the one decoder (:mod:`us3l.core.images`: EXIF orientation, 16-bit, palette,
+    CMYK, alpha over white, colour to grey by BT.601 luma), so a file gives the network what the
+    training and evaluation loaders give it: ``shorter-side-crop`` is exactly the loaders' centre
+    view (:func:`us3l.core.images.load_center`), normalised with the same float32 operations.
+
     Raises:
-        DataError: unreadable or undecodable file, or a malformed record.
+        BadImageError: unreadable, truncated or decompression-bomb file (a :class:`DataError`).
+        DataError: a malformed record.
     """
-    from PIL import Image, UnidentifiedImageError
+    from .images import decode_image, load_center
 
     pre = check_preprocessing(pre)
     size = int(pre["size"])
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if pre["resize"] == "shorter-side-crop":
-                arr = _crop_square(img.convert("RGB"), size).astype(np.float32)
-            else:
-                if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    raise DataError(f"image {path} is a 16/32-bit image; valid: 8-bit grayscale or RGB")
-                arr = np.asarray(img.convert("L" if pre["color"] == "gray" else "RGB"), dtype=np.float32)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot decode image {path}: {str(exc).splitlines()[0][:100]}") from None
+    color = str(pre["color"])
+    if pre["resize"] == "shorter-side-crop":
+        arr = load_center(str(path), size, color).astype(np.float32)
+    else:
+        arr = decode_image(path, color).astype(np.float32)
     if arr.ndim == 2:
         arr = arr[..., None]
-    arr = arr / float(pre["scale"])
+    arr = arr / np.float32(pre["scale"])
     if pre["resize"] == "bilinear":
         arr = np.clip(resize_bilinear(arr, size, bool(pre["antialias"])), 0.0, 1.0)
     if arr.shape[2] == 1:
@@ -137,7 +126,8 @@ def load_image(path: str | os.PathLike, pre: dict[str, Any]) -> np.ndarray:
 
 
 def image_files(target: str | os.PathLike) -> list[Path]:
-    """``target`` itself, or the image files of a directory (sorted, not recursive).
+    """``target`` itself, or the image files under a directory (recursive, sorted by their path
+    relative to it; hidden files and folders are skipped).
 
     Raises:
         DataError: nothing there, or a directory without images.
@@ -146,8 +136,12 @@ def image_files(target: str | os.PathLike) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = []
+        for folder, dirs, names in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [Path(folder) / n for n in names
+                      if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             raise DataError(f"directory {p} holds no image files; valid: {', '.join(IMAGE_SUFFIXES)}")
-        return files
+        return sorted(files, key=lambda f: f.relative_to(p).parts)
     raise DataError(f"image {p} does not exist; valid: an image file or a directory of images")

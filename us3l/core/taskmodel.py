@@ -110,6 +110,34 @@ def head_digest(ckpt: Any) -> str | None:
     return None
 
 
+def classifier_state_hash(ckpt: Any) -> str:
+    """sha256 of the classifier's state (backbone tensors and head tensors together): what a PyTorch
+    ``top1`` row of ``accuracy.json`` was measured on.
+
+    Raises:
+        CheckpointError: no head.
+    """
+    from .state import state_hash
+
+    extra = ckpt.extra or {}
+    if extra.get("head"):
+        head = {f"head.{k}": v for k, v in extra["head"].items()}
+    elif extra.get("heads"):
+        head = {f"heads.{w}.{k}": v for w, h in extra["heads"].items() for k, v in h.items()}
+    else:
+        raise CheckpointError("checkpoint has no classifier head")
+    return state_hash({**{f"model.{k}": v for k, v in ckpt.model.items()}, **head})
+
+
+def state_hashes(ckpt: Any) -> dict[str, str]:
+    """``{outputs: sha256 of the PyTorch state measured}``: ``features`` (the backbone's content
+    hash) and, with a head, ``logits`` and ``probs`` (:func:`classifier_state_hash`)."""
+    out = {"features": str(ckpt.content_hash)}
+    if has_head(ckpt):
+        out["logits"] = out["probs"] = classifier_state_hash(ckpt)
+    return out
+
+
 def build_classifier(ckpt: Any) -> nn.Module:
     """The slimmable backbone with its shared head as the architecture's ``fc`` (``forward`` gives
     logits at the current width).

@@ -209,7 +209,7 @@ def choose_recipe(onnx_path: Path, calib_images: np.ndarray, out_path: Path, ran
     facts["recipe"] = {"mode": "auto", "chosen": chosen.to_dict(), "passed": chosen.passed,
                        "criterion": ({"top1_agreement": rr.min_agreement} if rr.classifier
                                      else {"mean_cosine": rr.min_cosine}),
-                       "held_out_images": int(len(rr.inputs)), "kept_fp32": chosen.kept_nodes,
+                       "held_out_images": len(rr.inputs), "kept_fp32": chosen.kept_nodes,
                        "groups": {k: v for k, v in groups.items()},
                        "per_channel_activations": PER_CHANNEL_ACTIVATIONS,
                        "tried": [t.to_dict() for t in trials]}

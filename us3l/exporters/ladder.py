@@ -32,6 +32,7 @@ a full translation of that width (sidecar ``export.fallback``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -65,7 +66,7 @@ def _conv_bn_pairs(module: nn.Module) -> list[tuple[str, nn.Conv2d, str, nn.Batc
     order, by a BatchNorm of its output size (conv1/bn1, Sequential(conv, bn, act), downsample.0/1)."""
     mods = [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
     pairs = []
-    for (n1, m1), (n2, m2) in zip(mods, mods[1:]):
+    for (n1, m1), (n2, m2) in itertools.pairwise(mods):
         if isinstance(m1, nn.Conv2d) and isinstance(m2, nn.BatchNorm2d) and m2.num_features == m1.out_channels:
             pairs.append((n1, m1, n2, m2))
     return pairs
@@ -269,7 +270,6 @@ def build_template(model: Any, module: nn.Module, width: float, batch: int | Non
         SubstitutionError: an initializer with a width-dependent shape matches no network tensor.
     """
     import onnx
-    from onnx import numpy_helper
 
     start = time.perf_counter()
     tensors = network_tensors(module)
@@ -325,7 +325,7 @@ def _conv_of(key: str) -> str:
     """The module name a tensor key belongs to (``layer1.0.conv1+layer1.0.bn1:fold_w`` -> ``layer1.0.conv1``)."""
     if "+" in key:
         return key.split("+", 1)[0]
-    base = key[:-2] if key.endswith(".T") else key
+    base = key.removesuffix(".T")
     return base.rsplit(".", 1)[0]
 
 
@@ -434,7 +434,7 @@ def finish(model: Any, simplify: bool, template_ops: dict[str, int], drop_whole_
         template_ops["Slice"] = template_ops.get("Slice", 0) - dropped
         template_ops = {k: v for k, v in template_ops.items() if v}
     if simplify:
-        from .onnx_exporter import simplify_onnx
+        from .onnx_graph import simplify_onnx
 
         try:
             model = simplify_onnx(model)

@@ -18,6 +18,10 @@ Choices (docs/deployment.md §6, §7):
 - **onnxsim** simplification (shape inference + constant folding) after export, then
   ``onnx.checker.check_model(full_check=True)``; the pipeline's parity gate runs the file in ONNX
   Runtime against the slimmable PyTorch model.
+- **Every file at every precision is valid for any consumer** (:func:`checked_bytes`): nodes in
+  topological order (ONNX Runtime's float16 converter appends its input Casts after the Convs that
+  read them; ``onnx.reference`` and OpenCV DNN refuse that), then the full checker, before a byte
+  is written; Q/DQ files other tools write are re-checked the same way (:func:`recheck_file`).
 - ``metadata_props`` carry width, architecture, checkpoint hash and tool version.
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import time
 import warnings
 from collections import Counter
@@ -40,6 +45,7 @@ from us3l.core.errors import BackendUnavailableError, ExportError
 from us3l.core.precision import Precision
 from us3l.core.version import __version__
 
+from .onnx_graph import checked_bytes, recheck_file, simplify_onnx, topological_sort  # noqa: F401  (re-exported)
 from .registry import Exporter, ExportRequest, register_exporter
 
 log = logging.getLogger(__name__)
@@ -212,19 +218,6 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
     return lower_opset(proto, opset).SerializeToString()
 
 
-def simplify_onnx(model: Any) -> Any:
-    """Run onnxsim (shape inference, constant folding, fusions); dynamic axes are kept.
-
-    Raises:
-        ExportError: onnxsim reported that the simplified model differs.
-    """
-    onnxsim = _require("onnxsim")
-    simplified, ok = onnxsim.simplify(model)
-    if not ok:
-        raise ExportError("onnxsim produced a model that failed its own check; export with simplify=False")
-    return simplified
-
-
 def graph_summary(model: Any) -> dict[str, Any]:
     """Op-type counts, initializer count and opset of an ONNX model (for the sidecar)."""
     ops = Counter(n.op_type for n in model.graph.node)
@@ -243,8 +236,24 @@ def ort_session(path_or_bytes: Path | bytes, threads: int = 0) -> Any:
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    if not isinstance(path_or_bytes, Path):  # our own export in memory: a failure is ours, not the user's
+        return ort.InferenceSession(path_or_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path_or_bytes), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
+        raise unreadable_onnx(path_or_bytes, exc) from None
+
+
+def unreadable_onnx(path: Path, exc: BaseException) -> ExportError:
+    """One line for a file ONNX Runtime cannot load: truncated, not ONNX, or an unsupported graph."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", first)  # ORT's code prefix
+    try:
+        size = f"{path.stat().st_size} bytes, "
+    except OSError:
+        size = ""
+    return ExportError(f"{path} cannot be read as ONNX ({size}{first[:140]}); valid: an .onnx file written by "
+                       "'us3l export' (export it again if it was cut short)")
 
 
 def batched_runner(run_batch: Callable[[np.ndarray], np.ndarray], batch: int | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -332,11 +341,7 @@ class OnnxExporter(Exporter):
         onnx.helper.set_model_props(model, {k: str(v) for k, v in req.metadata.items()})
         model.producer_name, model.producer_version = "us3l-deploy", __version__
         model.doc_string = "universally slimmable network sliced to one width"
-        data = model.SerializeToString()  # serialise once: checked bytes == written bytes (single file, < 2 GB)
-        try:
-            onnx.checker.check_model(data, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"exported ONNX failed onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+        data = checked_bytes(model, "exported ONNX")
         written = graph_summary(model)["opset"]
         if written != req.opset:  # the opset asked for is the opset written, or nothing is written
             raise ExportError(f"the {exporter} exporter wrote opset {written}, not the {req.opset} asked for")
@@ -405,12 +410,9 @@ class OnnxExporter(Exporter):
             model = onnx.load(str(req.path))
         onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": str(req.precision)})
         model.producer_name, model.producer_version = "us3l-deploy", __version__
-        data = model.SerializeToString()
-        if calibrated:  # the float16 converter appends its input Casts after their users
-            try:             # (not topologically sorted for onnx.checker); ONNX Runtime sorts on load and
-                onnx.checker.check_model(data, full_check=False)  # the accuracy gate runs the file
-            except onnx.checker.ValidationError as exc:
-                raise ExportError(f"{req.precision} ONNX failed onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+        # ONNX Runtime's float16 converter appends its input Casts after the nodes that read them:
+        # sorted here, then the full check, as for FP32 (onnx.reference and OpenCV load every file)
+        data = checked_bytes(model, f"{req.precision} ONNX")
         req.path.write_bytes(data)
         log.info("%s ONNX written in %.2fs", req.precision, time.perf_counter() - start)
         return {**facts, "graph": graph_summary(model)}

@@ -69,7 +69,7 @@ def _method(q: Any, name: str) -> Any:
             "percentile": q.CalibrationMethod.Percentile}[name]
 
 
-def _reader(q: Any, images: np.ndarray, input_name: str, batch: int) -> Any:
+def _reader(q: Any, images: np.ndarray, input_name: str, batch: int, progress: Any = None) -> Any:
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
             self.i = 0
@@ -79,6 +79,8 @@ def _reader(q: Any, images: np.ndarray, input_name: str, batch: int) -> Any:
                 return None
             chunk = np.ascontiguousarray(images[self.i:self.i + batch], dtype=np.float32)
             self.i += batch
+            if progress is not None:
+                progress.update(min(self.i, len(images)))
             return {input_name: chunk}
 
     return Reader()
@@ -112,15 +114,22 @@ def quantize_int8(onnx_path: Path, images: np.ndarray, out_path: Path, ranges_pa
         raise ExportError("INT8 calibration needs at least one image")
     calib = _method(q, method)
     start = time.perf_counter()
+    from us3l.core.heartbeat import stage
+
     with _quiet_root():
         if not reuse_ranges:
-            _calibrate(q, onnx_path, images, calib, input_name, batch or len(images), Path(ranges_path))
-        q.quantize_static(str(onnx_path), str(out_path), None,  # ranges come from the file just written
-                          quant_format=q.QuantFormat.QDQ, per_channel=True, activation_type=q.QuantType.QUInt8,
-                          weight_type=q.QuantType.QInt8, calibrate_method=calib,
-                          nodes_to_exclude=list(exclude) or None,
-                          extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-                          calibration_cache_path=str(ranges_path))
+            with stage("INT8 calibration", total=len(images), unit="images") as progress:
+                _calibrate(q, onnx_path, images, calib, input_name, batch or len(images), Path(ranges_path), progress)
+        with stage("INT8 quantization"):
+            q.quantize_static(str(onnx_path), str(out_path), None,  # ranges come from the file just written
+                              quant_format=q.QuantFormat.QDQ, per_channel=True, activation_type=q.QuantType.QUInt8,
+                              weight_type=q.QuantType.QInt8, calibrate_method=calib,
+                              nodes_to_exclude=list(exclude) or None,
+                              extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                              calibration_cache_path=str(ranges_path))
+    from .onnx_graph import recheck_file
+
+    recheck_file(out_path, "int8 Q/DQ ONNX for TensorRT")
     return {"tool": f"onnxruntime.quantization {_ort_version()}", "format": "QDQ", "weights": "int8 symmetric per-channel",
             "activations": "uint8 asymmetric per-tensor", "method": method, "images": int(len(images)),
             "seconds": round(time.perf_counter() - start, 3), "ranges_file": Path(ranges_path).name,
@@ -135,7 +144,7 @@ HISTOGRAM_OPTIONS = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128},
 
 
 def _calibrate(q: Any, onnx_path: Path, images: np.ndarray, method: Any, input_name: str, batch: int,
-               ranges_path: Path) -> None:
+               ranges_path: Path, progress: Any = None) -> None:
     """Activation ranges of every tensor the quantizer touches, saved in ONNX Runtime's format."""
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -146,7 +155,7 @@ def _calibrate(q: Any, onnx_path: Path, images: np.ndarray, method: Any, input_n
                                        augmented_model_path=str(Path(tmp) / "augmented.onnx"), calibrate_method=method,
                                        extra_options=dict(HISTOGRAM_OPTIONS.get(name or "", {})))
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
-            calibrator.collect_data(_reader(q, images, input_name, batch))
+            calibrator.collect_data(_reader(q, images, input_name, batch, progress))
             data = calibrator.compute_data()
         save_tensors_data(data, ranges_path)
 

@@ -97,9 +97,9 @@ class ExportConfig:
             overrides the default) or ``torchscript``
             (the legacy exporter: an explicit fallback, about 2x faster).
         workspace_mib / max_batch / opt_batch / timing_cache: TensorRT build options.
-        threads: torch intra-op threads while exporting (restored afterwards; 0 = leave torch's
-            setting). Export work is many small calls: one thread costs little on an idle machine
-            and avoids a >3x slowdown from oversubscription on a shared one.
+        threads: torch intra-op threads while exporting (restored afterwards); 0 = auto, one per
+            CPU that other processes leave idle (:mod:`us3l.core.threads`). Export work is many
+            small calls: on a shared machine more threads than free CPUs make it several times slower.
         substitute: ladders of two or more distinct widths translate one width to ONNX and derive
             the others from that graph (:mod:`us3l.exporters.ladder`); False translates every width.
             A width that cannot be derived is translated in full, and its sidecar says why
@@ -144,7 +144,7 @@ class ExportConfig:
     max_batch: int = 32
     opt_batch: int = 1
     timing_cache: str | None = None
-    threads: int = 1
+    threads: int = 0
     outputs: str = "features"
     substitute: bool = True
     switchable: bool = False
@@ -178,8 +178,9 @@ class ExportConfig:
         from us3l.core.checks import check_number
 
         check_number("--image-size", self.image_size, minimum=4, integer=True)
-        if self.threads < 0:
-            raise ConfigError(f"threads {self.threads} is invalid; valid: 0 (torch's setting) or a positive integer")
+        from us3l.core.threads import check_threads
+
+        check_threads(self.threads)
         from .int8_recipe import RECIPE_MODES
 
         if self.int8_recipe not in RECIPE_MODES:
@@ -533,14 +534,15 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None, network: Net
         >>> [a.path.name for a in res.artifacts]
         ['us_resnet_mini_w0.25.onnx', 'us_resnet_mini_w0.5.onnx']
     """
+    from us3l.core.threads import choose_threads
+
     old_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(choose_threads(cfg.threads).threads)
     try:
         if cfg.switchable:
             from .switchable import export_switchable
 
-            return export_switchable(cfg, progress, network)
+            return export_switchable(cfg, progress, network, _export, _base)
         if network is None and cfg.checkpoint and Path(cfg.checkpoint).suffix == ".onnx":
             from .switchable import export_from_switchable  # one width (or an engine) out of a switchable file
 

@@ -53,12 +53,12 @@ def artifact_info(path: str | os.PathLike) -> dict[str, Any]:
                 "switchable": (data.get("switchable") or {}).get("index")}
     if p.suffix in ENGINE_SUFFIXES:
         raise ConfigError(f"engine {p.name} has no sidecar {sidecar.name}; an engine carries no preprocessing record")
-    try:
-        import onnx
+    from us3l.core.checks import check_onnx_file
 
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # onnx raises several types for foreign files
-        raise ConfigError(f"{p} is not a readable ONNX file ({type(exc).__name__})") from None
+    check_onnx_file(p)  # a truncated or foreign file: one line naming it
+    import onnx
+
+    model = onnx.load(str(p), load_external_data=False)
     props = {m.key: m.value for m in model.metadata_props}
     if "us3l.preprocess" not in props:
         raise ConfigError(f"{p.name} records no preprocessing (no sidecar, no us3l.preprocess metadata); "
@@ -134,22 +134,34 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int = 5,
-                   batch_size: int = 64, width: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``(artifact info, one record per image)``; each record is ``{"image", "top": [{"index",
-    "name", "prob"}...], "logits"?}`` sorted by probability.
+def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int = 5, batch_size: int = 64,
+                   on_bad_image: str = "skip", threads: int = 0, width: float | None = None,
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, str]]]:
+    """``(artifact info, one record per readable image, one record per skipped file)``.
 
-    ``width``: the width to run a switchable file at (required for one; a one-width file must be
-    at that width).
+    Each record is ``{"image", "top": [{"index", "name", "prob"}...], "logits"?}`` sorted by
+    probability; a skipped file is ``{"image", "reason"}``. Every file is decoded by the one decoder
+    (:func:`us3l.core.preprocess.load_image`), as the training and evaluation loaders decode it.
+
+    Args:
+        threads: ONNX Runtime's intra-op threads (0: auto, one per CPU other processes leave idle).
+        on_bad_image: ``skip`` (an unreadable, truncated or decompression-bomb file is listed in
+            the third item and the others are still classified) or ``fail`` (the first one raises).
+        width: the width to run a switchable file (``us3l export --switchable``) at (required for
+            one, and one it holds); a one-width file must be at that width when it is given.
 
     Raises:
-        ConfigError: not a classifier artifact, a bad ``top_k``, or a width the artifact does not hold.
-        DataError: undecodable image.
+        ConfigError: not a classifier artifact, a bad ``top_k`` or policy, or a width the artifact
+            does not hold.
+        DataError: ``fail`` and a bad file (one line naming it), or no readable image at all.
     """
+    from us3l.core.images import BAD_IMAGE_POLICIES, BadImageError
     from us3l.core.preprocess import load_image
 
     if top_k < 1:
         raise ConfigError(f"--top-k {top_k} is invalid; valid: a positive integer")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"--on-bad-image {on_bad_image!r} is invalid; valid: {', '.join(BAD_IMAGE_POLICIES)}")
     path = Path(artifact)
     info = artifact_info(path)
     if info["outputs"] not in CLASSIFIER_OUTPUTS:
@@ -158,14 +170,28 @@ def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int =
     if not info.get("preprocess"):
         raise DataError(f"{path.name} records no preprocessing (exported without a known dataset); export it from a "
                         "task checkpoint")
-    run = artifact_runner(path, info, width=width)
+    from us3l.core.threads import choose_threads
+
+    run = artifact_runner(path, info, width=width, threads=choose_threads(threads).threads)
     if info.get("switchable"):
         info = {**info, "width": width}
     records: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = np.stack([load_image(f, info["preprocess"]) for f in chunk])
-        out = run(np.ascontiguousarray(x, dtype=np.float32))
+        chunk, inputs = [], []
+        for f in images[start:start + batch_size]:
+            try:
+                inputs.append(load_image(f, info["preprocess"]))
+            except BadImageError as exc:
+                if on_bad_image == "fail":
+                    raise DataError(f"bad image {f}: {exc.reason}; rerun with --on-bad-image skip to skip such "
+                                    "files") from None
+                skipped.append({"image": str(f), "reason": exc.reason})
+                continue
+            chunk.append(f)
+        if not chunk:
+            continue
+        out = run(np.ascontiguousarray(np.stack(inputs), dtype=np.float32))
         probs = out if info["outputs"] == "probs" else softmax(out.astype(np.float64))
         for f, row, p in zip(chunk, out, probs):
             order = np.argsort(-p, kind="stable")[:top_k]
@@ -176,4 +202,7 @@ def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int =
             if info["outputs"] == "logits":
                 rec["logits"] = [float(v) for v in row]
             records.append(rec)
-    return info, records
+    if not records:
+        raise DataError(f"no readable image among {len(images)} file(s); first: {skipped[0]['image']}: "
+                        f"{skipped[0]['reason']}" if skipped else "no image files given")
+    return info, records, skipped

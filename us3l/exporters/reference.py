@@ -17,6 +17,7 @@ entries of each BN buffer; ``calibrated_width=w`` copies exactly those entries i
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,22 @@ def read_reference(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
                               f"{' ...' if len(unmappable) > 8 else ''}")
     if not online:
         raise CheckpointError(f"{path} holds no 'module.encoder_q.*' keys; valid: a reference US3L SSL checkpoint")
-    info = {"epoch": int(data.get("epoch", 0) or 0), "arch": data.get("arch") if isinstance(data.get("arch"), str) else None,
-            "dropped": dropped}
+    info = {"epoch": _whole_number(data.get("epoch", 0), "epoch", path),
+            "arch": data.get("arch") if isinstance(data.get("arch"), str) else None, "dropped": dropped}
     return online, info
+
+
+def _whole_number(value: Any, field: str, path: Path) -> int:
+    """A numeric field of the file (``epoch``) as an int, or one line naming the field and its value."""
+    if value is None:
+        return 0
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+            or int(value) != value:
+        raise CheckpointError(f"reference checkpoint {path}: field {field!r} is {value!r}; valid: a whole number >= 0 "
+                              "(the number of epochs trained)")
+    return int(value)
 
 
 def expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:

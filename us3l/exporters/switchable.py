@@ -41,6 +41,7 @@ from torch import nn
 
 from us3l.core.errors import ConfigError, ExportError
 from us3l.core.precision import Precision
+from us3l.core.width import held_widths, index_for  # noqa: F401  (re-exported: the index table's widths)
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def build_switchable(branches: Sequence[Branch], metadata: dict[str, str]) -> tu
                 for br in branches]
         shape: list[Any] = []
         for axis in range(ranks[j]):
-            values = {tuple([d[axis]]) for d in dims}
+            values = {(d[axis],) for d in dims}
             value = dims[0][axis]
             shape.append(value if len(values) == 1 else f"{o.name}_dim{axis}")
         outputs.append(onnx.helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, shape))
@@ -343,26 +344,6 @@ def switchable_table(path_or_model: Any) -> list[dict[str, Any]] | None:
     if "us3l.switchable" not in props:
         return None
     return list(json.loads(props["us3l.switchable"]))
-
-
-def index_for(table: list[dict[str, Any]], width: float, name: str = "the file") -> int:
-    """The index of ``width`` (the width of a row or one of its aliases).
-
-    Raises:
-        ConfigError: a width the file does not hold, listing the ones it holds.
-    """
-    from us3l.core.width import format_width
-
-    for row in table:
-        if any(abs(float(w) - float(width)) < 1e-9 for w in [row["width"], *row.get("aliases", [])]):
-            return int(row["index"])
-    held = ", ".join(format_width(w) for w in held_widths(table))
-    raise ConfigError(f"{name} holds no width {format_width(width)}; it holds {held}")
-
-
-def held_widths(table: list[dict[str, Any]]) -> list[float]:
-    """Every width a switchable file serves (rows and their aliases), sorted."""
-    return sorted({float(w) for row in table for w in [row["width"], *row.get("aliases", [])]})
 
 
 def check_index(index: int, n: int) -> None:
@@ -499,10 +480,13 @@ def _fold_scale_shift(nodes: list[Any], consts: dict[str, np.ndarray]) -> list[A
 
 
 def _accuracy_rows(cfg: Any, source_hash: str) -> dict[float, dict[str, float]]:
-    """FP32 accuracy per width from ``accuracy.json`` beside the checkpoint (when it describes these weights)."""
+    """``{width: {protocol: value}}``: the PyTorch network's FP32 accuracy per width, from the
+    ``accuracy.json`` beside the checkpoint when it describes these weights and these outputs
+    (recorded in the file's index table as what the PyTorch network measured, ``source: pytorch``;
+    bench joins only rows measured on the file itself)."""
     from pathlib import Path
 
-    from us3l.core.accuracy import ACCURACY_FILE, read_accuracy_file, row_precision
+    from us3l.core.accuracy import ACCURACY_FILE, normalize_rows, read_accuracy_file, row_precision
     from us3l.core.errors import DataError
 
     if not cfg.checkpoint:
@@ -518,10 +502,10 @@ def _accuracy_rows(cfg: Any, source_hash: str) -> dict[float, dict[str, float]]:
     if data.get("checkpoint") != source_hash:
         return {}
     out: dict[float, dict[str, float]] = {}
-    for row in data["results"]:
-        if row_precision(row) == Precision.FP32:
-            out[round(float(row["width"]), 6)] = {k: float(row[k]) for k in ("knn", "linear", "top1")
-                                                  if isinstance(row.get(k), (int, float))}
+    for row in normalize_rows(data["results"]):
+        if row_precision(row) == Precision.FP32 and row.get("source", "pytorch") == "pytorch" \
+                and row.get("outputs") == cfg.outputs and int((row.get("details") or {}).get("divisor", 8)) == cfg.snap:
+            out.setdefault(round(float(row["width"]), 6), {})[row["protocol"]] = float(row[row["protocol"]])
     return out
 
 
@@ -538,10 +522,15 @@ def _cache_key(cfg: Any, net: Any, widths: list[float], calib: Any) -> dict[str,
                      "data": calib.describe(), **fields})
 
 
-def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
+def export_switchable(cfg: Any, progress: Any, network: Any, export_widths: Any, base_name: Any) -> Any:
     """``us3l export --switchable``: the per-width FP32 ONNX files (a ladder, by substitution) are
     built in a temporary folder, merged into one switchable file, gated at every index against
     PyTorch at that width, and written (with its sidecar) only when every index passed.
+
+    Args:
+        export_widths: ``fn(cfg, progress, network, keep=dict)`` writing the per-width files (the
+            pipeline's own, passed in so that this module does not import the pipeline).
+        base_name: ``fn(cfg, network)``: the default artifact-name prefix.
 
     Raises:
         ConfigError: another format or precision, more than 16 distinct widths. ParityError: an
@@ -565,7 +554,6 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
     from .onnx_quant import accuracy_gate, enforce_gate
     from .outputs import flatten_outputs
     from .parity import compare, enforce
-    from .pipeline import _base, _export
     from .source import CalibrationSet, check_input_size, load_network
 
     t0 = time.perf_counter()
@@ -586,7 +574,7 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
     calib = CalibrationSet(cfg.calib_data, net.checkpoint.dataset if net.checkpoint else None,
                            int(cfg.image_size or net.model.input_size), int(net.model.in_chans), net.untrained, cfg.seed,  # type: ignore[arg-type]
                            limit=max(cfg.bn_images, cfg.int8_images + cfg.gate_images, cfg.parity_images))
-    prefix = (cfg.name or _base(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
+    prefix = (cfg.name or base_name(cfg, net)) + ("" if cfg.outputs == "features" else f"_{cfg.outputs}")
     stem = f"{prefix}_switchable" + (f"_s{cfg.snap}" if cfg.snap != 8 else "") + (f"_b{cfg.batch}" if cfg.batch else "") \
         + ("" if precision is Precision.FP32 else f"_{precision}")
     name, sidecar_name = stem + ".onnx", stem + ".json"
@@ -604,8 +592,8 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
         keep: dict[float, nn.Module] = {}
         with tempfile.TemporaryDirectory(prefix="us3l-switchable-") as tmp:
             inner = dataclasses.replace(cfg, switchable=False, precision=Precision.FP32, out_dir=tmp, force=True,
-                                        name=prefix if cfg.outputs == "features" else (cfg.name or _base(cfg, net)))
-            per_width = _export(inner, progress, net, keep=keep)
+                                        name=prefix if cfg.outputs == "features" else (cfg.name or base_name(cfg, net)))
+            per_width = export_widths(inner, progress, net, keep=keep)
             arts = sorted(per_width.artifacts, key=lambda a: a.width)
             sides = [json.loads(a.sidecar.read_text()) for a in arts]
             branches = [Branch(a.width, onnx.load(str(a.path)), keep[a.width]) for a in arts]
@@ -657,7 +645,7 @@ def export_switchable(cfg: Any, progress: Any, network: Any) -> Any:
         widest = max(range(len(arts)), key=lambda i: arts[i].width)
         wa, ws = arts[widest], sides[widest]
         parity = {"gate": "per_index", "passed": True, "precision": str(precision), "inputs": calib.kind,
-                  "num_images": int(len(x)), "max_abs_err": max(r["max_abs_err"] for r in records),
+                  "num_images": len(x), "max_abs_err": max(r["max_abs_err"] for r in records),
                   "per_index": records}
         if precision.reduced:
             parity["mean_cosine"] = min(r["mean_cosine"] for r in records)

@@ -133,13 +133,18 @@ class TrtExporter(Exporter):
         converted = req.path.with_name(req.path.stem + f".{req.precision}.onnx")
         calibrated = Precision.parse(req.precision).plan.calibrated
         if plan.onnx_conversion is not None and not calibrated:  # FP16 graph
+            from .onnx_graph import checked_bytes
+
             model16, tool = to_fp16(onnx.load(str(onnx_path)))
-            onnx.save_model(model16, str(converted))
+            converted.write_bytes(checked_bytes(model16, "fp16 ONNX for TensorRT"))
             onnx_path = converted
         elif plan.onnx_conversion is not None:  # INT8: explicit Q/DQ
             if req.calib_images is None:
                 raise ExportError("INT8 needs calibration images; pass --calib-data")
             tool = quantize_int8_qdq(onnx_path, req.calib_images[: req.options.get("int8_images", 500)], converted)
+            from .onnx_graph import recheck_file
+
+            recheck_file(converted, "int8 Q/DQ ONNX for TensorRT")
             onnx_path = converted
         opts = req.options
         shapes = profile_shapes(req.input_shape, req.batch, int(opts.get("opt_batch", 1)), int(opts.get("max_batch", 32)))

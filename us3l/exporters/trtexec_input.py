@@ -71,8 +71,10 @@ def trtexec_input(artifact: Path, precision: str | Precision, version: tuple[int
 
         model, tool = to_fp16(onnx.load(str(artifact)))
         log.info("converted width %s to fp16 with %s for strongly typed TensorRT", width, tool)
+        from .onnx_graph import checked_bytes
+
         out = Path(workdir) / f"{stem}_fp16.onnx"
-        onnx.save(model, str(out))
+        out.write_bytes(checked_bytes(model, "fp16 ONNX for trtexec"))
         return TrtexecInput(out, "half")
     if ranges is None or source is None or not Path(ranges).is_file():
         raise ConfigError(f"int8 on trtexec needs the artifact's calibration from real images; width {width} "

@@ -95,7 +95,7 @@ class TrainConfig:
     group_reg_warmup: int = 0
     # runtime
     seed: int = 100
-    threads: int = 0  # torch intra-op threads on CPU (0: leave PyTorch's default)
+    threads: int = 0  # CPU threads (0: auto, one per CPU other processes leave idle; us3l.core.threads)
     device: str = "auto"
     out_dir: str = "runs/us3l"
     resume: bool = False

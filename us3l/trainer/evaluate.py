@@ -13,15 +13,22 @@ backbone,
   batch 512) but, unlike the reference, trains on features of un-augmented images; ``"fast"`` is
   the default for small sets (standardised features, 60 epochs).
 
-Results are rows ``{"width", "precision", "feature_dim", "knn"?, "linear"?}`` with accuracies in
-[0, 1], written next to the checkpoint as ``accuracy.json`` (``{"checkpoint", "protocol", "results"}``)
-for ``bench``, keyed by (width, precision).
+A **task checkpoint** (a classifier: ``us3l finetune``, or eval's own ``linear-classifier.pt``) is
+measured by its classifier's **top-1** by default (:func:`evaluate_classifier`: the backbone with
+the BN statistics it ships with, from its bank, and its head); ``--method knn|linear|both`` still
+measures its backbone's features.
 
-An exported ONNX artifact (FP32, FP16 or INT8) is measured by :func:`evaluate_artifact` with the
-same protocol, run in ONNX Runtime: its BN statistics are baked into the file (no recalibration),
-features of the same train/test splits go through the same kNN / linear probe; an artifact with a
-classifier head (``--include-head``) reports top-1 of its own logits. Its row carries the
-artifact's precision, so INT8 accuracy is measured, never borrowed from FP32.
+Results are rows ``{"width", "precision", "feature_dim", "outputs", "sha256", "knn"?, "linear"?,
+"top1"?}`` with accuracies in [0, 1]. :func:`run_eval` merges them into ``accuracy.json`` beside the
+checkpoint, one row per protocol (:mod:`us3l.core.accuracy`: each row records what it measured,
+the sha256 of the file or checkpoint state, the outputs kind, protocol and precision; tables only
+grow), for ``bench``, which joins rows by the exact file it timed.
+
+An exported ONNX artifact (FP32, FP16 or INT8; features, logits or probs) is measured by
+:func:`evaluate_artifact` in ONNX Runtime: its BN statistics are baked into the file (no
+recalibration); a classifier file reports the top-1 of its own outputs, a features file goes
+through the same kNN / linear probe. Its row carries the file's own sha256, precision and outputs,
+so an INT8 accuracy is measured on that INT8 file, never borrowed.
 """
 
 from __future__ import annotations
@@ -36,20 +43,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from us3l.core.accuracy import ACCURACY_FILE, read_accuracy, read_accuracy_file, row_key, write_accuracy  # noqa: F401
+from us3l.core.accuracy import ACCURACY_FILE, read_accuracy, read_accuracy_file, table_rows, \
+    update_accuracy, write_accuracy  # noqa: F401
 from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec
 from us3l.core.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, unknown_name
-from us3l.core.precision import precision_rank
+from us3l.core.heartbeat import stage
+from us3l.core.threads import AutoThreads
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
-from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, _batches, _linear_cfg,  # noqa: F401
+from .probes import (KNN_TEMPERATURE, LINEAR_PRESETS, LinearProbeConfig, RowBlock, _batches, _linear_cfg,  # noqa: F401
                      extract_features, extract_stream, knn_accuracy, linear_probe_accuracy, train_linear_probe)
 from .pipeline import EvalStream, stream_num_classes
 
 log = logging.getLogger(__name__)
-METHODS = ("knn", "linear", "both")
+METHODS = ("knn", "linear", "both", "top1")
 PROBE_CLASSIFIER_FILE = "linear-classifier.pt"  # beside the checkpoint: the probes as a task checkpoint
 Progress = Callable[[float, str], None]
 
@@ -86,8 +95,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
         ConfigError / UnknownNameError: bad method, preset or store_bn with a non-default divisor.
         DataError: no dataset known or the data is missing. WidthError: a width outside the range.
     """
-    if method not in METHODS:
-        raise unknown_name("evaluation method", method, METHODS)
+    if method not in METHODS or method == "top1":
+        raise unknown_name("feature evaluation method", method, ("knn", "linear", "both"))
     if store_bn and divisor != DEFAULT_DIVISOR:
         raise ConfigError(f"--store-bn needs the default channel divisor {DEFAULT_DIVISOR}, got {divisor}")
     probe = _linear_cfg(linear)
@@ -95,9 +104,10 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     spec = dataset if dataset is not None else _checkpoint_dataset(ckpt)
     # Batch by batch: image files are decoded by loader processes, in-memory sets (CIFAR at 32 px) are
     # sliced and resized per batch; nothing holds a whole split of images at the evaluation size.
-    train_s = EvalStream(spec, "train", batch_size, workers)
-    test_s = EvalStream(spec, "test", batch_size, workers)
-    n_classes = stream_num_classes(spec)
+    with stage("loading data"):  # image folders are listed here, in-memory sets loaded
+        train_s = EvalStream(spec, "train", batch_size, workers)
+        test_s = EvalStream(spec, "test", batch_size, workers)
+        n_classes = stream_num_classes(spec)
     k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
     order = torch.randperm(len(train_s), generator=torch.Generator().manual_seed(0))
     # only the images calibration reads (the same batches as permuting the whole split)
@@ -107,35 +117,49 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     model = ckpt.build_model().to(device)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     rows = []
-    for w in widths:
-        if progress:
-            progress(w, "calibrate")
-        if has_bn:
-            calibrate_bn(model, calib, w, num_batches=calib_batches, device=device, divisor=divisor)
-            if store_bn:
-                ckpt.add_bn_stats(w, bn_stats(model, w, divisor))
-        if progress:
-            progress(w, "evaluate")
-        f_train, train_y = extract_stream(model, train_s, w, device, divisor, bank=bank_only)
-        f_test, test_y = extract_stream(model, test_s, w, device, divisor, bank=bank_only)
-        row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
-                               "source": "pytorch"}
-        if has_bn:  # what was used, not what was asked (a small set gives fewer batches)
-            row["calib_images"] = int(len(calib_stream))
-        if method in ("knn", "both"):
-            row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
-            row["knn_k"] = int(min(k, len(train_y)))
-        if method in ("linear", "both"):
-            row["linear"], weight, bias = train_linear_probe(f_train, train_y, f_test, test_y, n_classes, probe)
-            if heads_out is not None:
-                heads_out[format_width(w)] = {"weight": weight, "bias": bias, "bn": bn_stats(model, w, divisor)}
-        log.info("width %s: %s", w, {key: v for key, v in row.items() if key != "width"})
-        rows.append(row)
-        if progress:
-            progress(w, "done")
+    with stage("widths", total=len(widths)) as count:
+        for i, w in enumerate(widths):
+            rows.append(_evaluate_width(model, ckpt, w, i, count, has_bn, calib, calib_stream, calib_batches, store_bn,
+                                        train_s, test_s, method, bank_only, k, n_classes, probe, heads_out, progress,
+                                        device, divisor))
     if store_bn and save_to is not None:
         save_checkpoint(ckpt, save_to)
     return rows
+
+
+def _evaluate_width(model: nn.Module, ckpt: Checkpoint, w: float, i: int, count: Any, has_bn: bool, calib: Any,
+                    calib_stream: EvalStream, calib_batches: int, store_bn: bool, train_s: EvalStream,
+                    test_s: EvalStream, method: str, bank_only: bool, k: int, n_classes: int,
+                    probe: LinearProbeConfig, heads_out: dict[str, Any] | None, progress: Progress | None,
+                    device: str | torch.device, divisor: int) -> dict[str, Any]:
+    """One row of :func:`evaluate_checkpoint` (``count``: the widths stage, advanced when done)."""
+    if progress:
+        progress(w, "calibrate")
+    if has_bn:
+        calibrate_bn(model, calib, w, num_batches=calib_batches, device=device, divisor=divisor)
+        if store_bn:
+            ckpt.add_bn_stats(w, bn_stats(model, w, divisor))
+    if progress:
+        progress(w, "evaluate")
+    f_train, train_y = extract_stream(model, train_s, w, device, divisor, bank=bank_only)
+    f_test, test_y = extract_stream(model, test_s, w, device, divisor, bank=bank_only)
+    row: dict[str, Any] = {"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w, divisor)),
+                           "source": "pytorch", "outputs": "features", "sha256": ckpt.content_hash,
+                           "bn": "recalibrated" if has_bn else None}
+    if has_bn:  # what was used, not what was asked (a small set gives fewer batches)
+        row["calib_images"] = int(len(calib_stream))
+    if method in ("knn", "both"):
+        row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
+        row["knn_k"] = int(min(k, len(train_y)))
+    if method in ("linear", "both"):
+        row["linear"], weight, bias = train_linear_probe(f_train, train_y, f_test, test_y, n_classes, probe)
+        if heads_out is not None:
+            heads_out[format_width(w)] = {"weight": weight, "bias": bias, "bn": bn_stats(model, w, divisor)}
+    log.info("width %s: %s", w, {key: v for key, v in row.items() if key != "width"})
+    count.update(i + 1)
+    if progress:
+        progress(w, "done")
+    return row
 
 
 def _artifact_sidecar(path: Path) -> dict[str, Any]:
@@ -152,9 +176,13 @@ def _artifact_sidecar(path: Path) -> dict[str, Any]:
 
 
 def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: int,
-                       fixed_batch: int | None, width_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs of an ONNX artifact on a split (ONNX Runtime CPU), resized per batch to ``size``; and the labels."""
+                       fixed_batch: int | None, bank: bool = False,
+                       width_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of an ONNX artifact on a split (ONNX Runtime CPU), resized per batch to ``size``; and
+    the labels. ``bank``: keep L2-normalised float16 rows (a kNN bank), so memory stays small.
+    ``width_index``: the index fed to a switchable file (``us3l export --switchable``)."""
     import numpy as np
+    import torch.nn.functional as F
 
     try:
         import onnxruntime as ort
@@ -166,40 +194,57 @@ def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: in
     name = next(i.name for i in sess.get_inputs() if i.name != "width_index")
     extra = {} if width_index is None else {"width_index": np.asarray(width_index, dtype=np.int64)}
     step = fixed_batch or batch_size
-    out, labels = [], []
+    rows = RowBlock(len(stream))  # one preallocated block: memory does not grow with the split
     for images, y in stream:
-        labels.append(y)
+        outs = []
         for b in _batches(images, step, size):
             x = b.float().numpy()
             n = len(x)
             if fixed_batch and n < fixed_batch:
                 x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
-            out.append(torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x), **extra})[0],
-                                                   dtype=np.float32)[:n]))
-    return torch.cat(out), torch.cat(labels)
+            f = torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x), **extra})[0], dtype=np.float32)[:n])
+            outs.append(F.normalize(f, dim=1).half() if bank else f)
+        if outs:
+            rows.add(torch.cat(outs), y)
+    try:
+        return rows.result()
+    except DataError:
+        raise DataError(f"no readable images to run {path.name} on") from None
+
+
+CLASSIFIER_OUTPUTS = ("logits", "probs")
 
 
 def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str = "knn",
                       dataset: DatasetSpec | None = None, knn_k: int | None = None,
                       linear: LinearProbeConfig | str = "fast", batch_size: int = 256,
                       divisor: int = DEFAULT_DIVISOR, workers: int | None = None,
-                      width: float | None = None) -> dict[str, Any]:
-    """Accuracy of one exported ONNX artifact of ``ckpt`` (same protocol as :func:`evaluate_checkpoint`);
-    of a switchable file (``us3l export --switchable``) at ``width``, one of those it holds.
+                      progress: Progress | None = None, width: float | None = None) -> dict[str, Any]:
+    """Accuracy of one exported ONNX artifact of ``ckpt``, measured on that file in ONNX Runtime; of
+    a switchable file (``us3l export --switchable``) at ``width``, one of those it holds (its row
+    records ``width_index`` beside the file's sha256).
+
+    A classifier file (``logits``/``probs``) gives the top-1 of its own outputs on the test split
+    (``method`` does not apply); a features file goes through kNN / the linear probe as
+    :func:`evaluate_checkpoint` (``method`` ``top1`` is refused for it).
 
     Returns:
-        ``{"width", "precision", "feature_dim", "knn"?, "linear"?, "top1"?, "source": "artifact",
-        "artifact", "sha256"}``.
+        ``{"width", "precision", "feature_dim", "outputs", "knn"?, "linear"?, "top1"?,
+        "source": "artifact", "artifact", "sha256"}``; ``sha256`` is computed from the file itself.
 
     Raises:
-        ConfigError: no sidecar, another checkpoint's artifact, another divisor, or not ONNX.
-        BackendUnavailableError: onnxruntime missing.
+        ConfigError: no sidecar, another checkpoint's artifact, another divisor, not ONNX, or
+            ``top1`` asked of a features file. BackendUnavailableError: onnxruntime missing.
     """
     from us3l.core.data import dataset_stats
+    from us3l.core.files import sha256_file
+
+    from us3l.core.checks import check_onnx_file
 
     path = Path(artifact)
     if not path.is_file():
         raise ConfigError(f"artifact {path} does not exist")
+    check_onnx_file(path)  # the file itself first: a truncated or foreign file is named as such
     side = _artifact_sidecar(path)
     if side.get("format") != "onnx":
         raise ConfigError(f"artifact {path.name} is {side.get('format')}; eval runs ONNX artifacts (ONNX Runtime) here; "
@@ -208,8 +253,13 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
     if recorded != ckpt.content_hash:
         raise CheckpointError(f"artifact {path.name} was exported from another checkpoint (hash {str(recorded)[:12]}, "
                               f"this one {ckpt.content_hash[:12]}); evaluate it with its own checkpoint")
-    if int(side.get("divisor", DEFAULT_DIVISOR)) != divisor:
-        raise ConfigError(f"artifact {path.name} has divisor {side.get('divisor')}, the evaluation uses {divisor}")
+    file_divisor = int(side.get("divisor", DEFAULT_DIVISOR))  # the file is measured as it is (snapped or not)
+    outputs = (side.get("output") or {}).get("kind") or ("logits" if side.get("head") else "features")
+    if outputs not in ("features", *CLASSIFIER_OUTPUTS):
+        raise ConfigError(f"artifact {path.name} outputs {outputs}; accuracy is measured on features, logits or probs")
+    if outputs == "features" and method == "top1":
+        raise ConfigError(f"artifact {path.name} outputs features, which have no top-1; use --method knn|linear|both, "
+                          "or export the classifier with --outputs logits")
     spec = dataset if dataset is not None else _checkpoint_dataset(ckpt)
     norm = (side.get("input") or {}).get("normalization")
     if norm:
@@ -218,32 +268,44 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
                 [round(v, 4) for v in norm["std"]] != [round(v, 4) for v in std]:
             raise ConfigError(f"artifact {path.name} expects images normalised with {norm}; {spec.name} is normalised "
                               f"differently")
+    if progress:  # checked: the work starts
+        progress(0.0 if width is None else float(width), f"evaluate {path.name}")
+    digest = sha256_file(path)
+    if side.get("sha256") and side["sha256"] != digest:
+        log.warning("%s differs from what its sidecar records (sha256 %s, sidecar %s); measuring the file as it is",
+                    path.name, digest[:12], str(side["sha256"])[:12])
     shape = side["input"]["shape"]
     size = int(shape[-1])
     fixed = shape[0] if isinstance(shape[0], int) else None
     index, table = None, (side.get("switchable") or {}).get("index")
     if table:
-        from us3l.exporters.switchable import index_for
+        from us3l.core.width import index_for
 
         if width is None:
             raise ConfigError(f"{path.name} is a switchable file; give the widths to evaluate (--widths)")
         index = index_for(table, width, path.name)
-        row_info = table[index]
-        side = {**side, "width": width, "feature_dim": row_info["feature_dim"]}
+        side = {**side, "width": width, "feature_dim": table[index]["feature_dim"]}
     train_s = EvalStream(spec, "train", batch_size, workers)
     test_s = EvalStream(spec, "test", batch_size, workers)
     n_classes = stream_num_classes(spec)
-    f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed, index)
     row: dict[str, Any] = {"width": round_width(float(side["width"])), "precision": side.get("precision", "fp32"),
                            "feature_dim": int(side["feature_dim"]), "source": "artifact", "artifact": path.name,
-                           "sha256": side.get("sha256"), **({"width_index": index} if index is not None else {})}
-    if side.get("head"):
+                           "sha256": digest, "outputs": outputs, "bn": "baked", "divisor": file_divisor,
+                           **({"width_index": index} if index is not None else {})}
+    if outputs in CLASSIFIER_OUTPUTS:  # the sidecar's feature_dim is its output size (classes): report the backbone's
+        net: Any = ckpt.build_model()
+        row["feature_dim"] = int(net.feature_dim(row["width"], file_divisor))
+        f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed, width_index=index)
         row["top1"] = float((f_test.argmax(1) == test_y).float().mean())
+        log.info("artifact %s: %s", path.name, row)
         return row
-    f_train, train_y = _artifact_features(path, train_s, batch_size, size, fixed, index)
+    bank = method == "knn"
+    f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed, bank=bank, width_index=index)
+    f_train, train_y = _artifact_features(path, train_s, batch_size, size, fixed, bank=bank, width_index=index)
     k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
     if method in ("knn", "both"):
         row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
+        row["knn_k"] = int(min(k, len(train_y)))
     if method in ("linear", "both"):
         row["linear"] = linear_probe_accuracy(f_train, train_y, f_test, test_y, n_classes, _linear_cfg(linear))
     log.info("artifact %s: %s", path.name, row)
@@ -259,9 +321,77 @@ def _switchable_widths(path: Path) -> list[float]:
     table = (side.get("switchable") or {}).get("index")
     if not table:
         return []
-    from us3l.exporters.switchable import held_widths
+    from us3l.core.width import held_widths
 
     return held_widths(table)
+
+
+def evaluate_classifier(ckpt: Checkpoint, widths: list[float], dataset: DatasetSpec | None = None,
+                        calib_batches: int = 50, batch_size: int = 256, device: str | torch.device = "cpu",
+                        progress: Progress | None = None, workers: int | None = None) -> list[dict[str, Any]]:
+    """Top-1 of a task checkpoint's classifier at each width, as it ships: the backbone with the BN
+    statistics of its bank (recalibrated on training images only for a width the bank lacks) and
+    its head (shared and input-slimmed, or the probe of that width).
+
+    Returns:
+        One row per width: ``{"width", "precision": "fp32", "feature_dim", "outputs": "logits",
+        "top1", "source": "pytorch", "sha256"`` (:func:`~us3l.core.taskmodel.classifier_state_hash`)
+        ``, "bn": "bank" | "recalibrated"}``.
+
+    Raises:
+        CheckpointError: no head (or no head for a width). DataError / WidthError: as for
+            :func:`evaluate_checkpoint`.
+    """
+    from us3l.core.bn import load_bn_stats
+    from us3l.core.context import use_width
+    from us3l.core.taskmodel import classifier_state_hash, has_head, static_head
+
+    if not has_head(ckpt):
+        raise CheckpointError("the checkpoint has no classifier to measure top-1 on; use --method knn|linear|both "
+                              "(its features), or fine-tune it first ('us3l finetune')")
+    widths = parse_widths(list(widths), *ckpt.width_range)
+    spec = dataset if dataset is not None else _checkpoint_dataset(ckpt)
+    digest = classifier_state_hash(ckpt)
+    test_s = EvalStream(spec, "test", batch_size, workers)
+    model: Any = ckpt.build_model().to(device)  # a SlimmableNet (feature_dim)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    calib = None
+    rows = []
+    for w in widths:
+        if progress:
+            progress(w, "calibrate")
+        stats = ckpt.bn_stats_for(w) if has_bn else None
+        if stats:
+            load_bn_stats(model, stats, w)
+            bn = "bank"
+        elif has_bn:
+            if calib is None:
+                train_s = EvalStream(spec, "train", batch_size, workers)
+                order = torch.randperm(len(train_s), generator=torch.Generator().manual_seed(0))
+                calib = train_s.subset(order[: calib_batches * batch_size]).images()
+            calibrate_bn(model, calib, w, num_batches=calib_batches, device=device)
+            bn = "recalibrated"
+        else:
+            bn = None
+        if progress:
+            progress(w, "evaluate")
+        dim = int(model.feature_dim(w))
+        head = static_head(ckpt, w, dim).to(device)
+        model.eval()
+        correct = seen = 0
+        with torch.no_grad(), use_width(model, w):
+            for x, y in test_s:
+                logits = head(model(x.to(device)))
+                correct += int((logits.argmax(1).cpu() == y).sum())
+                seen += len(y)
+        if seen == 0:
+            raise DataError(f"no readable test image in {spec.name} to measure top-1 on")
+        rows.append({"width": round_width(w), "precision": "fp32", "feature_dim": dim, "outputs": "logits",
+                     "top1": correct / seen, "source": "pytorch", "sha256": digest, "bn": bn})
+        log.info("width %s: top-1 %.4f (%s BN)", format_width(w), rows[-1]["top1"], bn)
+        if progress:
+            progress(w, "done")
+    return rows
 
 
 def _checkpoint_dataset(ckpt: Checkpoint) -> DatasetSpec:
@@ -275,6 +405,8 @@ def eval_protocol(method: str, spec: DatasetSpec, calib_batches: int, knn_k: int
     """The JSON description of an evaluation protocol (stored in ``accuracy.json``)."""
     proto: dict[str, Any] = {"method": method, "dataset": spec.to_dict(), "bn_calibration": "cumulative",
                              "calib_batches": calib_batches, "divisor": divisor}
+    if method == "top1":
+        proto["bn_calibration"] = "bank (cumulative recalibration for widths the bank lacks)"
     if method in ("knn", "both"):
         proto["knn"] = {"k": knn_k if knn_k is not None else "auto", "temperature": KNN_TEMPERATURE, "metric": "cosine"}
     if method in ("linear", "both"):
@@ -288,7 +420,7 @@ class EvalConfig:
 
     checkpoint: str
     widths: str | None = None  # None: 0.25/0.5/0.75/1.0 within the checkpoint's range, plus its ends
-    method: str = "knn"
+    method: str | None = None  # None: top1 for a task checkpoint (its classifier), else knn
     dataset: str | None = None
     data_root: str | None = None
     image_size: int | None = None
@@ -301,16 +433,19 @@ class EvalConfig:
     divisor: int = DEFAULT_DIVISOR
     artifacts: tuple[str, ...] = ()  # exported ONNX files to measure instead of the PyTorch widths
     workers: int | None = None  # loader processes for image files (None: from the CPU count)
+    threads: int = 0  # CPU threads (0: auto, one per CPU other processes leave idle; us3l.core.threads)
     out: str | None = None  # the accuracy table (None: accuracy.json beside the checkpoint, where bench looks)
 
     def __post_init__(self) -> None:
         from us3l.core.checks import check_number
+        from us3l.core.threads import check_threads
 
+        check_threads(self.threads)
         check_number("--calib-batches", self.calib_batches, minimum=1, integer=True)
         check_number("--batch-size", self.batch_size, minimum=1, integer=True)
         check_number("--knn-k", self.knn_k, minimum=1, integer=True)
         check_number("--image-size", self.image_size, minimum=4, integer=True)
-        if self.method not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             raise unknown_name("evaluation method", self.method, METHODS)
         if not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"--device {self.device!r} is invalid; valid: cpu, cuda, cuda:N")
@@ -328,23 +463,31 @@ class EvalResult:
 
 
 def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
-    """Load, evaluate, write ``accuracy.json`` next to the checkpoint (and the BN bank with ``store_bn``).
+    """Load, evaluate, merge the rows into ``accuracy.json`` (and the BN bank with ``store_bn``).
 
-    Rows for other widths already in ``accuracy.json`` are kept when the checkpoint hash and the
-    protocol are unchanged; otherwise the file is replaced.
+    The table only grows (:func:`us3l.core.accuracy.update_accuracy`): rows of other protocols,
+    precisions, outputs or files are kept, and a row is replaced only by a newer measurement of the
+    same thing (same sha256, width, precision, outputs, protocol and dataset). A table of another
+    checkpoint is replaced, with a log line.
     """
+    from us3l.core.taskmodel import has_head, state_hashes
+
     ckpt_path = Path(cfg.checkpoint)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailableError(f"--device {cfg.device}: CUDA is not available on this machine; valid here: cpu")
     ckpt = load_checkpoint(ckpt_path)
+    if not cfg.device.startswith("cuda"):
+        AutoThreads(cfg.threads)  # sets torch's threads for this evaluation
     if cfg.store_bn and ckpt_path.is_dir():
         raise ConfigError(f"--store-bn rewrites a checkpoint file; {ckpt_path} is a packed model directory "
                           "(store the statistics in the checkpoint, then 'us3l pack' it again)")
     spec = _resolve_dataset(ckpt, cfg)
     lo, hi = ckpt.width_range
     widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
-    if cfg.method not in METHODS:
-        raise unknown_name("evaluation method", cfg.method, METHODS)
+    method = cfg.method or ("top1" if has_head(ckpt) else "knn")
+    if method not in METHODS:
+        raise unknown_name("evaluation method", method, METHODS)
+    heads: dict[str, Any] = {}
     if cfg.artifacts:
         switchable = {a: _switchable_widths(Path(a)) for a in cfg.artifacts}
         if cfg.store_bn or (cfg.widths is not None and not all(switchable.values())):
@@ -354,24 +497,31 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
         for a in cfg.artifacts:
             held = switchable[a]
             for w in (widths if cfg.widths is not None else held) if held else [None]:
-                if progress:
-                    progress(0.0 if w is None else w, f"evaluate {Path(a).name}")
-                rows.append(evaluate_artifact(ckpt, a, cfg.method, spec, cfg.knn_k, cfg.linear_preset, cfg.batch_size,
-                                              cfg.divisor, cfg.workers, width=w))
-    heads: dict[str, Any] = {}
-    if not cfg.artifacts:
-        rows = evaluate_checkpoint(ckpt, widths, cfg.method, spec,
+                rows.append(evaluate_artifact(ckpt, a, method if cfg.method else "knn", spec, cfg.knn_k,
+                                              cfg.linear_preset, cfg.batch_size, cfg.divisor, cfg.workers, progress,
+                                              width=w))
+    elif method == "top1":
+        if cfg.store_bn:
+            raise ConfigError("--store-bn recalibrates the backbone for kNN/linear; top-1 measures the classifier with "
+                              "the BN statistics it ships with (drop --store-bn, or use --method knn|linear|both)")
+        if cfg.divisor != DEFAULT_DIVISOR:
+            raise ConfigError(f"top-1 measures the classifier as exported, with divisor {DEFAULT_DIVISOR}")
+        rows = evaluate_classifier(ckpt, widths, spec, cfg.calib_batches, cfg.batch_size, cfg.device, progress,
+                                   cfg.workers)
+    else:
+        rows = evaluate_checkpoint(ckpt, widths, method, spec,
                                    cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.store_bn, progress,
                                    cfg.batch_size, cfg.device, cfg.divisor, save_to=ckpt_path, heads_out=heads,
                                    workers=cfg.workers)
-    protocol = eval_protocol(cfg.method, spec, cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.divisor)
+    measured = (cfg.method or "knn") if cfg.artifacts else method  # artifacts: classifier files give top-1 anyway
+    protocol = eval_protocol(measured, spec, cfg.calib_batches, cfg.knn_k, cfg.linear_preset, cfg.divisor)
+    details = {k: v for k, v in protocol.items() if k != "method"}
+    if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in)
+        details = {k: v for k, v in details.items() if k not in ("calib_batches", "bn_calibration")}
     out = Path(cfg.out) if cfg.out else (ckpt_path if ckpt_path.is_dir() else ckpt_path.parent) / ACCURACY_FILE
-    if cfg.artifacts:  # BN recalibration settings do not apply to artifacts (their BN is baked in):
-        protocol = _artifact_protocol(out, ckpt.content_hash, protocol)  # keep the table's protocol
-    merged = {row_key(r): r for r in _previous_rows(out, ckpt.content_hash, protocol)}
-    merged.update({row_key(r): r for r in rows})
-    write_accuracy(out, [merged[k] for k in sorted(merged, key=lambda k: (k[0], precision_rank(k[1])))], protocol,
-                   ckpt.content_hash)
+    _, _, note = update_accuracy(out, ckpt.content_hash, table_rows(rows, details), state_hashes(ckpt))
+    if note:
+        log.warning("%s", note)
     if ckpt_path.is_dir() and out.parent == ckpt_path:  # a packed model directory: its card shows the new table
         from us3l.core.modelfile import refresh_card
 
@@ -394,25 +544,3 @@ def _resolve_dataset(ckpt: Checkpoint, cfg: EvalConfig) -> DatasetSpec:
     if cfg.image_size is not None:
         spec = replace(spec, image_size=cfg.image_size)
     return spec
-
-
-def _artifact_protocol(path: Path, checkpoint_hash: str, protocol: dict[str, Any]) -> dict[str, Any]:
-    """The existing table's protocol when it differs from ``protocol`` only in BN recalibration."""
-    try:
-        data = read_accuracy_file(path)
-    except DataError:
-        return protocol
-    old = data.get("protocol") or {}
-    ignore = ("calib_batches", "bn_calibration")
-    same = {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in protocol.items() if k not in ignore}
-    return old if data.get("checkpoint") == checkpoint_hash and same else protocol
-
-
-def _previous_rows(path: Path, checkpoint_hash: str, protocol: dict[str, Any]) -> list[dict[str, Any]]:
-    try:
-        data = read_accuracy_file(path)
-    except DataError:
-        return []
-    if data.get("checkpoint") != checkpoint_hash or data.get("protocol") != protocol:
-        return []
-    return data["results"]

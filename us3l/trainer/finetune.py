@@ -19,9 +19,22 @@
   class names, normalisation and preprocessing, BN bank; no optimiser state) and
   ``OUT/accuracy.json`` (top-1 per width, the table ``us3l bench`` joins).
 
-Data come through :func:`task_data` only (the in-memory loader of ``us3l.core.data`` today), so the
-training data pipeline can be swapped in one place. Augmentation: a random translation of up to
-``shift`` of the image side (replicate padding) for small images; none with ``augment="none"``.
+Data come through :class:`TaskData` only, batch by batch, so nothing holds a whole split of images:
+
+- **image files** (``--data imagefolder``) stream through the training pipeline
+  (:mod:`us3l.trainer.pipeline`): ``workers`` loader processes decode each file and cut a
+  RandomResizedCrop of the *full* image (area fraction in ``(crop_scale_min, 1)``, aspect in
+  ``(3/4, 4/3)``) plus a horizontal flip, drawn from ``(seed, epoch, index)``; memory is bounded by
+  batch x workers x prefetch, not by the number of files (``perf/task_pipeline.py`` measures it).
+  BN calibration and the test split read the evaluation view (shorter side to the size, centre
+  crop) the same way. Bad files are skipped with a warning or stop the run (``on_bad_image``);
+- **in-memory sets** (digits, Fashion-MNIST, CIFAR) are held at their native resolution and resized
+  per batch (CIFAR at 224 px is never materialised).
+
+Augmentation (``augment``): ``auto`` (``crop`` for image files, ``shift`` for in-memory sets);
+``crop`` (the random resized crop and flip above; in-memory sets get the same crop per image,
+sampled bilinearly); ``shift`` (a random translation of up to ``shift`` of the image side,
+replicate padding, on the evaluation view); ``none``.
 
 Recipes (:data:`FINETUNE_RECIPES`) are sized for a CPU; the reference repository's transfer configs
 (CIFAR, DTD, Flowers, Pets, Aircraft) are not reproduced here (they need those datasets, ImageNet-size
@@ -34,7 +47,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,20 +56,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from us3l.core.accuracy import ACCURACY_FILE, write_accuracy
+from us3l.core.accuracy import ACCURACY_FILE, update_accuracy
 from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, strip_prefixes
 from us3l.core.context import use_width
-from us3l.core.data import DatasetSpec, default_image_size, load_split, num_classes, resize_images
+from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, resize_images
 from us3l.core.errors import ConfigError, DataError, unknown_name
+from us3l.core.heartbeat import stage
+from us3l.core.images import BAD_IMAGE_POLICIES
+from us3l.core.precision import Precision
+from us3l.core.threads import AutoThreads
 from us3l.core.taskmodel import task_info
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
+from . import pipeline
 from .sampling import sample_widths
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, "int | None", str], None]
-AUGMENTS = ("shift", "none")
+AUGMENTS = ("auto", "crop", "shift", "none")
 
 
 @dataclass(frozen=True)
@@ -77,8 +95,14 @@ class FinetuneConfig:
             architecture: the supervised baseline).
         train_width: train only this one width (the separately trained baselines), else the range.
         widths: evaluation (and BN bank) widths; default 0.25/0.5/0.75/1.0 within the range.
-        augment / shift: ``shift`` (random translation up to ``shift`` x side) or ``none``.
+        augment / shift / crop_scale_min: ``auto`` (``crop`` for image files, ``shift`` for in-memory
+            sets), ``crop`` (random resized crop of the full image, area fraction in
+            ``(crop_scale_min, 1)``, and a flip), ``shift`` (random translation up to ``shift`` x
+            side) or ``none``.
         calib_batches / eval_batch_size: BN recalibration batches of ``eval_batch_size`` images.
+        workers / prefetch: loader processes decoding image files (None: from the CPU count; 0:
+            in this process) and batches each one prepares ahead.
+        on_bad_image: ``skip`` (warn and go on) or ``fail`` (one error line) for unreadable files.
         max_steps_per_epoch: cap (tests and smoke runs); None = the whole split.
         seed / device: reproducibility and placement.
     """
@@ -100,13 +124,18 @@ class FinetuneConfig:
     init: str = "checkpoint"
     train_width: float | None = None
     widths: str | None = None
-    augment: str = "shift"
+    augment: str = "auto"
     shift: float = 0.125
+    crop_scale_min: float = 0.25
     calib_batches: int = 20
     eval_batch_size: int = 256
     max_steps_per_epoch: int | None = None
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0  # CPU threads (0: auto, one per CPU other processes leave idle; us3l.core.threads)
+    workers: int | None = None
+    prefetch: int = 2
+    on_bad_image: str = "skip"
 
     def replace(self, **changes: Any) -> FinetuneConfig:
         """A copy with ``changes`` applied (``None`` values are ignored)."""
@@ -131,10 +160,21 @@ class FinetuneConfig:
             raise unknown_name("augmentation", self.augment, AUGMENTS)
         if not 0 <= self.shift < 0.5:
             raise ConfigError(f"shift {self.shift} is invalid; valid: a fraction of the image side in [0, 0.5)")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ConfigError(f"crop-scale-min {self.crop_scale_min} is invalid; valid: an area fraction in (0, 1]")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers {self.workers} is invalid; valid: 0 (decode in this process) or more")
+        if self.prefetch < 1:
+            raise ConfigError(f"prefetch {self.prefetch} is invalid; valid: a positive integer")
+        if self.on_bad_image not in BAD_IMAGE_POLICIES:
+            raise unknown_name("bad-image policy", self.on_bad_image, BAD_IMAGE_POLICIES)
         if self.init not in ("checkpoint", "scratch"):
             raise unknown_name("initialisation", self.init, ("checkpoint", "scratch"))
         if self.freeze_backbone and self.init == "scratch":
             raise ConfigError("--freeze-backbone with init=scratch would train a head on random features; drop one")
+        from us3l.core.threads import check_threads
+
+        check_threads(self.threads)
 
 
 #: CPU-sized presets (see the module docstring).
@@ -159,13 +199,109 @@ def get_finetune_recipe(name: str) -> dict[str, Any]:
     return dict(FINETUNE_RECIPES[name])
 
 
-def task_data(spec: DatasetSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(train_x, train_y, test_x, test_y)``: normalised float32 NCHW images at the spec's size and
-    int64 labels. The one place fine-tuning reads data (swap the pipeline here)."""
-    size = default_image_size(spec)
-    train_x, train_y = load_split(spec, "train")
-    test_x, test_y = load_split(spec, "test")
-    return resize_images(train_x, size), train_y, resize_images(test_x, size), test_y
+def resolve_augment(augment: str, spec: DatasetSpec) -> str:
+    """``augment`` with ``auto`` resolved: ``crop`` for image files, ``shift`` for in-memory sets."""
+    if augment == "auto":
+        return "crop" if pipeline.is_streamed(spec) else "shift"
+    return augment
+
+
+class TaskData:
+    """The labelled data of one fine-tuning run, batch by batch (see the module docstring).
+
+    Attributes:
+        spec / size / augment: the dataset, the input side and the resolved augmentation.
+        n_train / steps_per_epoch: training images (files listed, bad ones included) and steps.
+        calib: a re-iterable of normalised training images (evaluation view) for BN recalibration:
+            ``calib_batches`` batches of ``eval_batch_size`` images in a fixed seeded order.
+        test: the test split as ``(images, labels)`` batches (:class:`~us3l.trainer.pipeline.EvalStream`).
+    """
+
+    def __init__(self, spec: DatasetSpec, cfg: FinetuneConfig, pin: bool = False) -> None:
+        self.spec, self.cfg = spec, cfg
+        self.size = default_image_size(spec)
+        self.augment = resolve_augment(cfg.augment, spec)
+        mean, std = dataset_stats(spec)
+        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        train = pipeline.EvalStream(spec, "train", cfg.eval_batch_size, cfg.workers, on_bad_image=cfg.on_bad_image)
+        self.test = pipeline.EvalStream(spec, "test", cfg.eval_batch_size, cfg.workers, on_bad_image=cfg.on_bad_image)
+        self.n_train = len(train)
+        if self.n_train == 0 or len(self.test) == 0:
+            raise DataError(f"dataset {spec.name} has an empty split")
+        order = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(0))
+        self.calib = train.subset(order[: cfg.calib_batches * cfg.eval_batch_size]).images()
+        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        self.stream: pipeline.TrainStream | None = None
+        self.x, self.y = train.x, train.y  # in-memory sets: normalised, native resolution (shared with calib)
+        if train.files is not None:
+            files = train.files
+            if not files.labelled:
+                raise DataError(f"{files.source} is unlabelled; fine-tuning needs train/<class>/ folders "
+                                "(or a file list with labels)")
+            self.labels = torch.from_numpy(files.labels)
+            self.workers = pipeline.resolve_workers(cfg.workers)
+            items = pipeline.TaskFiles(files.paths, self.size, (cfg.crop_scale_min, 1.0), cfg.seed,
+                                       "crop" if self.augment == "crop" else "center")
+            self.stream = pipeline.TrainStream(files, self.size, (cfg.crop_scale_min, 1.0), cfg.seed, 0, 1,
+                                               cfg.batch_size, self.steps_per_epoch, False, self.workers,
+                                               cfg.prefetch, pin, dataset=items)
+            self.bad = pipeline.BadImages(cfg.on_bad_image, files.source)
+            log.info("streaming %d training images from %s with %d loader process(es)", self.n_train, files.source,
+                     self.workers)
+
+    @property
+    def bad_count(self) -> int:
+        """Distinct unreadable training files met so far (0 for in-memory sets)."""
+        return self.bad.count if self.stream is not None else 0
+
+    def epoch(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        """Augmented, normalised training batches ``(x (B, 3, S, S), y)`` of ``epoch``, on the CPU.
+
+        ``gen`` draws the in-memory order and every batched augmentation (shift, in-memory crop).
+        """
+        cfg = self.cfg
+        if self.stream is None:
+            assert self.x is not None and self.y is not None
+            order = torch.randperm(self.n_train, generator=gen)
+            for i in range(self.steps_per_epoch):
+                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                x, y = self.x[idx], self.y[idx]
+                if self.augment == "crop":
+                    x = _crop(x, self.size, (cfg.crop_scale_min, 1.0), gen)
+                else:
+                    x = resize_images(x, self.size)
+                    if self.augment == "shift":
+                        x = _shift(x, cfg.shift, gen)
+                yield x, y
+            return
+        for batch in self.stream.epoch(epoch):
+            self.bad.record(batch["bad"], describe=self.stream.describe)
+            if len(batch["images"]) == 0:
+                continue
+            x = (batch["images"].permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
+            if self.augment == "shift":
+                x = _shift(x, cfg.shift, gen)
+            yield x, self.labels[batch["ids"]]
+
+
+def _crop(x: Tensor, size: int, scale: tuple[float, float], gen: torch.Generator) -> Tensor:
+    """A random resized crop (area fraction in ``scale``, aspect in ``(3/4, 4/3)``) and a random
+    horizontal flip of each image of an in-memory batch, sampled bilinearly to ``size``: the boxes
+    of :func:`us3l.trainer.pipeline.crop_box`, drawn from ``gen``."""
+    import numpy as np
+
+    n, _, h, w = x.shape
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    theta = torch.zeros(n, 2, 3)
+    for i in range(n):
+        left, top, cw, ch = pipeline.crop_box(w, h, scale, rng)
+        flip = -1.0 if rng.random() < 0.5 else 1.0
+        theta[i, 0, 0], theta[i, 0, 2] = flip * cw / w, (2 * left + cw) / w - 1
+        theta[i, 1, 1], theta[i, 1, 2] = ch / h, (2 * top + ch) / h - 1
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _shift(x: Tensor, frac: float, gen: torch.Generator) -> Tensor:
@@ -198,6 +334,57 @@ class FinetuneOutcome:
     checkpoint_hash: str
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+
+def _describe(spec: DatasetSpec) -> str:
+    where = f" ({Path(spec.root).name})" if spec.root and spec.name == "imagefolder" else ""
+    return f"{spec.name}{where} at {default_image_size(spec)} px"
+
+
+def dataset_notice(spec: DatasetSpec, ckpt: Checkpoint) -> str | None:
+    """One line when fine-tuning data differ from the SSL checkpoint's training data (a notice: the
+    backbone's features were learned on other images, which is allowed and often intended)."""
+    if not ckpt.dataset:
+        return None
+    parent = DatasetSpec.from_dict(ckpt.dataset)
+    same_root = (parent.root or "") == (spec.root or "") or (
+        parent.root is not None and spec.root is not None and Path(parent.root).resolve() == Path(spec.root).resolve())
+    if parent.name == spec.name and same_root:
+        return None
+    return (f"fine-tuning on {_describe(spec)}, while the SSL checkpoint was trained on {_describe(parent)}: its "
+            f"features were learned on other images")
+
+
+def undertrained_notices(rows: list[dict[str, Any]], ckpt_path: str | Path, ckpt: Checkpoint,
+                         spec: DatasetSpec) -> list[str]:
+    """One line per fine-tuned width whose top-1 is below the SSL checkpoint's own kNN accuracy at
+    that width on the same data (from the ``accuracy.json`` beside it): a sign of an under-trained
+    classifier (more epochs, another learning rate)."""
+    from us3l.core.accuracy import normalize_rows, read_accuracy_file
+
+    src = Path(ckpt_path)
+    table = (src if src.is_dir() else src.parent) / ACCURACY_FILE
+    try:
+        data = read_accuracy_file(table)
+    except DataError:
+        return []
+    if data.get("checkpoint") not in (None, ckpt.content_hash):
+        return []
+    legacy = (data.get("protocol") or {}).get("dataset")
+    knn: dict[float, float] = {}
+    for r in normalize_rows(data["results"]):
+        measured_on = ((r.get("details") or {}).get("dataset") or legacy or {}).get("name")
+        if r["protocol"] == "knn" and r.get("source", "pytorch") == "pytorch" \
+                and Precision.parse(r["precision"]) is Precision.FP32 and measured_on == spec.name:
+            knn[round_width(r["width"])] = max(knn.get(round_width(r["width"]), 0.0), float(r["knn"]))
+    out = []
+    for r in rows:
+        ref = knn.get(round_width(r["width"]))
+        if ref is not None and r["top1"] < ref:
+            out.append(f"width {format_width(r['width'])}: fine-tuned top-1 {100 * r['top1']:.1f} % is below the SSL "
+                       f"checkpoint's kNN {100 * ref:.1f} % at that width (under-trained? try more --epochs)")
+    return out
 
 
 def _resolve(cfg: FinetuneConfig, ckpt: Checkpoint) -> DatasetSpec:
@@ -240,18 +427,20 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     cfg.validate()
     t0 = time.perf_counter()
     ckpt = load_checkpoint(cfg.checkpoint)
+    threads = AutoThreads(cfg.threads, apply=not cfg.device.startswith("cuda"))
     spec = _resolve(cfg, ckpt)
+    notices = [n for n in (dataset_notice(spec, ckpt),) if n]
+    for n in notices:
+        log.info("notice: %s", n)
     lo, hi = ckpt.width_range
     eval_widths = parse_widths(cfg.widths, lo, hi) if cfg.widths is not None else default_widths(lo, hi)
     if cfg.train_width is not None:
         lo = hi = parse_widths([cfg.train_width], lo, hi)[0]
         eval_widths = [lo]
-    size = default_image_size(spec)
-    train_x, train_y, test_x, test_y = task_data(spec)
-    k = num_classes(spec)
-    if len(train_x) == 0 or len(test_x) == 0:
-        raise DataError(f"dataset {spec.name} has an empty split")
     device = torch.device(cfg.device)
+    with stage("loading data"):
+        data = TaskData(spec, cfg, pin=device.type == "cuda")
+    size, k = data.size, pipeline.stream_num_classes(spec)
     model = _build(cfg, ckpt, k, size).to(device)
     lr = cfg.lr * (FROZEN_LR_SCALE if cfg.freeze_backbone else 1.0)
     if cfg.freeze_backbone:
@@ -259,9 +448,7 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
             p.requires_grad_(name.startswith("fc."))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    steps_per_epoch = data.steps_per_epoch
     total = steps_per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -270,14 +457,10 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     step = 0
     for epoch in range(cfg.epochs):
         model.train()
-        order = torch.randperm(len(train_x), generator=gen)
         sums = {"loss_max": 0.0, "loss_sub": 0.0}
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x, y = train_x[idx], train_y[idx]
-            if cfg.augment == "shift":
-                x = _shift(x, cfg.shift, gen)
-            x, y = x.to(device), y.to(device)
+        done = 0
+        for i, (x, y) in enumerate(data.epoch(epoch, gen)):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             widths = [hi] if lo == hi else sample_widths(rng, cfg.num_widths, lo, hi, sandwich=True)
             opt.zero_grad(set_to_none=True)
             teacher = None
@@ -305,12 +488,16 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
             opt.step()
             sched.step()
             step += 1
+            done += 1
             if progress:
                 progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}")
-        history.append({"epoch": epoch + 1, **{key: v / steps_per_epoch for key, v in sums.items()}})
+            threads.tick()
+        if done == 0:
+            raise DataError(f"no readable training image in epoch {epoch + 1} of {spec.name} "
+                            f"({data.bad_count} unreadable file(s) skipped)")
+        history.append({"epoch": epoch + 1, **{key: v / done for key, v in sums.items()}})
         log.info("epoch %d: %s", epoch + 1, history[-1])
-    rows, bank = evaluate_task_model(model, train_x, test_x, test_y, eval_widths, cfg.calib_batches,
-                                     cfg.eval_batch_size, device)
+    rows, bank = evaluate_task_model(model, data.calib, data.test, eval_widths, cfg.calib_batches, device)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).parent / ("linear" if cfg.freeze_backbone else "finetune")
     state = {key: v.detach().cpu().clone() for key, v in strip_prefixes(model.state_dict()).items()}
     head = {"weight": state.pop("fc.weight"), "bias": state.pop("fc.bias")}
@@ -329,29 +516,47 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     protocol = {"method": "top1", "trained_by": trained_by, "dataset": spec.to_dict(), "bn_calibration": "cumulative",
                 "calib_batches": cfg.calib_batches, "divisor": DEFAULT_DIVISOR, "epochs": cfg.epochs, "seed": cfg.seed}
     acc_path = out_dir / ACCURACY_FILE
-    write_accuracy(acc_path, rows, protocol, digest)
-    return FinetuneOutcome(ckpt_path, acc_path, rows, digest, time.perf_counter() - t0, history)
+    from us3l.core.accuracy import table_rows
+    from us3l.core.taskmodel import classifier_state_hash, state_hashes
+
+    # the rows belong to the classifier state just saved (backbone, head, and the BN bank measured)
+    rows = [{**r, "outputs": "logits", "sha256": classifier_state_hash(result), "bn": "bank"} for r in rows]
+    details = {k: v for k, v in protocol.items() if k != "method"}
+    _, _, note = update_accuracy(acc_path, digest, table_rows(rows, details), state_hashes(result))
+    if note:
+        log.info("%s", note)
+    if cfg.init == "checkpoint":
+        late = undertrained_notices(rows, cfg.checkpoint, ckpt, spec)
+        for n in late:
+            log.info("notice: %s", n)
+        notices += late
+    return FinetuneOutcome(ckpt_path, acc_path, rows, digest, time.perf_counter() - t0, history, notices)
 
 
-def evaluate_task_model(model: nn.Module, train_x: Tensor, test_x: Tensor, test_y: Tensor, widths: list[float],
-                        calib_batches: int, batch_size: int, device: torch.device | str = "cpu"
+def evaluate_task_model(model: nn.Module, calib: Iterable[Tensor], test: Iterable[tuple[Tensor, Tensor]],
+                        widths: list[float], calib_batches: int, device: torch.device | str = "cpu"
                         ) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, Tensor]]]]:
-    """Recalibrate BN at each width on un-augmented training images (a fixed seeded order), then
-    top-1 on the test split. Returns ``(rows, BN bank)``."""
-    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
-    calib = [train_x[order[i:i + batch_size]] for i in range(0, min(len(train_x), calib_batches * batch_size), batch_size)]
+    """Recalibrate BN at each width on ``calib`` (un-augmented training images in a fixed seeded
+    order, at most ``calib_batches`` batches), then top-1 on ``test`` batch by batch.
+    Returns ``(rows, BN bank)``."""
     rows, bank = [], {}
     for w in widths:
-        calibrate_bn(model, calib, w, device=device)
+        calibrate_bn(model, calib, w, num_batches=calib_batches, device=device)
         bank[format_width(w)] = {n: {"mean": s["mean"].cpu(), "var": s["var"].cpu()} for n, s in bn_stats(model, w).items()}
         model.eval()
-        correct = 0
-        with torch.no_grad(), use_width(model, w):
-            for i in range(0, len(test_x), batch_size):
-                logits = model(test_x[i:i + batch_size].to(device))
-                correct += int((logits.argmax(1).cpu() == test_y[i:i + batch_size]).sum())
+        correct = seen = 0
+        total = len(test) if isinstance(test, Sized) else None
+        with torch.no_grad(), use_width(model, w), \
+                stage(f"top-1 w{format_width(w)}", total=total, unit="images") as counted:
+            for x, y in test:
+                logits = model(x.to(device))
+                correct += int((logits.argmax(1).cpu() == y).sum())
+                seen += len(y)
+                counted.update(seen)
+        if seen == 0:
+            raise DataError("no readable test image to measure top-1 on")
         rows.append({"width": round_width(w), "precision": "fp32", "feature_dim": int(model.feature_dim(w)),
-                     "top1": correct / len(test_x), "source": "pytorch"})
+                     "top1": correct / seen, "source": "pytorch"})
         log.info("width %s: top-1 %.4f", format_width(w), rows[-1]["top1"])
     return rows, bank
 

@@ -40,7 +40,9 @@ from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_split, resize_images
 from us3l.core.errors import CheckpointError, ConfigError, DataError
 from us3l.core.files import atomic_write_text
+from us3l.core.heartbeat import stage
 from us3l.core.images import list_split
+from us3l.core.threads import AutoThreads
 
 from . import pipeline, runtime
 from .augment import SSLAugment, asymmetric_pair, two_views
@@ -68,13 +70,21 @@ class Trainer:
         model: the DDP wrapper under ``torchrun``, else ``raw_model``.
     """
 
-    def __init__(self, cfg: TrainConfig, progress: ProgressFn | None = None) -> None:
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: TrainConfig, progress: ProgressFn | None = None,
+                 on_start: Callable[[int, int], None] | None = None) -> None:
+        self.cfg, self.progress, self.on_start = cfg, progress, on_start
         check_out_dir(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
         self.dist = runtime.init_distributed(cfg.device)
         self.device = runtime.resolve_device(cfg.device, self.dist.local_rank)
-        if cfg.threads and self.device.type == "cpu":
-            torch.set_num_threads(cfg.threads)
+        # CPU threads: --threads N as given; 0 = one per CPU other processes leave idle, re-checked while training
+        self.threads = AutoThreads(cfg.threads, apply=self.device.type == "cpu")
+        self._status = ""  # the last logged step's status text (shown on every step's progress)
+        with stage("loading data"):
+            self._load_data(cfg)
+        with stage("building the model" + (" and resuming" if cfg.resume else "")):
+            self._build(cfg)
+
+    def _load_data(self, cfg: TrainConfig) -> None:
         self.out_dir = Path(cfg.out_dir)
         self.spec = DatasetSpec(cfg.data, cfg.data_root, cfg.image_size)
         self.image_size = size = default_image_size(self.spec)
@@ -105,6 +115,9 @@ class Trainer:
                                                self.dist.world, self.batch, self.steps_per_epoch, cfg.drop_last,
                                                self.workers, cfg.prefetch, pin=self.device.type == "cuda")
             log.info("streaming %d images from %s with %d loader process(es)", n_train, files.source, self.workers)
+
+    def _build(self, cfg: TrainConfig) -> None:
+        size = self.image_size
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # finitely many conv shapes: widths round to 8 channels
         mean, std = dataset_stats(self.spec)
@@ -185,8 +198,7 @@ class Trainer:
     def _restore(self) -> None:
         found = resume_visibility(runtime.gather_objects(self.dist, self.checkpoint_path.is_file()), self.checkpoint_path)
         if not found:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out_dir)
-            return
+            raise nothing_to_resume(self.out_dir)
         ckpt = load_checkpoint(self.checkpoint_path)
         if ckpt.training is None:
             raise CheckpointError(f"{self.checkpoint_path} has no training state (a deployable export?); cannot resume")
@@ -227,16 +239,18 @@ class Trainer:
         pending: list[dict] = []  # records of epochs not yet covered by a written checkpoint
         total = cfg.epochs * self.steps_per_epoch
         try:
-            if self.start_epoch >= cfg.epochs:
-                log.info("nothing to do: checkpoint already has %d of %d epochs", self.start_epoch, cfg.epochs)
+            if self.on_start is not None and self.dist.is_main:
+                self.on_start(self.start_epoch, cfg.epochs)
             for epoch in range(self.start_epoch, stop):
                 record = self._train_epoch(epoch, total)
-                stats = measure_collapse(self.raw_model.online_encoder(), self.held_out, self._probe_widths(),
-                                         cfg.collapse_std_ratio)
+                with stage("collapse check"):
+                    stats = measure_collapse(self.raw_model.online_encoder(), self.held_out, self._probe_widths(),
+                                             cfg.collapse_std_ratio)
                 record["collapse"] = [s.to_dict() for s in stats]
                 pending.append(record)
                 if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, stop):
-                    self._save(epoch + 1)
+                    with stage("saving the checkpoint"):
+                        self._save(epoch + 1)
                     # metrics after the checkpoint: a record never names an epoch that no checkpoint
                     # holds (a resumed run restarts after the checkpoint's epoch anyway)
                     for done in pending if writer is not None else ():
@@ -304,12 +318,14 @@ class Trainer:
             if log_now:
                 check_finite(all_finite, epoch + 1, step + 1)  # note: a CPU-GPU sync point
                 shown = {k: float(v) / (n_reg if k == "reg" else step + 1) for k, v in sums.items()}
-                if self.progress is not None and self.dist.is_main:
-                    spent = time.perf_counter() - t0
-                    ips = n_images * self.dist.world / spent
-                    self.progress(epoch * self.steps_per_epoch + step + 1, total,
-                                  f"ep {epoch + 1}/{cfg.epochs} loss {shown['loss_base']:.3f} "
-                                  f"distill {shown['loss_distill']:.3f} {ips:.0f} img/s wait {wait / spent:.0%}")
+                spent = time.perf_counter() - t0
+                ips = n_images * self.dist.world / spent
+                self._status = (f"loss {shown['loss_base']:.3f} distill {shown['loss_distill']:.3f} {ips:.0f} img/s "
+                                f"wait {wait / spent:.0%}")
+            if self.progress is not None and self.dist.is_main:  # every step: the count never lags
+                self.progress(epoch * self.steps_per_epoch + step + 1, total,
+                              f"ep {epoch + 1}/{cfg.epochs}" + (f" {self._status}" if self._status else ""))
+            self.threads.tick()
         if 0 < steps < self.steps_per_epoch:  # the shard ran out early: report the steps taken
             check_finite(all_finite, epoch + 1, steps)
             shown = {k: float(v) / (n_reg if k == "reg" else steps) for k, v in sums.items() if k != "reg" or n_reg}
@@ -349,16 +365,28 @@ class Trainer:
 RUN_FILES = (CHECKPOINT_NAME, METRICS_NAME, "tb")
 
 
+def nothing_to_resume(out_dir: Path) -> ConfigError:
+    """The one line for ``--resume`` where no run was saved."""
+    where = "does not exist" if not out_dir.exists() else f"holds no {CHECKPOINT_NAME}"
+    return ConfigError(f"--resume: {out_dir} {where}, so there is nothing to resume; drop --resume to start a new run "
+                       "there")
+
+
 def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to replace an earlier run in ``out_dir`` unless told to resume or overwrite it.
 
     Raises:
         ConfigError: ``out_dir`` holds a run (a checkpoint or metrics) and neither ``resume`` nor
-            ``overwrite`` is set, or it cannot be written (a file, read-only, no permission).
+            ``overwrite`` is set; ``resume`` where no checkpoint was saved (one process; under
+            ``torchrun`` the ranks agree first, in ``Trainer._restore``); or it cannot be written
+            (a file, read-only, no permission).
     """
     from us3l.core.files import check_writable_dir
 
     check_writable_dir(out_dir)
+    if resume and not overwrite and runtime.launch_rank() == 0 and int(os.environ.get("WORLD_SIZE", "1")) <= 1 \
+            and not (out_dir / CHECKPOINT_NAME).is_file():
+        raise nothing_to_resume(out_dir)
     if resume or overwrite:
         return
     found = [name for name in (CHECKPOINT_NAME, METRICS_NAME) if (out_dir / name).exists()]
@@ -432,8 +460,9 @@ class _MetricsWriter:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:
-                log.warning("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only", self.path)
+            except ImportError:  # the default install has no tensorboard: metrics.jsonl is the log (said with -v)
+                log.info("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only",
+                         self.path)
 
     def write(self, record: dict) -> None:
         size = self.path.stat().st_size if self.path.exists() else 0
@@ -459,12 +488,17 @@ class _MetricsWriter:
             self.tb.close()
 
 
-def run_training(cfg: TrainConfig, progress: ProgressFn | None = None) -> Path:
+def run_training(cfg: TrainConfig, progress: ProgressFn | None = None,
+                 on_start: Callable[[int, int], None] | None = None) -> Path:
     """Train per ``cfg`` and return the checkpoint path.
 
     Args:
         cfg: the run configuration (see :class:`~us3l.trainer.config.TrainConfig`).
-        progress: optional ``fn(steps_done, total_steps, status)`` called at the log interval (rank 0).
+        progress: optional ``fn(steps_done, total_steps, status)`` called every step (rank 0); the
+            status text (losses, throughput) is refreshed at the log interval.
+        on_start: optional ``fn(start_epoch, epochs)`` called once before the first epoch (rank 0):
+            where this invocation starts (``start_epoch > 0`` on resume; ``== epochs`` when the
+            run is already complete and nothing is trained).
 
     Raises:
         ConfigError / DataError / CheckpointError: bad options, data or resume state.
@@ -478,7 +512,7 @@ def run_training(cfg: TrainConfig, progress: ProgressFn | None = None) -> Path:
     out = Path(cfg.out_dir)
     created = not out.exists()
     try:
-        return Trainer(cfg, progress).fit()
+        return Trainer(cfg, progress, on_start).fit()
     except BaseException:
         # A run that fails before its first checkpoint leaves nothing behind in a folder it created
         # (its config.toml, an empty tb/); a folder that holds a checkpoint stays, for --resume.

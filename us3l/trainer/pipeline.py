@@ -19,6 +19,8 @@ loaded whole. Memory is bounded by batch size x workers x prefetch, not by the d
 - **Bad files:** a file that cannot be used travels as a marker; the trainer counts and skips it
   with a warning (``on_bad_image="skip"``) or stops with one line (``"fail"``), see
   :class:`BadImages`.
+- **Fine-tuning** (:class:`TaskFiles` through the same :class:`TrainStream`): one random resized
+  crop of the full image and a flip per labelled file (or the centre view), drawn the same way.
 - **Evaluation** (:class:`EvalStream`): the centre view (shorter side to the size, centre crop) of
   one split, batch by batch, for BN calibration, kNN and the linear probe. In-memory datasets
   (digits, Fashion-MNIST, CIFAR) are wrapped in the same interface.
@@ -40,8 +42,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_split, num_classes, resize_images
 from us3l.core.errors import DataError
-from us3l.core.images import BAD_IMAGE_POLICIES, MAX_PIXELS, BadImageError, ImageList, draft_for, list_split, \
-    load_center, open_checked, to_rgb
+from us3l.core.images import BAD_IMAGE_POLICIES, MAX_PIXELS, BadImageError, ImageList, SourceImage, list_split, \
+    load_center
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ def _fast_views(path: str, size: int, scale: tuple[float, float], rng: np.random
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except (OSError, ValueError):
         return None
+    if _rotated_jpeg(data):  # simplejpeg ignores EXIF orientation: the one decoder (Pillow) applies it
+        return None
     if colorspace.lower() not in ("ycbcr", "rgb", "gray") or width * height > MAX_PIXELS or min(width, height) < 1:
         return None
     state = rng.bit_generator.state
@@ -155,6 +159,24 @@ def _fast_views(path: str, size: int, scale: tuple[float, float], rng: np.random
     return out
 
 
+def _rotated_jpeg(data: bytes) -> bool:
+    """Whether a JPEG's EXIF block (within its first 64 KiB) sets an orientation other than 1."""
+    head = data[:65536]
+    if b"Exif\x00\x00" not in head:
+        return False
+    import io
+
+    from PIL import Image
+
+    from us3l.core.images import exif_orientation
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return exif_orientation(img) != 1
+    except Exception:  # Pillow's path decides (and reports) what is wrong with the file
+        return True
+
+
 def crop_views(path: str, size: int, scale: tuple[float, float], rng: np.random.Generator,
                views: int = 2) -> np.ndarray:
     """``views`` random resized crops (+ flips) of the full image at ``path``: ``(views, size, size, 3)`` uint8.
@@ -171,15 +193,13 @@ def crop_views(path: str, size: int, scale: tuple[float, float], rng: np.random.
     fast = _fast_views(path, size, scale, rng, views)
     if fast is not None:
         return fast
-    with open_checked(path) as raw:
-        width, height = raw.size
+    with SourceImage(path) as src:  # the one decoder (us3l.core.images): orientation, alpha, bit depth, ...
+        width, height = src.size
         boxes = [crop_box(width, height, scale, rng) for _ in range(views)]
         flips = [bool(rng.random() < 0.5) for _ in range(views)]
         # the decoded image may shrink by f while every crop keeps >= size pixels on each side
         shrink = min(min(w, h) for _, _, w, h in boxes) / size
-        if shrink > 1:
-            draft_for(raw, width / shrink, height / shrink)
-        img = to_rgb(raw)
+        img = src.decode("rgb", shrink)
         sx, sy = img.size[0] / width, img.size[1] / height
         out = np.empty((views, size, size, 3), dtype=np.uint8)
         try:
@@ -215,6 +235,38 @@ class TwoViewFiles(Dataset):
         rng = np.random.default_rng((self.seed, epoch, index))
         try:
             return crop_views(self.paths[index], self.size, self.scale, rng), index, None  # type: ignore[arg-type]
+        except BadImageError as exc:
+            return None, index, exc.reason
+
+
+class TaskFiles(Dataset):
+    """Fine-tuning items keyed ``(index, epoch)``: one view of file ``index`` for a labelled batch.
+
+    ``mode="crop"``: a RandomResizedCrop of the *full* image (area fraction in ``scale``, aspect in
+    ``(3/4, 4/3)``) and a horizontal flip, drawn from ``(seed, epoch, index)`` like
+    :class:`TwoViewFiles`; ``mode="center"``: the evaluation view (no randomness). Returns
+    ``(view uint8 (S, S, 3) | None, index, reason | None)``; the label is looked up by index in the
+    training process.
+    """
+
+    MODES = ("crop", "center")
+
+    def __init__(self, paths: Sequence[str], size: int, scale: tuple[float, float], seed: int,
+                 mode: str = "crop") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode {mode!r}; valid: {', '.join(self.MODES)}")
+        self.paths, self.size, self.scale, self.seed, self.mode = list(paths), int(size), tuple(scale), int(seed), mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray | None, int, str | None]:
+        index, epoch = key
+        try:
+            if self.mode == "center":
+                return load_center(self.paths[index], self.size), index, None
+            rng = np.random.default_rng((self.seed, epoch, index))
+            return crop_views(self.paths[index], self.size, self.scale, rng, views=1)[0], index, None  # type: ignore[arg-type]
         except BadImageError as exc:
             return None, index, exc.reason
 
@@ -325,11 +377,14 @@ class TrainStream:
     """Batches of two uint8 views for one rank, epoch by epoch (see the module docstring)."""
 
     def __init__(self, files: ImageList, size: int, scale: tuple[float, float], seed: int, rank: int, world: int,
-                 batch: int, steps: int, drop_last: bool, workers: int, prefetch: int, pin: bool) -> None:
+                 batch: int, steps: int, drop_last: bool, workers: int, prefetch: int, pin: bool,
+                 dataset: Dataset | None = None) -> None:
+        """``dataset``: items keyed ``(index, epoch)`` (default :class:`TwoViewFiles`; fine-tuning
+        passes :class:`TaskFiles`)."""
         self.files, self.batch = files, batch
         self.sampler = EpochSampler(len(files), world, rank, seed, limit=steps * batch)
-        self.loader = make_loader(TwoViewFiles(files.paths, size, scale, seed), batch, self.sampler, workers,
-                                  prefetch, pin, seed, rank, drop_last=drop_last)
+        items = dataset if dataset is not None else TwoViewFiles(files.paths, size, scale, seed)
+        self.loader = make_loader(items, batch, self.sampler, workers, prefetch, pin, seed, rank, drop_last=drop_last)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
         self.sampler.set_epoch(epoch)

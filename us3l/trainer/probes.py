@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,21 @@ from torch import Tensor, nn
 from us3l.core.context import use_width
 from us3l.core.data import resize_images
 from us3l.core.errors import DataError, unknown_name
-from us3l.core.width import DEFAULT_DIVISOR
+from us3l.core.heartbeat import stage
+from us3l.core.width import DEFAULT_DIVISOR, format_width
 
 KNN_TEMPERATURE = 0.07
+
+
+@runtime_checkable
+class EvalStreamLike(Protocol):
+    """A re-iterable of ``(images, labels)`` batches whose ``len()`` is its number of images."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    batch_size: int
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,47 @@ def extract_features(model: nn.Module, images: Tensor, width: float, batch_size:
     return torch.cat(out)
 
 
+class RowBlock:
+    """Rows (features) and labels gathered batch by batch into one block preallocated for ``total``
+    rows (the stream's length), so that no long-lived small chunk sits between each batch's freed
+    buffers: with a list of chunks glibc could not return the heap, and the peak memory of kNN
+    evaluation grew with the split (perf/task_pipeline.py: 255 -> 407 MB for 2,000 -> 16,000 files,
+    247 MB after malloc_trim; 271 -> 261 MB with the block). Without a known total (or past it),
+    chunks are kept and concatenated."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total, self.filled = total, 0
+        self.block: Tensor | None = None
+        self.block_y: Tensor | None = None
+        self.rest: list[tuple[Tensor, Tensor]] = []
+
+    def add(self, rows: Tensor, labels: Tensor) -> None:
+        labels = torch.as_tensor(labels)
+        if self.total is not None and self.filled + len(rows) <= self.total:
+            if self.block is None or self.block_y is None:
+                self.block = torch.empty((self.total, *rows.shape[1:]), dtype=rows.dtype)
+                self.block_y = torch.empty(self.total, dtype=labels.dtype)
+            self.block[self.filled:self.filled + len(rows)] = rows
+            self.block_y[self.filled:self.filled + len(rows)] = labels
+            self.filled += len(rows)
+        else:
+            self.rest.append((rows, labels))
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """``(rows, labels)`` in arrival order.
+
+        Raises:
+            DataError: nothing was added (no readable image).
+        """
+        parts = ([(self.block[:self.filled], self.block_y[:self.filled])]
+                 if self.block is not None and self.block_y is not None and self.filled else []) + self.rest
+        if not parts:
+            raise DataError("no readable images to extract features from")
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([r for r, _ in parts]), torch.cat([y for _, y in parts])
+
+
 @torch.no_grad()
 def extract_stream(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], width: float,
                    device: str | torch.device = "cpu", divisor: int = DEFAULT_DIVISOR,
@@ -115,19 +169,23 @@ def extract_stream(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], w
         ``(features, labels)`` on the CPU.
     """
     model.eval()
-    feats, labels = [], []
-    with use_width(model, width, divisor):
+    total = len(batches) if isinstance(batches, EvalStreamLike) else None
+    rows = RowBlock(total)
+    with use_width(model, width, divisor), stage(f"features w{format_width(width)}", total=total,
+                                                 unit="images") as progress:
         for x, y in batches:
             f = model(x.to(device, non_blocking=True)).float()
-            feats.append((F.normalize(f, dim=1).half() if bank else f).cpu())
-            labels.append(y)
-    if not feats:
-        raise DataError("no readable images to extract features from")
-    return torch.cat(feats), torch.cat(labels)
+            rows.add((F.normalize(f, dim=1).half() if bank else f).cpu(), y)
+            progress.advance(len(x))
+    return rows.result()
 
 
+# One similarity block is KNN_QUERY_CHUNK x KNN_BANK_CHUNK float32 (16 MiB): bounded whatever the
+# bank's size. A 65,536-image chunk made the block, and so eval's peak memory, grow with the training
+# split (1024 x 16,000 x 4 B = 62 MiB at 16,000 images; perf/task_pipeline.py ratio 1.41 for 16,000
+# vs 2,000 files). The top-k merge per chunk costs little at 4,096.
 KNN_QUERY_CHUNK = 1024
-KNN_BANK_CHUNK = 65536
+KNN_BANK_CHUNK = 4096
 
 
 @torch.no_grad()
@@ -156,17 +214,26 @@ def knn_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tenso
                           for i in range(0, len(train_f), KNN_BANK_CHUNK)])
     k = min(k, len(bank))
     correct = 0
-    for start in range(0, len(test_f), KNN_QUERY_CHUNK):
-        q = F.normalize(test_f[start:start + KNN_QUERY_CHUNK].float(), dim=1)
-        best_s = torch.empty(len(q), 0)
-        best_i = torch.empty(len(q), 0, dtype=torch.int64)
-        for b in range(0, len(bank), KNN_BANK_CHUNK):
-            s, i = (q @ bank[b:b + KNN_BANK_CHUNK].float().t()).topk(min(k, len(bank) - b), dim=1)
-            best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
-            best_i = torch.cat([best_i, i + b], 1).gather(1, pick)
-        votes = torch.zeros(len(q), n_classes).scatter_add_(1, train_y[best_i], (best_s / temperature).exp())
-        correct += int((votes.argmax(1) == test_y[start:start + KNN_QUERY_CHUNK]).sum())
+    with stage("kNN", total=len(test_f), unit="queries") as progress:
+        for start in range(0, len(test_f), KNN_QUERY_CHUNK):
+            correct += _knn_chunk(test_f[start:start + KNN_QUERY_CHUNK], test_y[start:start + KNN_QUERY_CHUNK], bank,
+                                  train_y, k, temperature, n_classes)
+            progress.update(min(start + KNN_QUERY_CHUNK, len(test_f)))
     return correct / len(test_f)
+
+
+def _knn_chunk(q: Tensor, q_y: Tensor, bank: Tensor, train_y: Tensor, k: int, temperature: float,
+               n_classes: int) -> int:
+    """Correct votes of one chunk of queries against the bank (in blocks of the bank, top k merged)."""
+    q = F.normalize(q.float(), dim=1)
+    best_s = torch.empty(len(q), 0)
+    best_i = torch.empty(len(q), 0, dtype=torch.int64)
+    for b in range(0, len(bank), KNN_BANK_CHUNK):
+        s, i = (q @ bank[b:b + KNN_BANK_CHUNK].float().t()).topk(min(k, len(bank) - b), dim=1)
+        best_s, pick = torch.cat([best_s, s], 1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + b], 1).gather(1, pick)
+    votes = torch.zeros(len(q), n_classes).scatter_add_(1, train_y[best_i], (best_s / temperature).exp())
+    return int((votes.argmax(1) == q_y).sum())
 
 
 @contextlib.contextmanager
@@ -213,14 +280,15 @@ def train_linear_probe(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y:
         head.bias.uniform_(-bound, bound, generator=gen)
     opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
-    with _one_thread():
-        for _ in range(cfg.epochs):
+    with _one_thread(), stage("linear probe", total=cfg.epochs, unit="epochs") as progress:
+        for epoch in range(cfg.epochs):
             for idx in _batches(torch.randperm(len(train_f), generator=gen), cfg.batch_size):
                 loss = F.cross_entropy(head(train_f[idx]), train_y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
             sched.step()
+            progress.update(epoch + 1)
         with torch.no_grad():
             acc = float((head(test_f).argmax(1) == test_y).float().mean())
             weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
