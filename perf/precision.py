@@ -13,6 +13,15 @@ Three parts, each optional:
 - ``--calib`` (with ``--checkpoint``): MinMax / Entropy / Percentile INT8 calibration: calibration
   seconds and kNN accuracy per width.
 
+- ``--task CKPT`` (a task checkpoint with a classifier, e.g. fine-tuned on Fashion-MNIST): INT8 that
+  holds at every width. Per width, the classifier is exported as FP32 ONNX, as INT8 with the fixed
+  recipe (every layer quantized, MinMax) and as INT8 with the per-width recipe chosen on held-out
+  images (``int8_recipe="auto"``, :mod:`us3l.exporters.int8_recipe`); each file's own top-1 on the
+  test split is measured (``us3l eval --artifact``'s code), and FP32 against INT8 p50 latency in
+  ONNX Runtime (one intra-op thread, batch 1 and 8, interleaved rounds, same run). Goal: the
+  auto recipe's INT8 top-1 within 1.0 point of FP32 at every width, and at least 1.5x FP32's
+  speed at width 1.0.
+
 Prints tables and writes every number as JSON with ``--json FILE``. Timings on a shared CPU are
 noisy: compare ratios measured in the same run, never absolute times across runs.
 """
@@ -103,6 +112,94 @@ def calibration_methods(ckpt_path: Path, widths: str, root: Path) -> list[dict]:
     return rows
 
 
+def _p50(sess, feed: dict, iters: int) -> float:
+    import statistics
+
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def task_int8(ckpt_path: Path, widths: str, root: Path, gate_images: int, int8_images: int, rounds: int,
+              iters: int) -> dict:
+    """INT8 per width of a task checkpoint: fixed vs per-width (auto) recipe, top-1 and speed vs FP32."""
+    import os
+    import statistics
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from us3l.core.checkpoint import load_checkpoint
+    from us3l.exporters import ExportConfig, run_export
+    from us3l.trainer.evaluate import evaluate_artifact
+
+    ckpt = load_checkpoint(ckpt_path)
+    common = {"checkpoint": str(ckpt_path), "widths": widths, "outputs": "logits", "gate_images": gate_images,
+              "int8_images": int8_images}
+    exports, seconds = {}, {}
+    for name, extra in (("fp32", {}), ("int8_fixed", {"precision": "int8", "int8_recipe": "fixed"}),
+                        ("int8_auto", {"precision": "int8", "int8_recipe": "auto"})):
+        t0 = time.perf_counter()
+        exports[name] = run_export(ExportConfig(out_dir=str(root / name), **common, **extra))
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        print(f"exported {name} in {seconds[name]} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    rows = []
+    for art in exports["fp32"].artifacts:
+        w = art.width
+        row: dict = {"width": w}
+        for name, res in exports.items():
+            a = res.for_width(w)
+            acc = evaluate_artifact(ckpt, a.path)
+            row[f"{name}_top1"] = round(100 * acc["top1"], 2)
+            side = json.loads(a.sidecar.read_text())
+            if name != "fp32":
+                row[f"{name}_cosine"] = round(side["parity"]["mean_cosine"], 4)
+                row[f"{name}_agreement"] = side["parity"].get("top1_agreement")
+            if name == "int8_auto":
+                recipe = side["calibration"]["recipe"]
+                row["auto_recipe"] = {"calibration": recipe["chosen"]["calibration"],
+                                      "keep_fp32": recipe["chosen"]["keep_fp32"], "kept_nodes": recipe["kept_fp32"],
+                                      "passed": recipe["passed"], "tried": len(recipe["tried"])}
+        row["fixed_minus_fp32"] = round(row["int8_fixed_top1"] - row["fp32_top1"], 2)
+        row["auto_minus_fp32"] = round(row["int8_auto_top1"] - row["fp32_top1"], 2)
+        rows.append(row)
+    # latency: FP32 against both INT8 files per width, interleaved, one thread
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    rng = np.random.default_rng(0)
+    speed = []
+    for art in exports["fp32"].artifacts:
+        w = art.width
+        sess = {n: ort.InferenceSession(str(r.for_width(w).path), sess_options=opts, providers=["CPUExecutionProvider"])
+                for n, r in exports.items()}
+        shape = [d if isinstance(d, int) else 1 for d in sess["fp32"].get_inputs()[0].shape][1:]
+        for batch in (1, 8):
+            feed = {"input": rng.standard_normal((batch, *shape)).astype(np.float32)}
+            med: dict[str, list[float]] = {n: [] for n in sess}
+            for r in range(rounds):
+                order = list(sess) if r % 2 == 0 else list(reversed(list(sess)))
+                for n in order:
+                    _p50(sess[n], feed, max(3, iters // 5))
+                    med[n].append(_p50(sess[n], feed, iters))
+            p50 = {n: statistics.median(v) for n, v in med.items()}
+            speed.append({"width": w, "batch": batch, **{f"{n}_p50_ms": round(v, 4) for n, v in p50.items()},
+                          "fixed_speedup": round(p50["fp32"] / p50["int8_fixed"], 3),
+                          "auto_speedup": round(p50["fp32"] / p50["int8_auto"], 3)})
+    w1 = [r for r in speed if r["width"] == max(r2["width"] for r2 in speed)]
+    goals = {"auto_within_1pt_every_width": all(r["auto_minus_fp32"] >= -1.0 for r in rows),
+             "worst_auto_minus_fp32": min(r["auto_minus_fp32"] for r in rows),
+             "worst_fixed_minus_fp32": min(r["fixed_minus_fp32"] for r in rows),
+             "auto_speedup_at_widest_batch1": next(r["auto_speedup"] for r in w1 if r["batch"] == 1),
+             "auto_speedup_at_widest_batch8": next(r["auto_speedup"] for r in w1 if r["batch"] == 8)}
+    goals["auto_speedup>=1.5_at_widest"] = goals["auto_speedup_at_widest_batch1"] >= 1.5
+    return {"checkpoint": str(ckpt_path), "gate_images": gate_images, "int8_images": int8_images,
+            "export_seconds": seconds, "accuracy": rows, "latency": speed, "goals": goals}
+
+
 def choices(report: dict, budgets: list[float]) -> list[dict]:
     from us3l.benchmarks.choice import choose
 
@@ -153,6 +250,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budgets", default="", help="budgets in ms, e.g. 1.0,2.5 (default: two between fastest and slowest)")
     ap.add_argument("--calib", action="store_true", help="compare INT8 calibration methods (needs --checkpoint)")
     ap.add_argument("--calib-only", action="store_true", help="with --checkpoint: only the calibration comparison")
+    ap.add_argument("--task", type=Path, help="task checkpoint (classifier): INT8 per width, fixed vs auto recipe")
+    ap.add_argument("--gate-images", type=int, default=500, help="--task: held-out images the INT8 recipe is chosen on")
+    ap.add_argument("--int8-images", type=int, default=500, help="--task: INT8 calibration images")
+    ap.add_argument("--iters", type=int, default=200, help="--task: timed runs per file, batch and round")
     ap.add_argument("--out", type=Path, help="keep the bench outputs here (default: a temporary directory)")
     ap.add_argument("--json", type=Path, help="write all figures as JSON")
     args = ap.parse_args(argv)
@@ -168,6 +269,24 @@ def main(argv: list[str] | None = None) -> dict:
                               "speedup_over_fp32_p50": speedups(rows), "gate_mean_cosine": gate_cosines(out)}
             _print(f"{args.arch} (untrained): latency per width x precision", rows)
             _print("p50 speedup over fp32, same run", [{"precision": p, **v} for p, v in speedups(rows).items()])
+        if args.task:
+            res = task_int8(args.task, args.widths, root / "task", args.gate_images, args.int8_images, args.rounds,
+                            args.iters)
+            result["task"] = res
+            _print(f"{args.task.name}: top-1 %, FP32 vs INT8 fixed / auto",
+                   [{"width": r["width"], "fp32": r["fp32_top1"], "fixed": r["int8_fixed_top1"],
+                     "auto": r["int8_auto_top1"], "d_fixed": r["fixed_minus_fp32"], "d_auto": r["auto_minus_fp32"],
+                     "agree_fixed": r["int8_fixed_agreement"], "agree_auto": r["int8_auto_agreement"]}
+                    for r in res["accuracy"]])
+            _print("per-width INT8 recipe (auto)", [{"width": r["width"], "calibration": r["auto_recipe"]["calibration"],
+                                                     "fp32_kept": ",".join(r["auto_recipe"]["keep_fp32"]) or "-",
+                                                     "passed": r["auto_recipe"]["passed"], "tried": r["auto_recipe"]["tried"]}
+                                                    for r in res["accuracy"]])
+            _print("p50 ms, FP32 vs INT8 (same run, 1 thread)",
+                   [{"width": r["width"], "batch": r["batch"], "fp32": r["fp32_p50_ms"], "fixed": r["int8_fixed_p50_ms"],
+                     "auto": r["int8_auto_p50_ms"], "x_fixed": r["fixed_speedup"], "x_auto": r["auto_speedup"]}
+                    for r in res["latency"]])
+            print(json.dumps(res["goals"]))
         if args.checkpoint and args.calib_only:
             cal = calibration_methods(args.checkpoint, args.widths, root / "calib")
             result["calibration_methods"] = cal

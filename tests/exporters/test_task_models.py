@@ -208,8 +208,8 @@ def test_pack_is_smaller_and_exports_byte_identical_onnx(task, logits_export, tm
     res = pack(out.checkpoint, tmp_path / "model")
     assert {f.name for f in (tmp_path / "model").iterdir()} == {"model.safetensors", "config.json", "README.md",
                                                                   "accuracy.json"}
-    full = export(tmp_path / "model", "0.25", out=tmp_path / "onnx", outputs="logits")
-    assert full.artifacts[0].path.read_bytes() == logits_export.for_width(0.25).path.read_bytes()
+    full = export(tmp_path / "model", "0.25,1.0", out=tmp_path / "onnx", outputs="logits")  # the same ladder
+    assert full.for_width(0.25).path.read_bytes() == logits_export.for_width(0.25).path.read_bytes()
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["label_names"] == [str(i) for i in range(10)] and config["us3l"]["head"]["kind"] == "per-width"
     assert config["us3l"]["head"]["widths"] == ["0.25", "1.0"]

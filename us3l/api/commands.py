@@ -71,6 +71,11 @@ def _resolve_source(source: Source | None, arch: str | None) -> tuple[Path | Non
     if not isinstance(source, (str, os.PathLike)):
         raise ConfigError(f"source {source!r} is invalid; valid: a checkpoint path, an architecture name or a SlimmableModel")
     path = Path(source)
+    if path.is_file() and path.suffix == ".onnx":  # a switchable file (export takes widths out, bench times it)
+        from ..core.checks import check_onnx_file
+
+        check_onnx_file(path)
+        return path, arch, None
     if path.is_file() or (path / "config.json").is_file():  # a checkpoint file or a packed model directory
         from ..core.files import check_torch_file
 
@@ -310,8 +315,9 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
     """Latency per width on a device, joined with accuracy, and the width chosen for a budget.
 
     Args:
-        source: a checkpoint file (its ``accuracy.json`` is joined), a saved :class:`SlimmableModel`
-            or an architecture name (untrained: latency planning); ``None`` with ``arch=``.
+        source: a checkpoint file (its ``accuracy.json`` is joined), a saved :class:`SlimmableModel`,
+            an architecture name (untrained: latency planning; ``None`` with ``arch=``) or a switchable
+            ``.onnx`` file (``export(..., switchable=True)``), measured at the widths it holds.
         device: ``cpu``, ``cuda``, ``jetson`` or a profile name from ``us3l-devices.toml``.
         widths: a list/range text or floats (default: the checkpoint's BN-bank widths, else 0.25:1.0:0.25).
         budget_ms / metric: choose the most accurate width whose ``metric`` (p50/p90/p95/p99/mean)
@@ -334,9 +340,12 @@ def bench(source: Source | None = None, *, arch: str | None = None, device: str 
     path, arch_name, model = _resolve_source(source, arch)
     if model is not None and model.checkpoint is not None:
         path = model._saved_path("bench")
+    artifact = None
+    if path is not None and Path(path).suffix == ".onnx":  # a switchable file: measured at the widths it holds
+        artifact, path = Path(path), None
     if options.get("power_modes") is not None:
         options["power_modes"] = tuple(int(m) for m in options["power_modes"])
-    cfg = BenchConfig(checkpoint=path, arch=arch_name, device=device,
+    cfg = BenchConfig(checkpoint=path, arch=arch_name, artifact=artifact, device=device,
                       devices_file=Path(devices_file) if devices_file is not None else None, widths=_width_text(widths),
                       batches=tuple(int(b) for b in batches), budget_ms=budget_ms, metric=metric,
                       accuracy=Path(accuracy) if accuracy is not None else None,

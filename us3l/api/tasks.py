@@ -193,7 +193,7 @@ def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: s
 
 
 def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5,
-            threads: int = 0, on_bad_image: str = "skip") -> PredictResult:
+            threads: int = 0, on_bad_image: str = "skip", width: float | None = None) -> PredictResult:
     """Classify image files with an exported classifier (``us3l export ... --outputs logits|probs``).
 
     Args:
@@ -203,6 +203,8 @@ def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k:
         threads: CPU threads of ONNX Runtime (0: auto, one per CPU other processes leave idle).
         on_bad_image: ``skip`` (unreadable files are listed in ``skipped``, the rest classified) or
             ``fail`` (the first unreadable file is a :class:`DataError`).
+        width: the width to run a switchable file (``export(..., switchable=True)``) at; required
+            for one, and a width it holds.
 
     Raises:
         ConfigError, DataError, BackendUnavailableError: one-line user errors.
@@ -221,7 +223,8 @@ def predict(artifact: PathLike, images: PathLike | Sequence[PathLike], *, top_k:
         for f in found:
             single_dir = len(targets) == 1 and Path(item).is_dir()
             shown[str(f)] = f.relative_to(item).as_posix() if single_dir else str(f)
-    info, records, skipped = predict_images(artifact, files, top_k, on_bad_image=on_bad_image, threads=threads)
+    info, records, skipped = predict_images(artifact, files, top_k, on_bad_image=on_bad_image, threads=threads,
+                                            width=width)
     preds = tuple(Prediction(Path(r["image"]), tuple(ClassScore(t["index"], t["name"], t["prob"]) for t in r["top"]),
                              tuple(r["logits"]) if "logits" in r else None, shown.get(r["image"], r["image"]))
                   for r in records)

@@ -148,6 +148,8 @@ class BenchArtifact:
         ranges: the INT8 activation ranges file (TensorRT calibration cache / Q/DQ), else None.
         outputs: what the network returns (``features``, ``logits``, ``probs``).
         build_module: callable returning the static ``nn.Module`` (for the ``torch`` runner).
+        width_index: for a switchable file measured as it is, the ``width_index`` fed with every
+            run (``path`` is then the switchable file and ``sha256`` its hash + ``#index``), else None.
     """
 
     width: float
@@ -163,6 +165,7 @@ class BenchArtifact:
     ranges: Path | None = None
     outputs: str = "features"
     build_module: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
+    width_index: int | None = None
 
     def record(self) -> dict:
         """JSON-ready fields (no callables) for the lookup table and reports."""
@@ -172,6 +175,7 @@ class BenchArtifact:
             "params": self.params, "aliases": list(self.aliases), "precision": self.precision,
             "source": str(self.source) if self.source else None, "ranges": str(self.ranges) if self.ranges else None,
             "outputs": self.outputs,
+            **({"width_index": self.width_index} if self.width_index is not None else {}),
         }
 
 

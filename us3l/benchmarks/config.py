@@ -18,7 +18,8 @@ class BenchConfig:
     """Everything ``us3l bench`` needs; built by the CLI, consumed by :func:`us3l.benchmarks.run_bench`.
 
     Attributes:
-        checkpoint / arch: the model (a checkpoint, or an architecture for latency planning).
+        checkpoint / arch / artifact: the model (a checkpoint, an architecture for latency planning,
+            or a switchable ONNX file from ``us3l export --switchable``, measured at the widths it holds).
         device / devices_file: built-in device or TOML profile name, and an explicit profiles file.
         widths: width list or range text (``None``: 0.25:1.0:0.25 plus the checkpoint's BN-bank widths
             plus the widths in its accuracy table).
@@ -47,6 +48,7 @@ class BenchConfig:
 
     checkpoint: Path | None = None
     arch: str | None = None
+    artifact: Path | None = None
     device: str = "cpu"
     devices_file: Path | None = None
     widths: str | None = None
@@ -78,8 +80,13 @@ class BenchConfig:
     measure_accuracy: bool = False
 
     def __post_init__(self) -> None:
-        if (self.checkpoint is None) == (self.arch is None):
-            raise ConfigError("give exactly one of a checkpoint path or --arch NAME")
+        if sum(x is not None for x in (self.checkpoint, self.arch, self.artifact)) != 1:
+            raise ConfigError("give exactly one of a checkpoint path, --arch NAME or a switchable .onnx file")
+        if self.artifact is not None and self.search:
+            raise ConfigError("--search bisects a checkpoint's continuous width range; a switchable file holds only "
+                              "its widths: drop --search (the budget still chooses among them)")
+        if self.artifact is not None and self.snap != 8:
+            raise ConfigError("--snap applies when exporting; a switchable file's channels are fixed: drop --snap")
         if not self.batches or any(int(b) < 1 for b in self.batches):
             raise ConfigError(f"batch sizes must be >= 1, got {list(self.batches)}")
         if self.metric not in METRICS:

@@ -175,8 +175,10 @@ class AccuracyJoin:
             found = [r for r in self.by_sha.get(state or "", []) if r.get("source", "pytorch") == "pytorch"
                      and round_width(r["width"]) in widths and r.get("precision", "fp32") == row.precision
                      and int((r.get("details") or {}).get("divisor", 8)) == self.divisor]
-        else:
-            found = [r for r in self.by_sha.get(row.sha256 or "", []) if r.get("source") == "artifact"]
+        else:  # a switchable file measured as it is: sha256 "<file hash>#<width_index>"
+            sha, _, index = (row.sha256 or "").partition("#")
+            found = [r for r in self.by_sha.get(sha, []) if r.get("source") == "artifact"
+                     and (not index or r.get("width_index") == int(index))]
         found = [r for r in found if r.get("outputs", "features") == (row.outputs or "features")]
         return min(found, key=lambda r: PROTOCOLS.index(r["protocol"])) if found else None
 
@@ -194,6 +196,8 @@ def accuracy_path(cfg: BenchConfig) -> Path | None:
     ``accuracy.json`` beside the checkpoint (inside a packed directory); ``None`` for ``--arch``."""
     if cfg.accuracy is not None:
         return Path(cfg.accuracy)
+    if cfg.artifact is not None:  # a switchable file: the table beside it ('us3l eval CKPT --artifact FILE -o ...')
+        return Path(cfg.artifact).with_name(ACCURACY_FILE)
     if cfg.checkpoint is None:
         return None
     src = Path(cfg.checkpoint)
@@ -295,7 +299,11 @@ class BenchRun:
             from us3l.core.threads import choose_threads  # auto: one thread per CPU other processes leave idle
 
             self.threads = choose_threads(0).threads
-        self.source = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap)
+        self.source: Any = None  # ModelSource, or a SwitchableSource for a switchable file
+        if cfg.artifact is None:
+            self.source = ModelSource(cfg.checkpoint, cfg.arch, cfg.snap)
+        else:
+            self._switchable_source()
         self.out_dir = cfg.out_dir or DEFAULT_OUT
         self.table = LatencyTable(cfg.lut or (self.out_dir / "lut.json" if cfg.out_dir else default_cache_path()))
         info = self.info = _width_info(self.source, self.table, cfg.force)
@@ -306,7 +314,16 @@ class BenchRun:
         if self.outputs != "features" and cfg.checkpoint is not None and not info.get("classifier"):
             raise ConfigError(f"--outputs {self.outputs} needs a classifier; {cfg.checkpoint} has none (fine-tune it "
                               "with 'us3l finetune', or time its features with --outputs features)")
-        self.source = dataclasses.replace(self.source, outputs=self.outputs)
+        if cfg.artifact is not None:  # a switchable file returns what it was exported with
+            if cfg.outputs and cfg.outputs != self.source.outputs:
+                raise ConfigError(f"{Path(cfg.artifact).name} outputs {self.source.outputs}; --outputs {cfg.outputs} "
+                                  "needs another export (us3l export CKPT --switchable --outputs ...)")
+            self.outputs = self.source.outputs
+        else:
+            self.source = dataclasses.replace(self.source, outputs=self.outputs)
+        if cfg.measure_accuracy and cfg.artifact is not None:
+            raise ConfigError("--measure-accuracy evaluates a checkpoint's files; measure a switchable file with "
+                              "'us3l eval CKPT --artifact FILE -o TABLE' and pass --accuracy TABLE")
         if cfg.measure_accuracy:
             if self.measurer is None:
                 raise ConfigError("--measure-accuracy needs the evaluator (run bench through us3l.bench or the CLI)")
@@ -316,8 +333,11 @@ class BenchRun:
                 raise ConfigError(f"--measure-accuracy needs the data; {cfg.checkpoint} records no dataset "
                                   "(measure its files with 'us3l eval CKPT --artifact FILE --data NAME')")
         self.accuracy.check(*self._join_facts())
-        self.widths = (parse_widths(cfg.widths, self.lo, self.hi) if cfg.widths
-                       else default_widths(self.lo, self.hi, ladder, self.accuracy.widths))
+        if cfg.artifact is not None:
+            self.widths = self.source.widths(cfg.widths)
+        else:
+            self.widths = (parse_widths(cfg.widths, self.lo, self.hi) if cfg.widths
+                           else default_widths(self.lo, self.hi, ladder, self.accuracy.widths))
         self.timing = TimingConfig(warmup_ms=cfg.warmup_ms, duration_s=cfg.duration_s, iterations=cfg.iterations,
                                    rounds=cfg.rounds, idle_gap_ms=cfg.idle_gap_ms)
         p = self.profile
@@ -333,6 +353,19 @@ class BenchRun:
         self.search: SearchOutcome | None = None
         self.noise: NoiseCheck | None = None
         self.stability: Stability | None = None
+
+    def _switchable_source(self) -> None:
+        """A switchable file as the source: its widths, its precision and its outputs."""
+        from .switchable import SwitchableSource
+
+        cfg = self.cfg
+        assert cfg.artifact is not None
+        if self.runner_name == "torch":
+            raise ConfigError("the torch runner measures a checkpoint's network; a switchable file runs in onnxruntime, "
+                              "tensorrt or trtexec (--runner)")
+        self.source = SwitchableSource(Path(cfg.artifact))
+        if cfg.precisions is None and self.runner_name == "onnxruntime":
+            self.precisions = [self.source.precision]
 
     @property
     def needs_executor(self) -> bool:
@@ -376,6 +409,12 @@ class BenchRun:
         """One artifact per (width, precision): fp16/int8 ONNX are converted from the fp32 ONNX at
         export (int8 calibrated on real images); the torch runner measures the fp32 network itself."""
         cfg = self.cfg
+        if cfg.artifact is not None:
+            from .switchable import switchable_artifacts
+
+            return [a for p in self.precisions
+                    for a in switchable_artifacts(self.source, self.widths, Precision.parse(p),
+                                                  self.runner_name == "onnxruntime", self.out_dir)]
         return [a for p in self.precisions
                 for a in prepare_artifacts(self.source, self.widths, self.out_dir, p, self.table, cfg.force,
                                            progress or self.progress)]
@@ -578,7 +617,8 @@ class BenchRun:
             "schema": "us3l-bench/1", "device": self.profile.name, "runner": self.runner_name,
             "precision": ",".join(self.precisions), "precisions": self.precisions, "threads": self.threads,
             "fingerprint": self.fingerprint, "environment": self.env,
-            "source": {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "arch": cfg.arch},
+            "source": {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "arch": cfg.arch,
+                       **({"switchable": str(cfg.artifact)} if cfg.artifact is not None else {})},
             "outputs": self.outputs,
             "accuracy_file": str(acc.path) if acc.path else None, "accuracy_note": acc.note,
             "accuracy_unknown": [{"width": w, "precision": p} for w, p in unknown],
@@ -632,6 +672,11 @@ class BenchRun:
                                 "width": chosen["width"], "precision": chosen["precision"],
                                 "accuracy": timed.get("accuracy"), "accuracy_protocol": timed.get("accuracy_protocol"),
                                 "accuracy_source": timed.get("accuracy_source")}
+            if cfg.artifact is not None:  # one switchable file: the device feeds this index
+                from us3l.exporters.switchable import index_for
+
+                report["deploy"].update(switchable=str(cfg.artifact),
+                                        width_index=index_for(self.source.table, chosen["width"]))
         if len(modes) > 1:
             report["policy"] = {str(m): (choose([r for r in rows if r["batch"] == cfg.batches[0]
                                                  and r.get("power_mode") == m], cfg.budget_ms, cfg.metric)

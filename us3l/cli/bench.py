@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
     @app.command("bench", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory; its accuracy.json is joined (omit it and give --arch).",
+        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory (its accuracy.json is joined), or a switchable .onnx file (its widths); or --arch.",
                                                              exists=True)] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (latency does not depend on weights).  [default: the checkpoint's]")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, jetson, or a profile name from us3l-devices.toml.")] = "cpu",

@@ -14,7 +14,8 @@ from enum import Enum
 from ..core.precision import Precision
 
 __all__ = ["Augment", "Augmentation", "BadImage", "BenchOutputs", "Calibration", "Dataset", "EvalMethod", "Format",
-           "Head", "LinearPreset", "Metric", "OnnxExporter", "Outputs", "Precision", "Runner", "SSL", "Snap", "TrainMethod"]
+           "Head", "Int8Recipe", "LinearPreset", "Metric", "OnnxExporter", "Outputs", "Precision", "Runner", "SSL", "Snap",
+           "TrainMethod"]
 
 
 class Dataset(str, Enum):
@@ -162,3 +163,10 @@ class Runner(str, Enum):
 def value(choice: Enum | None) -> str | None:
     """The text of a choice (``None`` stays ``None``)."""
     return None if choice is None else str(choice.value)
+
+
+class Int8Recipe(str, Enum):
+    """:data:`us3l.exporters.int8_recipe.RECIPE_MODES`."""
+
+    auto = "auto"
+    fixed = "fixed"

@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         linear_preset: Annotated[LinearPreset, typer.Option(help="Linear-probe recipe: fast, or cifar (docs/method.md section 11, 100 epochs).")] = LinearPreset.fast,
         device: Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")] = "cpu",
         workers: Annotated[int | None, typer.Option(help="Processes decoding image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
-        artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint to measure in ONNX Runtime instead of the PyTorch widths; repeatable; its row records the file's sha256, outputs and precision.  [default: none]",
+        artifact: Annotated[list[Path] | None, typer.Option(help="Exported ONNX file of this checkpoint, measured in ONNX Runtime; repeatable; its row records the file's sha256, outputs, precision (a switchable file: each of --widths, default all).  [default: none]",
                                                               exists=True, dir_okay=False)] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="Accuracy table to write ('us3l bench --accuracy' reads it).  [default: accuracy.json beside the checkpoint, where bench looks]")] = None,
         threads: Annotated[int, typer.Option(help=threads_help())] = 0,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from ..core.threads import threads_help
-from .choices import Calibration, Format, OnnxExporter, Outputs, Precision, Snap, value
+from .choices import Calibration, Format, Int8Recipe, OnnxExporter, Outputs, Precision, Snap, value
 from .common import example, print_json, user_errors
 
 if TYPE_CHECKING:
@@ -32,6 +32,9 @@ def render(result: ExportResult) -> None:
     """
     from .common import console
 
+    if len(result.artifacts) == 1 and result.artifacts[0].switchable:
+        render_switchable(result)
+        return
     names = [a.path.name for a in result.artifacts]
     table = _table(result, names)
     natural = console.measure(table, options=console.options.update(max_width=10_000)).maximum
@@ -91,11 +94,34 @@ def _table(result: ExportResult, files: list[str], file_header: str = "file") ->
     return table
 
 
+def render_switchable(result: ExportResult) -> None:
+    """One row per width index of a switchable file: what each index runs and how it passed."""
+    from rich.table import Table
+
+    from ..core.width import format_width
+    from .common import console
+
+    art = result.artifacts[0]
+    table = Table(title=f"{art.path.name}: {len(art.switchable or ())} widths in one file, chosen by width_index "
+                        f"({result.seconds:.1f}s{', cached' if art.cached else ''})")
+    for col in ("index", "width", "channels", "MMACs", "accuracy", "gate"):
+        table.add_column(col, overflow="fold")
+    for row in art.switchable or ():
+        acc = row.get("accuracy") or {}
+        gate = row.get("parity") or {}
+        table.add_row(str(row["index"]), ",".join(format_width(w) for w in [row["width"], *row.get("aliases", [])]),
+                      _channels_summary(row.get("channels") or {}), f"{row['macs'] / 1e6:.1f}",
+                      ", ".join(f"{k} {100 * v:.2f} %" for k, v in acc.items()) or "unknown",
+                      f"cos {gate['mean_cosine']:.4f}" if "mean_cosine" in gate
+                      else f"max err {gate.get('max_abs_err', float('nan')):.2e}")
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("export", epilog=example(EXAMPLE))
     @user_errors
     def command(
-        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory (omit it and give --arch for an untrained network).")] = None,
+        checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or packed model directory (omit it and give --arch for an untrained network), or a switchable .onnx file to take widths out of.")] = None,
         arch: Annotated[Optional[str], typer.Option(help="Untrained architecture instead of a checkpoint, for latency planning (random weights).  [default: the checkpoint's]")] = None,
         width: Annotated[str, typer.Option("--widths", "--width", "-w", help="Width 0.35, a list 0.25,0.5 or a range 0.25:1.0:0.05.")] = "1.0",
         fmt: Annotated[Format, typer.Option("--format", "-f", help="onnx; trt (alias engine): a TensorRT engine, built on the GPU that runs it; pt2: torch.export.")] = Format.onnx,
@@ -117,6 +143,10 @@ def register(app: typer.Typer) -> None:
         outputs: Annotated[Outputs, typer.Option(help="What the artifact outputs: features; logits or probs (the task checkpoint's classifier); stages (multi-scale maps C2..C5).")] = Outputs.features,
         as_json: Annotated[bool, typer.Option("--json", help="Print the artifacts as JSON instead of a table.")] = False,
         force: Annotated[bool, typer.Option(help="Rebuild and overwrite artifacts even when the cache matches.")] = False,
+        switchable: Annotated[bool, typer.Option(help="One ONNX file holding every width, chosen at run time by its int64 width_index input (fp32, or fp16 when it holds the gate).")] = False,
+        substitute: Annotated[bool, typer.Option(help="Ladders of 2+ widths: translate one width and derive the others from its graph (fall back per width, with the reason in the sidecar).")] = True,
+        int8_recipe: Annotated[Int8Recipe, typer.Option(help="ONNX INT8: auto chooses each width's recipe on held-out images (calibration, then head/stem/last block kept FP32); fixed quantizes every layer.")] = Int8Recipe.auto,
+        int8_min_agreement: Annotated[float, typer.Option(help="ONNX INT8 auto recipe: least top-1 agreement with FP32 on held-out images (classifiers).")] = 0.99,
         threads: Annotated[int, typer.Option(help=threads_help())] = 0,
     ) -> None:
         """Export widths of a checkpoint to ONNX / TensorRT / torch.export (.pt2), each verified against PyTorch.
@@ -141,7 +171,11 @@ def register(app: typer.Typer) -> None:
                             **({"onnx_exporter": value(onnx_exporter)} if onnx_exporter else {}),
                             min_cosine=min_cosine,
                             include_head=str(include_head) if include_head else None, image_size=image_size,
-                            force=force, threads=threads, **({"outputs": outputs.value} if outputs is not Outputs.features else {}))
+                            force=force, threads=threads,
+                            **({"outputs": outputs.value} if outputs is not Outputs.features else {}),
+                            **({"switchable": True} if switchable else {}), **({} if substitute else {"substitute": False}),
+                            **({} if int8_recipe is Int8Recipe.auto else {"int8_recipe": int8_recipe.value}),
+                            **({} if int8_min_agreement == 0.99 else {"int8_min_agreement": int8_min_agreement}))
         if as_json:
             print_json({"out_dir": result.out_dir, "seconds": result.seconds, "artifacts": result.artifacts})
         else:

@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
         artifact: Annotated[Path, typer.Argument(help="Classifier artifact from 'us3l export --outputs logits|probs' (.onnx, or a TensorRT .engine).")],
         images: Annotated[list[Path], typer.Argument(help="Image files or directories of images (searched recursively).")],
         top_k: Annotated[int, typer.Option(help="Classes reported per image.")] = 5,
+        width: Annotated[float | None, typer.Option("--width", "-w", help="Width to run a switchable file (export --switchable) at; it must be one the file holds.  [default: the artifact's only width]")] = None,
         threads: Annotated[int, typer.Option(help=threads_help())] = 0,
         on_bad_image: Annotated[BadImage, typer.Option(help="An unreadable, truncated or decompression-bomb file: skip (one warning line, classify the rest) or fail (stop, exit 2).")] = BadImage.skip,
         as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON (to stdout, or to --out).")] = False,
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
         from ..api import predict
 
-        result = predict(artifact, images, top_k=top_k, on_bad_image=on_bad_image.value, threads=threads)
+        result = predict(artifact, images, top_k=top_k, on_bad_image=on_bad_image.value, threads=threads, width=width)
         for s in result.skipped:
             err_console.print(f"[yellow]warning:[/] skipped {escape(s.name or str(s.image))}: {escape(s.reason)}",
                               markup=True, highlight=False, soft_wrap=True)

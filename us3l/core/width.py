@@ -157,3 +157,28 @@ def parse_widths(
             seen.add(w)
             out.append(w)
     return out
+
+
+# ----------------------------------------------------------------------------- a switchable file's widths
+
+
+def held_widths(table: list[dict]) -> list[float]:
+    """Every width a switchable file (``us3l export --switchable``) serves: its index table's rows
+    (``{"index", "width", "aliases", ...}``) and their aliases, sorted."""
+    return sorted({float(w) for row in table for w in [row["width"], *row.get("aliases", [])]})
+
+
+def index_for(table: list[dict], width: float, name: str = "the file") -> int:
+    """The ``width_index`` of ``width`` (the width of a row of a switchable file's index table, or
+    one of its aliases).
+
+    Raises:
+        ConfigError: a width the file does not hold (one line listing the ones it holds).
+    """
+    from .errors import ConfigError
+
+    for row in table:
+        if any(abs(float(w) - float(width)) < 1e-9 for w in [row["width"], *row.get("aliases", [])]):
+            return int(row["index"])
+    held = ", ".join(format_width(w) for w in held_widths(table))
+    raise ConfigError(f"{name} holds no width {format_width(width)}; it holds {held}")

@@ -87,6 +87,9 @@ class Artifact:
         untrained: built from an untrained network (latency planning only).
         source: the FP32 ONNX artifact an engine or a reduced-precision ONNX was built from, else None.
         calibration: INT8 calibration record (method, images used, data, ranges file), else None.
+        switchable: for a switchable file (every width in one file), its index table
+            (``{"index", "width", "aliases", "channels", "macs", ...}`` per width); ``width``,
+            ``channels`` and ``macs`` then describe its widest width.
     """
 
     path: Path
@@ -106,6 +109,7 @@ class Artifact:
     untrained: bool = False
     source: Path | None = None
     calibration: dict[str, Any] | None = None
+    switchable: tuple[dict[str, Any], ...] | None = None  # index table of a switchable file, else None
 
     @classmethod
     def from_sidecar(cls, sidecar: Path, data: dict[str, Any], cached: bool) -> Artifact:
@@ -116,7 +120,8 @@ class Artifact:
                    params=int(data["params"]), feature_dim=int(data["feature_dim"]),
                    input_shape=tuple(data["input"]["shape"]), parity=dict(data["parity"]), sha256=data["sha256"],
                    cached=cached, untrained=bool(data.get("untrained")),
-                   source=sidecar.parent / src if src else None, calibration=data.get("calibration"))
+                   source=sidecar.parent / src if src else None, calibration=data.get("calibration"),
+                   switchable=tuple((data.get("switchable") or {}).get("index") or ()) or None)
 
 
 @dataclass
@@ -136,6 +141,9 @@ class ExportResult:
         for a in self.artifacts:
             if abs(a.width - width) < 1e-9 or any(abs(x - width) < 1e-9 for x in a.aliases):
                 return a
+            for row in a.switchable or ():
+                if any(abs(float(x) - width) < 1e-9 for x in [row["width"], *row.get("aliases", [])]):
+                    return a
         raise KeyError(width)
 
     @property

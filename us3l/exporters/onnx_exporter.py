@@ -45,7 +45,7 @@ from us3l.core.errors import BackendUnavailableError, ExportError
 from us3l.core.precision import Precision
 from us3l.core.version import __version__
 
-from .onnx_graph import checked_bytes, recheck_file, topological_sort  # noqa: F401  (re-exported)
+from .onnx_graph import checked_bytes, recheck_file, simplify_onnx, topological_sort  # noqa: F401  (re-exported)
 from .registry import Exporter, ExportRequest, register_exporter
 
 log = logging.getLogger(__name__)
@@ -221,19 +221,6 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
     return lower_opset(proto, opset).SerializeToString()
 
 
-def simplify_onnx(model: Any) -> Any:
-    """Run onnxsim (shape inference, constant folding, fusions); dynamic axes are kept.
-
-    Raises:
-        ExportError: onnxsim reported that the simplified model differs.
-    """
-    onnxsim = _require("onnxsim")
-    simplified, ok = onnxsim.simplify(model)
-    if not ok:
-        raise ExportError("onnxsim produced a model that failed its own check; export with simplify=False")
-    return simplified
-
-
 def graph_summary(model: Any) -> dict[str, Any]:
     """Op-type counts, initializer count and opset of an ONNX model (for the sidecar)."""
     ops = Counter(n.op_type for n in model.graph.node)
@@ -290,6 +277,13 @@ def batched_runner(run_batch: Callable[[np.ndarray], np.ndarray], batch: int | N
     return run
 
 
+def _width_of(req: ExportRequest) -> float:
+    try:
+        return float(req.metadata.get("us3l.width", "nan"))
+    except ValueError:
+        return float("nan")
+
+
 @register_exporter("onnx")
 class OnnxExporter(Exporter):
     """Plain static network → simplified, checked, self-contained ONNX file.
@@ -322,13 +316,31 @@ class OnnxExporter(Exporter):
             raise ExportError(f"opset {req.opset} is not supported; valid: {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
         exporter = req.options.get("exporter") or default_exporter()
         start = time.perf_counter()
-        log.info("Exporting ONNX (%s exporter, opset %d) -> %s", exporter, req.opset, req.path.name)
-        example = torch.zeros((req.batch or 2, *req.input_shape))
-        data = torch_to_onnx_bytes(req.static, example, req.opset, req.batch is None, req.input_name,
-                                   list(req.output_names) or req.output_name, exporter)
-        model = onnx.load_from_string(data)
-        if req.simplify:
-            model = simplify_onnx(model)
+        ladder = req.options.get("ladder")
+        model, method = None, "traced"
+        fallback = None
+        if ladder is not None and ladder.template is not None:
+            from .ladder import SubstitutionError
+
+            try:
+                model = self._substituted(req, ladder)
+                method = "substituted"
+            except SubstitutionError as exc:
+                fallback = str(exc)
+                ladder.fallbacks.append((float(req.metadata.get("us3l.width", "nan")), fallback))
+                log.warning("width %s translated in full: %s", req.metadata.get("us3l.width", "?"), fallback)
+        elif ladder is not None and ladder.disabled is not None:
+            fallback = ladder.disabled
+        if model is None:
+            log.info("Exporting ONNX (%s exporter, opset %d) -> %s", exporter, req.opset, req.path.name)
+            example = torch.zeros((req.batch or 2, *req.input_shape))
+            data = torch_to_onnx_bytes(req.static, example, req.opset, req.batch is None, req.input_name,
+                                       list(req.output_names) or req.output_name, exporter)
+            model = onnx.load_from_string(data)
+            if req.simplify:
+                model = simplify_onnx(model)
+            if ladder is not None and ladder.template is None:
+                ladder.adopt(model, req.static, _width_of(req), req.batch, req.input_shape[-1])
         onnx.helper.set_model_props(model, {k: str(v) for k, v in req.metadata.items()})
         model.producer_name, model.producer_version = "us3l-deploy", __version__
         model.doc_string = "universally slimmable network sliced to one width"
@@ -338,8 +350,28 @@ class OnnxExporter(Exporter):
             raise ExportError(f"the {exporter} exporter wrote opset {written}, not the {req.opset} asked for")
         req.path.parent.mkdir(parents=True, exist_ok=True)
         req.path.write_bytes(data)
-        log.info("ONNX written in %.2fs (%d nodes)", time.perf_counter() - start, len(model.graph.node))
-        return {"graph": graph_summary(model), "exporter": exporter, "simplified": bool(req.simplify)}
+        seconds = time.perf_counter() - start
+        log.info("ONNX %s in %.2fs (%d nodes)", method, seconds, len(model.graph.node))
+        info: dict[str, Any] = {"method": method, "seconds": round(seconds, 3)}
+        if method == "substituted" and ladder is not None and ladder.template is not None:
+            info["template_width"] = ladder.template.width
+        if fallback:
+            info["fallback"] = fallback
+        return {"graph": graph_summary(model), "exporter": exporter, "simplified": bool(req.simplify), "export": info}
+
+    def _substituted(self, req: ExportRequest, ladder: Any) -> Any:
+        """This width's model derived from the ladder's template (:mod:`us3l.exporters.ladder`)."""
+        from .ladder import finish, substitute
+
+        with torch.no_grad():
+            out = req.static(torch.zeros((req.batch or 1, *req.input_shape)))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        model = substitute(ladder.template, req.static, _width_of(req), req.batch, req.input_shape[-1],
+                           [tuple(o.shape) for o in outs])
+        exporter = req.options.get("exporter") or default_exporter()
+        model = finish(model, req.simplify, ladder.template.ops, drop_whole_slices=exporter == "dynamo")
+        ladder.substituted += 1
+        return model
 
     def _reduced(self, req: ExportRequest) -> dict[str, Any]:
         """FP16 / INT8 from the FP32 ONNX of the same width (``req.onnx_path``), see :mod:`.onnx_quant`."""
@@ -359,8 +391,25 @@ class OnnxExporter(Exporter):
             if req.calib_images is None:
                 raise ExportError("INT8 calibration needs images; pass --calib-data")
             ranges = Path(req.options["ranges_path"])
-            facts["calibration"] = quantize_int8(req.onnx_path, req.calib_images, req.path, ranges,
-                                                 req.options.get("calibration", "minmax"), req.input_name, req.batch)
+            method = req.options.get("calibration", "minmax")
+            recipe = req.options.get("int8_recipe")
+            if recipe is not None:  # per-width recipe chosen on the held-out gate (us3l.exporters.int8_recipe)
+                from .int8_recipe import choose_recipe, sensitive_nodes
+
+                def quantize(src: Path, images: np.ndarray, out: Path, rng: Path, m: str, **kw: Any) -> dict[str, Any]:
+                    return quantize_int8(src, images, out, rng, m, req.input_name, req.batch, **kw)
+
+                def run(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+                    sess = ort_session(path, threads=1)
+                    name = sess.get_inputs()[0].name
+                    return batched_runner(lambda x: sess.run(None, {name: x.astype(np.float32)})[0], req.batch)
+
+                groups = sensitive_nodes(onnx.load(str(req.onnx_path)), req.static)
+                facts["calibration"] = choose_recipe(Path(req.onnx_path), req.calib_images, req.path, ranges, method,
+                                                     recipe, quantize, run, groups)
+            else:
+                facts["calibration"] = quantize_int8(req.onnx_path, req.calib_images, req.path, ranges, method,
+                                                     req.input_name, req.batch)
             model = onnx.load(str(req.path))
         onnx.helper.set_model_props(model, {**{k: str(v) for k, v in req.metadata.items()}, "us3l.precision": str(req.precision)})
         model.producer_name, model.producer_version = "us3l-deploy", __version__

@@ -101,3 +101,24 @@ def recheck_file(path: Path, what: str) -> None:
     import onnx
 
     path.write_bytes(checked_bytes(onnx.load(str(path)), what))
+
+
+def simplify_onnx(model: Any) -> Any:
+    """Run onnxsim (shape inference, constant folding, fusions); dynamic axes are kept. Here, with
+    no other exporter module imported, so the ladder (:mod:`us3l.exporters.ladder`) can use it.
+
+    Raises:
+        BackendUnavailableError: onnxsim is not installed. ExportError: onnxsim reported that the
+            simplified model differs.
+    """
+    try:
+        import onnxsim
+    except ImportError:
+        from us3l.core.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("python package 'onnxsim' is not installed; install it with "
+                                      "'pip install onnxsim'") from None
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise ExportError("onnxsim produced a model that failed its own check; export with simplify=False")
+    return simplified

@@ -87,7 +87,8 @@ def _reader(q: Any, images: np.ndarray, input_name: str, batch: int, progress: A
 
 
 def quantize_int8(onnx_path: Path, images: np.ndarray, out_path: Path, ranges_path: Path,
-                  method: str = DEFAULT_CALIBRATION, input_name: str = "input", batch: int | None = 32) -> dict[str, Any]:
+                  method: str = DEFAULT_CALIBRATION, input_name: str = "input", batch: int | None = 32,
+                  exclude: list[str] | tuple[str, ...] = (), reuse_ranges: bool = False) -> dict[str, Any]:
     """Write a static INT8 (QDQ, per-channel weights) copy of ``onnx_path`` calibrated on ``images``.
 
     Args:
@@ -97,6 +98,8 @@ def quantize_int8(onnx_path: Path, images: np.ndarray, out_path: Path, ranges_pa
         method: ``minmax`` | ``entropy`` | ``percentile``.
         input_name: graph input name.
         batch: calibration batch (the model's fixed batch when it has one).
+        exclude: node names kept in FP32 (not quantized).
+        reuse_ranges: ``ranges_path`` already holds this model's ranges for ``method`` (no calibration run).
 
     Returns:
         Facts for the sidecar (tool, format, types, method, images used, time).
@@ -114,12 +117,14 @@ def quantize_int8(onnx_path: Path, images: np.ndarray, out_path: Path, ranges_pa
     from us3l.core.heartbeat import stage
 
     with _quiet_root():
-        with stage("INT8 calibration", total=len(images), unit="images") as progress:
-            _calibrate(q, onnx_path, images, calib, input_name, batch or len(images), Path(ranges_path), progress)
+        if not reuse_ranges:
+            with stage("INT8 calibration", total=len(images), unit="images") as progress:
+                _calibrate(q, onnx_path, images, calib, input_name, batch or len(images), Path(ranges_path), progress)
         with stage("INT8 quantization"):
             q.quantize_static(str(onnx_path), str(out_path), None,  # ranges come from the file just written
                               quant_format=q.QuantFormat.QDQ, per_channel=True, activation_type=q.QuantType.QUInt8,
                               weight_type=q.QuantType.QInt8, calibrate_method=calib,
+                              nodes_to_exclude=list(exclude) or None,
                               extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
                               calibration_cache_path=str(ranges_path))
     from .onnx_graph import recheck_file
@@ -127,7 +132,8 @@ def quantize_int8(onnx_path: Path, images: np.ndarray, out_path: Path, ranges_pa
     recheck_file(out_path, "int8 Q/DQ ONNX for TensorRT")
     return {"tool": f"onnxruntime.quantization {_ort_version()}", "format": "QDQ", "weights": "int8 symmetric per-channel",
             "activations": "uint8 asymmetric per-tensor", "method": method, "images": int(len(images)),
-            "seconds": round(time.perf_counter() - start, 3), "ranges_file": Path(ranges_path).name}
+            "seconds": round(time.perf_counter() - start, 3), "ranges_file": Path(ranges_path).name,
+            **({"kept_fp32": list(exclude)} if exclude else {})}
 
 
 # ONNX Runtime's histogram defaults give Entropy 128 bins for 128 quantized bins, which leaves the

@@ -22,7 +22,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from torch import nn
 
 from us3l.core.version import __version__
 from us3l.core.context import use_width
-from us3l.core.errors import ConfigError, ExportError
+from us3l.core.errors import ConfigError, ExportError, ParityError
 from us3l.core.files import relative_path, sha256_file
 from us3l.core.precision import PRECISIONS, Precision  # noqa: F401  (PRECISIONS: re-exported)
 from us3l.core.profile import count_macs
@@ -100,6 +100,18 @@ class ExportConfig:
         threads: torch intra-op threads while exporting (restored afterwards); 0 = auto, one per
             CPU that other processes leave idle (:mod:`us3l.core.threads`). Export work is many
             small calls: on a shared machine more threads than free CPUs make it several times slower.
+        substitute: ladders of two or more distinct widths translate one width to ONNX and derive
+            the others from that graph (:mod:`us3l.exporters.ladder`); False translates every width.
+            A width that cannot be derived is translated in full, and its sidecar says why
+            (``export.method``, ``export.fallback``).
+        switchable: write one ONNX file holding every width, chosen at run time by an int64
+            ``width_index`` input (:mod:`us3l.exporters.switchable`); ONNX fp32 or fp16 only.
+        int8_recipe / int8_min_agreement: ONNX INT8 only. ``auto`` (default) chooses each width's
+            recipe on the held-out gate images (:mod:`us3l.exporters.int8_recipe`: calibration
+            method, then the head / stem / last block kept in FP32, until a classifier's top-1
+            agrees with FP32 on ``int8_min_agreement`` of them, or features keep a mean cosine of
+            0.99); ``fixed`` quantizes every layer with ``calibration``. More ``gate_images`` give
+            the agreement a finer resolution (64 images: 1.6 points per image).
     """
 
     checkpoint: str | None = None
@@ -134,6 +146,10 @@ class ExportConfig:
     timing_cache: str | None = None
     threads: int = 0
     outputs: str = "features"
+    substitute: bool = True
+    switchable: bool = False
+    int8_recipe: str = "auto"
+    int8_min_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", FORMAT_ALIASES.get(self.format, self.format))
@@ -165,6 +181,12 @@ class ExportConfig:
         from us3l.core.threads import check_threads
 
         check_threads(self.threads)
+        from .int8_recipe import RECIPE_MODES
+
+        if self.int8_recipe not in RECIPE_MODES:
+            raise ConfigError(f"--int8-recipe {self.int8_recipe} is invalid; valid: {', '.join(RECIPE_MODES)}")
+        if not 0 < self.int8_min_agreement <= 1:
+            raise ConfigError(f"--int8-min-agreement {self.int8_min_agreement} is invalid; valid: a fraction in (0, 1]")
 
 
 @dataclass
@@ -231,6 +253,8 @@ class _Run:
 
             self.head_digest = head_digest(net.checkpoint)
         self.locations: dict[str, Path] = {}  # artifact name -> where it is now (staging or out_dir)
+        self.ladder: Any = None  # us3l.exporters.ladder.Ladder when the ladder is derived by substitution
+        self.keep: dict[float, nn.Module] | None = None  # width -> exported static module (switchable files)
         self.timing_name = f"{cfg.name or _base(cfg, net)}.timing.cache"
         if cfg.format == "trt" and not cfg.timing_cache and (self.out_dir / self.timing_name).is_file():
             shutil.copyfile(self.out_dir / self.timing_name, staging.dir / self.timing_name)
@@ -243,7 +267,9 @@ class _Run:
                 "exporter": c.onnx_exporter, **({"outputs": c.outputs} if c.outputs != "features" else {}),
                 "parity": ["cosine", self._min_cosine(precision), c.gate_images] if precision.reduced
                 else [self._tolerance(precision), c.parity_images],
-                "int8": [c.calibration, c.int8_images, self.calib.describe()] if precision.plan.calibrated else None,
+                "int8": [c.calibration, c.int8_images, self.calib.describe()]
+                + ([c.int8_recipe, c.int8_min_agreement] if c.int8_recipe != "fixed" and fmt == "onnx" else [])
+                if precision.plan.calibrated else None,
                 "trt": [c.workspace_mib, c.max_batch, c.opt_batch, c.int8_images] if fmt == "trt" else None})
 
     def _min_cosine(self, precision: Precision) -> float:
@@ -275,7 +301,12 @@ class _Run:
         build = self.network(group, exporter, precision, names, plan, key, onnx)
         self.reference(build)
         self.write_file(build)
-        self.gate(build)
+        try:
+            self.gate(build)
+        except ParityError as exc:
+            if (build.facts.get("export") or {}).get("method") != "substituted":
+                raise
+            self.translate_again(build, exc)
         data = self.sidecar_record(build)
         self.staging.write_json(names.sidecar, data)
         assert build.request is not None
@@ -315,9 +346,22 @@ class _Run:
         head = load_head(cfg.include_head, feature_dim, net.model.max_feature_dim)
         if head is None and cfg.outputs in ("logits", "probs"):
             head = _checkpoint_head(net, w, feature_dim)
+        deploy = deploy_module(static, head, cfg.outputs)
+        if self.keep is not None and precision == Precision.FP32 and exporter.name == "onnx":
+            self.keep[w] = deploy
         return _Build(group=group, exporter=exporter, precision=precision, names=names, plan=plan, key=key,
                       onnx=onnx, start=start, static=static, feature_dim=feature_dim, head=head,
-                      deploy=deploy_module(static, head, cfg.outputs), output_names=output_names(cfg.outputs, head, static))
+                      deploy=deploy, output_names=output_names(cfg.outputs, head, static))
+
+    def translate_again(self, b: _Build, failure: ParityError) -> None:
+        """A substituted file failed its gate: translate the width in full (sidecar
+        ``export.fallback`` says why) and gate that."""
+        assert b.request is not None
+        log.warning("substituted width %s failed its gate; translating it in full", format_width(b.group.width))
+        b.request = replace(b.request, options={**b.request.options, "ladder": None})
+        b.facts = b.exporter.export(b.request)
+        b.facts["export"]["fallback"] = f"parity gate after substitution: {str(failure).split('; minimum')[0][:200]}"
+        self.gate(b)
 
     def reference(self, b: _Build) -> None:
         """The inputs the gate compares on and the slimmable network's outputs on them: held-out
@@ -354,6 +398,16 @@ class _Run:
                    "opt_batch": cfg.opt_batch, "timing_cache": self.timing_cache_path(), "calibration": cfg.calibration}
         if b.names.ranges:
             options["ranges_path"] = str(self.staging.path(b.names.ranges))
+        if self.ladder is not None and b.exporter.name == "onnx" and b.precision == Precision.FP32:
+            options["ladder"] = self.ladder
+        if b.precision.plan.calibrated and b.exporter.name == "onnx" and cfg.int8_recipe == "auto":
+            from .int8_recipe import RecipeRequest
+
+            assert b.inputs is not None and b.reference is not None
+            options["int8_recipe"] = RecipeRequest(inputs=b.inputs.numpy(), reference=b.reference.numpy(),
+                                                   classifier=b.head is not None,
+                                                   min_agreement=cfg.int8_min_agreement,
+                                                   gate_cosine=self._min_cosine(b.precision))
         names = b.output_names
         b.request = ExportRequest(
             static=b.deploy, path=self.staging.path(b.names.file), input_shape=self.input_shape, batch=cfg.batch,
@@ -429,6 +483,7 @@ class _Run:
                        for (n, m, s), o in zip(stage_taps(b.static), b.reference_out)] if cfg.outputs == "stages" else None,
             "classes": classes or None, "preprocess": preprocess,
             "head": self.head_record(b.group.width, b.feature_dim) if b.head is not None else None,
+            "export": b.facts.pop("export", None) or {"method": "converted" if b.onnx is not None else "traced"},
             "parity": b.parity, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(),
             "format_info": b.facts, "source_onnx": b.onnx.path.name if b.onnx else None, "cache_key": b.key,
             "build": {"time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -499,12 +554,21 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None, network: Net
     old_threads = torch.get_num_threads()
     torch.set_num_threads(choose_threads(cfg.threads).threads)
     try:
+        if cfg.switchable:
+            from .switchable import export_switchable
+
+            return export_switchable(cfg, progress, network, _export, _base)
+        if network is None and cfg.checkpoint and Path(cfg.checkpoint).suffix == ".onnx":
+            from .switchable import export_from_switchable  # one width (or an engine) out of a switchable file
+
+            return export_from_switchable(cfg, progress)
         return _export(cfg, progress, network)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _export(cfg: ExportConfig, progress: Progress | None, network: Network | None) -> ExportResult:
+def _export(cfg: ExportConfig, progress: Progress | None, network: Network | None,
+            keep: dict[float, nn.Module] | None = None) -> ExportResult:
     t0 = time.perf_counter()
     exporter = get_exporter(cfg.format)
     if cfg.precision not in exporter.precisions:
@@ -531,14 +595,25 @@ def _export(cfg: ExportConfig, progress: Progress | None, network: Network | Non
     result = ExportResult(out_dir=Path(cfg.out_dir))
     with Staging(Path(cfg.out_dir)) as staging:
         run = _Run(cfg, net, calib, staging)
+        run.keep = keep
         precision = Precision.parse(cfg.precision)
         needs_onnx = exporter.needs_onnx or (cfg.format == "onnx" and precision.plan.converted)
         onnx_exporter = get_exporter("onnx") if needs_onnx else None
-        for i, group in enumerate(groups.values()):
+        order = list(groups.values())
+        if cfg.substitute and len(groups) >= 2 and (cfg.format == "onnx" or needs_onnx):
+            from .ladder import Ladder, choose_template, slimmable_counts
+
+            run.ladder = Ladder()
+            first = choose_template(groups, lambda w: {**slimmable_counts(net.model, w, cfg.snap),
+                                                       **({"@batch": cfg.batch} if cfg.batch else {})})
+            order.sort(key=lambda g: g.width != first)  # the template is translated first
+        done: dict[float, Artifact] = {}
+        for i, group in enumerate(order):
             if progress:
                 progress(i, len(groups), f"w={format_width(group.width)}")
             onnx_art = run.artifact(group, onnx_exporter, Precision.FP32) if onnx_exporter else None
-            result.artifacts.append(run.artifact(group, exporter, precision, onnx_art))
+            done[group.width] = run.artifact(group, exporter, precision, onnx_art)
+        result.artifacts.extend(done[w] for w in groups)
         if cfg.format == "trt" and not cfg.timing_cache and (staging.dir / run.timing_name).exists():
             staging.path(run.timing_name)  # the updated timing cache lands with the engines
         staging.commit()

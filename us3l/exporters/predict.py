@@ -48,7 +48,9 @@ def artifact_info(path: str | os.PathLike) -> dict[str, Any]:
                 "outputs": out.get("kind") or ("logits" if data.get("head") else "features"),
                 "classes": list(data.get("classes") or []), "preprocess": data.get("preprocess"),
                 "input_name": (data.get("input") or {}).get("name", "input"),
-                "batch": shape[0] if shape and isinstance(shape[0], int) else None, "width": data.get("width")}
+                "batch": shape[0] if shape and isinstance(shape[0], int) else None, "width": data.get("width"),
+                "aliases": list(data.get("aliases") or []),
+                "switchable": (data.get("switchable") or {}).get("index")}
     if p.suffix in ENGINE_SUFFIXES:
         raise ConfigError(f"engine {p.name} has no sidecar {sidecar.name}; an engine carries no preprocessing record")
     from us3l.core.checks import check_onnx_file
@@ -62,19 +64,31 @@ def artifact_info(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{p.name} records no preprocessing (no sidecar, no us3l.preprocess metadata); "
                           "export it again with this version of us3l")
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    return {"format": "onnx", "outputs": props.get("us3l.outputs", "features"),
+    from .switchable import switchable_table
+
+    return {"format": "onnx", "outputs": props.get("us3l.outputs", "features"), "switchable": switchable_table(model),
+            "aliases": [float(a) for a in props.get("us3l.aliases", "").split(",") if a],
             "classes": json.loads(props.get("us3l.classes", "[]")), "preprocess": json.loads(props["us3l.preprocess"]),
             "input_name": model.graph.input[0].name, "batch": dims[0].dim_value or None if dims else None,
             "width": float(props["us3l.width"]) if "us3l.width" in props else None}
 
 
-def artifact_runner(path: Path, info: dict[str, Any], threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running the artifact on float32 NCHW batches (its first output).
+def artifact_runner(path: Path, info: dict[str, Any], threads: int = 0,
+                    width: float | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running the artifact on float32 NCHW batches (its first output); a switchable
+    file at ``width`` (:func:`check_width`).
 
     Raises:
         BackendUnavailableError: onnxruntime or TensorRT missing (one line naming the fix).
+        ConfigError: a width the artifact does not hold (one line listing those it holds).
     """
     from .onnx_exporter import batched_runner
+
+    index = check_width(path, info, width)
+    if index is not None:
+        from .switchable import switchable_runner
+
+        return switchable_runner(path, index, info.get("batch"), threads)
 
     if info["format"] == "trt" or path.suffix in ENGINE_SUFFIXES:
         from .trt_exporter import engine_runner, import_tensorrt
@@ -88,6 +102,32 @@ def artifact_runner(path: Path, info: dict[str, Any], threads: int = 0) -> Calla
     return batched_runner(lambda x: np.asarray(sess.run(None, {name: x})[0], dtype=np.float32), info.get("batch"))
 
 
+def check_width(path: Path, info: dict[str, Any], width: float | None) -> int | None:
+    """The ``width_index`` to feed a switchable artifact at ``width`` (None for a one-width file,
+    whose width, or an alias of it, ``width`` must then be when given).
+
+    Raises:
+        ConfigError: a switchable file without ``width``, or a width the artifact does not hold
+            (one line listing those it holds).
+    """
+    from us3l.core.width import format_width
+
+    table = info.get("switchable")
+    if table:
+        from .switchable import held_widths, index_for
+
+        if width is None:
+            held = ", ".join(format_width(w) for w in held_widths(table))
+            raise ConfigError(f"{path.name} is a switchable file holding widths {held}; choose one with --width")
+        return index_for(table, width, path.name)
+    if width is not None and info.get("width") is not None:
+        own = [float(info["width"]), *map(float, info.get("aliases") or [])]
+        if not any(abs(width - w) < 1e-9 for w in own):
+            raise ConfigError(f"{path.name} holds no width {format_width(width)}; it holds "
+                              f"{', '.join(format_width(w) for w in sorted(own))}")
+    return None
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -95,7 +135,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int = 5, batch_size: int = 64,
-                   on_bad_image: str = "skip", threads: int = 0,
+                   on_bad_image: str = "skip", threads: int = 0, width: float | None = None,
                    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, str]]]:
     """``(artifact info, one record per readable image, one record per skipped file)``.
 
@@ -107,9 +147,12 @@ def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int =
         threads: ONNX Runtime's intra-op threads (0: auto, one per CPU other processes leave idle).
         on_bad_image: ``skip`` (an unreadable, truncated or decompression-bomb file is listed in
             the third item and the others are still classified) or ``fail`` (the first one raises).
+        width: the width to run a switchable file (``us3l export --switchable``) at (required for
+            one, and one it holds); a one-width file must be at that width when it is given.
 
     Raises:
-        ConfigError: not a classifier artifact, a bad ``top_k`` or policy.
+        ConfigError: not a classifier artifact, a bad ``top_k`` or policy, or a width the artifact
+            does not hold.
         DataError: ``fail`` and a bad file (one line naming it), or no readable image at all.
     """
     from us3l.core.images import BAD_IMAGE_POLICIES, BadImageError
@@ -129,7 +172,9 @@ def predict_images(artifact: str | os.PathLike, images: list[Path], top_k: int =
                         "task checkpoint")
     from us3l.core.threads import choose_threads
 
-    run = artifact_runner(path, info, threads=choose_threads(threads).threads)
+    run = artifact_runner(path, info, width=width, threads=choose_threads(threads).threads)
+    if info.get("switchable"):
+        info = {**info, "width": width}
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for start in range(0, len(images), batch_size):

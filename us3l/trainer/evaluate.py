@@ -176,9 +176,11 @@ def _artifact_sidecar(path: Path) -> dict[str, Any]:
 
 
 def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: int,
-                       fixed_batch: int | None, bank: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       fixed_batch: int | None, bank: bool = False,
+                       width_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of an ONNX artifact on a split (ONNX Runtime CPU), resized per batch to ``size``; and
-    the labels. ``bank``: keep L2-normalised float16 rows (a kNN bank), so memory stays small."""
+    the labels. ``bank``: keep L2-normalised float16 rows (a kNN bank), so memory stays small.
+    ``width_index``: the index fed to a switchable file (``us3l export --switchable``)."""
     import numpy as np
     import torch.nn.functional as F
 
@@ -189,7 +191,8 @@ def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: in
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    name = next(i.name for i in sess.get_inputs() if i.name != "width_index")
+    extra = {} if width_index is None else {"width_index": np.asarray(width_index, dtype=np.int64)}
     step = fixed_batch or batch_size
     rows = RowBlock(len(stream))  # one preallocated block: memory does not grow with the split
     for images, y in stream:
@@ -199,7 +202,7 @@ def _artifact_features(path: Path, stream: EvalStream, batch_size: int, size: in
             n = len(x)
             if fixed_batch and n < fixed_batch:
                 x = np.concatenate([x, np.repeat(x[-1:], fixed_batch - n, axis=0)])
-            f = torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x)})[0], dtype=np.float32)[:n])
+            f = torch.from_numpy(np.asarray(sess.run(None, {name: np.ascontiguousarray(x), **extra})[0], dtype=np.float32)[:n])
             outs.append(F.normalize(f, dim=1).half() if bank else f)
         if outs:
             rows.add(torch.cat(outs), y)
@@ -216,8 +219,10 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
                       dataset: DatasetSpec | None = None, knn_k: int | None = None,
                       linear: LinearProbeConfig | str = "fast", batch_size: int = 256,
                       divisor: int = DEFAULT_DIVISOR, workers: int | None = None,
-                      progress: Progress | None = None) -> dict[str, Any]:
-    """Accuracy of one exported ONNX artifact of ``ckpt``, measured on that file in ONNX Runtime.
+                      progress: Progress | None = None, width: float | None = None) -> dict[str, Any]:
+    """Accuracy of one exported ONNX artifact of ``ckpt``, measured on that file in ONNX Runtime; of
+    a switchable file (``us3l export --switchable``) at ``width``, one of those it holds (its row
+    records ``width_index`` beside the file's sha256).
 
     A classifier file (``logits``/``probs``) gives the top-1 of its own outputs on the test split
     (``method`` does not apply); a features file goes through kNN / the linear probe as
@@ -264,7 +269,7 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
             raise ConfigError(f"artifact {path.name} expects images normalised with {norm}; {spec.name} is normalised "
                               f"differently")
     if progress:  # checked: the work starts
-        progress(0.0, f"evaluate {path.name}")
+        progress(0.0 if width is None else float(width), f"evaluate {path.name}")
     digest = sha256_file(path)
     if side.get("sha256") and side["sha256"] != digest:
         log.warning("%s differs from what its sidecar records (sha256 %s, sidecar %s); measuring the file as it is",
@@ -272,22 +277,31 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
     shape = side["input"]["shape"]
     size = int(shape[-1])
     fixed = shape[0] if isinstance(shape[0], int) else None
+    index, table = None, (side.get("switchable") or {}).get("index")
+    if table:
+        from us3l.core.width import index_for
+
+        if width is None:
+            raise ConfigError(f"{path.name} is a switchable file; give the widths to evaluate (--widths)")
+        index = index_for(table, width, path.name)
+        side = {**side, "width": width, "feature_dim": table[index]["feature_dim"]}
     train_s = EvalStream(spec, "train", batch_size, workers)
     test_s = EvalStream(spec, "test", batch_size, workers)
     n_classes = stream_num_classes(spec)
     row: dict[str, Any] = {"width": round_width(float(side["width"])), "precision": side.get("precision", "fp32"),
                            "feature_dim": int(side["feature_dim"]), "source": "artifact", "artifact": path.name,
-                           "sha256": digest, "outputs": outputs, "bn": "baked", "divisor": file_divisor}
+                           "sha256": digest, "outputs": outputs, "bn": "baked", "divisor": file_divisor,
+                           **({"width_index": index} if index is not None else {})}
     if outputs in CLASSIFIER_OUTPUTS:  # the sidecar's feature_dim is its output size (classes): report the backbone's
         net: Any = ckpt.build_model()
         row["feature_dim"] = int(net.feature_dim(row["width"], file_divisor))
-        f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed)
+        f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed, width_index=index)
         row["top1"] = float((f_test.argmax(1) == test_y).float().mean())
         log.info("artifact %s: %s", path.name, row)
         return row
     bank = method == "knn"
-    f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed, bank=bank)
-    f_train, train_y = _artifact_features(path, train_s, batch_size, size, fixed, bank=bank)
+    f_test, test_y = _artifact_features(path, test_s, batch_size, size, fixed, bank=bank, width_index=index)
+    f_train, train_y = _artifact_features(path, train_s, batch_size, size, fixed, bank=bank, width_index=index)
     k = knn_k if knn_k is not None else (200 if len(train_s) >= 10_000 else 20)
     if method in ("knn", "both"):
         row["knn"] = knn_accuracy(f_train, train_y, f_test, test_y, k, KNN_TEMPERATURE, n_classes)
@@ -296,6 +310,20 @@ def evaluate_artifact(ckpt: Checkpoint, artifact: str | os.PathLike, method: str
         row["linear"] = linear_probe_accuracy(f_train, train_y, f_test, test_y, n_classes, _linear_cfg(linear))
     log.info("artifact %s: %s", path.name, row)
     return row
+
+
+def _switchable_widths(path: Path) -> list[float]:
+    """The widths a switchable artifact holds (empty for a one-width file or an unreadable sidecar)."""
+    try:
+        side = _artifact_sidecar(path) if path.is_file() else {}
+    except ConfigError:
+        return []
+    table = (side.get("switchable") or {}).get("index")
+    if not table:
+        return []
+    from us3l.core.width import held_widths
+
+    return held_widths(table)
 
 
 def evaluate_classifier(ckpt: Checkpoint, widths: list[float], dataset: DatasetSpec | None = None,
@@ -461,13 +489,17 @@ def run_eval(cfg: EvalConfig, progress: Progress | None = None) -> EvalResult:
         raise unknown_name("evaluation method", method, METHODS)
     heads: dict[str, Any] = {}
     if cfg.artifacts:
-        if cfg.widths is not None or cfg.store_bn:
+        switchable = {a: _switchable_widths(Path(a)) for a in cfg.artifacts}
+        if cfg.store_bn or (cfg.widths is not None and not all(switchable.values())):
             raise ConfigError("--artifact measures exported files (their width is fixed, their BN baked in); "
-                              "drop --widths / --store-bn")
+                              "drop --widths / --store-bn (--widths chooses widths of a switchable file only)")
         rows = []
         for a in cfg.artifacts:
-            rows.append(evaluate_artifact(ckpt, a, method if cfg.method else "knn", spec, cfg.knn_k,
-                                          cfg.linear_preset, cfg.batch_size, cfg.divisor, cfg.workers, progress))
+            held = switchable[a]
+            for w in (widths if cfg.widths is not None else held) if held else [None]:
+                rows.append(evaluate_artifact(ckpt, a, method if cfg.method else "knn", spec, cfg.knn_k,
+                                              cfg.linear_preset, cfg.batch_size, cfg.divisor, cfg.workers, progress,
+                                              width=w))
     elif method == "top1":
         if cfg.store_bn:
             raise ConfigError("--store-bn recalibrates the backbone for kNN/linear; top-1 measures the classifier with "

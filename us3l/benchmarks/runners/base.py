@@ -226,6 +226,9 @@ class LocalRunner(Runner):
         rng = np.random.default_rng(seed)
         feed = {}
         for name, (shape, dtype) in self.input_specs().items():
+            if name == "width_index" and self.artifact.width_index is not None:  # a switchable file's width
+                feed[name] = np.asarray(self.artifact.width_index, dtype=dtype).reshape([1] * len(shape))
+                continue
             dims = [batch if i == 0 else (d or self.artifact.input_shape[i]) for i, d in enumerate(shape)]
             feed[name] = rng.standard_normal(dims).astype(dtype)
         return feed
