@@ -77,6 +77,7 @@ class ModelSource:
             return load_checkpoint(self.checkpoint).build_model().eval()
         from us3l.core.models import get_model
 
+        assert self.arch is not None  # a source is a checkpoint or an architecture
         return get_model(self.arch).eval()
 
     def width_info(self) -> dict:
@@ -96,6 +97,7 @@ class ModelSource:
                     "has_dataset": bool(ckpt.dataset)}
         from us3l.core.models import get_model
 
+        assert self.arch is not None
         lo, hi = get_model(self.arch).width_range
         return {"lo": float(lo), "hi": float(hi), "ladder": [], "hash": None, "classifier": False, "states": {},
                 "has_dataset": False}
@@ -120,6 +122,7 @@ class ModelSource:
         else:
             from us3l.core.models import get_model
 
+            assert self.arch is not None
             model = get_model(self.arch)
         static = slice_to_width(model.eval(), width, divisor=self.snap)
         if self.outputs == "features":
@@ -190,7 +193,7 @@ def _export(source: ModelSource, widths: list[float], out_dir: Path, precision: 
         from us3l.exporters import ExportConfig, run_export
     except ImportError as exc:
         raise BackendUnavailableError(f"the ONNX exporter is not available ({exc}); install us3l-deploy fully") from None
-    extra = {}
+    extra: dict[str, Any] = {}
     if source.arch is not None:
         # Untrained network for latency planning: BN statistics and parity on random data do not
         # change latency, so keep those steps minimal (checkpoints get the exporter's defaults).
@@ -271,7 +274,7 @@ def prepare_artifacts(source: ModelSource, widths: Sequence[float], out_dir: Pat
             aliases=tuple(a for a in aliases if a != width), precision=rec["precision"],
             source=Path(rec["source"]) if rec.get("source") else None,
             ranges=Path(rec["ranges"]) if rec.get("ranges") else None, outputs=rec.get("outputs", "features"),
-            build_module=lambda w=width: source.build_static(w),
+            build_module=functools.partial(source.build_static, width),
         )
         seen[rec["sha256"]] = art
         arts.append(art)

@@ -460,7 +460,10 @@ def read_model_dir(path: str | os.PathLike, verify: bool = True) -> dict[str, An
     check_tensors(tensor_table(p / WEIGHTS_FILE), config, p)
     tensors = load_tensors(p / WEIGHTS_FILE)
     us3l = _us3l(config)
-    model, bank, head, heads = {}, {}, {}, {}
+    model: dict[str, Any] = {}
+    bank: dict[str, Any] = {}
+    head: dict[str, Any] = {}
+    heads: dict[str, Any] = {}
     for name, t in tensors.items():
         group, _, rest = name.partition(".")
         if group == "model":

@@ -139,7 +139,7 @@ def quantize_int8(onnx_path: Path, images: np.ndarray, out_path: Path, ranges_pa
 # ONNX Runtime's histogram defaults give Entropy 128 bins for 128 quantized bins, which leaves the
 # KL search a single candidate: the full range, i.e. exactly MinMax (measured: identical files).
 # 2048 bins (as TensorRT's entropy calibrator) make it a real search.
-HISTOGRAM_OPTIONS = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+HISTOGRAM_OPTIONS: dict[str, dict[str, Any]] = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128},
                      "percentile": {"num_bins": 2048, "percentile": 99.999}}
 
 

@@ -343,7 +343,7 @@ class _Run:
         prepare_bn(net, self.calib, w, cfg.snap, plan, cfg.calib_batch_size)
         static = slice_to_width(net.model, w, cfg.snap)
         feature_dim = int(net.model.feature_dim(w, cfg.snap))
-        head = load_head(cfg.include_head, feature_dim, net.model.max_feature_dim)
+        head: nn.Module | None = load_head(cfg.include_head, feature_dim, net.model.max_feature_dim)
         if head is None and cfg.outputs in ("logits", "probs"):
             head = _checkpoint_head(net, w, feature_dim)
         deploy = deploy_module(static, head, cfg.outputs)

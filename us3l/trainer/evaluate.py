@@ -48,6 +48,7 @@ from us3l.core.accuracy import ACCURACY_FILE, read_accuracy, read_accuracy_file,
 from us3l.core.bn import bn_stats, calibrate_bn
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec
+from us3l.core.models.base import SlimmableNet
 from us3l.core.errors import BackendUnavailableError, CheckpointError, ConfigError, DataError, unknown_name
 from us3l.core.heartbeat import stage
 from us3l.core.threads import AutoThreads
@@ -127,7 +128,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, widths: list[float], method: str = "kn
     return rows
 
 
-def _evaluate_width(model: nn.Module, ckpt: Checkpoint, w: float, i: int, count: Any, has_bn: bool, calib: Any,
+def _evaluate_width(model: SlimmableNet, ckpt: Checkpoint, w: float, i: int, count: Any, has_bn: bool, calib: Any,
                     calib_stream: EvalStream, calib_batches: int, store_bn: bool, train_s: EvalStream,
                     test_s: EvalStream, method: str, bank_only: bool, k: int, n_classes: int,
                     probe: LinearProbeConfig, heads_out: dict[str, Any] | None, progress: Progress | None,

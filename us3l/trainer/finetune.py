@@ -73,6 +73,7 @@ from us3l.core.context import use_width
 from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, resize_images
 from us3l.core.errors import ConfigError, DataError, unknown_name
 from us3l.core.heartbeat import stage
+from us3l.core.models.base import SlimmableNet
 from us3l.core.images import BAD_IMAGE_POLICIES
 from us3l.core.precision import Precision
 from us3l.core.taskmodel import nearest_head_width, sliced_logits, task_info
@@ -438,7 +439,7 @@ def _resolve(cfg: FinetuneConfig, ckpt: Checkpoint) -> DatasetSpec:
     return spec
 
 
-def _build(cfg: FinetuneConfig, ckpt: Checkpoint, k: int, size: int) -> nn.Module:
+def _build(cfg: FinetuneConfig, ckpt: Checkpoint, k: int, size: int) -> SlimmableNet:
     from us3l.core.models import get_model
 
     kwargs = dict(ckpt.arch_kwargs)
@@ -587,6 +588,7 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
                     teacher = logits.detach() if j == 0 else teacher
                     sums["loss_max" if j == 0 else "loss_sub"] += float(loss.detach()) / (1 if j == 0 else len(widths) - 1)
                 else:
+                    assert teacher is not None  # set by the widest width, which runs first
                     loss = soft_cross_entropy(logits, teacher)
                     sums["loss_sub"] += float(loss.detach()) / (len(widths) - 1)
                 if not torch.isfinite(loss):
@@ -621,7 +623,7 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     if "input_size" in arch_kwargs:
         arch_kwargs["input_size"] = size
     result = Checkpoint(arch=ckpt.arch, arch_kwargs=arch_kwargs, model=state,
-                        width_range=(lo, hi) if cfg.train_width is not None else tuple(ckpt.width_range),
+                        width_range=(lo, hi) if cfg.train_width is not None else (ckpt.width_range[0], ckpt.width_range[1]),
                         method="finetune", epoch=cfg.epochs, train_config={"finetune": asdict(cfg)},
                         dataset=spec.to_dict(), bn_bank=bank, training=None, extra=extra)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -647,7 +649,7 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     return FinetuneOutcome(ckpt_path, acc_path, rows, digest, time.perf_counter() - t0, history, notices)
 
 
-def evaluate_task_model(model: nn.Module, calib: Iterable[Tensor], test: Iterable[tuple[Tensor, Tensor]],
+def evaluate_task_model(model: SlimmableNet, calib: Iterable[Tensor], test: Iterable[tuple[Tensor, Tensor]],
                         widths: list[float], calib_batches: int, device: torch.device | str = "cpu",
                         heads: PerWidthHeads | None = None,
                         ) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, Tensor]]]]:
@@ -693,7 +695,7 @@ def write_probe_classifier(ckpt: Checkpoint, heads: dict[str, Any], spec: Datase
     bank.update({w: {n: {"mean": s["mean"].cpu(), "var": s["var"].cpu()} for n, s in h["bn"].items()} for w, h in heads.items()})
     probe_heads = {w: {"weight": h["weight"].cpu(), "bias": h["bias"].cpu()} for w, h in heads.items()}
     task = task_info(spec, ckpt.content_hash, "per-width", "linear-probe", default_image_size(spec))
-    out = Checkpoint(arch=ckpt.arch, arch_kwargs=dict(ckpt.arch_kwargs), model=ckpt.model, width_range=tuple(ckpt.width_range),
+    out = Checkpoint(arch=ckpt.arch, arch_kwargs=dict(ckpt.arch_kwargs), model=ckpt.model, width_range=(ckpt.width_range[0], ckpt.width_range[1]),
                      method=ckpt.method, epoch=ckpt.epoch, train_config={}, dataset=spec.to_dict(), bn_bank=bank,
                      training=None, extra={"heads": probe_heads, "task": task,
                                            "parent": {"method": ckpt.method, "sha256": ckpt.content_hash}})
