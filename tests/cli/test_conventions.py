@@ -124,7 +124,7 @@ WRITERS = ("train", "eval", "export", "import", "bench", "finetune", "pack")
 #: Options whose values come from a fixed vocabulary: each is a choice listed in --help.
 CHOICE_OPTIONS = ("--format", "--precision", "--calibration", "--outputs", "--method", "--ssl", "--data",
                   "--on-bad-image", "--linear-preset", "--onnx-exporter", "--snap", "--metric", "--runner", "--augment",
-                  "--int8-recipe")
+                  "--augmentation", "--head", "--int8-recipe")
 
 
 def test_every_writer_takes_o_out_and_image_size_is_one_name():
@@ -174,7 +174,7 @@ def test_choice_enums_match_the_rooms_vocabularies():
     from us3l.exporters.outputs import OUTPUTS
     from us3l.exporters.pipeline import FORMAT_ALIASES, SNAP_DIVISORS
     from us3l.trainer import evaluate
-    from us3l.trainer.config import METHODS, SSL_TYPES
+    from us3l.trainer.config import AUGMENTATIONS, METHODS, SSL_TYPES
     from us3l.trainer.probes import LINEAR_PRESETS
 
     def values(enum) -> list[str]:
@@ -192,9 +192,10 @@ def test_choice_enums_match_the_rooms_vocabularies():
     assert values(choices.Precision) == list(PRECISIONS)
     from us3l.benchmarks.artifacts import BENCH_OUTPUTS
     from us3l.exporters.int8_recipe import RECIPE_MODES
-    from us3l.trainer.finetune import AUGMENTS
+    from us3l.trainer.finetune import AUGMENTS, HEADS
 
     assert values(choices.Augment) == list(AUGMENTS) and values(choices.BenchOutputs) == list(BENCH_OUTPUTS)
+    assert values(choices.Augmentation) == list(AUGMENTATIONS) and values(choices.Head) == list(HEADS)
     assert values(choices.Int8Recipe) == list(RECIPE_MODES)
 
 

@@ -144,6 +144,8 @@ def test_bank_statistics_else_recalibration_else_refusal(tmp_path):
     alias = run_export(ExportConfig(checkpoint=str(ckpt), widths="0.4", out_dir=str(tmp_path / "a2")))
     assert json.loads(alias.artifacts[0].sidecar.read_text())["bn"]["bank_width"] == "0.35"  # ... so its stats serve
     assert side["checkpoint"]["method"] == "us3l" and res.artifacts[0].path.name == "mini_w0.5.onnx"
+    # the sidecar travels with the file to devices: the checkpoint is named from the export folder
+    assert side["checkpoint"]["path"] == "../mini.pt" and str(tmp_path) not in res.artifacts[0].sidecar.read_text()
     with pytest.raises(ExportError, match="--calib-data"):
         run_export(ExportConfig(checkpoint=str(ckpt), widths="0.5,0.75", out_dir=str(tmp_path / "b")))
     assert not (tmp_path / "b").exists()
@@ -152,6 +154,7 @@ def test_bank_statistics_else_recalibration_else_refusal(tmp_path):
     res = run_export(ExportConfig(checkpoint=str(ckpt), widths="0.75", out_dir=str(tmp_path / "c"), calib_data=str(images)))
     side = json.loads(res.artifacts[0].sidecar.read_text())
     assert side["bn"]["source"] == "recalibrated" and side["parity"]["inputs"] == "real"
+    assert str(tmp_path) not in res.artifacts[0].sidecar.read_text()
 
 
 def test_recalibrates_on_the_checkpoint_training_data(tmp_path):

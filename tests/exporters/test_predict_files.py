@@ -113,13 +113,14 @@ def test_predict_equals_the_loaders_tensors_and_names_the_corrupt_file(classifie
     # the PyTorch classifier agrees on the same tensors (the file was exported from it)
     from us3l.core.bn import load_bn_stats
     from us3l.core.context import use_width
-    from us3l.core.taskmodel import build_classifier
+    from us3l.core.taskmodel import static_head
 
     ckpt = load_checkpoint(classifier[1].checkpoint)
-    net = build_classifier(ckpt).eval()
+    net = ckpt.build_model().eval()  # the backbone, then width 0.25's own head (finetune's default: one per width)
     load_bn_stats(net, ckpt.bn_stats_for(0.25), 0.25)
+    head = static_head(ckpt, 0.25, int(net.feature_dim(0.25)))
     with torch.no_grad(), use_width(net, 0.25):
-        ref = net(torch.from_numpy(np.stack([loader[str(p.image)] for p in res.predictions]))).numpy()
+        ref = head(net(torch.from_numpy(np.stack([loader[str(p.image)] for p in res.predictions])))).numpy()
     assert np.abs(np.asarray([p.logits for p in res.predictions]) - ref).max() < 1e-4
 
 

@@ -22,14 +22,14 @@ from us3l.core.data import DIGITS_FILE, DatasetSpec, load_split
 from us3l.core.errors import CheckpointError
 from us3l.core.models import get_model
 from us3l.core.slicing import channel_config, stage_channels
-from us3l.core.taskmodel import build_classifier
+from us3l.core.taskmodel import build_classifier, static_head
 
 WIDTHS = (0.25, 1.0)
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """A digits SSL-style checkpoint with resume state, and its fine-tuned task checkpoint."""
+    """A digits SSL-style checkpoint with resume state, and its fine-tuned task checkpoint (per-width heads)."""
     from us3l.trainer.finetune import FinetuneConfig, run_finetune
 
     root = tmp_path_factory.mktemp("task")
@@ -54,10 +54,11 @@ def logits_export(task):
 
 
 def _torch_logits(ckpt, width, x):
-    model = build_classifier(ckpt).eval()
+    """PyTorch's logits at ``width``: the backbone with the width's BN statistics, then the width's own head."""
+    model = ckpt.build_model().eval()
     load_bn_stats(model, ckpt.bn_stats_for(width), width)
     with torch.no_grad(), use_width(model, width):
-        return model(x).numpy()
+        return static_head(ckpt, width, model.feature_dim(width))(model(x)).numpy()
 
 
 def test_finetuned_logits_match_pytorch_in_onnx_runtime(task, logits_export):
@@ -74,6 +75,8 @@ def test_finetuned_logits_match_pytorch_in_onnx_runtime(task, logits_export):
         assert np.abs(got - _torch_logits(ckpt, w, x)).max() <= 1e-4
         side = json.loads(art.sidecar.read_text())
         assert side["output"]["names"] == ["logits"] and side["classes"] == [str(i) for i in range(10)]
+        assert {k: side["head"][k] for k in ("source", "kind", "width", "rule")} == {
+            "source": "checkpoint", "kind": "per-width", "width": str(w), "rule": "exact"}  # the width's own head
         import onnx
 
         props = {p.key: p.value for p in onnx.load(str(art.path)).metadata_props}
@@ -115,6 +118,43 @@ def test_predict_on_png_digits_gives_pytorchs_top1(task, logits_export, tmp_path
     assert json.loads(cli.output)["predictions"][0]["top"][0]["name"] in [str(i) for i in range(10)]
     bad = CliRunner().invoke(app, ["predict", str(logits_export.for_width(1.0).path), str(tmp_path / "none.png")])
     assert bad.exit_code == 2 and "does not exist" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_width_between_heads_exports_with_the_nearer_head(task, tmp_path):
+    """Width 0.3 of a 0.25/1.0 ladder: the 0.25 head, on the first 32 of the 40 features; the sidecar says so."""
+    import onnxruntime as ort
+
+    _, out = task
+    ckpt = load_checkpoint(out.checkpoint)
+    logits = export(out.checkpoint, "0.3", out=tmp_path / "l", outputs="logits").artifacts[0]
+    feats = export(out.checkpoint, "0.3", out=tmp_path / "f").artifacts[0]
+    side = json.loads(logits.sidecar.read_text())["head"]
+    assert {k: side[k] for k in ("kind", "width", "rule", "features_used")} == {
+        "kind": "per-width", "width": "0.25", "rule": "nearest", "features_used": 32}
+    x = np.random.default_rng(0).standard_normal((5, 3, 16, 16), dtype=np.float32)
+    run = lambda a: ort.InferenceSession(str(a.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    f = run(feats)
+    assert f.shape == (5, 40)
+    head = ckpt.extra["heads"]["0.25"]
+    want = f[:, :32] @ head["weight"].numpy().T + head["bias"].numpy()
+    assert np.abs(run(logits) - want).max() <= 1e-4
+
+
+def test_a_shared_head_still_exports_as_one_slimmable_classifier(task, tmp_path):
+    from us3l.trainer.finetune import FinetuneConfig, run_finetune
+
+    root, _ = task
+    shared = run_finetune(FinetuneConfig(checkpoint=str(root / "ssl" / "checkpoint.pt"), out_dir=str(tmp_path / "ft"),
+                                         head="shared", epochs=1, max_steps_per_epoch=2, calib_batches=2,
+                                         widths="0.25,1.0"))
+    ckpt = load_checkpoint(shared.checkpoint)
+    x, _ = load_split(DatasetSpec("digits"), "test")
+    model = build_classifier(ckpt).eval()  # the slimmable fc is the shared head
+    load_bn_stats(model, ckpt.bn_stats_for(0.25), 0.25)
+    with torch.no_grad(), use_width(model, 0.25):
+        assert np.abs(model(x[:8]).numpy() - _torch_logits(ckpt, 0.25, x[:8])).max() <= 1e-5
+    art = export(shared.checkpoint, "0.25", out=tmp_path / "onnx", outputs="logits").artifacts[0]
+    assert json.loads(art.sidecar.read_text())["head"]["kind"] == "shared"
 
 
 def test_probs_rows_sum_to_one(task, tmp_path):
@@ -171,10 +211,12 @@ def test_pack_is_smaller_and_exports_byte_identical_onnx(task, logits_export, tm
     full = export(tmp_path / "model", "0.25,1.0", out=tmp_path / "onnx", outputs="logits")  # the same ladder
     assert full.for_width(0.25).path.read_bytes() == logits_export.for_width(0.25).path.read_bytes()
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert config["label_names"] == [str(i) for i in range(10)] and config["us3l"]["head"]["kind"] == "shared"
+    assert config["label_names"] == [str(i) for i in range(10)] and config["us3l"]["head"]["kind"] == "per-width"
+    assert config["us3l"]["head"]["widths"] == ["0.25", "1.0"]
     assert config["us3l"]["bn_bank_widths"] == ["0.25", "1.0"] and config["pretrained_cfg"]["mean"]
     tensors = load_file(str(tmp_path / "model" / "model.safetensors"))  # the safetensors library reads it
-    assert "head.weight" in tensors and not any(k.startswith(("training", "optimizer", "ema")) for k in tensors)
+    assert {"heads.0.25.weight", "heads.1.0.weight"} <= set(tensors)
+    assert not any(k.startswith(("training", "optimizer", "ema")) for k in tensors)
     # an SSL checkpoint with optimizer and EMA state: the directory keeps only what using it needs
     ssl = pack(root / "ssl" / "checkpoint.pt", tmp_path / "ssl_model")
     print(f"\nssl checkpoint {ssl.source_bytes} B -> model directory {ssl.size_bytes} B; "

@@ -30,8 +30,9 @@ def test_tiny_task_model_figures(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     early = json.loads(first.read_text())
     assert early["knn"] == {} and {r["method"] for r in early["runs"]} == {"scratch"}
-    assert "(c) >= (b): 0.25 n/a" in proc.stdout  # no (b), (c) yet: no verdict
-    assert all(g["c_ge_b"] is None and g["c_minus_d"] is None for g in early["goals"])  # null, not NaN
+    assert "(b) within 1 point of the per-width probe: 0.25 n/a" in proc.stdout  # no (b), (c) yet: no verdict
+    assert all(g["b_within_1pt_of_probe"] is None and g["c_minus_d"] is None for g in early["goals"])  # null, not NaN
+    assert early["settings"]["head"] == "per-width" and all(r["epochs"] == 1 for r in early["runs"])
     assert set(early["summary"]["scratch"]) == {"0.25", "1.0"} and early["summary"]["finetune"] == {}
 
     proc = _run(tmp_path, "--methods", "frozen,finetune", "--include", str(first), "--int8", "--json", str(out))
@@ -46,7 +47,9 @@ def test_tiny_task_model_figures(tmp_path):
         assert set(data["summary"][m]) == {"0.25", "1.0"}
         assert all(0 <= v["mean"] <= 1 and v["n"] == 1 for v in data["summary"][m].values())
     assert [g["width"] for g in data["goals"]] == [0.25, 1.0]
-    assert "(c) within 1 point of (d)" in proc.stdout
+    assert "(c) within 1 point of (d) at the same epochs" in proc.stdout
+    assert all(r["head"] == "per-width" for r in data["runs"]) and data["settings"]["epochs_run"] == [1]
+    assert all(g["b_minus_probe"] is not None for g in data["goals"])
     c = 100 * data["summary"]["finetune"]["1.0"]["mean"]
     assert f"{c:.1f}" in proc.stdout
     # the INT8 part: one FP32 and one INT8 ONNX classifier per width, each measured on its own
@@ -87,7 +90,7 @@ def test_int8_without_a_finetune_run_is_refused_before_any_work(tmp_path):
 def test_include_of_runs_from_another_ssl_checkpoint_is_refused(tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"settings": {"recipe": "digits", "epochs": 1, "widths": [0.25, 1.0], "tiny": True,
-                                              "ssl_checkpoint": str(tmp_path / "a.pt")},
+                                              "head": "per-width", "ssl_checkpoint": str(tmp_path / "a.pt")},
                                  "runs": [{"method": "finetune", "seed": 0, "width": None, "top1": {}}]}))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--jobs", "1", "--methods", "none",
                            "--include", str(other), "--ssl-checkpoint", str(tmp_path / "b.pt"),

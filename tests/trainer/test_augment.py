@@ -80,3 +80,27 @@ def test_solarize_inverts_pixels_from_one_half():
     aug.ops = torch.nn.Sequential(*[m for m in aug.ops if type(m).__name__ in ("RandomSolarize", "Normalize")])
     x = torch.tensor([0.2, 0.49, 0.5, 0.9]).view(1, 1, 1, 4).expand(1, 3, 4, 4)
     assert torch.allclose(aug(x)[0, 0, 0], torch.tensor([0.2, 0.49, 0.5, 0.1]))
+
+
+def test_gray_views_exist_in_grey_images_and_stay_grey():
+    """Item 2: no saturation, hue or grayscale ops; crop, affine, flip, brightness/contrast, noise, erasing."""
+    from us3l.trainer.augment import GrayAugment, build_augment
+
+    aug = GrayAugment(16, MEAN, STD)
+    names = [type(m).__name__ for m in aug.ops]
+    assert names == ["RandomResizedCrop", "RandomAffine", "RandomHorizontalFlip", "ColorJitter", "_GrayNoise",
+                     "Normalize", "RandomErasing"]
+    jitter = aug.ops[3]
+    assert aug.scale == (0.2, 1.0) and jitter.p == pytest.approx(0.8)
+    x = torch.rand(64, 1, 20, 20).expand(64, 3, 20, 20)
+    torch.manual_seed(0)
+    v1, v2 = two_views(aug, x)
+    assert v1.shape == (64, 3, 16, 16) and not torch.allclose(v1, v2)
+    assert torch.equal(v1[:, 0], v1[:, 1]) and torch.equal(v1[:, 1], v1[:, 2])  # still grey: channels equal
+    torch.manual_seed(0)
+    assert torch.equal(two_views(aug, x)[0], v1)  # seeded
+    assert "RandomGaussianBlur" in [type(m).__name__ for m in GrayAugment(96, MEAN, STD).ops]
+    assert [type(m).__name__ for m in GrayAugment(16, MEAN, STD, geometric=False).ops][:2] == ["RandomAffine", "ColorJitter"]
+    assert isinstance(build_augment("color", 16, MEAN, STD, (0.2, 1.0)), SSLAugment)
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        build_augment("auto", 16, MEAN, STD, (0.2, 1.0))

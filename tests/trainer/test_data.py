@@ -171,3 +171,29 @@ def test_upsampled_cifar_stays_native_until_batches_are_resized(tmp_path):
     lazy = list(_batches(native, 4, size=64))
     assert [b.shape[0] for b in lazy] == [4, 4, 2] and lazy[0].shape[-1] == 64
     torch.testing.assert_close(torch.cat(lazy), resize_images(native, 64))
+
+
+def test_grayscale_detection_decides_auto_augmentation(tmp_path):
+    """``augmentation = "auto"`` follows the data's channels: digits / Fashion-MNIST grey, CIFAR colour, and an
+    image folder grey only when its files are (grey PNG modes, or RGB JPEGs whose channels agree)."""
+    from PIL import Image
+
+    from us3l.core.data import is_grayscale
+
+    assert is_grayscale(DatasetSpec("digits")) and is_grayscale(DatasetSpec("fashion-mnist"))
+    assert not is_grayscale(DatasetSpec("cifar10", str(tmp_path)))  # decided by name: no files read
+    rng = np.random.default_rng(0)
+    for kind in ("grey", "colour"):
+        for cls in ("a", "b"):
+            folder = tmp_path / kind / "train" / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                g = rng.integers(0, 255, (20, 24), dtype=np.uint8)
+                if kind == "grey":  # a grey PNG and a grey picture saved as an RGB JPEG
+                    Image.fromarray(g).save(folder / f"{i}.png")
+                    Image.fromarray(np.stack([g] * 3, -1)).save(folder / f"{i}.jpg", quality=95)
+                else:
+                    Image.fromarray(np.stack([g] * 3, -1)).save(folder / f"{i}.png")
+                    Image.fromarray(np.stack([g, g // 2, 255 - g], -1)).save(folder / f"{i}.jpg", quality=95)
+    assert is_grayscale(DatasetSpec("imagefolder", str(tmp_path / "grey")))
+    assert not is_grayscale(DatasetSpec("imagefolder", str(tmp_path / "colour")))

@@ -14,8 +14,9 @@ from us3l.cli.main import app
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from us3l.core.data import DatasetSpec
 from us3l.core.models import get_model
-from us3l.core.taskmodel import classes_of, has_head, static_head
-from us3l.trainer.finetune import FinetuneConfig, _shift, run_finetune, soft_cross_entropy
+from us3l.core.taskmodel import choose_head, classes_of, has_head, static_head
+from us3l.trainer.finetune import (FinetuneConfig, _lr_factor, _shift, get_finetune_recipe, run_finetune,
+                                   soft_cross_entropy)
 
 TINY = {"epochs": 1, "max_steps_per_epoch": 2, "calib_batches": 1}
 
@@ -31,7 +32,7 @@ def ssl_ckpt(tmp_path_factory):
 
 def test_frozen_backbone_trains_only_the_shared_head(ssl_ckpt, tmp_path):
     out = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path), freeze_backbone=True,
-                                      widths="0.25,1.0", **TINY))
+                                      head="shared", widths="0.25,1.0", **TINY))
     parent, task = load_checkpoint(ssl_ckpt), load_checkpoint(out.checkpoint)
     params = {n for n, _ in get_model("us_resnet_mini").named_parameters()}
     assert all(torch.equal(task.model[k], parent.model[k]) for k in params)  # weights untouched (BN buffers recalibrated)
@@ -115,3 +116,62 @@ def test_finetune_on_a_fashion_mnist_slice(ssl_ckpt, tmp_path):
     pre = task.extra["task"]["preprocess"]
     assert pre["color"] == "gray" and pre["size"] == 28 and pre["mean"] == [0.286] * 3
     assert 0 <= res.top1(0.25) <= 1
+
+
+def test_per_width_heads_are_the_default_one_per_ladder_width(ssl_ckpt, tmp_path):
+    """Item 5: one linear layer per width of the exported ladder; the nearer head serves a width in between."""
+    out = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path), widths="0.25,0.5,1.0", **TINY))
+    task = load_checkpoint(out.checkpoint)
+    heads = task.extra["heads"]
+    assert "head" not in task.extra and task.extra["task"]["head"] == "per-width"
+    assert {k: tuple(v["weight"].shape) for k, v in heads.items()} == {"0.25": (10, 32), "0.5": (10, 64), "1.0": (10, 128)}
+    assert not any(k.startswith("fc.") for k in task.model)  # the backbone alone: no shared fc
+    assert [(r["width"], r["head"]) for r in out.rows] == [(0.25, "0.25"), (0.5, "0.5"), (1.0, "1.0")]
+    table = json.loads(out.accuracy_path.read_text())["results"]  # format 2: each row says how it was measured
+    assert [(r["width"], r["head"], r["details"]["head"]) for r in table] == [
+        (0.25, "0.25", "per-width"), (0.5, "0.5", "per-width"), (1.0, "1.0", "per-width")]
+    # in between: the nearer head (a tie goes to the narrower), reading the first min(D_w, D_head) features
+    assert choose_head(task, 0.3) == {"kind": "per-width", "width": "0.25", "rule": "nearest"}
+    assert choose_head(task, 0.75)["width"] == "0.5" and choose_head(task, 0.8)["width"] == "1.0"
+    assert choose_head(task, 0.5) == {"kind": "per-width", "width": "0.5", "rule": "exact"}
+    wide = static_head(task, 0.3, 40)  # width 0.3 has 40 features; the 0.25 head reads the first 32
+    assert torch.equal(wide.weight[:, :32], heads["0.25"]["weight"]) and not wide.weight[:, 32:].any()
+    narrow = static_head(task, 0.8, 104)  # width 0.8 has 104 features; the 1.0 head's first 104 inputs
+    assert torch.equal(narrow.weight, heads["1.0"]["weight"][:, :104]) and torch.equal(narrow.bias, heads["1.0"]["bias"])
+
+
+def test_frozen_per_width_heads_are_probes_on_eval_mode_features(ssl_ckpt, tmp_path):
+    out = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path), freeze_backbone=True,
+                                      widths="0.25,1.0", **TINY))
+    parent, task = load_checkpoint(ssl_ckpt), load_checkpoint(out.checkpoint)
+    params = {n for n, _ in get_model("us_resnet_mini").named_parameters()}
+    assert all(torch.equal(task.model[k], parent.model[k]) for k in params)  # the backbone is untouched
+    assert set(task.extra["heads"]) == {"0.25", "1.0"} and task.extra["task"]["trained_by"] == "frozen-backbone"
+    # every head trained every step on the labels at its own width: both moved from their initialisation
+    from us3l.trainer.finetune import PerWidthHeads
+
+    torch.manual_seed(1)  # the heads' initialisation: seed + 1
+    start = PerWidthHeads([0.25, 1.0], [32, 128], 10).state()
+    assert all(not torch.equal(task.extra["heads"][k]["weight"], start[k]["weight"]) for k in start)
+    assert all(0 <= r["top1"] <= 1 for r in out.rows)
+
+
+def test_paper_preset_is_the_references_per_width_fine_tuning(ssl_ckpt, tmp_path):
+    """configs/cifar/resnet18_finetune_cifar.yaml: one width, 50 epochs, batch 64, SGD 0.01 (momentum 0.9,
+    wd 1e-4), x0.1 at epochs 30 and 40, RandomResizedCrop (0.08, 1) + flip, plain cross-entropy."""
+    paper = get_finetune_recipe("paper")
+    assert {k: paper[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing",
+                                  "schedule", "milestones", "augment", "crop_scale_min")} == {
+        "epochs": 50, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "label_smoothing": 0.0,
+        "schedule": "step", "milestones": (30, 40), "augment": "crop", "crop_scale_min": 0.08}
+    cfg = FinetuneConfig(checkpoint=str(ssl_ckpt), **paper)
+    assert [_lr_factor(cfg, e * 10, 500, 10) for e in (0, 29, 30, 39, 40, 49)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    res = CliRunner().invoke(app, ["finetune", str(ssl_ckpt), "--recipe", "paper"])
+    assert res.exit_code == 2 and "one width at a time" in res.output and "--train-width" in res.output
+    res = CliRunner().invoke(app, ["finetune", str(ssl_ckpt), "--recipe", "paper", "--train-width", "0.5", "--epochs",
+                                   "1", "--max-steps-per-epoch", "2", "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    task = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert task.width_range == (0.5, 0.5) and set(task.extra["heads"]) == {"0.5"}
+    assert task.train_config["finetune"]["schedule"] == "step" and not task.train_config["finetune"]["nesterov"]

@@ -49,14 +49,14 @@ def test_unknown_recipe_lists_the_valid_ones():
                                      weight_decay=0.1, epochs=300, lr_warmup_epochs=40, ema_cosine=True,
                                      temperature=0.2, image_size=224, group_reg=False, crop_scale_min=0.08,
                                      proj_hidden_dim=2048, pred_hidden_dim=2048, proj_out_dim=256, batch_size=512,
-                                     global_batch=True, augmentation="asymmetric", lr_per_iteration=True)),
+                                     global_batch=True, views="asymmetric", lr_per_iteration=True)),
 ])
 def test_recipes_match_the_paper_configs(name, expect):
     cfg = get_recipe(name)
     for key, value in expect.items():
         assert getattr(cfg, key) == value, f"{name}.{key}"
     assert cfg.num_widths == 3 and cfg.sandwich and cfg.width_min == 0.25 and cfg.width_max == 1.0
-    if cfg.group_reg:  # GroupReg replaces weight decay with lambda = wd / 2 (docs/method.md §9)
+    if cfg.use_group_reg:  # GroupReg replaces weight decay with lambda = wd / 2 (docs/method.md §9)
         assert cfg.reg_lambda == pytest.approx(cfg.weight_decay / 2)
         assert cfg.group_reg_alpha == 0.05 and cfg.group_reg_bins == 8
     if cfg.ssl != "mocov3":
@@ -65,17 +65,22 @@ def test_recipes_match_the_paper_configs(name, expect):
 
 
 @pytest.mark.parametrize("changes,message", [
-    (dict(method="fancy"), "method 'fancy' is not one of 'us3l', 'naive', 'single'"),
+    (dict(method="fancy"), "method 'fancy' is not one of 'us3l', 'naive', 'naive-contrastive', 'single'"),
     (dict(ssl="dino"), "ssl 'dino' is not one of"),
     (dict(width_min=0.5, width_max=0.4), "width range"),
     (dict(method="single", single_width=0.1), "single_width 0.1 lies outside"),
     (dict(batch_size=1), "batch_size must be >= 2"),
     (dict(feature_distill=True), "needs distill_layers"),
     (dict(method="naive", ssl="byol"), "method 'naive' is US-Net \\+ online SimCLR"),
+    (dict(method="naive-contrastive", ssl="mocov3"), "method 'naive-contrastive' is US-Net \\+ online SimCLR"),
+    (dict(augmentation="gray", views="asymmetric"), "views 'asymmetric' is the color BYOL pair"),
+    (dict(eval_every=-1), "eval_every must be >= 0"),
+    (dict(eval_images=1), "eval_images must be >= 2"),
     (dict(schedule="B"), "schedule 'B'"),
     (dict(device="tpu"), "device 'tpu'"),
     (dict(lr=0.0), "lr must be > 0"),
-    (dict(augmentation="strong"), "augmentation 'strong' is not one of 'symmetric', 'asymmetric'"),
+    (dict(augmentation="strong"), "augmentation 'strong' is not one of 'auto', 'color', 'gray'"),
+    (dict(views="both"), "views 'both' is not one of 'symmetric', 'asymmetric'"),
 ])
 def test_invalid_configs_raise_config_error(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -103,7 +108,7 @@ def test_byol_cifar_r18_is_plain_weight_decay_and_cifar_byol_drops_the_last_batc
         assert get_recipe(name).drop_last, name
     for name in ("cifar100_r18_simclr", "cifar100_r50_simclr", "cifar100_mbv2_simclr"):
         assert not get_recipe(name).drop_last, name
-    assert get_recipe("cifar100_r50_byol").group_reg  # R50 / MBv2 BYOL keep GroupReg 2.5e-4
+    assert get_recipe("cifar100_r50_byol").use_group_reg  # R50 / MBv2 BYOL keep GroupReg 2.5e-4
     assert get_recipe("cifar100_r50_byol").reg_lambda == pytest.approx(2.5e-4)
 
 
@@ -121,6 +126,22 @@ def test_vit_recipe_batch_is_global_and_lr_follows_it():
     assert per_process_batch(32, False, 4) == 32  # other recipes: per process
     with pytest.raises(ConfigError, match="global batch 512 cannot be split evenly .* 3 process"):
         per_process_batch(512, True, 3)
+
+
+def test_method_and_data_dependent_defaults_resolve_explicitly():
+    """GroupReg defaults to off for the reference's naive configuration only; "auto" views become gray or color;
+    ``resolved`` makes both explicit (what config.toml and the checkpoint record)."""
+    assert TrainConfig().group_reg is None and TrainConfig().use_group_reg
+    assert not TrainConfig(method="naive").use_group_reg and TrainConfig(method="naive-contrastive").use_group_reg
+    assert TrainConfig(method="naive", group_reg=True).use_group_reg  # an explicit choice wins
+    r = TrainConfig(method="naive").resolved(gray=True)
+    assert (r.augmentation, r.group_reg) == ("gray", False)
+    assert TrainConfig().resolved(gray=False).augmentation == "color"
+    assert TrainConfig(augmentation="color").resolved(gray=True).augmentation == "color"
+    assert TrainConfig(views="asymmetric").resolved(gray=True).augmentation == "color"  # the pair exists in color only
+    # configs written before "views" existed (augmentation symmetric|asymmetric, always color) still load
+    old = TrainConfig.from_dict({**TrainConfig().to_dict(), "augmentation": "asymmetric"})
+    assert (old.views, old.augmentation) == ("asymmetric", "color")
 
 
 # every control character, quotes, backslashes, non-ASCII and astral characters

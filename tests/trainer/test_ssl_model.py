@@ -22,7 +22,8 @@ def tiny(ssl="simclr_momentum", method="us3l", layers=(), teacher_width=1.0) -> 
     ("simclr_momentum", "us3l", False, True, True),
     ("byol", "us3l", True, True, True),
     ("mocov3", "us3l", True, True, True),
-    ("simclr_momentum", "naive", False, False, False),
+    ("simclr_momentum", "naive", False, True, False),
+    ("simclr_momentum", "naive-contrastive", False, False, False),
     ("byol", "single", True, False, True),
 ])
 def test_heads_per_method(ssl, method, pred, aux, teacher):

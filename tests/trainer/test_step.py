@@ -111,13 +111,67 @@ def test_per_width_steps_differ_from_accumulation():
     assert not torch.allclose(a.backbone.conv1.weight, b.backbone.conv1.weight)
 
 
-def test_naive_baseline_trains_every_width_without_teacher():
-    model, parts = make(method="naive")
-    assert model.teacher is None
+def test_naive_contrastive_baseline_trains_every_width_without_teacher():
+    model, parts = make(method="naive-contrastive")
+    assert model.teacher is None and model.aux_predictor is None
     x1, x2 = views()
     out = train_step(parts, x1, x2, WIDTHS, epoch=0, ema_momentum=0.99)
     assert parts.optimizer.steps == 3
     assert float(out["loss_base"]) > 0 and float(out["loss_distill"]) > 0  # InfoNCE at max and sub-widths
+
+
+def _nt_xent_v2(f1, f2, t):
+    """The reference's plain SimCLR loss written out (losses/criterions/InfoNCEv2.py, nt_xentv2)."""
+    f1, f2 = torch.nn.functional.normalize(f1, dim=1), torch.nn.functional.normalize(f2, dim=1)
+    x = torch.cat([f1, f2])
+    sim = torch.exp(x @ x.t() / t)
+    off = ~torch.eye(len(x), dtype=torch.bool)
+    denom = sim.masked_select(off).view(len(x), -1).sum(1)
+    pos = torch.exp((f1 * f2).sum(1) / t).repeat(2)
+    return (-torch.log(pos / denom)).mean()
+
+
+def _reference_naive_iteration(model, opt, x1, x2, widths, t=0.5):
+    """One iteration of the reference's naive configuration (configs/cifar/us_resnet18_simclr_cifar.yaml under
+    workers/ssl.py), written out: widest first, one SGD step per width; the max width's InfoNCE between its
+    two online views; each sub-width through the predictor, cosine to the *detached online* max-width
+    projections of the other view, taken before the max width's step."""
+    cos = torch.nn.functional.cosine_similarity
+    target = None
+    for i, w in enumerate(widths):
+        opt.zero_grad(set_to_none=True)
+        with use_width(torch.nn.ModuleList([model.backbone, model.projector]), w):
+            z1, z2 = model.projector(model.backbone(x1)), model.projector(model.backbone(x2))
+        if i == 0:
+            loss = _nt_xent_v2(z1, z2, t)
+            target = (z1.detach(), z2.detach())
+        else:
+            p1, p2 = model.aux_predictor(z1), model.aux_predictor(z2)
+            loss = 0.5 * (-cos(p2, target[0], dim=1).mean() - cos(p1, target[1], dim=1).mean())
+        loss.backward()
+        opt.step()
+
+
+def test_reference_naive_matches_the_written_out_iteration_in_float64():
+    """``--method naive`` is the reference's naive set-up, checked to 1e-12 over two iterations (SGD momentum
+    and weight decay 1e-4 as in its config: no GroupReg), not the per-width InfoNCE it used to be."""
+    torch.manual_seed(0)
+    model = build_ssl_model("us_resnet_mini", {"input_size": 8}, "simclr_momentum", "naive", 32, 16, 24).double()
+    assert model.teacher is None and model.predictor is None and model.aux_predictor is not None
+    ref = copy.deepcopy(model)
+    x1, x2 = (v.double() for v in views())
+    opt = CountingSGD(model.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    parts = StepParts(model, model, opt, torch.amp.GradScaler("cpu", enabled=False), build_losses("naive", "simclr_momentum", 0.5),
+                      "naive")
+    ref_opt = torch.optim.SGD(ref.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    for _ in range(2):
+        out = train_step(parts, x1, x2, WIDTHS, 0, 0.99)
+        _reference_naive_iteration(ref, ref_opt, x1, x2, WIDTHS)
+    got, want = dict(model.named_parameters()), dict(ref.named_parameters())
+    worst = max(float((got[n] - want[n]).detach().abs().max()) for n in got)
+    assert worst < 1e-12, worst
+    assert float(out["loss_base"]) > 0 and -1 <= float(out["loss_distill"]) <= 1  # InfoNCE, then cosine
+    assert parts.optimizer.steps == 2 * len(WIDTHS)
 
 
 def test_single_width_training_uses_only_its_width():

@@ -118,7 +118,8 @@ class WidthAccuracy:
     """Accuracy of one width at one precision (fractions in [0, 1]; ``None`` when that protocol was
     not run). ``source`` is ``pytorch`` or ``artifact`` (then ``artifact`` names the file);
     ``top1`` is a classifier artifact's own top-1. ``calib_images`` and ``knn_k`` are the BN
-    calibration images and kNN neighbours actually used (fewer than asked on a small set)."""
+    calibration images and kNN neighbours actually used (fewer than asked on a small set). ``head``
+    is the per-width head a fine-tuned width was measured with (None: a shared head or no head)."""
 
     width: float
     feature_dim: int
@@ -132,6 +133,7 @@ class WidthAccuracy:
     knn_k: int | None = None
     outputs: str | None = None  # features, logits or probs: what the measured network returns
     sha256: str | None = None  # the measured file's sha256, or the checkpoint state's for PyTorch rows
+    head: str | None = None  # finetune with per-width heads: the width whose head measured the row
 
     def to_dict(self) -> dict[str, Any]:
         """The row as ``us3l eval --json`` prints it: keys of protocols that were not run are left out."""

@@ -26,7 +26,7 @@ class FinetuneResult:
     """What :func:`finetune` wrote: the task checkpoint and its top-1 per width.
 
     Attributes:
-        checkpoint: ``OUT/checkpoint.pt`` (backbone, shared head, class names, normalisation, BN bank).
+        checkpoint: ``OUT/checkpoint.pt`` (backbone, per-width or shared head, class names, normalisation, BN bank).
         accuracy_file: ``OUT/accuracy.json`` (top-1 per width; ``us3l bench`` joins it).
         checkpoint_hash: the task checkpoint's content hash.
         results: one :class:`WidthAccuracy` (``top1`` set) per evaluated width.
@@ -155,12 +155,12 @@ def _checkpoint_arg(checkpoint: Any, what: str) -> str:
 
 def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: str | None = None,
              progress: ProgressArg = None, **overrides: Any) -> FinetuneResult:
-    """Universally slimmable supervised fine-tuning of a checkpoint's backbone plus one shared head.
+    """Universally slimmable supervised fine-tuning of a checkpoint's backbone plus one head per width (or a shared head).
 
     Args:
         checkpoint: the SSL checkpoint (file, packed model directory or saved :class:`SlimmableModel`).
         config: a full :class:`us3l.trainer.finetune.FinetuneConfig` (its ``checkpoint`` is replaced).
-        recipe: ``digits`` (default), ``fashion_mnist`` or ``cifar`` (see ``us3l finetune --help``).
+        recipe: ``digits`` (default), ``fashion_mnist``, ``cifar`` or ``paper`` (see ``us3l finetune --help``).
         overrides: :class:`~us3l.trainer.finetune.FinetuneConfig` fields (``None`` values ignored), e.g.
             ``epochs=5, freeze_backbone=True, out_dir="runs/ft"``.
 
@@ -187,7 +187,7 @@ def finetune(checkpoint: Any, config: FinetuneConfig | None = None, *, recipe: s
     with resolve_progress(progress, "fine-tuning") as report:
         out = run_finetune(cfg, report)
     results = tuple(WidthAccuracy(float(r["width"]), int(r["feature_dim"]), precision=r.get("precision", "fp32"),
-                                  top1=r.get("top1"), source=r.get("source")) for r in out.rows)
+                                  top1=r.get("top1"), source=r.get("source"), head=r.get("head")) for r in out.rows)
     return FinetuneResult(out.checkpoint, out.accuracy_path, out.checkpoint_hash, results, out.seconds, tuple(out.history),
                           tuple(out.notices))
 

@@ -8,7 +8,7 @@ interval for every statistic (:func:`bootstrap_ci`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -69,7 +69,7 @@ CI_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 400
 
 
-def bootstrap_ci(times_ms: Sequence[float], level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
+def bootstrap_ci(times_ms: Iterable[float], level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
                  seed: int = 0) -> dict[str, list[float]]:
     """Percentile-bootstrap confidence interval of every statistic in :data:`METRICS`.
 

@@ -91,9 +91,10 @@ def measure_rows(ctx: MeasureContext, artifacts: Sequence[BenchArtifact], batche
     points: dict[tuple[int, int], tuple[dict, bool]] = {}
     todo: list[int] = []
     for i, art in enumerate(artifacts):
-        cached = [None if (ctx.force or ctx.table is None) else ctx.table.get(ctx.key(art, b)) for b in batches]
-        if all(cached):
-            for b, c in zip(batches, cached):
+        hits = [None if (ctx.force or ctx.table is None) else ctx.table.get(ctx.key(art, b)) for b in batches]
+        found = [h for h in hits if h]
+        if len(found) == len(hits):  # every batch of this artifact is cached
+            for b, c in zip(batches, found):
                 points[(i, b)] = (c, True)
         else:
             todo.append(i)

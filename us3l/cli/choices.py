@@ -13,8 +13,9 @@ from enum import Enum
 
 from ..core.precision import Precision
 
-__all__ = ["Augment", "BadImage", "BenchOutputs", "Calibration", "Dataset", "EvalMethod", "Format", "Int8Recipe",
-           "LinearPreset", "Metric", "OnnxExporter", "Outputs", "Precision", "Runner", "SSL", "Snap", "TrainMethod"]
+__all__ = ["Augment", "Augmentation", "BadImage", "BenchOutputs", "Calibration", "Dataset", "EvalMethod", "Format",
+           "Head", "Int8Recipe", "LinearPreset", "Metric", "OnnxExporter", "Outputs", "Precision", "Runner", "SSL", "Snap",
+           "TrainMethod"]
 
 
 class Dataset(str, Enum):
@@ -32,7 +33,16 @@ class TrainMethod(str, Enum):
 
     us3l = "us3l"
     naive = "naive"
+    naive_contrastive = "naive-contrastive"
     single = "single"
+
+
+class Augmentation(str, Enum):
+    """:data:`us3l.trainer.config.AUGMENTATIONS` (SSL views; auto: from the data's channels)."""
+
+    auto = "auto"
+    color = "color"
+    gray = "gray"
 
 
 class SSL(str, Enum):
@@ -66,6 +76,13 @@ class Augment(str, Enum):
     crop = "crop"
     shift = "shift"
     none = "none"
+
+
+class Head(str, Enum):
+    """:data:`us3l.trainer.finetune.HEADS` (one linear layer per width, or one shared input-slimmed layer)."""
+
+    per_width = "per-width"
+    shared = "shared"
 
 
 class LinearPreset(str, Enum):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..core.threads import threads_help
-from .choices import SSL, BadImage, Dataset, TrainMethod, value
+from .choices import SSL, Augmentation, BadImage, Dataset, TrainMethod, value
 from .common import console, err_console, example, is_main_process, print_json, progress_bar, user_errors
 
 if TYPE_CHECKING:
@@ -90,7 +90,9 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int | None, typer.Option(help="Training epochs.  [default: the recipe's; digits 13]")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per batch per process (global = this x processes; the ViT recipe's is global).  [default: the recipe's]")] = None,
         lr: Annotated[float | None, typer.Option(help="Base learning rate, cosine-decayed per epoch.  [default: the recipe's]")] = None,
-        method: Annotated[TrainMethod | None, typer.Option(help="us3l; naive (US-Net + SimCLR) or single (one width) are the baselines.  [default: us3l]")] = None,
+        method: Annotated[TrainMethod | None, typer.Option(help="us3l; naive (the reference's naive US-Net + SimCLR: sub-widths distilled to the online full width); naive-contrastive (SimCLR at every width); single (one width).  [default: us3l]")] = None,
+        augmentation: Annotated[Augmentation | None, typer.Option(help="SSL views: color (MoCo v2), gray (views that exist in grey images) or auto (from the data's channels; recorded in config.toml).  [default: auto]")] = None,
+        eval_every: Annotated[int | None, typer.Option(help="Every N epochs, a kNN learning curve (1,000 held-out images, smallest and largest width) into metrics.jsonl and TensorBoard; 0 = off.  [default: 0]")] = None,
         ssl: Annotated[SSL | None, typer.Option(help="SSL loss of the full-width network.  [default: the recipe's]")] = None,
         single_width: Annotated[float | None, typer.Option("--single-width", help="Width trained by --method single, in [0.25, 1.0].  [default: 1.0]")] = None,
         accumulate: Annotated[bool | None, typer.Option("--accumulate/--step-per-width",
@@ -129,6 +131,7 @@ def register(app: typer.Typer) -> None:
 
         flags = dict(arch=arch, data=value(data), data_root=str(data_root) if data_root else None, image_size=image_size,
                      epochs=epochs, batch_size=batch_size, lr=lr, method=value(method),
+                     augmentation=value(augmentation), eval_every=eval_every,
                      ssl=value(ssl), single_width=single_width, accumulate=accumulate,
                      out_dir=str(out) if out else None, resume=resume or None, overwrite=overwrite or None, device=device, amp=amp,
                      channels_last=channels_last, fail_on_collapse=fail_on_collapse or None, seed=seed,

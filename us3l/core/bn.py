@@ -20,6 +20,7 @@ from .layers import USBatchNorm2d
 from .width import DEFAULT_DIVISOR
 
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_PlainBN = nn.BatchNorm1d | nn.BatchNorm2d
 
 
 @contextlib.contextmanager
@@ -41,10 +42,10 @@ def bn_calibration(model: nn.Module) -> Iterator[nn.Module]:
         for m in bns:
             if isinstance(m, USBatchNorm2d):
                 m.calibrating = False
-        for m, momentum in momenta:
-            m.momentum = momentum
-        for m, training in modes:
-            m.training = training
+        for bn, momentum in momenta:
+            bn.momentum = momentum
+        for module, training in modes:
+            module.training = training
 
 
 def calibrate_bn(
@@ -94,10 +95,16 @@ def calibrate_bn(
     return model
 
 
-def _bn_layers(model: nn.Module) -> Iterator[tuple[str, nn.BatchNorm2d]]:
+def _bn_layers(model: nn.Module) -> Iterator[tuple[str, _PlainBN]]:
     for name, m in model.named_modules():
         if isinstance(m, _PLAIN_BN):
             yield name, m
+
+
+def _running_stats(m: _PlainBN) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running mean and variance buffers of ``m`` (every BN our models build tracks them)."""
+    assert m.running_mean is not None and m.running_var is not None, "a BN layer without running statistics"
+    return m.running_mean, m.running_var
 
 
 def bn_stats(model: nn.Module, width: float, divisor: int = DEFAULT_DIVISOR) -> dict[str, dict[str, torch.Tensor]]:
@@ -106,7 +113,8 @@ def bn_stats(model: nn.Module, width: float, divisor: int = DEFAULT_DIVISOR) -> 
     with use_width(model, width, divisor):
         for name, m in _bn_layers(model):
             c = m.active_channels()[1] if isinstance(m, USBatchNorm2d) else m.num_features
-            out[name] = {"mean": m.running_mean[:c].detach().cpu().clone(), "var": m.running_var[:c].detach().cpu().clone()}
+            running_mean, running_var = _running_stats(m)
+            out[name] = {"mean": running_mean[:c].detach().cpu().clone(), "var": running_var[:c].detach().cpu().clone()}
     return out
 
 
@@ -130,6 +138,7 @@ def load_bn_stats(model: nn.Module, stats: dict[str, dict[str, torch.Tensor]], w
             mean, var = stats[name]["mean"], stats[name]["var"]
             if mean.numel() != c or var.numel() != c:
                 raise CheckpointError(f"BN statistics of {name} have {mean.numel()} entries, width {width} needs {c}")
-            m.running_mean[:c].copy_(mean)
-            m.running_var[:c].copy_(var)
+            running_mean, running_var = _running_stats(m)
+            running_mean[:c].copy_(mean)
+            running_var[:c].copy_(var)
     return model

@@ -25,7 +25,7 @@ import platform
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from .version import __version__
 from .errors import CheckpointError
 from .files import atomic_open
 from .width import DEFAULT_WIDTH_RANGE, format_width, round_width
+
+if TYPE_CHECKING:
+    from .models.base import SlimmableNet
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class Checkpoint:
         arch / arch_kwargs: registry name and constructor arguments of the backbone.
         model: backbone state dict (our key layout).
         width_range: widths the network was trained for.
-        method: "us3l", "naive", "single", "reference" or "untrained".
+        method: "us3l", "naive", "naive-contrastive", "single", "reference" or "untrained".
         epoch: completed epochs.
         train_config: the training configuration (JSON-like).
         dataset: ``DatasetSpec.to_dict()`` of the training data (for BN recalibration later).
@@ -127,7 +130,7 @@ class Checkpoint:
     content_hash: str = ""
 
     @classmethod
-    def from_model(cls, model: nn.Module, **fields: Any) -> Checkpoint:
+    def from_model(cls, model: SlimmableNet, **fields: Any) -> Checkpoint:
         """Snapshot a registry-built model (``get_model``) into a checkpoint."""
         if not getattr(model, "arch", ""):
             raise CheckpointError("model has no 'arch' attribute; build it with us3l.core.models.get_model")
@@ -135,7 +138,7 @@ class Checkpoint:
         fields.setdefault("width_range", tuple(model.width_range))
         return cls(arch=model.arch, arch_kwargs=dict(model.arch_kwargs), model=state, **fields)
 
-    def build_model(self, num_classes: int = 0) -> nn.Module:
+    def build_model(self, num_classes: int = 0) -> SlimmableNet:
         """Rebuild the backbone and load the weights strictly.
 
         Raises:
@@ -228,7 +231,9 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> str:
     with atomic_open(path) as fh:
         hashing = _HashingWriter(fh)
         try:
-            torch.save(payload, hashing)
+            # torch.save writes to any object with write() and flush() (its documented contract);
+            # its stub names only IO[bytes].
+            torch.save(payload, hashing)  # type: ignore[arg-type]
         except RuntimeError as exc:  # torch's zip writer hides a failed write (a full disk) behind its own error
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, OSError):

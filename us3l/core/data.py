@@ -47,6 +47,7 @@ import io
 import os
 import pickle
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,47 @@ def dataset_stats(spec: DatasetSpec) -> tuple[tuple[float, ...], tuple[float, ..
     if spec.name == "fashion-mnist":
         return FASHION_MNIST_STATS
     return _digits_stats(default_image_size(spec))
+
+
+#: datasets whose images are grey by construction (one channel replicated to three)
+GRAY_DATASETS = ("digits", "fashion-mnist")
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def is_grayscale(spec: DatasetSpec, sample: int = 64) -> bool:
+    """Whether the training images of ``spec`` are grey, which decides ``augmentation = "auto"``.
+
+    Digits and Fashion-MNIST are grey, CIFAR is colour. An image folder is grey when each of up to
+    ``sample`` training files spread evenly over the split is: a grey PIL mode, or three equal
+    channels after decoding (read at reduced size). Unreadable files are skipped; a folder with no
+    readable sample counts as colour.
+    """
+    if spec.name in GRAY_DATASETS:
+        return True
+    if spec.name != "imagefolder":
+        return False
+    from .images import BadImageError, list_split, open_checked, to_rgb
+
+    files = list_split(_require_root(spec), "train")
+    n = len(files)
+    if n == 0:
+        return False
+    picks = sorted({int(i * n / min(n, sample)) for i in range(min(n, sample))})
+    seen = 0
+    for i in picks:
+        try:
+            with open_checked(files.paths[i]) as img:
+                if img.mode in _GRAY_MODES:
+                    seen += 1
+                    continue
+                img.draft("RGB", (64, 64))
+                rgb = np.asarray(to_rgb(img), dtype=np.int16)
+        except BadImageError:
+            continue
+        if np.abs(rgb[..., 0] - rgb[..., 1]).max() > 2 or np.abs(rgb[..., 1] - rgb[..., 2]).max() > 2:
+            return False  # JPEG chroma noise stays within a couple of levels on grey images
+        seen += 1
+    return seen > 0
 
 
 def num_classes(spec: DatasetSpec) -> int:
@@ -475,7 +517,7 @@ def _folder_split(root: Path, split: str, size: int, max_images: int | None = No
     from .images import BadImageError, list_split, load_center
 
     files = list_split(root, split)
-    picked = range(len(files))
+    picked: Sequence[int] = range(len(files))
     if max_images is not None and max_images < len(files):
         order = np.random.default_rng(0).permutation(len(files))[:max_images]
         picked = sorted(int(i) for i in order)

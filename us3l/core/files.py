@@ -76,7 +76,7 @@ def sweep_stale_temps(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     ours = re.compile(rf"^\.{re.escape(path.name)}\.(\d+@[0-9a-f]{{8}})\.[^./]+\.tmp$")
     legacy = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.tmp$")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(path.parent.iterdir())
     except OSError:
@@ -217,3 +217,15 @@ def check_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> None:
         from .errors import CheckpointError
 
         raise CheckpointError(f"{what} {path} is not a PyTorch checkpoint ({reason})")
+
+
+def relative_path(path: str | os.PathLike[str] | None, base: str | os.PathLike[str]) -> str | None:
+    """``path`` as seen from the folder ``base`` (POSIX form, ``..`` where needed), so a record
+    written into ``base`` carries no absolute path of this machine; ``None`` stays ``None``, and a
+    path on another drive keeps only its file name."""
+    if path is None:
+        return None
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return Path(path).name

@@ -107,9 +107,9 @@ def list_split(root: str | os.PathLike, split: str) -> ImageList:
         raise DataError(f"{folder} has class folder(s) {', '.join(extra[:5])} that {train} lacks")
     paths, labels = [], []
     for index, cls in enumerate(classes):
-        found = _images_in(folder / cls)
-        paths += found
-        labels += [index] * len(found)
+        in_class = _images_in(folder / cls)
+        paths += in_class
+        labels += [index] * len(in_class)
     if not paths:
         raise DataError(f"{folder} contains no images ({', '.join(IMAGE_SUFFIXES)}); expected {LAYOUTS}")
     return ImageList(tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes), str(folder))

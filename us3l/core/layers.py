@@ -26,8 +26,17 @@ class Slimmable:
     def _active(self, full: int, slim: bool, ratio: int = 1) -> int:
         return channels_at(full, self._width, ratio, self._divisor) if slim else full
 
+    def active_channels(self) -> tuple[int, int]:  # pragma: no cover - abstract
+        """(active input channels, active output channels) at the current width."""
+        raise NotImplementedError
+
     def to_static(self) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A 2-D conv's size attribute (torch types it ``tuple[int, ...]``; it always holds two entries)."""
+    return size[0], size[1]
 
 
 class USConv2d(nn.Conv2d, Slimmable):
@@ -83,11 +92,13 @@ class USConv2d(nn.Conv2d, Slimmable):
     def to_static(self) -> nn.Conv2d:
         weight, bias, groups = self._sliced()
         cin = weight.shape[1] * groups
-        conv = nn.Conv2d(cin, weight.shape[0], self.kernel_size, self.stride, self.padding, self.dilation,
-                         groups=groups, bias=bias is not None)
+        padding = self.padding if isinstance(self.padding, str) else _pair(self.padding)
+        conv = nn.Conv2d(cin, weight.shape[0], _pair(self.kernel_size), _pair(self.stride), padding,
+                         _pair(self.dilation), groups=groups, bias=bias is not None)
         with torch.no_grad():
             conv.weight.copy_(weight)
             if bias is not None:
+                assert conv.bias is not None  # built with bias=True just above
                 conv.bias.copy_(bias)
         return conv
 
@@ -115,6 +126,7 @@ class USLinear(nn.Linear, Slimmable):
         with torch.no_grad():
             lin.weight.copy_(self.weight[:fout, :fin])
             if self.bias is not None:
+                assert lin.bias is not None  # built with bias=True just above
                 lin.bias.copy_(self.bias[:fout])
         return lin
 
@@ -128,6 +140,11 @@ class USBatchNorm2d(nn.BatchNorm2d, Slimmable):
     average into the first ``c`` entries. Eval mode uses ``running_mean[:c]``/``running_var[:c]``,
     which are only meaningful after calibration at this width (or loading calibrated statistics).
     """
+
+    # Always built with ``track_running_stats=True``, so the buffers torch types as optional exist.
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
 
     def __init__(self, num_features: int, ratio: int = 1, slim: bool = True, eps: float = 1e-5,
                  momentum: float = 0.1) -> None:
@@ -155,6 +172,8 @@ class USBatchNorm2d(nn.BatchNorm2d, Slimmable):
     def to_static(self) -> nn.BatchNorm2d:
         c = self.active_channels()[1]
         bn = nn.BatchNorm2d(c, eps=self.eps, momentum=self.momentum)
+        # nn.BatchNorm2d tracks running statistics by default, so its optional buffers exist.
+        assert bn.running_mean is not None and bn.running_var is not None and bn.num_batches_tracked is not None
         with torch.no_grad():
             bn.weight.copy_(self.weight[:c])
             bn.bias.copy_(self.bias[:c])

@@ -264,7 +264,8 @@ def model_config(ckpt: Any, weights_sha256: str, weights_size: int, source: str 
     elif extra.get("heads"):
         heads = extra.pop("heads")
         num_classes = int(next(iter(heads.values()))["weight"].shape[0])
-        head_cfg = {"kind": "per-width", "widths": sorted(heads, key=float)}
+        head_cfg = {"kind": "per-width", "widths": sorted(heads, key=float),
+                    "between_widths": "nearer head, tie to the narrower"}
     else:
         extra.pop("heads", None)
         extra.pop("head", None)

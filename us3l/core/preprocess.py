@@ -65,7 +65,7 @@ def resize_bilinear(img: np.ndarray, size: int, antialias: bool) -> np.ndarray:
     if antialias and (h > size or w > size):
         from PIL import Image
 
-        chans = [np.asarray(Image.fromarray(img[..., c], mode="F").resize((size, size), Image.BILINEAR))
+        chans = [np.asarray(Image.fromarray(img[..., c], mode="F").resize((size, size), Image.Resampling.BILINEAR))
                  for c in range(img.shape[2])]
         return np.stack(chans, axis=-1).astype(np.float32)
     y0, y1, fy = _bilinear_axis(h, size)

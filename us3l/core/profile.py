@@ -8,6 +8,7 @@ different model and got sub-width counts wrong (docs/method.md §15.9).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -74,11 +75,13 @@ def profile_width(model: nn.Module, width: float, divisor: int = DEFAULT_DIVISOR
         A :class:`WidthProfile`; ``macs`` are per image.
     """
     static = slice_to_width(model, width, divisor)
-    size = int(input_size or getattr(model, "input_size", 32))
+    size = int(input_size) if input_size else int(getattr(model, "input_size", 32))
     example = torch.zeros(1, getattr(model, "in_chans", 3), size, size)
     macs = count_macs(static, example)
     with torch.no_grad():
         feat = static(example).shape[-1]
     params = sum(p.numel() for p in static.parameters())
-    return WidthProfile(width=static.width, channels=dict(static.channels), macs=macs, params=int(params),
+    # slice_to_width sets these plain attributes; nn.Module's __getattr__ types every lookup as a tensor/module.
+    sliced_width, channels = cast(float, static.width), cast("dict[str, int]", static.channels)
+    return WidthProfile(width=sliced_width, channels=dict(channels), macs=macs, params=int(params),
                         feature_dim=int(feat), input_size=size)

@@ -64,7 +64,9 @@ def slice_to_width(model: nn.Module, width: float, divisor: int = DEFAULT_DIVISO
         memo = {id(m): m.to_static() for m in model.modules() if isinstance(m, Slimmable)}
         static = copy.deepcopy(model, memo)
     static.eval()
-    static.width, static.divisor, static.channels = round_width(width), int(divisor), channels
+    # Plain (non-tensor) attributes: nn.Module types its __setattr__ for tensors and modules only,
+    # and stores any other value in the instance dict, as this does.
+    static.__dict__.update(width=round_width(width), divisor=int(divisor), channels=channels)
     for p in static.parameters():
         p.requires_grad_(False)
     return static

@@ -7,8 +7,13 @@ A *task checkpoint* is an ordinary :class:`~us3l.core.checkpoint.Checkpoint` (th
   head (``us3l finetune``, with or without ``--freeze-backbone``). At width ``w`` it reads the first
   ``feature_dim(w)`` features, as the slimmable ``fc`` of the architecture does (MobileNetV2's
   feature dimension is 1280 at every width, so its head is never sliced);
-- or ``extra["heads"] = {"0.25": {"weight": (K, D_w), "bias": (K,)}, ...}``: one head per width (the
-  linear probes ``us3l eval --method linear`` trains, standardisation folded into the weights);
+- or ``extra["heads"] = {"0.25": {"weight": (K, D_w), "bias": (K,)}, ...}``: one head per width
+  (``us3l finetune --head per-width``, the default, one per width of the evaluation ladder; or the
+  linear probes ``us3l eval --method linear`` trains, standardisation folded into the weights).
+  A width between two heads uses **the nearer head** (:func:`choose_head`; a tie goes to the
+  narrower one), which reads the first ``min(D_w, D_head)`` features: a wider head ignores its
+  extra inputs, a narrower one the width's extra features. Exports record the choice in their
+  sidecar (``head``);
 - ``extra["task"]``: ``classes`` (names, index = class id), ``normalization`` (``mean``/``std``),
   ``input_size``, ``preprocess`` (:func:`us3l.core.preprocess.preprocessing_for`), ``dataset``,
   ``head`` (``shared`` | ``per-width``), ``trained_by`` and the parent checkpoint's hash.
@@ -56,23 +61,51 @@ def has_head(ckpt: Any) -> bool:
     return bool(extra.get("head")) or bool(extra.get("heads"))
 
 
-def head_tensors(ckpt: Any, width: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weight, bias)`` of the classifier at ``width`` (a shared head is returned whole: the caller
-    slices its inputs to the width's feature dimension).
+def nearest_head_width(width: float, head_widths: list[float]) -> float:
+    """The head width used at ``width``: itself if it has a head, else the nearer one (a tie goes to
+    the narrower head, whose inputs the width has).
+
+    Examples:
+        >>> nearest_head_width(0.3, [0.25, 0.5, 0.75, 1.0]), nearest_head_width(0.375, [0.25, 0.5])
+        (0.25, 0.25)
+    """
+    if not head_widths:
+        raise ValueError("no head widths")
+    w = round_width(width)
+    return min(sorted(round_width(h) for h in head_widths), key=lambda h: (abs(h - w), h))
+
+
+def choose_head(ckpt: Any, width: float) -> dict[str, Any]:
+    """Which classifier serves ``width``: ``{"kind": "shared"|"per-width", "width": head width key or
+    None, "rule": "shared"|"exact"|"nearest"}`` (what export sidecars record).
 
     Raises:
-        CheckpointError: no head, or per-width heads that lack ``width``.
+        CheckpointError: the checkpoint has no classifier.
+    """
+    extra = ckpt.extra or {}
+    if extra.get("head"):
+        return {"kind": "shared", "width": None, "rule": "shared"}
+    if extra.get("heads"):
+        keys = {round_width(float(k)): k for k in extra["heads"]}
+        chosen = nearest_head_width(width, list(keys))
+        return {"kind": "per-width", "width": keys[chosen],
+                "rule": "exact" if abs(chosen - round_width(width)) < 1e-9 else "nearest"}
+    raise CheckpointError("checkpoint has no classifier head; fine-tune it ('us3l finetune') or train a probe "
+                          "('us3l eval --method linear'), or pass --include-head")
+
+
+def head_tensors(ckpt: Any, width: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of the classifier serving ``width`` (:func:`choose_head`; a shared head is
+    returned whole: the caller slices its inputs to the width's feature dimension).
+
+    Raises:
+        CheckpointError: no head, or a malformed one.
     """
     extra = ckpt.extra or {}
     if extra.get("head"):
         head = extra["head"]
     elif extra.get("heads"):
-        heads = extra["heads"]
-        head = heads.get(format_width(width))
-        if head is None:
-            have = ", ".join(sorted(heads, key=float))
-            raise CheckpointError(f"the classifier has linear-probe heads for widths {have} only, not "
-                                  f"{format_width(width)}; rerun 'us3l eval --method linear --widths {format_width(width)}'")
+        head = extra["heads"][choose_head(ckpt, width)["width"]]
     else:
         raise CheckpointError("checkpoint has no classifier head; fine-tune it ('us3l finetune') or train a probe "
                               "('us3l eval --method linear'), or pass --include-head")
@@ -83,19 +116,32 @@ def head_tensors(ckpt: Any, width: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def static_head(ckpt: Any, width: float, feature_dim: int) -> nn.Linear:
-    """The plain ``nn.Linear`` the classifier is at ``width`` (inputs sliced to ``feature_dim``).
+    """The plain ``nn.Linear`` the classifier is at ``width``, taking the width's ``feature_dim`` features.
+
+    A shared head's inputs are sliced to ``feature_dim``. A per-width head of another width (the
+    nearer one, :func:`choose_head`) reads the first ``min(feature_dim, D_head)`` features; weights
+    of features it does not read are zero.
 
     Raises:
-        CheckpointError: see :func:`head_tensors`, or a head narrower than the features.
+        CheckpointError: see :func:`head_tensors`, or a shared head narrower than the features.
     """
     w, b = head_tensors(ckpt, width)
-    if w.shape[1] < feature_dim:
+    shared = bool((ckpt.extra or {}).get("head"))
+    if shared and w.shape[1] < feature_dim:
         raise CheckpointError(f"classifier head takes {w.shape[1]} features; width {format_width(width)} gives {feature_dim}")
+    m = min(int(w.shape[1]), int(feature_dim))
     head = nn.Linear(feature_dim, w.shape[0])
     with torch.no_grad():
-        head.weight.copy_(w[:, :feature_dim])
+        head.weight.zero_()
+        head.weight[:, :m].copy_(w[:, :m])
         head.bias.copy_(b)
     return head.eval()
+
+
+def sliced_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Logits of a linear head on the first ``min(D, D_head)`` features (the per-width head rule)."""
+    m = min(int(features.shape[1]), int(weight.shape[1]))
+    return torch.nn.functional.linear(features[:, :m], weight[:, :m], bias)
 
 
 def head_digest(ckpt: Any) -> str | None:

@@ -204,7 +204,9 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
         try:
             if exporter == "torchscript":
                 axes = {input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}} if dynamic_batch else None
-                torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
+                # the TorchScript exporter writes to a file object too; torch's stub names paths only
+                torch.onnx.export(model, (example,), buf, dynamo=False,  # type: ignore[arg-type]
+                                  opset_version=opset, do_constant_folding=True,
                                   input_names=[input_name], output_names=outputs, dynamic_axes=axes)
                 return buf.getvalue()
             # positional (not keyed by the forward's argument name: nn.Sequential's is "input")
@@ -212,6 +214,7 @@ def torch_to_onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: in
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, DYNAMO_NATIVE_OPSET),
                                         external_data=False, input_names=[input_name], output_names=outputs,
                                         dynamic_shapes=shapes, verbose=False)
+            assert program is not None  # the dynamo exporter always returns its ONNXProgram
             proto = program.model_proto
         except Exception as exc:  # torch raises many types; surface one line
             raise ExportError(f"torch.onnx.export ({exporter}) failed: {str(exc).splitlines()[0][:200]}") from exc

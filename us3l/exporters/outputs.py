@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from us3l.core.errors import ConfigError, ExportError
+from us3l.core.models.resnet import USResNet
 from us3l.core.precision import Precision
 
 OUTPUTS = ("features", "logits", "probs", "stages")
@@ -60,10 +61,10 @@ def stage_taps(model: nn.Module) -> list[tuple[str, str, int]]:
     Raises:
         ExportError: an architecture without convolutional stages (the ViT).
     """
-    if hasattr(model, "layer1") and hasattr(model, "num_stages"):
+    if isinstance(model, USResNet):  # the slimmable ResNet or its static slice (a copy of the same class)
         stride = _conv_stride(model.conv1) * _conv_stride(model.maxpool)
         out = []
-        for i in range(1, int(model.num_stages) + 1):
+        for i in range(1, model.num_stages + 1):
             first = getattr(model, f"layer{i}")[0]  # the first block of a stage carries its stride
             stride *= max(int(m.stride if isinstance(m.stride, int) else m.stride[0])
                           for m in first.modules() if isinstance(m, nn.Conv2d))
@@ -95,14 +96,16 @@ class StageOutputs(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.net
         outs = []
-        if hasattr(m, "num_stages"):
+        if isinstance(m, USResNet):
             x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-            for i in range(1, int(m.num_stages) + 1):
+            for i in range(1, m.num_stages + 1):
                 x = getattr(m, f"layer{i}")(x)
                 outs.append(x)
             return tuple(outs)
+        features = m.features
+        assert isinstance(features, nn.Sequential)  # stage_taps accepted only such a network in __init__
         wanted = {int(mod.split(".")[1]) for _, mod, _ in self.taps}
-        for i, block in enumerate(m.features):
+        for i, block in enumerate(features):
             x = block(x)
             if i in wanted:
                 outs.append(x)

@@ -34,7 +34,7 @@ from torch import nn
 from us3l.core.version import __version__
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError, ExportError, ParityError
-from us3l.core.files import sha256_file
+from us3l.core.files import relative_path, sha256_file
 from us3l.core.precision import PRECISIONS, Precision  # noqa: F401  (PRECISIONS: re-exported)
 from us3l.core.profile import count_macs
 from us3l.core.slicing import channel_config, find_aliases, slice_to_width
@@ -471,7 +471,8 @@ class _Run:
             "sha256": sha256_file(req.path), "size_bytes": req.path.stat().st_size, "width": b.group.width,
             "aliases": b.group.aliases, "divisor": cfg.snap,
             "arch": net.arch, "arch_kwargs": net.arch_kwargs, "untrained": net.untrained,
-            "checkpoint": {"path": net.source_path, "sha256": net.source_hash, "method": net.method},
+            "checkpoint": {"path": relative_path(net.source_path, self.out_dir), "sha256": net.source_hash,
+                           "method": net.method},
             "channels": b.group.channels, "feature_dim": out_dim, "macs": macs, "params": params, "bn": b.plan,
             "input": {"name": req.input_name, "shape": [batch_dim, *self.input_shape], "dtype": "float32",
                       "normalization": self.calib.normalization()},
@@ -481,7 +482,7 @@ class _Run:
                         "shape": [batch_dim, *o.shape[1:]]}
                        for (n, m, s), o in zip(stage_taps(b.static), b.reference_out)] if cfg.outputs == "stages" else None,
             "classes": classes or None, "preprocess": preprocess,
-            "head": {"path": str(cfg.include_head), "sha256": self.head_digest} if b.head is not None else None,
+            "head": self.head_record(b.group.width, b.feature_dim) if b.head is not None else None,
             "export": b.facts.pop("export", None) or {"method": "converted" if b.onnx is not None else "traced"},
             "parity": b.parity, "calibration": calibration, "opset": cfg.opset, "versions": tool_versions(),
             "format_info": b.facts, "source_onnx": b.onnx.path.name if b.onnx else None, "cache_key": b.key,
@@ -492,6 +493,20 @@ class _Run:
     @functools.cached_property
     def _task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
         return self.task_facts()
+
+    def head_record(self, width: float, feature_dim: int) -> dict[str, Any]:
+        """What classifier the artifact carries: an ``--include-head`` file, or the task checkpoint's
+        head, with, for per-width heads, which width's head serves ``width`` and why (exact or nearer)."""
+        if self.cfg.include_head:
+            return {"source": "include-head", "path": relative_path(self.cfg.include_head, self.out_dir),
+                    "sha256": self.head_digest}
+        from us3l.core.taskmodel import choose_head, head_tensors
+
+        assert self.net.checkpoint is not None
+        choice = choose_head(self.net.checkpoint, width)
+        weight, _ = head_tensors(self.net.checkpoint, width)
+        return {"source": "checkpoint", "sha256": self.head_digest, **choice,
+                "features_used": int(min(feature_dim, weight.shape[1]))}
 
     def task_facts(self) -> tuple[list[str], dict[str, Any] | None]:
         """(class names, preprocessing record) the artifact's users need; empty/None when unknown."""

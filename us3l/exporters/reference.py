@@ -72,7 +72,9 @@ def read_reference(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     state = data.get("state_dict") if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} has no 'state_dict'; valid: a reference US3L checkpoint (epoch, arch, state_dict)")
-    online, dropped, unmappable = {}, {}, []
+    online: dict[str, Any] = {}
+    dropped: dict[str, int] = {}
+    unmappable: list[str] = []
     for key, value in state.items():
         prefix = next((p for p in ONLINE_PREFIXES if key.startswith(p)), None)
         if prefix is not None:

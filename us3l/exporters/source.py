@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from us3l.core.context import use_width
 from us3l.core.errors import CheckpointError, ConfigError, DataError, ExportError
 from us3l.core.width import format_width
 
+if TYPE_CHECKING:
+    from us3l.core.models import SlimmableNet
+
 log = logging.getLogger(__name__)
 
 RANDOM_IMAGES = 32  # random inputs used to give an untrained network BN statistics
@@ -38,7 +41,7 @@ RANDOM_IMAGES = 32  # random inputs used to give an untrained network BN statist
 class Network:
     """A slimmable network ready to export, with its provenance."""
 
-    model: nn.Module
+    model: SlimmableNet
     arch: str
     arch_kwargs: dict[str, Any]
     source_hash: str
@@ -48,7 +51,7 @@ class Network:
     checkpoint: Any = None  # us3l.core.checkpoint.Checkpoint | None
 
     @classmethod
-    def of(cls, model: nn.Module, checkpoint: Any = None, path: str | os.PathLike | None = None,
+    def of(cls, model: SlimmableNet, checkpoint: Any = None, path: str | os.PathLike | None = None,
            seed: int = 0) -> Network:
         """``model`` with its provenance: its checkpoint (and file), or untrained with ``seed``."""
         if checkpoint is not None:
@@ -86,7 +89,7 @@ def load_network(checkpoint: str | None, arch: str | None, seed: int = 0, input_
     return Network.of(model, seed=seed)
 
 
-def check_input_size(model: nn.Module, size: int) -> None:
+def check_input_size(model: SlimmableNet, size: int) -> None:
     """Refuse an input size the architecture cannot run (e.g. a ViT's fixed position embedding)."""
     try:
         with torch.no_grad(), use_width(model, model.width_range[0]):
@@ -121,8 +124,10 @@ class CalibrationSet:
         if self.calib_data:
             p = Path(self.calib_data)
             if p.is_file():
-                st = p.stat()
-                return {"file": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                from us3l.core.files import sha256_file
+
+                # by content, not by where it lies: the record travels with the artifact to devices
+                return {"file": p.name, "sha256": sha256_file(p)}
             return {"dataset": self.calib_data}
         if self.dataset:
             return {"dataset": dict(self.dataset)}

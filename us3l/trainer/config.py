@@ -14,16 +14,17 @@ from typing import Any
 
 from us3l.core.errors import ConfigError
 
-METHODS = ("us3l", "naive", "single")
+METHODS = ("us3l", "naive", "naive-contrastive", "single")
 SSL_TYPES = ("simclr_momentum", "byol", "mocov3")
 SCHEDULES = ("A", "")
 OPTIMIZERS = ("sgd", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
-AUGMENTATIONS = ("symmetric", "asymmetric")
+AUGMENTATIONS = ("auto", "color", "gray")  # "auto": chosen from the data's channels when the run starts
+VIEW_PAIRS = ("symmetric", "asymmetric")
 
 # Fields that may differ between a run and its resumption (they do not change the maths).
 RESUME_IGNORED = ("resume", "overwrite", "out_dir", "device", "log_interval", "fail_on_collapse", "threads", "tensorboard",
-                  "channels_last", "workers", "prefetch", "on_bad_image")
+                  "channels_last", "workers", "prefetch", "on_bad_image", "eval_every", "eval_images", "eval_bank")
 BAD_IMAGE_POLICIES = ("skip", "fail")
 
 
@@ -48,9 +49,13 @@ class TrainConfig:
     image_size: int | None = None  # None: the dataset's default size
     crop_scale_min: float = 0.3
     blur: bool | None = None  # None: the augmentation's own default (on for ImageNet-size inputs)
-    # "symmetric": both views from the MoCo-v2 pipeline (docs/method.md §12); "asymmetric": the BYOL-style
-    # pair of MoCo v3 (blur p 1.0 / 0.1, solarize p 0 / 0.2, jitter saturation 0.2; docs/method.md §13)
-    augmentation: str = "symmetric"
+    # "color": the MoCo-v2 pipeline (docs/method.md §12.2); "gray": views that exist in grey images (no
+    # saturation, hue or grayscale ops; affine, erasing, noise); "auto": gray when every image of the data
+    # is grey (digits, Fashion-MNIST, grey folders), else color. The resolved config records the choice.
+    augmentation: str = "auto"
+    # "symmetric": both views from one pipeline; "asymmetric": the BYOL-style color pair of MoCo v3
+    # (blur p 1.0 / 0.1, solarize p 0 / 0.2, jitter saturation 0.2; docs/method.md §13)
+    views: str = "symmetric"
     drop_last: bool = True  # False: also train on the last, smaller batch of each epoch (if >= 2 images)
     # input pipeline (image files; us3l.trainer.pipeline): loader processes (None: from the CPU count),
     # batches prefetched per process, and what a bad image file does ("skip": count + warn, "fail": stop)
@@ -58,7 +63,10 @@ class TrainConfig:
     prefetch: int = 2
     on_bad_image: str = "skip"
     # method
-    method: str = "us3l"  # "us3l" | "naive" (US-Net + online SimCLR) | "single" (one width, plain SSL)
+    # "us3l" | "naive" (the reference's naive configuration: online SimCLR at the max width, sub-widths
+    # distilled to its detached online output) | "naive-contrastive" (online SimCLR at every width) |
+    # "single" (one width, plain SSL)
+    method: str = "us3l"
     ssl: str = "simclr_momentum"  # "simclr_momentum" | "byol" | "mocov3"
     temperature: float | None = None  # None: 0.5 (SimCLR) / 0.2 (MoCo v3); unused by BYOL
     single_width: float = 1.0
@@ -87,8 +95,9 @@ class TrainConfig:
     # distillation
     feature_distill: bool = False
     distill_layers: tuple[str, ...] = ()
-    # group regularisation
-    group_reg: bool = True
+    # group regularisation; None: the method's default, off for "naive" (the reference's naive
+    # configuration trains with plain SGD weight decay) and on otherwise
+    group_reg: bool | None = None
     group_reg_lambda: float | None = None
     group_reg_alpha: float = 0.05
     group_reg_bins: int = 8
@@ -107,6 +116,11 @@ class TrainConfig:
     collapse_batch: int = 256
     collapse_std_ratio: float = 0.1  # collapse when std(z/|z|) * sqrt(d) falls below this
     max_steps_per_epoch: int | None = None  # cap iterations per epoch (tests, smoke runs)
+    # learning curves: every eval_every epochs (0: never) a kNN (k=20) of eval_images fixed held-out
+    # images against eval_bank fixed training images, at the smallest and largest width
+    eval_every: int = 0
+    eval_images: int = 1000
+    eval_bank: int = 5000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_kwargs", dict(self.arch_kwargs))
@@ -114,6 +128,22 @@ class TrainConfig:
         problems = list(_problems(self))
         if problems:
             raise ConfigError("invalid training configuration: " + "; ".join(problems))
+
+    @property
+    def use_group_reg(self) -> bool:
+        """Whether group regularisation replaces weight decay (``group_reg``, else the method's default)."""
+        return self.method != "naive" if self.group_reg is None else bool(self.group_reg)
+
+    def resolved(self, gray: bool) -> TrainConfig:
+        """This configuration with its data- and method-dependent defaults made explicit.
+
+        Args:
+            gray: whether every image of the training data is grey (decides ``augmentation="auto"``).
+        """
+        aug = self.augmentation
+        if aug == "auto":  # the asymmetric pair exists in color only
+            aug = "gray" if gray and self.views == "symmetric" else "color"
+        return dataclasses.replace(self, augmentation=aug, group_reg=self.use_group_reg)
 
     @property
     def reg_lambda(self) -> float:
@@ -135,6 +165,10 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys raise :class:`ConfigError`."""
         names = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        if data.get("augmentation") in VIEW_PAIRS:  # configs written before "views" existed (always color)
+            data["views"] = data["augmentation"]
+            data["augmentation"] = "color"
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
@@ -155,7 +189,7 @@ def _choice(name: str, value: Any, valid: tuple) -> str | None:
 def _problems(c: TrainConfig):
     for name, value, valid in (("method", c.method, METHODS), ("ssl", c.ssl, SSL_TYPES),
                                ("schedule", c.schedule, SCHEDULES), ("optimizer", c.optimizer, OPTIMIZERS),
-                               ("augmentation", c.augmentation, AUGMENTATIONS),
+                               ("augmentation", c.augmentation, AUGMENTATIONS), ("views", c.views, VIEW_PAIRS),
                                ("on_bad_image", c.on_bad_image, BAD_IMAGE_POLICIES)):
         msg = _choice(name, value, valid)
         if msg:
@@ -172,7 +206,12 @@ def _problems(c: TrainConfig):
         yield f"workers must be >= 0 (0: decode in the training process), got {c.workers}"
     if c.prefetch < 1:
         yield f"prefetch must be >= 1, got {c.prefetch}"
-    for name in ("lr_warmup_epochs", "group_reg_warmup", "threads"):
+    if c.views == "asymmetric" and c.augmentation == "gray":
+        yield "views 'asymmetric' is the color BYOL pair of MoCo v3; use augmentation 'color' (or views 'symmetric')"
+    for name in ("eval_images", "eval_bank"):
+        if int(getattr(c, name)) < 2:
+            yield f"{name} must be >= 2, got {getattr(c, name)}"
+    for name in ("lr_warmup_epochs", "group_reg_warmup", "threads", "eval_every"):
         if int(getattr(c, name)) < 0:
             yield f"{name} must be >= 0, got {getattr(c, name)}"
     if c.max_steps_per_epoch is not None and c.max_steps_per_epoch < 1:
@@ -201,8 +240,9 @@ def _problems(c: TrainConfig):
         yield "feature_distill needs distill_layers (backbone BN names such as 'layer2.0.bn2')"
     if c.feature_distill and c.method != "us3l":
         yield "feature_distill is only defined for method 'us3l'"
-    if c.method == "naive" and c.ssl != "simclr_momentum":
-        yield "method 'naive' is US-Net + online SimCLR; use ssl 'simclr_momentum' (its loss is chosen by the method)"
+    if c.method in ("naive", "naive-contrastive") and c.ssl != "simclr_momentum":
+        yield (f"method {c.method!r} is US-Net + online SimCLR; use ssl 'simclr_momentum' (its loss is chosen by "
+               "the method)")
     if c.image_size is not None and c.image_size < 4:
         yield f"image_size must be >= 4, got {c.image_size}"
     if not 0 < c.collapse_std_ratio < 1:

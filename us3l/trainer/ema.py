@@ -9,12 +9,15 @@ gradients and are not given to the optimizer (the reference left them in, docs/m
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)
 
-def deactivate_requires_grad(module: nn.Module) -> nn.Module:
+
+def deactivate_requires_grad(module: M) -> M:
     """Turn off gradients for every parameter of ``module`` (the EMA teacher); returns it."""
     for p in module.parameters():
         p.requires_grad_(False)
@@ -35,8 +38,8 @@ def update_momentum(online: nn.Module, ema: nn.Module, m: float) -> None:
     """
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"EMA momentum must lie in [0, 1], got {m}")
-    src = list(online.parameters())
-    dst = list(ema.parameters())
+    src: list[torch.Tensor] = list(online.parameters())
+    dst: list[torch.Tensor] = list(ema.parameters())
     if len(src) != len(dst):
         raise ValueError(f"online network has {len(src)} parameters, EMA copy has {len(dst)}")
     if not dst:

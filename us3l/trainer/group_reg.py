@@ -193,19 +193,15 @@ class GroupRegularizer(nn.Module):
                 A tensor, not a float, so no device-to-host sync is needed.
         """
         plan = self._plan(model, width, epoch)
-        for p in plan.binned + plan.uniform:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
+        binned_grads, uniform_grads = _grads(plan.binned), _grads(plan.uniform)
         if plan.binned:
-            grads = [p.grad for p in plan.binned]
             masks = plan.masks2 if scale is None else torch._foreach_mul(plan.masks2, scale)
-            torch._foreach_addcmul_(grads, plan.binned, masks)
+            torch._foreach_addcmul_(binned_grads, plan.binned, masks)
         if plan.uniform:
-            grads = [p.grad for p in plan.uniform]
             if scale is None:
-                torch._foreach_add_(grads, plan.uniform, alpha=plan.lam2)
+                torch._foreach_add_(uniform_grads, plan.uniform, alpha=plan.lam2)
             else:
-                torch._foreach_add_(grads, torch._foreach_mul(plan.uniform, scale * plan.lam2))
+                torch._foreach_add_(uniform_grads, torch._foreach_mul(plan.uniform, scale * plan.lam2))
 
     @torch.no_grad()
     def value(self, model: nn.Module, width: float, epoch: int) -> Tensor:
@@ -219,6 +215,16 @@ class GroupRegularizer(nn.Module):
         if plan.uniform:
             total = total + self.lam * torch.stack(torch._foreach_norm(plan.uniform, 2)).square().sum()
         return total
+
+
+def _grads(params: list[Tensor]) -> list[Tensor]:
+    """The ``.grad`` of each parameter, zeros put in first where it has none (unused by this width's loss)."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    return grads
 
 
 class _GradPlan:

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from us3l.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, load_split, resize_images
+from us3l.core.data import DatasetSpec, dataset_stats, default_image_size, is_grayscale, load_split, resize_images
 from us3l.core.errors import CheckpointError, ConfigError, DataError
 from us3l.core.files import atomic_write_text
 from us3l.core.heartbeat import stage
@@ -45,12 +45,13 @@ from us3l.core.images import list_split
 from us3l.core.threads import AutoThreads
 
 from . import pipeline, runtime
-from .augment import SSLAugment, asymmetric_pair, two_views
+from .augment import asymmetric_pair, build_augment, two_views
 from .collapse import measure_collapse, report_collapse
 from .config import RESUME_IGNORED, TrainConfig
 from .config_file import save_resolved
 from .ema import cosine_momentum
 from .group_reg import GroupRegularizer
+from .monitor import KnnMonitor
 from .ssl_model import build_ssl_model
 from .sampling import width_digest
 from .step import StepParts, build_losses, check_finite, iteration_widths, train_step
@@ -82,11 +83,14 @@ class Trainer:
         with stage("loading data"):
             self._load_data(cfg)
         with stage("building the model" + (" and resuming" if cfg.resume else "")):
-            self._build(cfg)
+            self._build(self.cfg)  # resolved by _load_data (augmentation, GroupReg)
 
     def _load_data(self, cfg: TrainConfig) -> None:
         self.out_dir = Path(cfg.out_dir)
         self.spec = DatasetSpec(cfg.data, cfg.data_root, cfg.image_size)
+        # "auto" augmentation and the method's regulariser become explicit: the checkpoint and
+        # config.toml record what ran, and --resume compares like with like
+        self.cfg = cfg = cfg.resolved(gray=cfg.augmentation == "auto" and is_grayscale(self.spec))
         self.image_size = size = default_image_size(self.spec)
         self.batch = runtime.per_process_batch(cfg.batch_size, cfg.global_batch, self.dist.world)
         self.stream: pipeline.TrainStream | None = None
@@ -122,23 +126,25 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # finitely many conv shapes: widths round to 8 channels
         mean, std = dataset_stats(self.spec)
         runtime.seed_everything(cfg.seed)  # same initial weights on every rank
-        self.augment2: SSLAugment | None = None
+        self.augment: torch.nn.Module
+        self.augment2: torch.nn.Module | None = None
         geometric = self.stream is None  # the loader processes crop and flip image files themselves
-        if cfg.augmentation == "asymmetric":
+        if cfg.views == "asymmetric":
             pair = asymmetric_pair(size, mean, std, scale=(cfg.crop_scale_min, 1.0), geometric=geometric)
             self.augment, self.augment2 = pair[0].to(self.device), pair[1].to(self.device)
         else:
-            self.augment = SSLAugment(size, mean, std, blur=cfg.blur, scale=(cfg.crop_scale_min, 1.0),
-                                      geometric=geometric).to(self.device)
+            self.augment = build_augment(cfg.augmentation, size, mean, std, (cfg.crop_scale_min, 1.0), cfg.blur,
+                                         geometric).to(self.device)
         arch_kwargs = {"width_range": [cfg.width_min, cfg.width_max], "input_size": size, **cfg.arch_kwargs}
         teacher_width = cfg.single_width if cfg.method == "single" else cfg.width_max
         self.raw_model = build_ssl_model(cfg.arch, arch_kwargs, cfg.ssl, cfg.method, cfg.proj_hidden_dim,
                                          cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.distill_layers,
                                          teacher_width).to(self.device)
         if cfg.channels_last:
-            self.raw_model.to(memory_format=torch.channels_last)
+            # nn.Module.to takes memory_format at run time (torch/nn/modules/module.py); its stub omits it
+            self.raw_model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         params = self.raw_model.trainable_parameters()
-        wd = 0.0 if cfg.group_reg else cfg.weight_decay  # GroupReg replaces weight decay (docs/method.md §9)
+        wd = 0.0 if cfg.use_group_reg else cfg.weight_decay  # GroupReg replaces weight decay (docs/method.md §9)
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                                                     weight_decay=wd)
@@ -146,7 +152,7 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
         self.regularizer = GroupRegularizer(cfg.reg_lambda, cfg.group_reg_alpha, cfg.group_reg_bins,
                                             cfg.group_reg_warmup, cfg.epochs, width_max=cfg.width_max) \
-            if cfg.group_reg else None
+            if cfg.use_group_reg else None
         amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp)
         self.model: torch.nn.Module = self.raw_model
@@ -165,6 +171,11 @@ class Trainer:
         # check_width_agreement verifies once per epoch that the ranks stayed in step.
         self.width_rng = random.Random(cfg.seed)
         self.start_epoch, self.global_step = 0, 0
+        self.monitor: KnnMonitor | None = None
+        if cfg.eval_every and self.dist.is_main:  # learning curves (rank 0 writes the metrics)
+            lo, hi = self._probe_widths()[0], self._probe_widths()[-1]
+            self.monitor = KnnMonitor(self.spec, [lo, hi], cfg.eval_images, cfg.eval_bank, device=self.device,
+                                      workers=cfg.workers if self.stream is not None else 0)
         runtime.seed_everything(cfg.seed + self.dist.rank)  # augmentation differs per rank
         if cfg.resume:
             self._restore()
@@ -247,14 +258,20 @@ class Trainer:
                     stats = measure_collapse(self.raw_model.online_encoder(), self.held_out, self._probe_widths(),
                                              cfg.collapse_std_ratio)
                 record["collapse"] = [s.to_dict() for s in stats]
+                if self.monitor is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                    with runtime.preserved_rng():  # the curve must not change the run it measures
+                        t_knn = time.perf_counter()
+                        record["knn"] = self.monitor(self.raw_model.backbone)
+                        record["knn_s"] = round(time.perf_counter() - t_knn, 2)
                 pending.append(record)
                 if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, stop):
                     with stage("saving the checkpoint"):
                         self._save(epoch + 1)
                     # metrics after the checkpoint: a record never names an epoch that no checkpoint
                     # holds (a resumed run restarts after the checkpoint's epoch anyway)
-                    for done in pending if writer is not None else ():
-                        writer.write(done)
+                    if writer is not None:
+                        for done in pending:
+                            writer.write(done)
                     pending.clear()
                 report_collapse(stats, epoch + 1, cfg.fail_on_collapse)
         finally:
@@ -479,6 +496,8 @@ class _MetricsWriter:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":
                     self.tb.add_scalar(f"train/{k}", v, record["epoch"])
+            for w, acc in record.get("knn", {}).items():
+                self.tb.add_scalar(f"knn/w{w}", acc, record["epoch"])
             for s in record.get("collapse", []):
                 self.tb.add_scalar(f"collapse/std_ratio_w{s['width']:g}", s["std_ratio"], record["epoch"])
                 self.tb.add_scalar(f"collapse/eff_rank_w{s['width']:g}", s["eff_rank"], record["epoch"])

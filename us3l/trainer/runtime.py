@@ -6,10 +6,12 @@ become tensors, lists and numbers (and back).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +153,9 @@ def set_python_rng_state(rng: random.Random, state: dict) -> None:
 
 def global_rng_state() -> dict:
     """Torch CPU/CUDA, numpy and stdlib ``random`` global states as plain data."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # a dict only for a non-MT19937 generator; the global RandomState is MT19937
+    kind, keys, pos, has_gauss, cached = legacy
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -178,6 +182,20 @@ def set_global_rng_state(state: dict) -> None:
     random.setstate((int(rs["version"]), tuple(int(v) for v in rs["internal"]), rs["gauss"]))  # stdlib global
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block without disturbing the global RNG streams (torch CPU/CUDA, numpy, stdlib).
+
+    A measurement inside a training run (the kNN learning curve: a data loader draws a seed)
+    must not change the augmentation draws that follow it.
+    """
+    state = global_rng_state()
+    try:
+        yield
+    finally:
+        set_global_rng_state(state)
 
 
 def gather_objects(info: DistInfo, mine: Any) -> list:

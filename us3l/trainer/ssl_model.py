@@ -8,11 +8,13 @@ Layout (docs/method.md §5):
   then BN1d · ReLU · Linear · BN1d · ReLU · Linear (never slimmed);
 - ``predictor``: BYOL / MoCo v3 main predictor (max width only); ``None`` for SimCLR-momentum;
 - ``aux_predictor``: the auxiliary distillation head used only by sub-networks (BYOL's
-  ``predictor_new``; SimCLR-momentum's ``predictor``); ``None`` unless the method is US3L;
+  ``predictor_new``; SimCLR-momentum's and plain SimCLR's ``predictor``); present for ``us3l``
+  and for the reference's ``naive`` configuration, ``None`` otherwise;
 - ``proj_conv``: optional 1x1 ``USConv2d`` per distilled feature map (feature distillation; the
   distilled map is post-ReLU as in the reference, see :func:`distill_source`);
 - ``teacher``: deep copy of backbone + projector, gradients off, always run at the teacher width
   (1.0 for US3L) with train-mode BN. It is excluded from :meth:`SSLModel.trainable_parameters`.
+  The two naive baselines have none (plain SimCLR has no momentum network).
 
 Names matter: the group regulariser skips parameters whose name contains ``teacher`` or
 ``proj_conv``, and those containing ``predictor`` at the maximum width.
@@ -30,11 +32,14 @@ from torch import nn
 from us3l.core.context import use_width
 from us3l.core.errors import ConfigError
 from us3l.core.layers import USConv2d, USLinear
-from us3l.core.models import get_model
+from us3l.core.models import SlimmableNet, get_model
 from us3l.core.models.mobilenet_v2 import USMobileNetV2
 from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
 
 from .ema import deactivate_requires_grad
+
+#: methods trained without an EMA teacher (plain SimCLR at the max width)
+TEACHERLESS = ("naive", "naive-contrastive")
 
 
 class Encoder(nn.Module):
@@ -61,7 +66,7 @@ def mlp_head(in_dim: int, hidden: int, out: int, first_bias: bool = True, mocov3
     return nn.Sequential(*layers)
 
 
-def projector_head(backbone: nn.Module, hidden: int, out: int, ssl: str) -> nn.Sequential:
+def projector_head(backbone: SlimmableNet, hidden: int, out: int, ssl: str) -> nn.Sequential:
     """The 3-layer projector; its first layer follows the backbone's active feature slice.
 
     MoCo v3: every linear is bias-free and a ``BatchNorm1d(affine=False)`` ends the head.
@@ -95,22 +100,20 @@ class SSLModel(nn.Module):
     Args:
         backbone: slimmable backbone built with ``num_classes=0``.
         ssl: ``"simclr_momentum"``, ``"byol"`` or ``"mocov3"``.
-        method: ``"us3l"``, ``"naive"`` or ``"single"`` (selects which heads exist).
+        method: ``"us3l"``, ``"naive"``, ``"naive-contrastive"`` or ``"single"`` (selects which heads exist).
         proj_hidden_dim / proj_out_dim / pred_hidden_dim: head sizes.
         distill_layers: backbone BN module names whose outputs are distilled (feature distillation).
         teacher_width: width the teacher always runs at.
 
     Examples:
         >>> from us3l.core.models import get_model
-from us3l.core.models.mobilenet_v2 import USMobileNetV2
-from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
         >>> m = SSLModel(get_model("us_resnet_mini"), "simclr_momentum", "us3l", 64, 32, 64)
         >>> q1, q2, _ = m(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), width=0.5, head="aux")
         >>> q1.shape
         torch.Size([4, 32])
     """
 
-    def __init__(self, backbone: nn.Module, ssl: str, method: str, proj_hidden_dim: int, proj_out_dim: int,
+    def __init__(self, backbone: SlimmableNet, ssl: str, method: str, proj_hidden_dim: int, proj_out_dim: int,
                  pred_hidden_dim: int, distill_layers: tuple[str, ...] = (), teacher_width: float = 1.0) -> None:
         super().__init__()
         self.ssl, self.method, self.teacher_width = ssl, method, float(teacher_width)
@@ -121,14 +124,14 @@ from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
         self.predictor = (mlp_head(proj_out_dim, pred_hidden_dim, proj_out_dim, first_bias=False, mocov3=mocov3)
                           if has_predictor else None)
         self.aux_predictor = (mlp_head(proj_out_dim, pred_hidden_dim, proj_out_dim, first_bias=False, mocov3=mocov3)
-                              if method == "us3l" else None)
+                              if method in ("us3l", "naive") else None)
         self.distill_layers = tuple(distill_layers)
         for n in self.distill_layers:
             distill_source(backbone, n)  # validates the name early, with the list of valid ones
         self.proj_conv = nn.ModuleDict({_key(n): _proj_conv(_find(backbone, n)) for n in self.distill_layers}) \
             if self.distill_layers else None
-        if method == "naive":
-            self.teacher = None  # online-vs-online SimCLR: no momentum network
+        if method in TEACHERLESS:
+            self.teacher = None  # plain SimCLR: no momentum network
         else:
             self.teacher = deactivate_requires_grad(Encoder(copy.deepcopy(self.backbone), copy.deepcopy(self.projector)))
 
@@ -168,10 +171,13 @@ from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
         with use_width(self._slimmed(), width), self._capture(self.backbone, names) as feats:
             z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
             if names:
+                assert self.proj_conv is not None  # built whenever distill_layers is non-empty
                 extras["feats"] = [tuple(self.proj_conv[_key(n)](f) for f in feats[n]) for n in names]
         if head == "predictor":
+            assert self.predictor is not None, f"ssl {self.ssl!r} has no predictor"
             z1, z2 = self.predictor(z1), self.predictor(z2)
         elif head == "aux":
+            assert self.aux_predictor is not None, f"method {self.method!r} has no aux predictor"
             z1, z2 = self.aux_predictor(z1), self.aux_predictor(z2)
         elif head != "none":
             raise ValueError(f"unknown head {head!r}; valid: none, predictor, aux")
@@ -187,7 +193,7 @@ from us3l.core.models.resnet import BasicBlock, Bottleneck, USResNet
         feature distillation).
         """
         if self.teacher is None:
-            raise ConfigError("this model has no teacher (method 'naive')")
+            raise ConfigError(f"this model has no teacher (method {self.method!r})")
         capture = self._capture(self.teacher.backbone, self.distill_layers)
         with use_width(self.teacher, self.teacher_width), capture as feats:
             k1, k2 = self.teacher(x1), self.teacher(x2)
@@ -266,15 +272,16 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def _find(backbone: nn.Module, name: str) -> nn.Module:
+def _find(backbone: nn.Module, name: str) -> nn.BatchNorm2d:
     modules = dict(backbone.named_modules())
-    if name not in modules:
+    found = modules.get(name)
+    if not isinstance(found, nn.BatchNorm2d):  # distill_source has already refused any other name
         bns = [n for n, m in modules.items() if isinstance(m, nn.BatchNorm2d)]
         raise ConfigError(f"distill layer {name!r} is not in the backbone; valid BN layers: {', '.join(bns[:40])}")
-    return modules[name]
+    return found
 
 
-def _proj_conv(bn: nn.Module) -> USConv2d:
+def _proj_conv(bn: nn.BatchNorm2d) -> USConv2d:
     c = int(bn.num_features)
     return USConv2d(c, c, 1, bias=False, slim_in=True, slim_out=False)
 

@@ -17,8 +17,13 @@ order; for ``method="us3l"``:
    reference). With ``accumulate=True`` gradients of all widths are summed and the optimizer
    steps once per iteration (the original US-Nets recipe).
 
-``naive``: US-Net + SimCLR, online-vs-online InfoNCE at every width, no teacher. ``single``: one
-fixed width, the base SSL loss against an EMA teacher of the same width (individual training).
+``naive`` (the reference's naive configuration, docs/method.md §7.4): no teacher; the max width
+takes plain SimCLR InfoNCE between its two online views, and every sub-width goes through the
+auxiliary head and is distilled (cosine, cross-view) to the *detached online* max-width
+projections of the same iteration (US-Net in-place distillation with a target that moves at every
+step). ``naive-contrastive``: no teacher, no heads, online-vs-online InfoNCE at every width.
+``single``: one fixed width, the base SSL loss against an EMA teacher of the same width
+(individual training).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import nn
@@ -35,6 +41,9 @@ from us3l.core.errors import US3LError
 from .ema import update_momentum
 from .losses import CosineSimilarityLoss, FeatureDistillLoss, InfoNCELoss, MomentumInfoNCELoss, MoCoV3Loss
 from .sampling import widths_for_iteration
+
+if TYPE_CHECKING:
+    from .ssl_model import SSLModel
 
 
 class TrainingDivergedError(US3LError):
@@ -59,7 +68,9 @@ class Losses:
 def build_losses(method: str, ssl: str, temperature: float, feature_distill: bool = False,
                  distributed: bool = False) -> Losses:
     """Pick the loss modules for ``method`` × ``ssl`` (MoCo v3 gathers keys across ranks under DDP)."""
-    if method == "naive":
+    if method == "naive":  # reference: InfoNCEv2 at the max width, CosineSimilarity distillation below it
+        return Losses(base=InfoNCELoss(temperature=temperature), distill=CosineSimilarityLoss())
+    if method == "naive-contrastive":
         return Losses(base=InfoNCELoss(temperature=temperature))
     if ssl == "simclr_momentum":
         base: nn.Module = MomentumInfoNCELoss(temperature=temperature)
@@ -83,7 +94,7 @@ class StepParts:
         optimizer: updates ``raw_model.trainable_parameters()`` only.
         scaler: AMP gradient scaler (``enabled=False`` off CUDA: a pass-through).
         losses: see :class:`Losses`.
-        method: ``"us3l"``, ``"naive"`` or ``"single"``.
+        method: ``"us3l"``, ``"naive"``, ``"naive-contrastive"`` or ``"single"``.
         regularizer: a :class:`~us3l.trainer.group_reg.GroupRegularizer` (or, with
             ``reg_mode="autograd"``, any ``reg(model, width, epoch) -> Tensor``), or None.
         accumulate: one optimizer step per iteration instead of per width.
@@ -94,12 +105,12 @@ class StepParts:
     """
 
     model: nn.Module
-    raw_model: nn.Module
+    raw_model: SSLModel
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     losses: Losses
     method: str
-    regularizer: Callable | None = None
+    regularizer: Callable[..., torch.Tensor] | None = None
     accumulate: bool = False
     amp: bool = False
     reg_mode: str = "grad"
@@ -111,6 +122,14 @@ class StepParts:
 
 
 REG_MODES = ("grad", "autograd")
+
+
+class GradRegularizer(Protocol):
+    """What ``reg_mode="grad"`` calls on the regulariser (:class:`~us3l.trainer.group_reg.GroupRegularizer`)."""
+
+    def add_grad_(self, model: nn.Module, width: float, epoch: int, scale: torch.Tensor | None = None) -> None: ...
+
+    def value(self, model: nn.Module, width: float, epoch: int) -> torch.Tensor: ...
 
 
 def iteration_widths(rng: random.Random, epoch: int, epochs: int, method: str, n: int, lo: float, hi: float,
@@ -137,12 +156,15 @@ def train_step(parts: StepParts, x1: torch.Tensor, x2: torch.Tensor, widths: lis
     """
     raw, opt, scaler = parts.raw_model, parts.optimizer, parts.scaler
     device_type = x1.device.type
-    grad_reg = parts.regularizer is not None and parts.reg_mode == "grad"
+    # StepParts' contract: in the gradient form the regulariser is a GroupRegularizer; the type of
+    # ``regularizer`` cannot follow ``reg_mode``.
+    grad_reg = (cast(GradRegularizer, parts.regularizer)
+                if parts.regularizer is not None and parts.reg_mode == "grad" else None)
     graph_reg = parts.regularizer if parts.reg_mode == "autograd" else None
     if parts.channels_last:
         x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
     names = ("loss_base", "loss_distill", "loss_feat") + (("reg",) if parts.regularizer is not None and
-                                                          (reg_value or not grad_reg) else ())
+                                                          (reg_value or grad_reg is None) else ())
     stats = {k: torch.zeros((), device=x1.device) for k in names}
     finite = torch.ones((), dtype=torch.bool, device=x1.device)
     targets: tuple = ()
@@ -156,19 +178,30 @@ def train_step(parts: StepParts, x1: torch.Tensor, x2: torch.Tensor, widths: lis
             update_momentum(raw.online_encoder(), raw.teacher, ema_momentum)
             with torch.autocast(device_type, enabled=parts.amp):
                 targets = raw.teacher_forward(x1, x2)
-        head = "none" if (i == 0 or parts.method == "naive") else "aux"
+        head = "none" if (i == 0 or parts.method == "naive-contrastive") else "aux"
         if i == 0 and raw.predictor is not None:
             head = "predictor"
         with torch.autocast(device_type, enabled=parts.amp):
             q1, q2, extras = parts.model(x1, x2, width, head, graph_reg, epoch)
         q = (_full(q1), _full(q2))
-        if parts.method == "naive":
+        if parts.method == "naive-contrastive":
             loss = parts.losses.base(*q)
             stats["loss_base" if i == 0 else "loss_distill"] += loss.detach()
+        elif parts.method == "naive" and i == 0:
+            # online vs online InfoNCE; its detached projections are this iteration's sub-width targets
+            # (computed before the max width's optimizer step, as the reference's teacher branch)
+            loss = parts.losses.base(*q)
+            stats["loss_base"] += loss.detach()
+            targets = (q[0].detach(), q[1].detach())
+        elif parts.method == "naive":
+            assert parts.losses.distill is not None
+            loss = parts.losses.distill(q, targets)
+            stats["loss_distill"] += loss.detach()
         elif i == 0:
             loss = parts.losses.base(q, (_full(targets[0]), _full(targets[1])))
             stats["loss_base"] += loss.detach()
         else:
+            assert parts.losses.distill is not None, "sub-widths need a distillation loss (build_losses gives one)"
             loss = parts.losses.distill(q, (_full(targets[0]), _full(targets[1])))
             stats["loss_distill"] += loss.detach()
             if parts.losses.feature is not None:
@@ -182,12 +215,12 @@ def train_step(parts: StepParts, x1: torch.Tensor, x2: torch.Tensor, widths: lis
             total = loss
         finite &= torch.isfinite(total.detach())
         scaler.scale(total).backward()
-        if grad_reg:
+        if grad_reg is not None:
             # the loss scale as a tensor (no host sync); re-read per width: update() may change it
             scale = scaler.scale(torch.ones((), device=x1.device)) if scaler.is_enabled() else None
-            parts.regularizer.add_grad_(raw, width, epoch, scale)
+            grad_reg.add_grad_(raw, width, epoch, scale)
             if reg_value:
-                stats["reg"] += parts.regularizer.value(raw, width, epoch)
+                stats["reg"] += grad_reg.value(raw, width, epoch)
         if not parts.accumulate:
             scaler.step(opt)
             scaler.update()

@@ -197,11 +197,12 @@ class SshExecutor(Executor):
         if not profile.host or profile.host.startswith("-") or re.search(r"\s", profile.host):
             raise ConfigError(f"device {profile.name!r} has an invalid host {profile.host!r}")
         self.profile = profile
-        self._ssh_bin, self._scp_bin = shutil.which("ssh"), shutil.which("scp")
-        if not self._ssh_bin or not self._scp_bin:
+        ssh_bin, scp_bin = shutil.which("ssh"), shutil.which("scp")
+        if not ssh_bin or not scp_bin:
             from us3l.core.errors import BackendUnavailableError
 
             raise BackendUnavailableError("the OpenSSH client (ssh, scp) is not installed here")
+        self._ssh_bin, self._scp_bin = ssh_bin, scp_bin
         self._opts = ssh_options(profile, accept_new)
         self._multiplex = multiplex
         self._ctl_dir: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..width import DEFAULT_WIDTH_RANGE
+from ..width import DEFAULT_DIVISOR, DEFAULT_WIDTH_RANGE
 
 
 class SlimmableNet(nn.Module):
@@ -21,6 +21,8 @@ class SlimmableNet(nn.Module):
 
     arch: str = ""
     arch_kwargs: dict = {}
+    fc: nn.Module  # the classification head, built by subclasses only when num_classes > 0
+    max_feature_dim: int  # set by every subclass's __init__
 
     def __init__(self, num_classes: int = 0, width_range=DEFAULT_WIDTH_RANGE, input_size: int = 32,
                  in_chans: int = 3) -> None:
@@ -40,7 +42,7 @@ class SlimmableNet(nn.Module):
         feats = self.forward_features(x)
         return self.fc(feats) if self.num_classes else feats
 
-    def feature_dim(self, width: float = 1.0) -> int:  # pragma: no cover - abstract
+    def feature_dim(self, width: float = 1.0, divisor: int = DEFAULT_DIVISOR) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def example_input(self, batch: int = 1) -> torch.Tensor:

@@ -39,7 +39,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
-    def last_bn(self) -> nn.Module:
+    def last_bn(self) -> USBatchNorm2d:
         return self.bn2
 
 
@@ -65,7 +65,7 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
-    def last_bn(self) -> nn.Module:
+    def last_bn(self) -> USBatchNorm2d:
         return self.bn3
 
 
@@ -78,7 +78,7 @@ def _downsample(inp: int, out: int, stride: int) -> nn.Sequential | None:
 class USResNet(SlimmableNet):
     """Slimmable ResNet with a CIFAR (3x3, no pool) or ImageNet (7x7/2 + max-pool) stem."""
 
-    def __init__(self, block: type, layers: list[int], stage_channels: tuple[int, ...] = (64, 128, 256, 512),
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], stage_channels: tuple[int, ...] = (64, 128, 256, 512),
                  stem: str = "cifar", stem_channels: int | None = None, strides: tuple[int, ...] | None = None,
                  num_classes: int = 0, width_range=DEFAULT_WIDTH_RANGE, input_size: int = 32, in_chans: int = 3,
                  zero_init_residual: bool = False) -> None:

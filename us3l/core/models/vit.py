@@ -110,6 +110,8 @@ class USViT(SlimmableNet):
         stop_grad_conv1: freeze the random patch projection (MoCo v3's stability trick).
     """
 
+    pos_embed: Tensor  # registered as a (non-persistent) buffer in __init__
+
     def __init__(self, num_classes: int = 0, width_range=DEFAULT_WIDTH_RANGE, input_size: int = 224,
                  patch_size: int = 16, embed_dim: int = 192, depth: int = 12, num_heads: int = 6,
                  mlp_ratio: float = 4.0, stop_grad_conv1: bool = True) -> None:
@@ -138,12 +140,14 @@ class USViT(SlimmableNet):
                 nn.init.zeros_(m.bias)
         fan = 3 * self.patch_size * self.patch_size + self.embed_dim
         bound = math.sqrt(6.0 / fan)
+        patch_bias = self.patch_embed.bias
+        assert patch_bias is not None  # nn.Conv2d is built with its default bias=True
         nn.init.uniform_(self.patch_embed.weight, -bound, bound)
-        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.zeros_(patch_bias)
         nn.init.normal_(self.cls_token, std=1e-6)
         if stop_grad_conv1:
             self.patch_embed.weight.requires_grad_(False)
-            self.patch_embed.bias.requires_grad_(False)
+            patch_bias.requires_grad_(False)
 
     def forward_features(self, x: Tensor) -> Tensor:
         if x.shape[-2:] != (self.input_size, self.input_size):  # the position embedding fixes the grid
