@@ -44,7 +44,7 @@ def test_int8_sidecar_records_calibration_and_gate(int8, calib_file):
     side = json.loads(art.sidecar.read_text())
     cal = side["calibration"]
     assert cal["method"] == "minmax" and cal["images"] == 80 and cal["held_out_gate_images"] == 20
-    assert cal["data"]["file"] == str(calib_file.resolve()) and (out / cal["ranges_file"]).is_file()
+    assert cal["data"]["file"] == calib_file.name and (out / cal["ranges_file"]).is_file()  # no absolute path
     assert side["parity"]["gate"] == "cosine" and side["parity"]["passed"] and side["parity"]["num_images"] == 20
     assert side["parity"]["mean_cosine"] >= side["parity"]["min_cosine_required"] == 0.95
     ops = {n.op_type for n in onnx.load(str(art.path)).graph.node}

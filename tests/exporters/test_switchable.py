@@ -70,6 +70,8 @@ def test_one_file_with_a_width_index_and_the_per_width_outputs(files):
     assert side["switchable"]["input"] == WIDTH_INPUT and side["export"]["method"] == "switchable"
     assert side["switchable"]["size_over_widest"] == round(art.path.stat().st_size / per.for_width(1.0).path.stat().st_size, 4)
     assert art.path.stat().st_size < 1.05 * per.for_width(1.0).path.stat().st_size
+    text = art.sidecar.read_text()  # no absolute path of this machine, nor the branches' temporary folder
+    assert str(art.path.parent.parent) not in text and "us3l-switchable-" not in text
     assert side["parity"]["passed"] and len(side["parity"]["per_index"]) == 4
 
 
@@ -108,6 +110,7 @@ def test_export_takes_widths_out_of_the_file_and_refuses_what_it_cannot(files, t
     side = json.loads(res.artifacts[0].sidecar.read_text())
     assert res.artifacts[0].path.name == "us_resnet_mini_w0.3.onnx"
     assert side["export"] == {**side["export"], "method": "fixed", "width_index": 1} and side["parity"]["passed"]
+    assert str(tmp_path) not in res.artifacts[0].sidecar.read_text()
     runner = CliRunner()
     missing = runner.invoke(app, ["export", str(art.path), "--widths", "0.4", "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "holds no width 0.4; it holds 0.25, 0.3, 0.5, 1.0" in missing.output

@@ -509,6 +509,31 @@ def _accuracy_rows(cfg: Any, source_hash: str) -> dict[float, dict[str, float]]:
     return out
 
 
+def _head_record(head: dict[str, Any] | None, include_head: Any, out_dir: Any) -> dict[str, Any] | None:
+    """The widest branch's head record, its ``--include-head`` path seen from the switchable file's
+    folder (the branches were written in a temporary one)."""
+    from us3l.core.files import relative_path
+
+    if head is None or not include_head or "path" not in head:
+        return head
+    return {**head, "path": relative_path(include_head, out_dir)}
+
+
+def _rebased(side: dict[str, Any], src_dir: Any, out_dir: Any) -> dict[str, Any]:
+    """``side`` with its checkpoint / head paths (relative to ``src_dir``) seen from ``out_dir``."""
+    from pathlib import Path
+
+    from us3l.core.files import relative_path
+
+    out = dict(side)
+    for key in ("checkpoint", "head"):
+        rec = out.get(key)
+        if isinstance(rec, dict) and rec.get("path"):
+            p = Path(rec["path"])
+            out[key] = {**rec, "path": relative_path(p if p.is_absolute() else Path(src_dir) / p, out_dir)}
+    return out
+
+
 def _cache_key(cfg: Any, net: Any, widths: list[float], calib: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -546,7 +571,7 @@ def export_switchable(cfg: Any, progress: Any, network: Any, export_widths: Any,
     import onnx
     import torch
 
-    from us3l.core.files import sha256_file
+    from us3l.core.files import relative_path, sha256_file
     from us3l.core.slicing import find_aliases
     from us3l.core.width import format_width, parse_widths
 
@@ -653,7 +678,8 @@ def export_switchable(cfg: Any, progress: Any, network: Any, export_widths: Any,
             "schema": SIDECAR_SCHEMA, "artifact": name, "format": "onnx", "precision": str(precision),
             "sha256": sha256_file(path), "size_bytes": size, "width": wa.width, "aliases": [], "divisor": cfg.snap,
             "arch": net.arch, "arch_kwargs": net.arch_kwargs, "untrained": net.untrained,
-            "checkpoint": {"path": net.source_path, "sha256": net.source_hash, "method": net.method},
+            "checkpoint": {"path": relative_path(net.source_path, out_dir), "sha256": net.source_hash,
+                           "method": net.method},
             "channels": dict(wa.channels), "feature_dim": int(wa.feature_dim), "macs": int(wa.macs), "params": int(wa.params),
             "bn": [s.get("bn") for s in sides],
             "input": ws["input"], "output": {**ws["output"], "shape": None if len({a.feature_dim for a in arts}) > 1
@@ -665,7 +691,7 @@ def export_switchable(cfg: Any, progress: Any, network: Any, export_widths: Any,
                            "size_over_widest": round(size / per_width_bytes[widest], 4),
                            "size_over_sum": round(size / sum(per_width_bytes), 4)},
             "stages": ws.get("stages"), "classes": ws.get("classes"), "preprocess": ws.get("preprocess"),
-            "head": ws.get("head"), "parity": parity, "calibration": None, "opset": cfg.opset,
+            "head": _head_record(ws.get("head"), cfg.include_head, out_dir), "parity": parity, "calibration": None, "opset": cfg.opset,
             "versions": tool_versions(), "format_info": {**facts, "graph": {"opset": cfg.opset}},
             "export": {"method": "switchable", "branches": [r["export_method"] for r in table]},
             "source_onnx": None, "cache_key": key,
@@ -796,7 +822,7 @@ def export_from_switchable(cfg: Any, progress: Any = None) -> Any:
                 parity = {**rec.to_dict(), "reference": f"{src.name} at width_index {index} (onnxruntime)"}
             shape = [batch or "batch", *input_shape]
             data = {
-                **{k: v for k, v in side.items() if held_side and k in (
+                **{k: v for k, v in _rebased(side, src.parent, out_dir).items() if held_side and k in (
                     "arch", "arch_kwargs", "untrained", "checkpoint", "divisor", "classes", "preprocess", "head", "stages")},
                 "schema": SIDECAR_SCHEMA, "artifact": name, "format": cfg.format, "precision": str(precision),
                 "sha256": sha256_file(path), "size_bytes": path.stat().st_size, "width": width,
