@@ -10,6 +10,7 @@ tests/exporters/test_default_exporter.py checks that dynamo is the default witho
 """
 
 import os
+import re
 
 import pytest
 import torch
@@ -29,6 +30,22 @@ def _single_thread():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# A heartbeat line (us3l.core.heartbeat: "<stage path>: [count, ]m:ss elapsed[, eta m:ss][; message]").
+# On a loaded machine a command's start-up (imports, loading a checkpoint) can outlast the heartbeat's
+# quiet start, so one such line may precede a bad-input error; the error itself must still be one line.
+_PROGRESS_LINE = re.compile(r"^[^:]+: (?:[^;]*, )?\d+:\d\d(?::\d\d)? elapsed(?:, eta \d+:\d\d(?::\d\d)?)?(?:; .*)?$")
+
+
+def _message_lines(text: str) -> list[str]:
+    return [ln for ln in text.strip().splitlines() if ln.strip() and not _PROGRESS_LINE.match(ln.strip())]
+
+
+@pytest.fixture
+def message_lines():
+    """The non-empty lines of a command's output that are not heartbeat progress lines."""
+    return _message_lines
 
 
 # ---------------------------------------------------------------------------- progress in CI logs

@@ -46,10 +46,10 @@ def test_unknown_device_exits_2_listing_devices(tmp_path, monkeypatch):
     assert "unknown device 'tpu9'; valid: cpu, cuda, jetson" in res.output
 
 
-def test_unknown_runner_exits_2(tmp_path):
+def test_unknown_runner_exits_2(tmp_path, message_lines):
     res = runner.invoke(app, ["bench", "--arch", "us_resnet18_cifar", "--runner", "tflite", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "--runner 'tflite' is invalid; valid: torch, onnxruntime, tensorrt, trtexec" in res.output
-    assert len(res.output.strip().splitlines()) == 1
+    assert len(message_lines(res.output)) == 1
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed")

@@ -41,10 +41,10 @@ def test_widths_accepts_ranges():
     (["widths", "--widths", "0.5:0.25:0.05"], "empty"),
     (["widths", "--arch", "resnet9000"], "us_resnet18_cifar"),
 ])
-def test_bad_input_is_one_line_exit_2(args, needle):
+def test_bad_input_is_one_line_exit_2(args, needle, message_lines):
     proc = subprocess.run([sys.executable, "-m", "us3l.cli.main", *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    lines = message_lines(proc.stderr)
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
 

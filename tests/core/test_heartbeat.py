@@ -78,3 +78,21 @@ def test_terminal_bar_keeps_count_and_eta_at_80_columns():
         assert len(f) <= 80, f
         assert re.search(r"\d+/\d+ \d:\d\d:\d\d [-\d]:[-\d]{2}:[-\d]{2}", f), f  # count, elapsed, remaining
     assert exporting[-1].startswith("exporting")
+
+
+def test_the_suites_progress_filter_knows_every_heartbeat_line_and_keeps_errors(message_lines):
+    """tests/conftest.py drops heartbeat lines before counting a bad input's error lines: it must
+    recognise each form Heartbeat.line() prints, and never an error line."""
+    beat = Heartbeat(write=lambda _: None, every=0, prefix="us3l eval")
+    forms = [beat.line(beat.started + 8.2)]
+    with beat:
+        with stage("evaluating", total=4) as outer:
+            outer.update(1, None, "width 0.5")
+            forms.append(beat.line())
+            with stage("BN recalibration", total=50, unit="batches") as inner:
+                inner.update(3)
+                forms.append(beat.line(time.monotonic() + 3725))
+    assert forms[0] == "us3l eval: 0:08 elapsed" and "1:02:05 elapsed" in forms[2], forms
+    errors = ["error: unknown device 'tpu9'; valid: cpu, cuda, jetson",
+              "error: run.toml: 'epochs' must be an integer (got 'many'), e.g. epochs = 10"]
+    assert message_lines("\n".join(forms + errors)) == errors

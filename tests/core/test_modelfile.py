@@ -108,7 +108,7 @@ def test_a_config_that_contradicts_the_weights_is_one_line(packed, tmp_path, edi
     assert "\n" not in str(err.value)
 
 
-def test_weights_that_differ_are_refused_then_resealed(packed, tmp_path):
+def test_weights_that_differ_are_refused_then_resealed(packed, tmp_path, message_lines):
     from safetensors.torch import load_file, save_file
 
     d = _copy(packed, tmp_path)
@@ -122,7 +122,7 @@ def test_weights_that_differ_are_refused_then_resealed(packed, tmp_path):
     shutil.copyfile(packed / "model.safetensors", weights)
     save_file(load_file(str(weights)), str(weights))  # re-saved unchanged by the library: other bytes
     proc = subprocess.run([*US3L, "eval", str(d)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "re-saved" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 2 and "re-saved" in proc.stderr and len(message_lines(proc.stderr)) == 1
     proc = subprocess.run([*US3L, "pack", str(d), "--reseal"], capture_output=True, text=True)
     assert proc.returncode == 0 and "tensors match config.json" in proc.stdout, proc.stderr
     again = load_checkpoint(d)
@@ -130,7 +130,7 @@ def test_weights_that_differ_are_refused_then_resealed(packed, tmp_path):
     assert "| 0.25 | fp32 | PyTorch (logits) | 81.00 % |" in (d / "README.md").read_text()
 
 
-def test_reseal_checks_every_tensor_and_a_malformed_file_is_one_line(packed, tmp_path):
+def test_reseal_checks_every_tensor_and_a_malformed_file_is_one_line(packed, tmp_path, message_lines):
     from safetensors.torch import load_file, save_file
 
     d = _copy(packed, tmp_path)
@@ -147,7 +147,7 @@ def test_reseal_checks_every_tensor_and_a_malformed_file_is_one_line(packed, tmp
     (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
     proc = subprocess.run([*US3L, "pack", str(d), "--reseal"], capture_output=True, text=True)
     assert proc.returncode == 2 and "is not a valid safetensors file" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert len(message_lines(proc.stderr)) == 1 and "Traceback" not in proc.stderr
 
 
 def test_a_backbone_without_classifier(tmp_path):

@@ -124,7 +124,7 @@ def test_predict_equals_the_loaders_tensors_and_names_the_corrupt_file(classifie
     assert np.abs(np.asarray([p.logits for p in res.predictions]) - ref).max() < 1e-4
 
 
-def test_predict_cli_warns_writes_json_and_fails_on_request(classifier, odd_folder, tmp_path):
+def test_predict_cli_warns_writes_json_and_fails_on_request(classifier, odd_folder, tmp_path, message_lines):
     _, _, art = classifier
     runner = CliRunner()
     table = runner.invoke(app, ["predict", str(art.path), str(odd_folder)], env={"COLUMNS": "200"})
@@ -140,6 +140,6 @@ def test_predict_cli_warns_writes_json_and_fails_on_request(classifier, odd_fold
     assert [s["name"] for s in data["skipped"]] == ["b/corrupt.jpg"] and len(data["predictions"][0]["logits"]) == 2
     fail = runner.invoke(app, ["predict", str(art.path), str(odd_folder), "--on-bad-image", "fail"])
     assert fail.exit_code == 2 and "corrupt.jpg" in fail.output and "--on-bad-image skip" in fail.output
-    assert "Traceback" not in fail.output and len(fail.output.strip().splitlines()) == 1
+    assert "Traceback" not in fail.output and len(message_lines(fail.output)) == 1
     only_bad = runner.invoke(app, ["predict", str(art.path), str(odd_folder / "b" / "corrupt.jpg")])
     assert only_bad.exit_code == 2 and "no readable image" in only_bad.output

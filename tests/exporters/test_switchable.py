@@ -104,7 +104,7 @@ def test_fixing_the_index_gives_the_per_width_graph(files):
         assert np.abs(out - want).max() <= 1e-4 * (1 + np.abs(want).max())
 
 
-def test_export_takes_widths_out_of_the_file_and_refuses_what_it_cannot(files, tmp_path):
+def test_export_takes_widths_out_of_the_file_and_refuses_what_it_cannot(files, tmp_path, message_lines):
     art, _ = files
     res = run_export(ExportConfig(checkpoint=str(art.path), widths="0.3", out_dir=str(tmp_path / "fixed")))
     side = json.loads(res.artifacts[0].sidecar.read_text())
@@ -120,7 +120,7 @@ def test_export_takes_widths_out_of_the_file_and_refuses_what_it_cannot(files, t
                         (["--precision", "int8"], "one ONNX file in fp32 or fp16"),
                         (["--arch", "us_resnet18_cifar", "--widths", "0.25:1.0:0.025"], "at most 16 distinct widths")):
         bad = runner.invoke(app, ["export", "--arch", ARCH, "--switchable", "--out", str(tmp_path / "r"), *args])
-        assert bad.exit_code == 2 and words in bad.output and len(bad.output.strip().splitlines()) <= 2, bad.output
+        assert bad.exit_code == 2 and words in bad.output and len(message_lines(bad.output)) <= 2, bad.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "r").exists()
 
 
@@ -189,7 +189,7 @@ def task(tmp_path_factory):
     return out.checkpoint, sw.artifacts[0], per
 
 
-def test_predict_width_on_real_images_gives_the_per_width_top1(task, tmp_path):
+def test_predict_width_on_real_images_gives_the_per_width_top1(task, tmp_path, message_lines):
     from PIL import Image
 
     from us3l.api import predict
@@ -211,7 +211,7 @@ def test_predict_width_on_real_images_gives_the_per_width_top1(task, tmp_path):
     for args, words in ((["--width", "0.5"], f"{art.path.name} holds no width 0.5; it holds 0.25, 1.0"),
                         ([], "holding widths 0.25, 1.0; choose one with --width")):
         bad = runner.invoke(app, ["predict", str(art.path), str(tmp_path), *args])
-        assert bad.exit_code == 2 and words in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
+        assert bad.exit_code == 2 and words in bad.output and len(message_lines(bad.output)) == 1, bad.output
 
 
 def test_eval_measures_the_switchable_file_per_width(task):

@@ -195,5 +195,5 @@ def _error_line(stderr: str) -> str:
     """The one error line; besides it stderr holds at most the progress bar's last state."""
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errors) == 1 and all(ln.startswith("training ") for ln in lines if ln not in errors), stderr
+    assert len(errors) == 1 and all(ln.startswith("training ") or " elapsed" in ln for ln in lines if ln not in errors), stderr
     return errors[0]

@@ -124,7 +124,7 @@ def test_folder_trains_with_workers_evaluates_and_exports(folder, tmp_path):
     assert list((tmp_path / "onnx").glob("*.onnx"))
 
 
-def test_print_config_round_trips_and_bad_keys_are_one_line(tmp_path):
+def test_print_config_round_trips_and_bad_keys_are_one_line(tmp_path, message_lines):
     first = _run(["train", "--recipe", "cifar100_r18_simclr", "--print-config"], tmp_path)
     assert first.returncode == 0, first.stderr
     (tmp_path / "r.toml").write_text(first.stdout)
@@ -133,10 +133,10 @@ def test_print_config_round_trips_and_bad_keys_are_one_line(tmp_path):
     (tmp_path / "typo.toml").write_text(first.stdout.replace("\nlr = ", "\nlrr = "))
     typo = _run(["train", "--config", "typo.toml", "--print-config"], tmp_path)
     assert typo.returncode == 2 and typo.stdout == ""
-    assert len(typo.stderr.strip().splitlines()) == 1 and "unknown key 'lrr' (did you mean 'lr'?)" in typo.stderr
+    assert len(message_lines(typo.stderr)) == 1 and "unknown key 'lrr' (did you mean 'lr'?)" in typo.stderr
     wrong = _run(["train", "--config", "r.toml", "--set", "epochs=many", "--print-config"], tmp_path)
     assert wrong.returncode == 2 and "'epochs' must be an integer" in wrong.stderr
-    assert len(wrong.stderr.strip().splitlines()) == 1
+    assert len(message_lines(wrong.stderr)) == 1
 
 
 def test_config_resolution_order_and_resume_base(tmp_path):
