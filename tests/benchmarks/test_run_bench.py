@@ -44,6 +44,19 @@ def test_cached_rerun_reuses_artifacts_and_points(tmp_path, fixture_exporter):
     assert all(r["cached"] for r in careful["results"])  # ...nor stand in for them later
 
 
+def test_report_and_table_name_files_from_their_folder_and_move_with_it(tmp_path, fixture_exporter):
+    out = tmp_path / "out"
+    first = run_bench(BenchConfig(**TINY, out_dir=out, budget_ms=1000.0)).report
+    for name in ("report.json", "lut.json", "latency.csv"):
+        assert str(tmp_path) not in (out / name).read_text(), name  # no absolute path of this machine
+    assert first["deploy"]["artifact"].startswith("artifacts/") and (out / first["deploy"]["artifact"]).is_file()
+    moved = tmp_path / "elsewhere"
+    out.rename(moved)  # the folder moves as one unit: its table still finds its exported files
+    again = run_bench(BenchConfig(**TINY, out_dir=moved, budget_ms=1000.0)).report
+    assert fixture_exporter == [[0.25, 0.5, 1.0]] and all(r["cached"] for r in again["results"])
+    assert (moved / again["deploy"]["artifact"]).is_file()
+
+
 def _row(width, value, sha, protocol="knn", **extra):
     return {"width": width, protocol: value, "protocol": protocol, "outputs": "features", "precision": "fp32",
             "source": "artifact", "sha256": sha, **extra}
@@ -144,7 +157,7 @@ def test_checkpoint_ladder_accuracy_beside_it_and_torch_runner(tmp_path, fixture
                                    warmup_ms=10, budget_ms=1000.0, out_dir=tmp_path / "out")).report
     # the default ladder, plus the bank's widths, plus the evaluated ones: an extra eval adds, never replaces
     assert report["config"]["widths_resolved"] == [0.25, 0.405, 0.5, 0.75, 1.0]
-    assert report["accuracy_file"] == str(tmp_path / "accuracy.json")
+    assert report["accuracy_file"] == "../accuracy.json"  # named from the report's folder, tmp_path/"out"
     assert report["runner"] == "torch" and report["chosen"]["width"] == 0.5
     assert {r["width"]: r["accuracy"] for r in report["results"]} == {0.25: 0.8, 0.405: 0.88, 0.5: 0.9, 0.75: None,
                                                                       1.0: 0.85}
@@ -214,6 +227,6 @@ def test_bench_takes_a_packed_model_directory_as_export_does(tmp_path, fixture_e
         {"width": 0.25, "knn": 0.9, "protocol": "knn", "outputs": "features", "source": "artifact",
          "sha256": timed[0.25]}]}))
     first = run_bench(cfg).report
-    assert first["accuracy_file"] == str(model_dir / "accuracy.json") and first["results"][0]["accuracy"] == 0.9
+    assert (tmp_path / "out" / first["accuracy_file"]).resolve() == (model_dir / "accuracy.json").resolve() and first["results"][0]["accuracy"] == 0.9
     assert first["results"][0]["cached"] and first["results"][1]["accuracy_source"] == "unknown"
     assert len(fixture_exporter) == 1

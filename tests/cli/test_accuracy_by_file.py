@@ -80,7 +80,7 @@ def test_bench_times_the_classifier_and_joins_by_the_timed_file(finetuned, tmp_p
     table = {r["sha256"]: r for r in _table(finetuned) if r["source"] == "artifact"}
     assert len(report["results"]) == 4
     for row in report["results"]:
-        timed = Path(row["artifact"])
+        timed = out / row["artifact"]  # named from the report's folder
         assert row["outputs"] == "logits" and "_logits_" in timed.name
         assert row["sha256"] == sha256_file(timed)  # the timed file
         measured = table[row["sha256"]]  # ...has its own row, measured on it
@@ -88,7 +88,7 @@ def test_bench_times_the_classifier_and_joins_by_the_timed_file(finetuned, tmp_p
         assert row["accuracy"] == measured["top1"] and row["accuracy_source"] == "measured"
         assert row["accuracy_protocol"] == "top1"
     deploy = report["deploy"]
-    assert deploy["outputs"] == "logits" and deploy["sha256"] == sha256_file(Path(deploy["artifact"]))
+    assert deploy["outputs"] == "logits" and deploy["sha256"] == sha256_file(out / deploy["artifact"])
     assert deploy["artifact"] in {r["artifact"] for r in report["results"]}
     assert "notice" not in res.output  # every timed file has its row
     # a second run measures nothing again (tables only grow), and the features of the backbone can be timed too

@@ -14,12 +14,12 @@ import logging
 import os
 from pathlib import Path
 
+from us3l.core.files import atomic_write_text, relative_path
 from us3l.core.width import format_width
-
-from us3l.core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 LUT_VERSION = 1
+_PATH_KEYS = ("path", "source")  # artifact-record fields that name files
 
 
 def default_cache_path() -> Path:
@@ -70,13 +70,20 @@ class LatencyTable:
 
     def get_artifact(self, source_key: str, width: float, snap: int, precision: str,
                      outputs: str = "features") -> dict | None:
-        """A previously exported artifact record."""
-        return self.artifacts.get(self._artifact_key(source_key, width, snap, precision, outputs))
+        """A previously exported artifact record (its ``path`` and ``source`` resolved from the table's folder)."""
+        rec = self.artifacts.get(self._artifact_key(source_key, width, snap, precision, outputs))
+        if rec is None:
+            return None
+        base = self.path.parent
+        return {**rec, **{k: str(base / rec[k]) for k in _PATH_KEYS if rec.get(k)}}  # an absolute one stays as is
 
     def put_artifact(self, source_key: str, width: float, snap: int, precision: str, record: dict,
                      outputs: str = "features") -> None:
-        """Remember an exported artifact record."""
-        self.artifacts[self._artifact_key(source_key, width, snap, precision, outputs)] = record
+        """Remember an exported artifact record; its paths are stored relative to the table's folder, so
+        a table written into an output folder names no absolute path of this machine."""
+        base = self.path.parent
+        self.artifacts[self._artifact_key(source_key, width, snap, precision, outputs)] = {
+            **record, **{k: relative_path(record[k], base) for k in _PATH_KEYS if record.get(k)}}
 
     def save(self) -> Path:
         """Write the table atomically."""

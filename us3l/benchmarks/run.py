@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from us3l.core.accuracy import ACCURACY_FILE, PROTOCOLS, normalize_rows, read_accuracy_file
 from us3l.core.errors import ConfigError
+from us3l.core.files import relative_path
 from us3l.core.heartbeat import stage
 from us3l.core.precision import Precision
 from us3l.core.width import format_width, parse_widths, round_width
@@ -97,8 +98,9 @@ def _width_info(source: ModelSource, table: LatencyTable, force: bool) -> dict:
     return info
 
 
-def _config_dict(cfg: BenchConfig, widths: list[float]) -> dict:
-    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+def _config_dict(cfg: BenchConfig, widths: list[float], here: Path) -> dict:
+    """The options of the run; a path is named from ``here``, the folder the report is written to."""
+    data = {k: (relative_path(v, here) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     data["batches"], data["power_modes"], data["widths_resolved"] = list(cfg.batches), list(cfg.power_modes), widths
     return data
 
@@ -604,7 +606,15 @@ class BenchRun:
     def report(self) -> dict[str, Any]:
         """The ``report.json`` dict (rows in :meth:`BenchRow.to_dict` form)."""
         cfg, acc = self.cfg, self.accuracy
+        here = self.out_dir  # every file the report names is named from the folder it is written to
+
+        def rel(path: Any) -> str | None:
+            return relative_path(path, here) if path else None
+
         rows = [r.to_dict() for r in self.finish_rows()]
+        for r in rows:
+            if r.get("artifact"):
+                r["artifact"] = rel(r["artifact"])
         order: dict[str, int] = {p.value: i for i, p in enumerate(self.precisions)}
         modes = list(dict.fromkeys(r.get("power_mode") for r in rows))
         primary = [r for r in rows if r["batch"] == cfg.batches[0] and r.get("power_mode") == modes[0]]
@@ -617,12 +627,13 @@ class BenchRun:
             "schema": "us3l-bench/1", "device": self.profile.name, "runner": self.runner_name,
             "precision": ",".join(self.precisions), "precisions": self.precisions, "threads": self.threads,
             "fingerprint": self.fingerprint, "environment": self.env,
-            "source": {"checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None, "arch": cfg.arch,
-                       **({"switchable": str(cfg.artifact)} if cfg.artifact is not None else {})},
+            "source": {"checkpoint": rel(cfg.checkpoint), "arch": cfg.arch,
+                       **({"switchable": rel(cfg.artifact)} if cfg.artifact is not None else {})},
             "outputs": self.outputs,
-            "accuracy_file": str(acc.path) if acc.path else None, "accuracy_note": acc.note,
+            "accuracy_file": rel(acc.path),
+            "accuracy_note": acc.note.replace(str(acc.path), rel(acc.path) or "") if acc.note and acc.path else acc.note,
             "accuracy_unknown": [{"width": w, "precision": p} for w, p in unknown],
-            "config": _config_dict(cfg, self.widths),
+            "config": _config_dict(cfg, self.widths, here),
             "results": rows, "pareto": [pair(primary[i]) for i in front],
             "pareto_widths": [primary[i]["width"] for i in front],
         }
@@ -632,7 +643,7 @@ class BenchRun:
             fix = ("rerun with --measure-accuracy, or 'us3l eval CKPT --artifact FILE'" if self.runner_name != "torch"
                    else f"rerun with --measure-accuracy, or 'us3l eval CKPT --widths ...'")
             report["accuracy_unknown_note"] = (
-                f"{acc.path} has no row measured on {what}: accuracy unknown, never taken from another file; {fix}")
+                f"{rel(acc.path)} has no row measured on {what}: accuracy unknown, never taken from another file; {fix}")
         if self.stability is not None:
             report["stability"] = self.stability.to_dict()
         report["unstable"] = bool(self.stability and self.stability.is_unstable)
@@ -675,7 +686,7 @@ class BenchRun:
             if cfg.artifact is not None:  # one switchable file: the device feeds this index
                 from us3l.exporters.switchable import index_for
 
-                report["deploy"].update(switchable=str(cfg.artifact),
+                report["deploy"].update(switchable=relative_path(cfg.artifact, self.out_dir),
                                         width_index=index_for(self.source.table, chosen["width"]))
         if len(modes) > 1:
             report["policy"] = {str(m): (choose([r for r in rows if r["batch"] == cfg.batches[0]

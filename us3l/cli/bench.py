@@ -42,7 +42,7 @@ def render(result: BenchResult) -> None:
         console.print(f"[bold green]chosen width {format_width(c.width)} {c.precision}[/]{unstable}: {c.metric} "
                       f"{c.latency_ms:.3f} ms <= {c.budget_ms:g} ms ({escape(c.reason)})")
         if c.artifact:
-            console.print(f"deploy: {escape(c.artifact)}")
+            console.print(f"deploy: {escape(str(files['report'].parent / c.artifact))}")  # the report names it from its folder
         if c.noise:
             console.print(f"[yellow]note:[/] {escape(c.noise)}")
     else:
