@@ -216,3 +216,22 @@ def test_opset_is_selectable_and_batch_can_be_fixed(tmp_path):
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [4, 3, 16, 16] and not dims[0].dim_param
     assert json.loads(res.artifacts[0].sidecar.read_text())["cache_key"]["opset"] == 13
+
+
+def test_calibration_records_name_no_absolute_data_root(tmp_path):
+    """The sidecar's BN/INT8 data record travels with the artifact: a data root is named by its folder
+    and a short hash of the path (so two roots of one name stay apart in the cache key), never by its
+    absolute path."""
+    from us3l.exporters.source import CalibrationSet
+
+    def record(calib_data=None, dataset=None):
+        return CalibrationSet(calib_data, dataset, input_size=8, in_chans=3, untrained=False).describe()
+
+    a, b = tmp_path / "x" / "flowers", tmp_path / "y" / "flowers"
+    from_ckpt = record(dataset={"name": "imagefolder", "root": str(a), "image_size": 8})
+    named = record(calib_data=f"fashion-mnist:{b}")
+    assert str(tmp_path) not in json.dumps([from_ckpt, named])
+    assert from_ckpt["dataset"]["root"].startswith("flowers#") and named["dataset"].startswith("fashion-mnist:flowers#")
+    assert from_ckpt["dataset"]["root"] != record(dataset={"name": "imagefolder", "root": str(b)})["dataset"]["root"]
+    assert record(calib_data="digits") == {"dataset": "digits"}
+    assert record(dataset={"name": "imagefolder", "root": "data/flowers"})["dataset"]["root"] == "data/flowers"

@@ -128,9 +128,13 @@ class CalibrationSet:
 
                 # by content, not by where it lies: the record travels with the artifact to devices
                 return {"file": p.name, "sha256": sha256_file(p)}
-            return {"dataset": self.calib_data}
+            name, _, root = self.calib_data.partition(":")
+            return {"dataset": f"{name}:{_portable_root(root)}" if root else name}
         if self.dataset:
-            return {"dataset": dict(self.dataset)}
+            spec = dict(self.dataset)
+            if spec.get("root"):
+                spec["root"] = _portable_root(str(spec["root"]))
+            return {"dataset": spec}
         return {"random": self.seed} if self.untrained else {}
 
     @property
@@ -286,3 +290,15 @@ def load_head(path: str | None, feature_dim: int, max_feature_dim: int) -> nn.Li
         if b is not None:
             head.bias.copy_(b)
     return head.eval()
+
+
+def _portable_root(root: str) -> str:
+    """A data root as a sidecar records it: a relative root as given; an absolute one by its folder
+    name and a short hash of the whole path (the record travels to devices and users, so it names no
+    absolute path of this machine, yet two roots of the same name stay two cache keys)."""
+    p = Path(root)
+    if not p.is_absolute():
+        return root
+    import hashlib
+
+    return f"{p.name}#{hashlib.sha256(str(p).encode()).hexdigest()[:12]}"
