@@ -227,3 +227,21 @@ def test_eval_measures_the_switchable_file_per_width(task):
     assert all(rows[w].top1 == plain[w].top1 for w in (0.25, 1.0))
     with pytest.raises(ConfigError, match="holds no width 0.5"):
         evaluate(ckpt, "0.5", artifacts=[art.path])
+
+
+def test_bench_joins_the_rows_eval_measured_on_the_switchable_file(task, tmp_path):
+    """eval --artifact writes one row per width of the switchable file (its sha256, its width); bench of
+    that file joins each timed width to its own row, and a width eval did not measure stays unknown."""
+    from us3l.api import bench, evaluate
+
+    ckpt, art, _ = task
+    table = tmp_path / "accuracy.json"
+    measured = {r.width: r.top1 for r in evaluate(ckpt, "0.25", artifacts=[art.path], out=table).results}
+    res = bench(art.path, device="cpu", batches=(1,), rounds=1, duration_s=0.05, warmup_ms=5, budget_ms=1000,
+                metric="p50", accuracy=table, out=tmp_path / "b", plot=False)
+    rows = {r["width"]: r for r in res.report["results"]}
+    assert sorted(rows) == [0.25, 1.0]
+    assert rows[0.25]["sha256"].split("#")[0] == rows[1.0]["sha256"].split("#")[0]  # one file, an index per width
+    assert rows[0.25]["accuracy"] == measured[0.25] and rows[0.25]["accuracy_source"] == "measured"
+    assert rows[1.0]["accuracy"] is None and rows[1.0]["accuracy_source"] == "unknown"  # never another width's
+    assert res.report["chosen"]["width"] == 0.25  # the only width with a measured accuracy
