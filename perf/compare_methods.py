@@ -1,4 +1,4 @@
-"""Equal-budget comparison on digits (run by hand: ``python -m perf.compare_methods``).
+"""Equal-budget comparison on digits (run by hand: ``python perf/compare_methods.py``).
 
 For each seed, with the digits recipe's epochs, batch size and learning rate:
 

@@ -1,6 +1,6 @@
 """``torch.compile`` with changing widths: how many recompiles, is the output right, what does it cost (by hand).
 
-``python -m perf.compile_widths [--arch us_resnet_mini] [--iterations 10] [--backend eager] [--json FILE]``
+``python perf/compile_widths.py [--arch us_resnet_mini] [--iterations 10] [--backend eager] [--json FILE]``
 
 Compiles the backbone once, then runs forward + backward at the widths the trainer would draw
 (sandwich rule, 3 per iteration: 1.0, the minimum and one uniform draw, schedule stage 4) inside

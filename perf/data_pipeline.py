@@ -1,4 +1,4 @@
-"""The streaming input pipeline's speed and memory (run by hand: ``python -m perf.data_pipeline``).
+"""The streaming input pipeline's speed and memory (run by hand: ``python perf/data_pipeline.py``).
 
 Makes synthetic JPEG folders (``--sizes``, default 4,000 and 16,000 images of about 500x375 in 10
 class folders; kept in ``--cache`` between runs) and measures:

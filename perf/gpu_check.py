@@ -1,5 +1,5 @@
-"""GPU check of the trainer and the torch runner (run by hand on one CUDA GPU: ``python perf/gpu_check.py``,
-or ``python -m perf.gpu_check`` from the repository root).
+"""GPU check of the trainer and the torch runner (run by hand on one CUDA GPU, from the repository root:
+``python perf/gpu_check.py``).
 
 Prints one JSON object (and writes it with ``--json FILE``):
 

@@ -9,7 +9,7 @@
 
 Usage::
 
-    python -m perf.harness_overhead --out harness-out [--width 0.5] [--blocks 10] [--skip-bench]
+    python perf/harness_overhead.py --out harness-out [--width 0.5] [--blocks 10] [--skip-bench]
 
 Prints a summary and writes ``<out>/harness_overhead.json``.
 """

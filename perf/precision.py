@@ -1,4 +1,4 @@
-"""Precision as a deployment dimension, measured (run by hand: ``python -m perf.precision``).
+"""Precision as a deployment dimension, measured (run by hand: ``python perf/precision.py``).
 
 Three parts, each optional:
 

@@ -1,5 +1,5 @@
 """Peak memory of ``us3l finetune`` and ``us3l eval`` on image folders of two sizes (run by hand:
-``python -m perf.task_pipeline``).
+``python perf/task_pipeline.py``).
 
 Both commands stream image files through the training pipeline's loader processes (issue 24,
 item 4), so their memory must not grow with the number of files. For each folder size (``--sizes``,

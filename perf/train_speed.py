@@ -1,4 +1,4 @@
-"""Training speed and memory of US3L (run by hand: ``python -m perf.train_speed``).
+"""Training speed and memory of US3L (run by hand: ``python perf/train_speed.py``).
 
 (a) Overhead of one US3L iteration: the time of ``train_step`` over widths ``[1.0, 0.625, 0.25]``
     divided by the sum of its constituent passes timed alone (the teacher's no-grad forward at
