@@ -444,6 +444,9 @@ def _portable_report(report: dict, out: Path) -> dict:
     src = rep.get("source") or {}
     for key in ("checkpoint", "switchable"):
         src[key] = rel(src.get(key))
+    config = rep.get("config") or {}
+    for key in ("checkpoint", "artifact", "devices_file", "accuracy", "out_dir", "lut"):
+        config[key] = rel(config.get(key))
     if rep.get("accuracy_file"):
         rep["accuracy_file"] = rel(rep["accuracy_file"])
     for key in ("accuracy_note", "accuracy_unknown_note"):
