@@ -325,7 +325,8 @@ def plan_fleet(cfg: FleetConfig, progress: ProgressFn | None = None,
 
     Args:
         cfg: the frozen configuration.
-        progress: ``fn(done, total, description)``, per device and per measured point.
+        progress: ``fn(done, total, description)`` per device (each device's stages, exporting and
+            timing, report through :mod:`us3l.core.heartbeat`).
         measure_accuracy: the evaluator ``us3l bench --measure-accuracy`` uses (the API passes it).
 
     Returns:
@@ -352,7 +353,7 @@ def plan_fleet(cfg: FleetConfig, progress: ProgressFn | None = None,
         for i, dev in enumerate(spec.devices):
             if progress:
                 progress(i, total, f"device {dev.name}")
-            entry, rows = _plan_device(spec, dev, configs[dev.name], out, progress, measure_accuracy)
+            entry, rows = _plan_device(spec, dev, configs[dev.name], out, measure_accuracy)
             entries.append(entry)
             fronts[dev.name] = rows
             current.update(i + 1)
@@ -392,7 +393,7 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, (US3LError, OSError)) else f"{type(exc).__name__}: {text}"
 
 
-def _plan_device(spec: FleetSpec, dev: FleetDevice, bcfg: Any, out: Path, progress: ProgressFn | None,
+def _plan_device(spec: FleetSpec, dev: FleetDevice, bcfg: Any, out: Path,
                  measure_accuracy: AccuracyMeasurer | None) -> tuple[dict, list[dict]]:
     """Run ``us3l bench --budget-ms`` for one device (the same :class:`BenchRun`), then its manifest entry.
     A failure of this device becomes its entry (``planned: false`` and the reason)."""
@@ -404,11 +405,7 @@ def _plan_device(spec: FleetSpec, dev: FleetDevice, bcfg: Any, out: Path, progre
                        "min_accuracy": dev.min_accuracy}}
     with stage(f"device {dev.name}"):
         try:
-            def report_progress(done: int, total: int, message: str) -> None:
-                if progress:
-                    progress(done, total, f"{dev.name}: {message}")
-
-            run = BenchRun(bcfg, report_progress, measure_accuracy)
+            run = BenchRun(bcfg, None, measure_accuracy)  # its stages show in the bar and the plain lines
             run.measure()
             report = run.report()
         except Exception as exc:  # a measurement that fails must not lose the other devices' results
