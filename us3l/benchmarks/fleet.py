@@ -409,7 +409,7 @@ def _plan_device(spec: FleetSpec, dev: FleetDevice, bcfg: Any, out: Path,
             run.measure()
             report = run.report()
         except Exception as exc:  # a measurement that fails must not lose the other devices' results
-            log.warning("device %s not planned: %s", dev.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.info("device %s not planned: %s", dev.name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             return {**base, "planned": False, "reason": _one_line(exc)}, []
     report = _portable_report(report, out)
     dev_dir = out / "bench" / "devices" / dev.name
@@ -732,7 +732,8 @@ def write_fleet_plot(path: Path, entries: Sequence[dict], rows_by_device: dict[s
 
 def render_fleet_table(entries: Sequence[dict], max_width: int | None = None) -> Any:
     """The fleet as a rich ``Table``: per device its runtime, the chosen pair, its latency against the
-    budget, accuracy, runner-up and artifact file (a device not planned shows its reason).
+    budget, accuracy, runner-up and artifact file (a device not planned says so in red; its reason is
+    in the manifest, and the CLI prints it below the table).
 
     With ``max_width`` (the terminal's columns), the artifact, the runner-up and the runtime columns
     are given up in that order until the table fits; the caption names them (all are in fleet.csv).
@@ -752,7 +753,7 @@ def render_fleet_table(entries: Sequence[dict], max_width: int | None = None) ->
         pct = row["percentile"]
         if not row["planned"]:
             cells.append({"device": row["device"], "budget": f"{pct} <= {row['budget_ms']:g} ms",
-                          "choice": "not planned", "note": str(row["reason"] or "")})
+                          "choice": "not planned"})  # the reason is long: the CLI prints it below the table
             continue
         runtime = f"{row['runtime']} {row['runtime_version'] or ''}".strip() + (f", {row['threads']}t"
                                                                                 if row["threads"] else "")
@@ -769,8 +770,7 @@ def render_fleet_table(entries: Sequence[dict], max_width: int | None = None) ->
     dropped: list[str] = []
 
     def needed(cols: list[str]) -> int:
-        return 1 + sum(3 + max([len(c)] + [len(r.get(c, "")) for r in cells if r.get("choice") != "not planned"])
-                       for c in cols)
+        return 1 + sum(3 + max([len(c)] + [len(r.get(c, "")) for r in cells]) for c in cols)
 
     for name in ("artifact", "runner-up", "runtime"):
         if max_width is None or needed(columns) <= max_width:
@@ -782,12 +782,7 @@ def render_fleet_table(entries: Sequence[dict], max_width: int | None = None) ->
     for c in columns:
         table.add_column(c, justify="right" if c in ("latency", "acc") else "left", no_wrap=c != "artifact")
     for r in cells:
-        if r.get("choice") == "not planned":
-            values = [r.get(c, "") for c in columns]
-            values[-1] = r["note"]  # the reason takes the last column (it wraps)
-            table.add_row(*values, style="red")
-        else:
-            table.add_row(*(r.get(c, "") for c in columns), style=None)
+        table.add_row(*(r.get(c, "") for c in columns), style="red" if r["choice"] == "not planned" else None)
     table.caption = "latency: the budget's percentile, ms; acc ? = not measured on that exact file (manifest: why_null)"
     if dropped:
         table.caption += f"; not shown at this width: {', '.join(dropped)} (in fleet.csv)"
