@@ -174,3 +174,17 @@ def test_ctrl_c_leaves_the_previous_manifest(planned, tmp_path):
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
     assert (plan / "manifest.json").read_bytes() == before
     assert not [p.name for p in plan.glob(".*.tmp")]
+
+
+def test_plan_table_fits_80_columns_and_json_is_the_manifest(planned, tmp_path):
+    import shutil
+
+    plan = tmp_path / "plan"
+    shutil.copytree(planned["plan"], plan)
+    narrow = subprocess.run([*US3L, "fleet", "plan", str(planned["fleet"]), "-o", str(plan)], capture_output=True,
+                            text=True, env={**ENV, "COLUMNS": "80"}, timeout=240)
+    table = [ln for ln in narrow.stdout.splitlines() if ln.startswith(("┃", "│", "┏", "└"))]
+    assert table and all(len(ln) <= 80 for ln in table) and "…" not in narrow.stdout, narrow.stdout
+    assert "not shown at this width" in " ".join(narrow.stdout.split())  # the columns given up are named
+    as_json = run("fleet", "plan", str(planned["fleet"]), "-o", str(plan), "--json")
+    assert json.loads(as_json.stdout)["devices"] == json.loads((plan / "manifest.json").read_text())["devices"]
