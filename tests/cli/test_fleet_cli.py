@@ -132,7 +132,7 @@ def test_check_one_line_per_device_and_exit_codes(planned, tmp_path):
     ('arch = "us_resnet_mini"\n[devices.a]\ndevice = "tpu"\nbudget_ms = 2\n', "[devices.a]: unknown device 'tpu'; valid: cpu, cuda, jetson"),
     ('arch = "us_resnet_mini"\n', "no devices; add one [devices.NAME] table per device"),
     ('checkpoint = "missing.pt"\n[devices.a]\nbudget_ms = 2\n', "checkpoint 'missing.pt' not found"),
-    ('arch = "us_resnet_mini"\n[devices.a]\nbudget_ms = 2\nswitchable = true\n', "switchable = true in [devices.a] is not supported"),
+    ('arch = "us_resnet_mini"\n[devices.a]\nbudget_ms = 2\nswitchable = true\nprecisions = ["fp32", "int8"]\n', "switchable = true in [devices.a] needs one precision, fp32 or fp16"),
     ('arch = "us_resnet_mini"\n[devices.a\n', "invalid TOML"),
 ])
 def test_bad_fleet_files_are_one_line_exit_2_and_write_nothing(tmp_path, text, line):
@@ -188,3 +188,38 @@ def test_plan_table_fits_80_columns_and_json_is_the_manifest(planned, tmp_path):
     assert "not shown at this width" in " ".join(narrow.stdout.split())  # the columns given up are named
     as_json = run("fleet", "plan", str(planned["fleet"]), "-o", str(plan), "--json")
     assert json.loads(as_json.stdout)["devices"] == json.loads((plan / "manifest.json").read_text())["devices"]
+
+
+def test_a_switchable_device_gets_the_width_index_bench_would_choose(tmp_path, validate_manifest):
+    """One switchable file for the device (exported once into the plan), chosen by the same rule as
+    'us3l bench FILE_switchable.onnx --budget-ms' on it, and checked through its width_index."""
+    import us3l
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('''arch = "us_resnet_mini"
+widths = "0.25,1.0"
+
+[timing]
+duration_s = 0.05
+rounds = 2
+warmup_ms = 5
+
+[devices.phone]
+device = "cpu"
+threads = 1
+budget_ms = 1000
+percentile = "p50"
+switchable = true
+''')
+    res = run("fleet", "plan", str(fleet), "-o", str(tmp_path / "plan"))
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    data = validate_manifest(tmp_path / "plan" / "manifest.json")
+    phone = data["devices"][0]
+    assert phone["artifact"]["file"].endswith("_switchable.onnx") and phone["artifact"]["width_index"] == 1
+    assert (phone["width"], phone["precision"]) == (1.0, "fp32")
+    alone = us3l.bench(tmp_path / "plan" / phone["artifact"]["file"], device="cpu", threads=1, budget_ms=1000,
+                       metric="p50", plot=False, out=tmp_path / "alone", duration_s=0.05, rounds=2, warmup_ms=5)
+    assert alone.chosen is not None and (alone.chosen.width, alone.chosen.precision) == (1.0, "fp32")
+    assert alone.report["deploy"]["width_index"] == phone["artifact"]["width_index"]
+    check = run("fleet", "check", str(tmp_path / "plan" / "manifest.json"), "--threshold", "1000")
+    assert check.returncode == 0 and check.stdout.startswith("OK"), check.stdout + check.stderr[-2000:]

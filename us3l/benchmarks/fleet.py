@@ -27,6 +27,7 @@ the p50 with the manifest's.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -90,7 +91,8 @@ class FleetDevice:
             built-in ``cpu``/``cuda``/``jetson`` or a profile of the devices file; default ``name``).
         budget_ms / percentile / batch: the latency budget, the statistic it bounds, the batch size.
         precisions: precisions allowed (``()``: the profile's). min_accuracy: the chosen pair must reach
-            it (``None``: no floor). switchable: deploy one switchable file (not supported yet).
+            it (``None``: no floor). switchable: deploy the plan's switchable file (every width in one
+            file, chosen by ``width_index``), measured as ``us3l bench FILE_switchable.onnx``.
         threads / runner: override the profile's.
     """
 
@@ -213,9 +215,9 @@ def load_fleet(path: Path) -> FleetSpec:
         min_acc = entries.get("min_accuracy")
         if min_acc is not None and not 0 <= float(min_acc) <= 1:
             fail("min_accuracy", f"min_accuracy {min_acc!r} in [{table}] is invalid; valid: a fraction in [0, 1]")
-        if entries.get("switchable"):
-            fail("switchable", f"switchable = true in [{table}] is not supported by 'us3l fleet plan' yet; valid: "
-                               "false (plan fixed-width files), or plan a switchable file with 'us3l bench FILE.onnx'")
+        if entries.get("switchable") and (len(precisions) > 1 or any(p == "int8" for p in precisions)):
+            fail("switchable", f"switchable = true in [{table}] needs one precision, fp32 or fp16 (a switchable "
+                               f"file holds every width at one precision); got precisions = {precisions}")
         threads = entries.get("threads")
         if threads is not None and threads < 0:
             fail("threads", f"threads {threads} in [{table}] is invalid; valid: an integer >= 0 (0 = auto)")
@@ -281,9 +283,11 @@ class FleetPlan:
         return [d for d in self.manifest["devices"] if not d["planned"]]
 
 
-def bench_config(spec: FleetSpec, dev: FleetDevice, bench_dir: Path, force: bool = False) -> Any:
+def bench_config(spec: FleetSpec, dev: FleetDevice, bench_dir: Path, force: bool = False,
+                 switchable: Path | None = None) -> Any:
     """The :class:`~us3l.benchmarks.config.BenchConfig` that ``us3l bench --budget-ms`` would run for
-    ``dev`` alone, with the plan's shared export folder and lookup table (``bench_dir``).
+    ``dev`` alone, with the plan's shared export folder and lookup table (``bench_dir``); for a
+    ``switchable`` device, ``us3l bench FILE_switchable.onnx --budget-ms`` on the plan's switchable file.
 
     Raises:
         ConfigError: a value ``us3l bench`` refuses.
@@ -291,6 +295,18 @@ def bench_config(spec: FleetSpec, dev: FleetDevice, bench_dir: Path, force: bool
     from .config import BenchConfig
 
     t = spec.timing
+    if dev.switchable:  # the file holds the model, its widths, precision and outputs
+        return BenchConfig(
+            artifact=switchable or bench_dir / "switchable" / "model_switchable.onnx", device=dev.device,
+            devices_file=spec.devices_file, widths=spec.widths, batches=(dev.batch,), runner=dev.runner,
+            precision=",".join(dev.precisions) if dev.precisions else None, threads=dev.threads,
+            duration_s=float(t.get("duration_s", 1.0)), iterations=t.get("iterations"),
+            warmup_ms=float(t.get("warmup_ms", 200.0)), rounds=int(t.get("rounds", 5)),
+            remeasure=int(t.get("remeasure", 2)), max_cov=float(t.get("max_cov", 0.5)),
+            max_tail=float(t.get("max_tail", 2.0)), budget_ms=dev.budget_ms, metric=dev.percentile,
+            accept_new_host_key=spec.accept_new_host_key, force=force, out_dir=bench_dir, plot=False,
+            accuracy=(switchable.with_name("accuracy.json") if switchable is not None
+                      and switchable.with_name("accuracy.json").is_file() else None))
     return BenchConfig(
         checkpoint=spec.checkpoint, arch=spec.arch, device=dev.device, devices_file=spec.devices_file,
         widths=spec.widths, batches=(dev.batch,), runner=dev.runner,
@@ -348,12 +364,31 @@ def plan_fleet(cfg: FleetConfig, progress: ProgressFn | None = None,
         _check_device(spec, dev)
     entries: list[dict] = []
     fronts: dict[str, list[dict]] = {}
+    switchable: dict[str, Path | str] = {}  # precision -> the plan's switchable file (or why it failed)
+    for dev in spec.devices:
+        precision = (dev.precisions or ("fp32",))[0]
+        if dev.switchable and precision not in switchable:
+            try:
+                switchable[precision] = made = export_switchable(spec, precision, bench_dir, cfg.force)
+                if spec.measure_accuracy and spec.checkpoint is not None and measure_accuracy is not None:
+                    _switchable_accuracy(spec.checkpoint, made, measure_accuracy)
+            except Exception as exc:  # the devices that need it are not planned; the others are
+                switchable[precision] = _one_line(exc)
     total = len(spec.devices)
     with stage("planning devices", total=total, unit="devices") as current:
         for i, dev in enumerate(spec.devices):
             if progress:
                 progress(i, total, f"device {dev.name}")
-            entry, rows = _plan_device(spec, dev, configs[dev.name], out, measure_accuracy)
+            bcfg = configs[dev.name]
+            if dev.switchable:
+                file = switchable[(dev.precisions or ("fp32",))[0]]
+                if isinstance(file, str):
+                    entries.append(_failed(dev, f"the switchable export failed: {file}"))
+                    fronts[dev.name] = []
+                    current.update(i + 1)
+                    continue
+                bcfg = bench_config(spec, dev, bench_dir, cfg.force, file)
+            entry, rows = _plan_device(spec, dev, bcfg, out, measure_accuracy)
             entries.append(entry)
             fronts[dev.name] = rows
             current.update(i + 1)
@@ -373,6 +408,49 @@ def plan_fleet(cfg: FleetConfig, progress: ProgressFn | None = None,
         paths["plot"] = write_fleet_plot(out / "fleet.png", entries, fronts)
     atomic_write_json(paths["manifest"], manifest)  # last: a manifest names files that exist
     return FleetPlan(manifest=manifest, paths=paths)
+
+
+def _switchable_accuracy(checkpoint: Path, file: Path, measure_accuracy: AccuracyMeasurer) -> None:
+    """``measure_accuracy = true``: the switchable file's accuracy at every index it holds, measured on
+    the file itself into ``accuracy.json`` beside it (bench joins it by sha256 and ``width_index``)."""
+    table = file.with_name("accuracy.json")
+    sha = sha256_file(file)
+    if table.is_file() and sha in table.read_text(encoding="utf-8"):
+        return
+    measure_accuracy(checkpoint, [file], [], table)
+
+
+def _failed(dev: FleetDevice, reason: str) -> dict:
+    return {"device": dev.name, "profile": dev.device,
+            "budget": {"ms": dev.budget_ms, "percentile": dev.percentile, "batch": dev.batch,
+                       "min_accuracy": dev.min_accuracy}, "planned": False, "reason": reason}
+
+
+def export_switchable(spec: FleetSpec, precision: str, bench_dir: Path, force: bool = False) -> Path:
+    """The plan's switchable file at ``precision`` (``us3l export --switchable`` of the fleet's model
+    and widths into ``bench_dir/switchable``; an identical earlier export is reused by the exporter).
+
+    Raises:
+        ExportError / ConfigError: the export failed or was refused.
+    """
+    from us3l.exporters import ExportConfig, run_export
+
+    from .artifacts import ModelSource
+
+    outputs = spec.outputs
+    if outputs is None:
+        outputs = "logits" if ModelSource(spec.checkpoint, spec.arch).width_info().get("classifier") else "features"
+    extra: dict[str, Any] = {}
+    if spec.arch is not None:  # untrained: latency planning, the statistics steps kept small (as bench does)
+        known = {f.name for f in dataclasses.fields(ExportConfig)}
+        extra = {k: v for k, v in (("bn_images", 32), ("parity_images", 2), ("gate_images", 8)) if k in known}
+    widths = tuple(parse_widths(spec.widths or "0.25:1.0:0.25", 0.0, 1.0))
+    cfg = ExportConfig(checkpoint=str(spec.checkpoint) if spec.checkpoint else None, arch=spec.arch, widths=widths,
+                       format="onnx", out_dir=str(bench_dir / "switchable" / precision), batch=None, snap=spec.snap,
+                       precision=precision, outputs=outputs, switchable=True, force=force, **extra)
+    with stage("exporting the switchable file"):
+        result = run_export(cfg)
+    return Path(result.artifacts[0].path).resolve()
 
 
 def _source_record(spec: FleetSpec, out: Path) -> dict[str, Any]:
@@ -415,7 +493,7 @@ def _plan_device(spec: FleetSpec, dev: FleetDevice, bcfg: Any, out: Path,
     dev_dir = out / "bench" / "devices" / dev.name
     write_json(dev_dir / "report.json", report)
     write_csv(dev_dir / "latency.csv", report["results"])
-    return _entry(dev, report, run, out, base)
+    return _entry(dev, report, run, out, base, untrained=spec.arch is not None)
 
 
 def _portable_report(report: dict, out: Path) -> dict:
@@ -507,7 +585,8 @@ def _pair_summary(row: dict, metric: str) -> dict[str, Any]:
             "latency_ms": row.get(f"{metric}_ms"), "accuracy": row.get("accuracy")}
 
 
-def _entry(dev: FleetDevice, report: dict, run: Any, out: Path, base: dict) -> tuple[dict, list[dict]]:
+def _entry(dev: FleetDevice, report: dict, run: Any, out: Path, base: dict,
+           untrained: bool = False) -> tuple[dict, list[dict]]:
     """The manifest entry of a measured device (``report``: its bench report, paths relative)."""
     from .choice import choose, pareto_front
 
@@ -553,7 +632,7 @@ def _entry(dev: FleetDevice, report: dict, run: Any, out: Path, base: dict) -> t
                        "n": row.get("n"), "cached": bool(row.get("cached"))},
         "headroom_ms": dev.budget_ms - row[f"{metric}_ms"],
         "accuracy": {"value": accuracy, "protocol": row.get("accuracy_protocol"),
-                     "why_null": None if accuracy is not None else _why_no_accuracy(report)},
+                     "why_null": None if accuracy is not None else _why_no_accuracy(report, untrained)},
         "runner_up": runner_up,
         "next_better": None if not nxt else {"width": nxt["width"], "precision": nxt["precision"],
                                               "latency_ms": nxt["latency_ms"], "accuracy": nxt.get("accuracy"),
@@ -567,18 +646,21 @@ def _entry(dev: FleetDevice, report: dict, run: Any, out: Path, base: dict) -> t
     return entry, primary
 
 
-def _why_no_accuracy(report: dict) -> str:
+def _why_no_accuracy(report: dict, untrained: bool) -> str:
+    if untrained:
+        return "untrained architecture: latency planning only (name a checkpoint and its accuracy.json)"
     if report.get("accuracy_note"):
         return str(report["accuracy_note"])
     if report.get("accuracy_unknown_note"):
         return str(report["accuracy_unknown_note"])
-    if (report.get("source") or {}).get("arch"):
-        return "untrained architecture: latency planning only (name a checkpoint and its accuracy.json)"
-    return "no accuracy.json beside the checkpoint: run 'us3l eval CKPT --artifact FILE' or set measure_accuracy = true"
+    return ("no accuracy table with a row for this file: set measure_accuracy = true, or run "
+            "'us3l eval CKPT --artifact FILE'")
 
 
 def _input_shape(run: Any, row: dict) -> tuple[int, ...]:
     """The chosen artifact's example input shape (batch first), as the exporter recorded it."""
+    if hasattr(run.source, "input_shape"):  # a switchable file records its own
+        return tuple(int(d) for d in run.source.input_shape)
     key = run.source.key()
     rec = run.table.get_artifact(key, row["width"], run.cfg.snap, row.get("precision") or "fp32", run.outputs)
     if rec and rec.get("input_shape"):
