@@ -223,3 +223,14 @@ switchable = true
     assert alone.report["deploy"]["width_index"] == phone["artifact"]["width_index"]
     check = run("fleet", "check", str(tmp_path / "plan" / "manifest.json"), "--threshold", "1000")
     assert check.returncode == 0 and check.stdout.startswith("OK"), check.stdout + check.stderr[-2000:]
+
+
+def test_min_accuracy_without_a_measured_accuracy_is_not_planned(tmp_path):
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(fleet_text().replace('percentile = "p50"', 'percentile = "p50"\nmin_accuracy = 0.5'))
+    res = run("fleet", "plan", str(fleet), "-o", str(tmp_path / "plan"), "--no-plot")
+    assert res.returncode == 1
+    devices = {d["device"]: d for d in json.loads((tmp_path / "plan" / "manifest.json").read_text())["devices"]}
+    assert devices["one"]["planned"] is True and devices["two"]["planned"] is False
+    assert "no measured accuracy < min_accuracy 0.5" in devices["two"]["reason"]
+    assert "error: device two not planned" in res.stderr
