@@ -27,6 +27,30 @@ def _single_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="session")
+def validate_manifest():
+    """``check(path)``: a fleet manifest against the JSON Schema the package ships (every manifest the
+    suite writes goes through it), plus the rule that it names no absolute path of this machine."""
+    import json
+
+    import jsonschema
+
+    from us3l.benchmarks.fleet import schema
+
+    validator = jsonschema.Draft202012Validator(schema())
+
+    def check(path) -> dict:
+        text = open(path, encoding="utf-8").read()
+        data = json.loads(text)
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))
+        assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+        folder = os.path.dirname(os.path.abspath(path))
+        assert folder not in text and os.path.expanduser("~") + "/" not in text, "an absolute path in the manifest"
+        return data
+
+    return check
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names reso
                       SlimmableModel, TrainConfig, TrainResult, WidthAccuracy, WidthInfo, bench, evaluate, export,
                       import_reference, load, train, widths)
     from .api import FinetuneResult, PackResult, PredictResult, finetune, pack, predict
+    from .api import FleetCheckResult, FleetPlanResult, fleet_check, fleet_plan
     from .core import (Checkpoint, US3LError, bn_stats, calibrate_bn, channel_config, channels_at, find_aliases,
                        format_width, get_model, list_models, load_bn_stats, load_checkpoint, make_divisible,
                        model_width, parse_widths, profile_width, register_model, save_checkpoint, slice_to_width,
@@ -45,7 +46,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names reso
 _API = ("train", "export", "bench", "load", "evaluate", "widths", "import_reference", "finetune", "predict", "pack",
         "SlimmableModel", "TrainResult", "EvalResult", "WidthAccuracy", "WidthInfo", "BenchResult", "LatencyRow",
         "Choice", "CollapseScore", "TrainConfig", "ExportResult", "Artifact", "FinetuneResult", "PredictResult",
-        "PackResult")
+        "PackResult", "fleet_plan", "fleet_check", "FleetPlanResult", "FleetCheckResult")
 _CORE = ("US3LError", "channels_at", "make_divisible", "parse_widths", "format_width", "use_width", "model_width",
          "get_model", "list_models", "register_model", "slice_to_width", "channel_config", "find_aliases",
          "calibrate_bn", "bn_stats", "load_bn_stats", "Checkpoint", "save_checkpoint", "load_checkpoint",

@@ -99,8 +99,16 @@ def _commands() -> dict:
 
     from us3l.cli.main import app
 
-    group = typer.main.get_command(app)
-    return {name: cmd for name, cmd in group.commands.items()}  # type: ignore[attr-defined]
+    def flatten(group, prefix: str = "") -> dict:  # a sub-app's commands as "fleet plan", "fleet check"
+        out = {}
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                out.update(flatten(cmd, f"{prefix}{name} "))
+            else:
+                out[f"{prefix}{name}"] = cmd
+        return out
+
+    return flatten(typer.main.get_command(app))
 
 
 def _options(cmd) -> dict[str, object]:
@@ -120,7 +128,7 @@ def _enum_of(param) -> type | None:
 
 
 #: Commands that write files: each takes -o/--out.
-WRITERS = ("train", "eval", "export", "import", "bench", "finetune", "pack")
+WRITERS = ("train", "eval", "export", "import", "bench", "finetune", "pack", "fleet plan")
 #: Options whose values come from a fixed vocabulary: each is a choice listed in --help.
 CHOICE_OPTIONS = ("--format", "--precision", "--calibration", "--outputs", "--method", "--ssl", "--data",
                   "--on-bad-image", "--linear-preset", "--onnx-exporter", "--snap", "--metric", "--runner", "--augment",
@@ -146,7 +154,7 @@ def test_every_choice_option_lists_its_choices():
 
     seen = set()
     for name, cmd in _commands().items():
-        help_text = " ".join(CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output.split())
+        help_text = " ".join(CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "200"}).output.split())
         for opt, param in _options(cmd).items():
             if opt not in CHOICE_OPTIONS:
                 continue

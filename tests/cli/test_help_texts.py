@@ -14,16 +14,33 @@ from us3l.cli.common import EXAMPLE_PREFIX
 from us3l.cli.main import app
 
 ROOT = typer.main.get_command(app)
-COMMANDS = sorted(ROOT.commands)
+
+
+def _flatten(group, prefix: str = "") -> dict:
+    """Every command by its full name: a sub-app's commands as ``"fleet plan"``, ``"fleet check"``."""
+    out = {}
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            out.update(_flatten(cmd, f"{prefix}{name} "))
+        else:
+            out[f"{prefix}{name}"] = cmd
+    return out
+
+
+BY_NAME = _flatten(ROOT)
+COMMANDS = sorted(BY_NAME)
+GROUPS = sorted(name for name, cmd in ROOT.commands.items() if hasattr(cmd, "commands"))
 
 
 def test_all_commands_present():
-    assert COMMANDS == ["bench", "eval", "export", "finetune", "import", "pack", "predict", "train", "widths"]
+    assert COMMANDS == ["bench", "eval", "export", "finetune", "fleet check", "fleet plan", "import", "pack", "predict",
+                        "train", "widths"]
+    assert GROUPS == ["fleet"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_parameter_has_one_line_help(name):
-    cmd = ROOT.commands[name]
+    cmd = BY_NAME[name]
     assert cmd.help and cmd.help.strip(), f"{name} has no description"
     for param in cmd.params:
         text = (getattr(param, "help", None) or "").strip()
@@ -40,24 +57,27 @@ def _parse(line: str) -> None:
     """Parse one ``us3l ...`` command line against the real click command (nothing runs)."""
     args = shlex.split(line)
     assert args[0] == "us3l", line
-    sub = ROOT.commands[args[1]]
-    with sub.make_context(f"us3l {args[1]}", args[2:], resilient_parsing=False) as ctx:
+    words = 2 if " ".join(args[1:3]) in BY_NAME else 1  # "fleet plan": a sub-app's command
+    name = " ".join(args[1:1 + words])
+    sub = BY_NAME[name]
+    with sub.make_context(f"us3l {name}", args[1 + words:], resilient_parsing=False) as ctx:
         assert ctx.params is not None
 
 
-@pytest.mark.parametrize("name", COMMANDS + ["<root>"])
+@pytest.mark.parametrize("name", COMMANDS + GROUPS + ["<root>"])
 def test_help_shows_an_example_that_parses(name, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    for f in ("runs/us3l/checkpoint.pt", "checkpoint_0199.pth.tar"):  # files the examples name (exists=True checks)
+    for f in ("runs/us3l/checkpoint.pt", "checkpoint_0199.pth.tar", "docs/fleet.example.toml",
+              "plan/manifest.json"):  # files the examples name (exists=True checks)
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_bytes(b"")
-    epilog = (ROOT if name == "<root>" else ROOT.commands[name]).epilog or ""
+    epilog = (ROOT if name == "<root>" else BY_NAME.get(name) or ROOT.commands[name]).epilog or ""
     assert epilog.startswith(EXAMPLE_PREFIX), f"us3l {name} --help has no example"
     for part in epilog[len(EXAMPLE_PREFIX):].split("&&"):
         _parse(part.strip())
-    args = ["--help"] if name == "<root>" else [name, "--help"]
+    args = ["--help"] if name == "<root>" else [*name.split(), "--help"]
     out = CliRunner().invoke(app, args, terminal_width=80).output
-    assert "Example: us3l" in out and "[default:" in out or name == "<root>"
+    assert "Example: us3l" in out and "[default:" in out or name in ("<root>", *GROUPS)
 
 
 API_CALLS = {
@@ -70,11 +90,13 @@ API_CALLS = {
     "finetune": ("finetune", ["finetune", "CKPT", "--epochs", "1"]),
     "predict": ("predict", ["predict", "model.onnx", "digit.png"]),
     "pack": ("pack", ["pack", "CKPT", "--out", "model"]),
+    "fleet plan": ("fleet_plan", ["fleet", "plan", "FLEET.toml"]),
+    "fleet check": ("fleet_check", ["fleet", "check", "manifest.json"]),
 }
 
 
 @pytest.mark.parametrize("name", sorted(API_CALLS))
-def test_command_calls_the_python_api(name, monkeypatch):
+def test_command_calls_the_python_api(name, monkeypatch, tmp_path):
     """One code path: the command hands its parsed options to the API function of the same job."""
     import us3l.api.commands
     import us3l.api.model
@@ -87,7 +109,13 @@ def test_command_calls_the_python_api(name, monkeypatch):
         seen.update(kw, _args=a)
         raise ConfigError(f"spy {func} called")
 
+    import us3l.api.fleet
+
     api = us3l.api.model if func in ("load", "import_reference") else us3l.api.commands  # beside SlimmableModel
+    if func.startswith("fleet_"):
+        api = us3l.api.fleet
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / args[-1]).write_text("")  # the argument must exist
     monkeypatch.setattr(api, func, spy)
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and f"spy {func} called" in res.output, res.output

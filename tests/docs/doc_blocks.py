@@ -582,6 +582,14 @@ def parse_argv(args: list[str]) -> tuple[str | None, dict]:
         if not rest:
             return None, {}
         name, sub, rest = root.resolve_command(ctx, rest)
+        while hasattr(sub, "resolve_command"):  # a sub-app ("us3l fleet plan ..."): down to its command
+            group_ctx = sub.make_context(name, list(rest), parent=ctx)
+            rest = [*(getattr(group_ctx, "_protected_args", None) or getattr(group_ctx, "protected_args", [])),
+                    *group_ctx.args]
+            if not rest:
+                return None, {}
+            sub_name, sub, rest = sub.resolve_command(group_ctx, rest)
+            name, ctx = f"{name} {sub_name}", group_ctx
         with _paths_need_not_exist(sub):
             sub_ctx = sub.make_context(name, rest, parent=ctx)
         return name, dict(sub_ctx.params)

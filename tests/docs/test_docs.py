@@ -17,7 +17,8 @@ Convention (also in docs/DEVELOPING.md, "Docs are tested"):
   first on PATH. Every ``us3l`` invocation gets tiny settings appended (see ``doc_blocks.TINY``;
   the later repeated option wins), and ``.venv/bin/us3l`` / ``.venv/bin/python`` become ``us3l`` /
   ``python``. Repository files are not there: a run-block must make what it uses.
-- ``toml`` blocks must load with the device-profile loader (us3l/benchmarks/devices.py).
+- ``toml`` blocks must load with the device-profile loader (us3l/benchmarks/devices.py), or as a fleet
+  file (``us3l.benchmarks.fleet.load_fleet``) when they name ``arch`` or ``checkpoint``.
 - ``<!-- doctest: skip -->`` before a block exempts it from checking (for deliberately wrong
   examples or non-profile TOML).
 """
@@ -55,6 +56,33 @@ def _blocks(doc: Path) -> list[Block]:
 RUN_DOCS = [d for d in DOCS if d.is_file() and any(b.run for b in _blocks(d))]
 
 
+def _fleet_problem(block: Block, path: Path) -> str | None:
+    """A fleet file (``us3l fleet plan``: top-level ``arch`` or ``checkpoint``) must load with
+    ``load_fleet``; files it names are stood in for by empty files. ``"not a fleet file"`` otherwise."""
+    import tomllib
+
+    from us3l.benchmarks.fleet import load_fleet
+    from us3l.core.errors import US3LError
+
+    try:
+        data = tomllib.loads(block.text)
+    except tomllib.TOMLDecodeError:
+        return "not a fleet file"
+    if "arch" not in data and "checkpoint" not in data:
+        return "not a fleet file"
+    for key in ("checkpoint", "devices_file"):
+        if isinstance(data.get(key), str):
+            (path.parent / data[key]).parent.mkdir(parents=True, exist_ok=True)
+            (path.parent / data[key]).touch()
+    try:
+        load_fleet(path)
+    except US3LError as exc:
+        msg = str(exc)
+        m = re.match(re.escape(str(path)) + r":(\d+):\s*", msg)
+        return f"line {block.body_line + int(m.group(1)) - 1}: {msg[m.end():]}" if m else msg.replace(str(path), "block")
+    return None
+
+
 def _toml_problem(block: Block, tmp: Path) -> str | None:
     """``None`` when the block loads as device profiles with known runners and precisions."""
     from us3l.benchmarks.config import PRECISIONS
@@ -64,6 +92,9 @@ def _toml_problem(block: Block, tmp: Path) -> str | None:
 
     path = tmp / f"block_{block.line}.toml"
     path.write_text(block.text + "\n", encoding="utf-8")
+    fleet = _fleet_problem(block, path)
+    if fleet != "not a fleet file":
+        return fleet
     try:
         profiles = load_profiles(path)
     except US3LError as exc:  # "<path>:<line>: ..." -> the document's line
@@ -90,7 +121,7 @@ def doc_problems(doc: Path, tmp: Path) -> list[str]:
         if block.lang == "toml":
             msg = _toml_problem(block, tmp)
             if msg:
-                problems.append(f"{name}:{block.line}: toml block is not a valid device profile: {msg}")
+                problems.append(f"{name}:{block.line}: toml block is not a valid device profile or fleet file: {msg}")
             continue
         if not block.is_shell:
             continue
@@ -174,9 +205,12 @@ def run_blocks(doc: Path, workdir: Path) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", RUN_DOCS, ids=_rel)
-def test_doc_run_blocks(doc, tmp_path):
+def test_doc_run_blocks(doc, tmp_path, validate_manifest):
     timings = run_blocks(doc, tmp_path)
     assert timings, f"{_rel(doc)} has no run-blocks"
+    for manifest in tmp_path.rglob("manifest.json"):  # every fleet manifest a walkthrough writes
+        if '"us3l-fleet-manifest/' in manifest.read_text(encoding="utf-8"):
+            validate_manifest(manifest)
 
 
 def test_readme_has_a_tour():

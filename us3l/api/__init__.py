@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .commands import bench, evaluate, export, finetune, pack, predict, train, widths
     from .model import import_reference, load
     from .tasks import FinetuneResult, PackResult, Prediction, PredictResult
+    from .fleet import DeviceCheck, FleetCheckResult, FleetDevicePlan, FleetPlanResult, fleet_check, fleet_plan
     from .model import SlimmableModel
     from us3l.exporters import Artifact, ExportResult
     from us3l.trainer.config import TrainConfig
@@ -51,12 +52,19 @@ _LAZY = {
     "TrainConfig": "us3l.trainer.config",
     "ExportResult": "us3l.exporters",
     "Artifact": "us3l.exporters",
+    "fleet_plan": "us3l.api.fleet",
+    "fleet_check": "us3l.api.fleet",
+    "FleetPlanResult": "us3l.api.fleet",
+    "FleetDevicePlan": "us3l.api.fleet",
+    "FleetCheckResult": "us3l.api.fleet",
+    "DeviceCheck": "us3l.api.fleet",
 }
 
 __all__ = [
     "Artifact", "BenchResult", "Choice", "ExportResult", "TrainConfig", "CollapseScore", "EvalResult", "LatencyRow", "SlimmableModel", "TrainResult",
     "WidthAccuracy", "WidthInfo", "bench", "evaluate", "export", "import_reference", "load", "train", "widths",
     "FinetuneResult", "PackResult", "PredictResult", "Prediction", "finetune", "pack", "predict",
+    "fleet_plan", "fleet_check", "FleetPlanResult", "FleetDevicePlan", "FleetCheckResult", "DeviceCheck",
 ]
 
 

@@ -14,7 +14,7 @@ import typer  # noqa: E402
 from ..core import __version__  # noqa: E402
 from .common import OneLineChoiceErrors, setup_logging  # noqa: E402
 
-COMMAND_MODULES = ("train", "eval", "export", "import_", "bench", "widths", "finetune", "predict", "pack")
+COMMAND_MODULES = ("train", "eval", "export", "import_", "bench", "widths", "finetune", "predict", "pack", "fleet")
 
 app = typer.Typer(
     name="us3l",
