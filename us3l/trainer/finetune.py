@@ -17,8 +17,12 @@
   width learns from the labels.
 - **--freeze-backbone** trains only the classifier. Per-width heads are one linear probe per ladder
   width, each trained on the labels at its own width every step, on eval-mode features (the BN
-  statistics of that width calibrated first, as at inference); a shared head is trained with the
-  sandwich rule on train-mode features.
+  statistics of that width calibrated first, as at inference), standardised as ``us3l eval``'s
+  linear probe: each feature's mean and standard deviation at that width, measured on the
+  un-augmented calibration images (``calib_batches`` batches of the training split). After
+  training the standardisation is folded into each width's linear layer (``W / std``,
+  ``b - (W / std) @ mean``), so the saved heads read raw features and exports and ``predict``
+  are unchanged. A shared head is trained with the sandwich rule on train-mode (raw) features.
 - **BN.** Training uses batch statistics; afterwards the running statistics are recalibrated at each
   evaluation width on un-augmented training images (cumulative average, as ``us3l eval``) and stored
   in the checkpoint's BN bank, so export needs no data.
@@ -81,6 +85,7 @@ from us3l.core.threads import AutoThreads
 from us3l.core.width import DEFAULT_DIVISOR, default_widths, format_width, parse_widths, round_width
 
 from . import pipeline
+from .probes import feature_scaler, fold_standardization
 from .sampling import sample_widths
 
 log = logging.getLogger(__name__)
@@ -486,10 +491,42 @@ class PerWidthHeads(nn.Module):
         head = self.head(nearest_head_width(width, self.widths))
         return sliced_logits(features, head.weight, head.bias)
 
+    @torch.no_grad()
+    def fold(self, scalers: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Fold each width's input standardisation into its head (:func:`~us3l.trainer.probes.fold_standardization`):
+        a head trained on ``(f - mean) / std`` then reads the raw features ``f``, so the checkpoint,
+        its exports and ``predict`` need nothing more.
+
+        Args:
+            scalers: ``{format_width(w): (mean, std)}`` for every ladder width ``w``.
+        """
+        for w in self.widths:
+            head = self.head(w)
+            weight, bias = fold_standardization(head.weight, head.bias, *scalers[format_width(w)])
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+
     def state(self) -> dict[str, dict[str, Tensor]]:
         """``{format_width(w): {"weight", "bias"}}`` (a task checkpoint's ``extra["heads"]``)."""
         return {format_width(w): {"weight": self.head(w).weight.detach().cpu().clone(),
                                   "bias": self.head(w).bias.detach().cpu().clone()} for w in self.widths}
+
+
+@torch.no_grad()
+def calib_features(model: SlimmableNet, calib: Iterable[Tensor], width: float, num_batches: int,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """Eval-mode features at ``width`` of the first ``num_batches`` batches of ``calib`` (un-augmented
+    training images), float32 on the CPU: the sample whose statistics standardise a frozen head's input."""
+    model.eval()
+    out = []
+    with use_width(model, width):
+        for i, x in enumerate(calib):
+            if i >= num_batches:
+                break
+            out.append(model(x.to(device)).float().cpu())
+    if not out:
+        raise DataError("no training image to measure the features' statistics on")
+    return torch.cat(out)
 
 
 def _mkey(width: float) -> str:
@@ -548,10 +585,13 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     frozen_bank: dict[str, dict[str, dict[str, Tensor]]] = {}
+    scalers: dict[str, tuple[Tensor, Tensor]] = {}  # per width: the features' (mean, std), as the linear probe
     if cfg.freeze_backbone and per_width:  # the heads see the features inference gives: eval-mode BN per width
         for w in eval_widths:
             calibrate_bn(model, data.calib, w, num_batches=cfg.calib_batches, device=device)
             frozen_bank[format_width(w)] = bn_stats(model, w)
+            mean, std = feature_scaler(calib_features(model, data.calib, w, cfg.calib_batches, device))
+            scalers[format_width(w)] = (mean.to(device), std.to(device))
     ladder = sorted(eval_widths, reverse=True)
     history: list[dict[str, float]] = []
     step = 0
@@ -572,7 +612,8 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
                     load_bn_stats(model, frozen_bank[format_width(w)], w)
                     model.eval()
                     with torch.no_grad(), use_width(model, w):
-                        feats = model(x)
+                        mean, std = scalers[format_width(w)]
+                        feats = (model(x) - mean) / std  # standardised, as us3l eval's linear probe
                     assert heads is not None
                     logits = heads(feats, w)
                 else:
@@ -609,6 +650,8 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
                             f"({data.bad_count} unreadable file(s) skipped)")
         history.append({"epoch": epoch + 1, **{key: v / done for key, v in sums.items()}})
         log.info("epoch %d: %s", epoch + 1, history[-1])
+    if heads is not None and scalers:  # the standardisation goes into each width's head: raw features in
+        heads.fold(scalers)
     rows, bank = evaluate_task_model(model, data.calib, data.test, eval_widths, cfg.calib_batches, device, heads)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(cfg.checkpoint).parent / ("linear" if cfg.freeze_backbone else "finetune")
     state = {key: v.detach().cpu().clone() for key, v in strip_prefixes(model.state_dict()).items()}
