@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         data_root: Annotated[Path | None, typer.Option(help="Dataset folder (CIFAR pickles, Fashion-MNIST IDX files or train/ + val/ class folders).  [default: the checkpoint's]")] = None,
         image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.  [default: the dataset's]")] = None,
         head: Annotated[Head | None, typer.Option(help="Classifier: per-width (one linear layer per --widths entry; a width in between uses the nearer head) or shared (one input-slimmed layer).  [default: per-width]")] = None,
-        freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the classifier (per-width: one linear probe per width on eval-mode features).")] = False,
+        freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the classifier (per-width: one linear probe per width on standardised eval-mode features, the standardisation folded into it).")] = False,
         train_width: Annotated[float | None, typer.Option(help="Fine-tune this one width only (a network of that width; the paper preset needs it).  [default: every width]")] = None,
         epochs: Annotated[int | None, typer.Option(help="Epochs.  [default: the recipe's; digits 30]")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per step.  [default: the recipe's; digits 64]")] = None,
