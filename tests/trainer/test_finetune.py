@@ -189,6 +189,8 @@ def test_frozen_per_width_heads_are_probes_on_eval_mode_features(ssl_ckpt, tmp_p
         raw_spread = float(std.mean())
         assert abs(float(train.mean(0).mean())) < 0.5 and 0.5 < float(train.std(0).mean()) < 2 and \
             not 0.5 < raw_spread < 2  # standardised, unlike the raw features
+    details = json.loads(out.accuracy_path.read_text())["results"][0]["details"]
+    assert details["augment"] == "none" and details["trained_by"] == "frozen-backbone"  # the probe's view
     params = {n for n, _ in get_model("us_resnet_mini").named_parameters()}
     assert all(torch.equal(task.model[k], parent.model[k]) for k in params)  # the backbone is untouched
     assert set(task.extra["heads"]) == {"0.25", "1.0"} and task.extra["task"]["trained_by"] == "frozen-backbone"
