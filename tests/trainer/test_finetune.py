@@ -130,6 +130,7 @@ def test_per_width_heads_are_the_default_one_per_ladder_width(ssl_ckpt, tmp_path
     table = json.loads(out.accuracy_path.read_text())["results"]  # format 2: each row says how it was measured
     assert [(r["width"], r["head"], r["details"]["head"]) for r in table] == [
         (0.25, "0.25", "per-width"), (0.5, "0.5", "per-width"), (1.0, "1.0", "per-width")]
+    assert (table[0]["details"]["label_smoothing"], table[0]["details"]["augment"]) == (0.1, "shift")  # fine-tuning
     # in between: the nearer head (a tie goes to the narrower), reading the first min(D_w, D_head) features
     assert choose_head(task, 0.3) == {"kind": "per-width", "width": "0.25", "rule": "nearest"}
     assert choose_head(task, 0.75)["width"] == "0.5" and choose_head(task, 0.8)["width"] == "1.0"
@@ -191,6 +192,12 @@ def test_frozen_per_width_heads_are_probes_on_eval_mode_features(ssl_ckpt, tmp_p
             not 0.5 < raw_spread < 2  # standardised, unlike the raw features
     details = json.loads(out.accuracy_path.read_text())["results"][0]["details"]
     assert details["augment"] == "none" and details["trained_by"] == "frozen-backbone"  # the probe's view
+    assert details["label_smoothing"] == 0.0  # and its plain cross-entropy
+    # an explicit choice is kept
+    kept = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path / "ls"), freeze_backbone=True,
+                                       widths="0.25", label_smoothing=0.2, augment="shift", **TINY))
+    details = json.loads(kept.accuracy_path.read_text())["results"][0]["details"]
+    assert (details["augment"], details["label_smoothing"]) == ("shift", 0.2)
     params = {n for n, _ in get_model("us_resnet_mini").named_parameters()}
     assert all(torch.equal(task.model[k], parent.model[k]) for k in params)  # the backbone is untouched
     assert set(task.extra["heads"]) == {"0.25", "1.0"} and task.extra["task"]["trained_by"] == "frozen-backbone"

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int | None, typer.Option(help="Images per step.  [default: the recipe's; digits 64]")] = None,
         lr: Annotated[float | None, typer.Option(help="SGD learning rate, cosine-decayed per step (x4 with --freeze-backbone).  [default: the recipe's; digits 0.05]")] = None,
         weight_decay: Annotated[float | None, typer.Option(help="SGD weight decay.  [default: the recipe's; 5e-4]")] = None,
-        label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the max width's cross-entropy, in [0, 1).  [default: the recipe's; 0.1]")] = None,
+        label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the max width's cross-entropy, in [0, 1).  [default: the recipe's; 0.1, or 0 with --freeze-backbone and per-width heads]")] = None,
         num_widths: Annotated[int | None, typer.Option(help="Widths per step: max, min and N-2 random (sandwich rule).  [default: 4]")] = None,
         distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Sub-widths learn from the max width's soft predictions (in-place distillation), else from the labels.")] = True,
         widths: Annotated[str | None, typer.Option("--widths", help="Evaluation and BN-bank widths (one head each with --head per-width): a list or start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,

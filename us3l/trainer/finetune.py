@@ -22,7 +22,8 @@
   un-augmented calibration images (``calib_batches`` batches of the training split). After
   training the standardisation is folded into each width's linear layer (``W / std``,
   ``b - (W / std) @ mean``), so the saved heads read raw features and exports and ``predict``
-  are unchanged. A shared head is trained with the sandwich rule on train-mode (raw) features.
+  are unchanged. By default they also train as the probe on un-augmented images with plain
+  cross-entropy (``augment`` and ``label_smoothing`` below). A shared head is trained with the sandwich rule on train-mode (raw) features.
 - **BN.** Training uses batch statistics; afterwards the running statistics are recalibrated at each
   evaluation width on un-augmented training images (cumulative average, as ``us3l eval``) and stored
   in the checkpoint's BN bank, so export needs no data.
@@ -51,7 +52,8 @@ sampled bilinearly); ``shift`` (a random translation of up to ``shift`` of the i
 replicate padding, on the evaluation view); ``none``.
 
 Recipes (:data:`FINETUNE_RECIPES`): ``digits``, ``fashion_mnist`` and ``cifar`` are sized for a CPU
-(SGD 0.9 with Nesterov, cosine, wd 5e-4, label smoothing 0.1). ``paper`` mirrors the reference's
+(SGD 0.9 with Nesterov, cosine, wd 5e-4, label smoothing 0.1, none for frozen-backbone per-width
+heads). ``paper`` mirrors the reference's
 per-width fine-tuning (``configs/cifar/resnet18_finetune_cifar.yaml``): one width at a time
 (``train_width`` is required), 50 epochs, batch 64, SGD lr 0.01 momentum 0.9 wd 1e-4, lr x0.1 at
 epochs 30 and 40, RandomResizedCrop (0.08, 1) and flip, plain cross-entropy
@@ -110,7 +112,9 @@ class FinetuneConfig:
         epochs / batch_size / lr / momentum / weight_decay / nesterov: SGD.
         schedule / milestones: ``cosine`` (per step), or ``step``: lr x0.1 at each epoch in ``milestones``.
         one_width: refuse to run without ``train_width`` (the ``paper`` preset: one width at a time).
-        label_smoothing: for the max width's cross-entropy.
+        label_smoothing: for the max width's cross-entropy; None: 0.1, or 0 for frozen-backbone
+            per-width heads (plain cross-entropy, as the linear probe: on Fashion-MNIST smoothing cost
+            them 1.9 points at width 0.25).
         num_widths: widths per step (sandwich: max, min and ``num_widths - 2`` random ones).
         distill: in-place distillation of the sub-widths from the max width.
         head: ``per-width`` (one linear layer per ladder width, the nearer one in between) or
@@ -142,7 +146,7 @@ class FinetuneConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None
     num_widths: int = 4
     distill: bool = True
     head: str = "per-width"
@@ -182,7 +186,7 @@ class FinetuneConfig:
             raise ConfigError(f"lr {self.lr} is invalid; valid: a positive number")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ConfigError("weight-decay must be >= 0 and momentum in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label-smoothing {self.label_smoothing} is invalid; valid: [0, 1)")
         if self.num_widths < 1:
             raise ConfigError(f"num-widths {self.num_widths} is invalid; valid: 1 (max only), 2 (max, min) or more")
@@ -218,12 +222,11 @@ class FinetuneConfig:
 
 #: CPU-sized presets (see the module docstring).
 FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
-    "digits": {"epochs": 30, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1},
+    "digits": {"epochs": 30, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4},
     # 20 epochs: at 10 slimmable fine-tuning underfits (README, "Accuracy on Fashion-MNIST": 83.3 % at width
     # 1.0 after 10 epochs, 88.5 % after 20, the max width's training loss 0.91 -> 0.78)
-    "fashion_mnist": {"epochs": 20, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1,
-                      "shift": 0.1},
-    "cifar": {"epochs": 100, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "label_smoothing": 0.1, "shift": 0.125},
+    "fashion_mnist": {"epochs": 20, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "shift": 0.1},
+    "cifar": {"epochs": 100, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "shift": 0.125},
     # configs/cifar/resnet18_finetune_cifar.yaml: NUM_SAMPLE_TRAINING 1 (one width), EPOCHS 50, BATCH_SIZE 64,
     # SGD momentum 0.9, WEIGHT_DECAY 1e-4, BASE_LR 0.01, multiStep x0.1 at [30, 40], RandomResizedCrop
     # scale (0.08, 1) + flip, CrossEntropy (no label smoothing); plain SGD momentum
@@ -571,6 +574,8 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
         data = TaskData(spec, cfg, pin=device.type == "cuda")
     size, k = data.size, pipeline.stream_num_classes(spec)
     per_width = cfg.head == "per-width"
+    probes = cfg.freeze_backbone and per_width  # trained as us3l eval's linear probes (module docstring)
+    smoothing = cfg.label_smoothing if cfg.label_smoothing is not None else (0.0 if probes else 0.1)
     model = _build(cfg, ckpt, 0 if per_width else k, size).to(device)
     heads: PerWidthHeads | None = None
     if per_width:
@@ -631,7 +636,7 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
                         else:
                             logits = model(x) if heads is None else heads(model(x), w)
                 if j == 0 or not cfg.distill or frozen_bank:
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
                     teacher = logits.detach() if j == 0 else teacher
                     sums["loss_max" if j == 0 else "loss_sub"] += float(loss.detach()) / (1 if j == 0 else len(widths) - 1)
                 else:
@@ -679,7 +684,8 @@ def run_finetune(cfg: FinetuneConfig, progress: Progress | None = None) -> Finet
     digest = save_checkpoint(result, ckpt_path)
     protocol = {"method": "top1", "trained_by": trained_by, "head": cfg.head, "dataset": spec.to_dict(),
                 "bn_calibration": "cumulative", "calib_batches": cfg.calib_batches, "divisor": DEFAULT_DIVISOR,
-                "epochs": cfg.epochs, "seed": cfg.seed, "augment": data.augment}
+                "epochs": cfg.epochs, "seed": cfg.seed, "augment": data.augment,
+                "label_smoothing": smoothing}
     acc_path = out_dir / ACCURACY_FILE
     from us3l.core.accuracy import table_rows
     from us3l.core.taskmodel import classifier_state_hash, state_hashes
