@@ -8,7 +8,8 @@ with the ``digits`` recipe into ``--work``), on the checkpoint's data with a fin
   k=20, cosine, T=0.07); ``probe``: ``us3l eval``'s linear probe, trained separately per width on
   standardised features (deterministic given the checkpoint);
 - (b) ``frozen``: the frozen backbone with its classifier (``us3l finetune --freeze-backbone``);
-  with ``--head per-width`` (the default) one linear probe per width on eval-mode features, with
+  with ``--head per-width`` (the default) one linear probe per width on eval-mode features,
+  standardised per width as the probe's (the statistics folded into each head afterwards), with
   ``--head shared`` one input-slimmed head for every width;
 - (c) ``finetune``: universally slimmable fine-tuning (``us3l finetune``: sandwich rule, in-place
   distillation, ``--head``), one checkpoint for all widths;

@@ -140,6 +140,62 @@ def test_a_width_between_heads_exports_with_the_nearer_head(task, tmp_path):
     assert np.abs(run(logits) - want).max() <= 1e-4
 
 
+def test_frozen_per_width_heads_export_and_predict_with_the_standardisation_folded_in(task, tmp_path):
+    """A frozen backbone's per-width heads train on standardised features; the saved (folded) head on
+    raw features gives the same logits, and the ONNX classifier and ``predict`` use it."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from us3l.trainer.finetune import FinetuneConfig, PerWidthHeads, run_finetune
+
+    root, _ = task
+    trained: dict[str, object] = {}  # the heads as trained (on standardised features) and the scalers: a spy
+    fold = PerWidthHeads.fold
+
+    def spy(self, scalers):
+        trained.update(state=self.state(), scalers=dict(scalers))
+        fold(self, scalers)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PerWidthHeads, "fold", spy)
+        out = run_finetune(FinetuneConfig(checkpoint=str(root / "ssl" / "checkpoint.pt"), out_dir=str(tmp_path / "ft"),
+                                          freeze_backbone=True, epochs=1, max_steps_per_epoch=3, calib_batches=2,
+                                          widths="0.25,1.0"))
+    ckpt = load_checkpoint(out.checkpoint)
+    state, scalers = trained["state"], trained["scalers"]
+    with np.load(DIGITS_FILE) as a:
+        images, test_idx = a["images"], a["test_idx"][:10]
+    files = []
+    for i in test_idx:
+        f = tmp_path / "png" / f"digit_{i}.png"
+        f.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.round(images[i] * 255.0 / 16).astype(np.uint8), "L").save(f)
+        files.append(f)
+    x, _ = load_split(DatasetSpec("digits"), "test")
+    res = export(out.checkpoint, "0.25,1.0", out=tmp_path / "onnx", outputs="logits")
+    for w in WIDTHS:
+        model = ckpt.build_model().eval()
+        load_bn_stats(model, ckpt.bn_stats_for(w), w)
+        mean, std = scalers[str(w)]
+        with torch.no_grad(), use_width(model, w):
+            feats = model(x)
+        head = state[str(w)]
+        want = (((feats - mean) / std) @ head["weight"].T + head["bias"]).numpy()  # the head as trained
+        assert np.abs(_torch_logits(ckpt, w, x) - want).max() <= 1e-5  # the saved head reads raw features
+        assert not torch.allclose(ckpt.extra["heads"][str(w)]["weight"], head["weight"])  # folded, not the same
+        art = res.for_width(w)
+        sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+        assert np.abs(sess.run(None, {"input": x.numpy()})[0] - want).max() <= 1e-4
+        pre = json.loads(art.sidecar.read_text())["preprocess"]
+        from us3l.core.preprocess import load_image
+
+        px = torch.from_numpy(np.stack([load_image(f, pre) for f in files]))
+        with torch.no_grad(), use_width(model, w):
+            ref = ((((model(px) - mean) / std) @ head["weight"].T + head["bias"]).argmax(1)).tolist()
+        by_name = {p.image.name: p for p in predict(art.path, tmp_path / "png").predictions}
+        assert [int(by_name[f.name].top[0].index) for f in files] == ref
+
+
 def test_a_shared_head_still_exports_as_one_slimmable_classifier(task, tmp_path):
     from us3l.trainer.finetune import FinetuneConfig, run_finetune
 

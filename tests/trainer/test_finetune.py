@@ -130,6 +130,7 @@ def test_per_width_heads_are_the_default_one_per_ladder_width(ssl_ckpt, tmp_path
     table = json.loads(out.accuracy_path.read_text())["results"]  # format 2: each row says how it was measured
     assert [(r["width"], r["head"], r["details"]["head"]) for r in table] == [
         (0.25, "0.25", "per-width"), (0.5, "0.5", "per-width"), (1.0, "1.0", "per-width")]
+    assert (table[0]["details"]["label_smoothing"], table[0]["details"]["augment"]) == (0.1, "shift")  # fine-tuning
     # in between: the nearer head (a tie goes to the narrower), reading the first min(D_w, D_head) features
     assert choose_head(task, 0.3) == {"kind": "per-width", "width": "0.25", "rule": "nearest"}
     assert choose_head(task, 0.75)["width"] == "0.5" and choose_head(task, 0.8)["width"] == "1.0"
@@ -140,10 +141,63 @@ def test_per_width_heads_are_the_default_one_per_ladder_width(ssl_ckpt, tmp_path
     assert torch.equal(narrow.weight, heads["1.0"]["weight"][:, :104]) and torch.equal(narrow.bias, heads["1.0"]["bias"])
 
 
-def test_frozen_per_width_heads_are_probes_on_eval_mode_features(ssl_ckpt, tmp_path):
+def test_folding_the_standardisation_gives_the_same_logits():
+    """A head trained on standardised features, folded, gives the same logits on the raw features."""
+    from us3l.trainer.finetune import PerWidthHeads
+    from us3l.trainer.probes import feature_scaler, fold_standardization
+
+    gen = torch.Generator().manual_seed(0)
+    feats = {"0.25": torch.rand(200, 32, generator=gen) * 3 + 1, "1.0": torch.rand(200, 128, generator=gen) * 0.2}
+    scalers = {k: feature_scaler(f) for k, f in feats.items()}
+    torch.manual_seed(3)
+    heads = PerWidthHeads([0.25, 1.0], [32, 128], 10)
+    on_standardised = {k: heads((f - scalers[k][0]) / scalers[k][1], float(k)).detach() for k, f in feats.items()}
+    lin = heads.head(0.25)
+    weight, bias = fold_standardization(lin.weight, lin.bias, *scalers["0.25"])
+    assert (feats["0.25"] @ weight.T + bias - on_standardised["0.25"]).abs().max() <= 1e-5
+    heads.fold(scalers)
+    for k, f in feats.items():
+        assert (heads(f, float(k)) - on_standardised[k]).abs().max() <= 1e-5
+    assert not torch.allclose(heads(feats["1.0"], 1.0), PerWidthHeads([0.25, 1.0], [32, 128], 10)(feats["1.0"], 1.0))
+
+
+def test_frozen_per_width_heads_are_probes_on_eval_mode_features(ssl_ckpt, tmp_path, monkeypatch):
+    from us3l.trainer.finetune import PerWidthHeads, calib_features
+
+    seen: list[tuple[float, torch.Tensor]] = []  # what the heads read in training (a spy; the real forward runs)
+    scalers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    forward, fold = PerWidthHeads.forward, PerWidthHeads.fold
+    monkeypatch.setattr(PerWidthHeads, "forward", lambda self, f, w: seen.append((w, f.detach())) or forward(self, f, w))
+    monkeypatch.setattr(PerWidthHeads, "fold", lambda self, s: scalers.update(s) or fold(self, s))
     out = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path), freeze_backbone=True,
                                       widths="0.25,1.0", **TINY))
     parent, task = load_checkpoint(ssl_ckpt), load_checkpoint(out.checkpoint)
+    # the heads trained on standardised features, the statistics of each width's eval-mode features on the
+    # calibration images (the training split, un-augmented): the checkpoint's backbone and BN bank give them again
+    from us3l.core.bn import load_bn_stats
+    from us3l.trainer.finetune import TaskData, _resolve
+
+    cfg = FinetuneConfig(checkpoint=str(ssl_ckpt), **TINY)
+    data = TaskData(_resolve(cfg, parent), cfg)
+    model = task.build_model()
+    for w in (0.25, 1.0):
+        load_bn_stats(model, task.bn_stats_for(w), w)
+        f = calib_features(model, data.calib, w, 1)
+        mean, std = scalers[str(w)]
+        assert torch.allclose(mean, f.mean(0, keepdim=True), atol=1e-5) and torch.allclose(std, f.std(0, keepdim=True),
+                                                                                              atol=1e-5)
+        train = torch.cat([x for v, x in seen[:2 * 2] if v == w])  # the training steps' inputs at width w
+        raw_spread = float(std.mean())
+        assert abs(float(train.mean(0).mean())) < 0.5 and 0.5 < float(train.std(0).mean()) < 2 and \
+            not 0.5 < raw_spread < 2  # standardised, unlike the raw features
+    details = json.loads(out.accuracy_path.read_text())["results"][0]["details"]
+    assert details["augment"] == "none" and details["trained_by"] == "frozen-backbone"  # the probe's view
+    assert details["label_smoothing"] == 0.0  # and its plain cross-entropy
+    # an explicit choice is kept
+    kept = run_finetune(FinetuneConfig(checkpoint=str(ssl_ckpt), out_dir=str(tmp_path / "ls"), freeze_backbone=True,
+                                       widths="0.25", label_smoothing=0.2, augment="shift", **TINY))
+    details = json.loads(kept.accuracy_path.read_text())["results"][0]["details"]
+    assert (details["augment"], details["label_smoothing"]) == ("shift", 0.2)
     params = {n for n, _ in get_model("us_resnet_mini").named_parameters()}
     assert all(torch.equal(task.model[k], parent.model[k]) for k in params)  # the backbone is untouched
     assert set(task.extra["heads"]) == {"0.25", "1.0"} and task.extra["task"]["trained_by"] == "frozen-backbone"

@@ -102,6 +102,10 @@ def test_augment_resolution_and_in_memory_crop():
     assert resolve_augment("auto", DatasetSpec("imagefolder", "x")) == "crop"
     assert resolve_augment("auto", DatasetSpec("digits")) == "shift"
     assert resolve_augment("none", DatasetSpec("imagefolder", "x")) == "none"
+    # frozen-backbone per-width heads train on the evaluation view, as the linear probe; a choice is kept
+    assert resolve_augment("auto", DatasetSpec("digits"), probes=True) == "none"
+    assert resolve_augment("auto", DatasetSpec("imagefolder", "x"), probes=True) == "none"
+    assert resolve_augment("shift", DatasetSpec("digits"), probes=True) == "shift"
     # a crop of the whole image with no flip is the identity resize; the crop box is honoured
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     out = _crop(x, 8, (1.0, 1.0), torch.Generator().manual_seed(0))

@@ -270,7 +270,7 @@ def train_linear_probe(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y:
     a usable classifier of the backbone's features."""
     mean = std = None
     if cfg.standardize:
-        mean, std = train_f.mean(0, keepdim=True), train_f.std(0, keepdim=True).clamp_min(1e-6)
+        mean, std = feature_scaler(train_f)
         train_f, test_f = (train_f - mean) / std, (test_f - mean) / std
     gen = torch.Generator().manual_seed(cfg.seed)
     head = nn.Linear(train_f.shape[1], n_classes)
@@ -293,6 +293,23 @@ def train_linear_probe(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y:
             acc = float((head(test_f).argmax(1) == test_y).float().mean())
             weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
             if mean is not None and std is not None:
-                weight = weight / std
-                bias = bias - weight @ mean.reshape(-1)
+                weight, bias = fold_standardization(weight, bias, mean, std)
             return acc, weight, bias
+
+
+def feature_scaler(features: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean, std)`` of ``features`` (rows) per column, the z-scoring of the linear probe: the
+    unbiased standard deviation, clamped at 1e-6."""
+    return features.mean(0, keepdim=True), features.std(0, keepdim=True).clamp_min(1e-6)
+
+
+def fold_standardization(weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    """A linear layer on standardised inputs ``(x - mean) / std`` as one on the raw inputs ``x``:
+    ``(W / std, b - (W / std) @ mean)``, the same logits (up to rounding).
+
+    Args:
+        weight / bias: ``(K, D)`` and ``(K,)``, trained on standardised inputs.
+        mean / std: the inputs' per-column statistics, ``D`` values (any shape with ``D`` elements).
+    """
+    folded = weight / std.reshape(1, -1)
+    return folded, bias - folded @ mean.reshape(-1)
