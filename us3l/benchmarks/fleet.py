@@ -43,7 +43,7 @@ from typing import Any
 from us3l.core.errors import ConfigError, RemoteError, US3LError
 from us3l.core.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable_dir, sha256_file
 from us3l.core.heartbeat import stage
-from us3l.core.precision import PRECISIONS, Precision
+from us3l.core.precision import PRECISIONS, SWITCHABLE_PRECISIONS as SWITCHABLE, Precision
 from us3l.core.width import format_width, parse_widths
 
 from .stats import METRICS
@@ -215,8 +215,8 @@ def load_fleet(path: Path) -> FleetSpec:
         min_acc = entries.get("min_accuracy")
         if min_acc is not None and not 0 <= float(min_acc) <= 1:
             fail("min_accuracy", f"min_accuracy {min_acc!r} in [{table}] is invalid; valid: a fraction in [0, 1]")
-        if entries.get("switchable") and (len(precisions) > 1 or any(p == "int8" for p in precisions)):
-            fail("switchable", f"switchable = true in [{table}] needs one precision, fp32 or fp16 (a switchable "
+        if entries.get("switchable") and (len(precisions) > 1 or any(p not in SWITCHABLE for p in precisions)):
+            fail("switchable", f"switchable = true in [{table}] needs one precision, {' or '.join(SWITCHABLE)} (a switchable "
                                f"file holds every width at one precision); got precisions = {precisions}")
         threads = entries.get("threads")
         if threads is not None and threads < 0:

@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Sub-widths learn from the max width's soft predictions (in-place distillation), else from the labels.")] = True,
         widths: Annotated[str | None, typer.Option("--widths", help="Evaluation and BN-bank widths (one head each with --head per-width): a list or start:stop:step.  [default: 0.25,0.5,0.75,1.0 within the range]")] = None,
         milestones: Annotated[str | None, typer.Option(help="Step schedule instead of cosine: lr x0.1 at each of these epochs, e.g. 60,80.  [default: the recipe's; paper 30,40]")] = None,
-        augment: Annotated[Augment | None, typer.Option(help="Augmentation: auto (crop for image files, shift for in-memory sets, none for --freeze-backbone with per-width heads), crop (random resized crop of the full image + flip), shift (random translation) or none.  [default: auto]")] = None,
+        augment: Annotated[Augment | None, typer.Option(help="Augmentation: auto (crop for image files, shift for in-memory sets, none for frozen per-width heads), crop (random resized crop + flip), shift (random translation) or none.  [default: auto]")] = None,
         crop_scale_min: Annotated[float | None, typer.Option(help="Smallest crop area fraction of --augment crop, in (0, 1].  [default: 0.25]")] = None,
         workers: Annotated[int | None, typer.Option(help="Processes decoding and cropping image files (0: in this process).  [default: CPUs - 1, at most 14]")] = None,
         on_bad_image: Annotated[BadImage | None, typer.Option(help="An unreadable, truncated or decompression-bomb image: skip (count, warn) or fail (stop, exit 2).  [default: skip]")] = None,

@@ -73,6 +73,8 @@ class Precision(enum.StrEnum):
 
 #: The precision names, most faithful first (for messages, docs and option choices).
 PRECISIONS: tuple[str, ...] = tuple(p.value for p in Precision)
+#: Precisions one width-switchable file can hold (INT8 calibrates each width on its own).
+SWITCHABLE_PRECISIONS: tuple[Precision, ...] = (Precision.FP32, Precision.FP16)
 
 
 @dataclass(frozen=True)

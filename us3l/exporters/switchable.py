@@ -40,14 +40,14 @@ import numpy as np
 from torch import nn
 
 from us3l.core.errors import ConfigError, ExportError
-from us3l.core.precision import Precision
+from us3l.core.precision import SWITCHABLE_PRECISIONS, Precision
 from us3l.core.width import held_widths, index_for  # noqa: F401  (re-exported: the index table's widths)
 
 log = logging.getLogger(__name__)
 
 WIDTH_INPUT = "width_index"
 MAX_WIDTHS = 16
-PRECISIONS = (Precision.FP32, Precision.FP16)
+PRECISIONS = SWITCHABLE_PRECISIONS
 SHARED_PREFIX = "shared/"
 
 
