@@ -97,6 +97,7 @@ def test_the_safetensors_library_reads_it_and_edited_labels_load(packed, tmp_pat
     (dict(num_classes=11, label_names=[str(i) for i in range(11)]), "says num_classes 11, but the classifier in "
                                                                    "model.safetensors has 10 outputs"),
     (dict(label_names=["a", "b"]), "has 2 label_names for 10 classes"),
+    (dict(num_features=64), "says num_features 64, but us_resnet_mini with its model_args gives 128 features"),
     (dict(architecture="us_resnet18_cifar"), "does not match config.json (us_resnet18_cifar)"),
     (dict(model_args={"width_range": [0.25, 1.0], "input_size": 16, "base": 32}), "cannot be built: architecture .us_resnet_mini. takes no argument"),
 ])

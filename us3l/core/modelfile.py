@@ -19,8 +19,8 @@ What is sealed and what is checked: the weights file's sha256 is recorded in ``c
 verified before a tensor is read, so weights that were edited, re-saved or damaged are refused.
 ``config.json`` itself is not sealed: it is validated against the weights instead (the architecture
 is built from ``architecture`` + ``model_args`` and every tensor's name, shape and dtype must be
-what it, the BN-bank widths and the head imply; ``num_classes`` and ``label_names`` must match the
-classifier). So editing ``label_names`` (or the card) is allowed and takes effect, while an edit
+what it, the BN-bank widths and the head imply; ``num_features`` must be the network's, and
+``num_classes`` and ``label_names`` must match the classifier). So editing ``label_names`` (or the card) is allowed and takes effect, while an edit
 that contradicts the weights is refused in one line. ``us3l pack DIR --reseal`` accepts weights
 that were deliberately re-saved or edited: it checks every tensor against ``config.json`` and records
 the new hash. No absolute path of the packing machine is written (see :func:`portable`).
@@ -201,6 +201,13 @@ def check_tensors(found: dict[str, tuple[tuple[int, ...], str]], config: dict[st
             parts.append(f"unexpected {', '.join(extra[:3])}" + (f" (+{len(extra) - 3} more)" if len(extra) > 3 else ""))
         raise CheckpointError(f"{where / WEIGHTS_FILE} does not match {CONFIG_FILE} "
                               f"({config.get('architecture')}): {'; '.join(parts)}")
+    nf = config.get("num_features")
+    if nf is not None:  # informational for readers of config.json, so it must say the network's truth
+        dim = int(_build(config).max_feature_dim)
+        if nf != dim:
+            raise CheckpointError(f"{where / CONFIG_FILE} says num_features {nf!r}, but {config.get('architecture')} "
+                                  f"with its model_args gives {dim} features at full width; valid: num_features "
+                                  f"{dim} (label_names may be edited, the network not)")
     labels = config.get("label_names")
     if labels is not None:
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
