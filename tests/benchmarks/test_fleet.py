@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -237,3 +239,94 @@ def test_a_misspelt_key_names_file_line_and_valid_keys(tmp_path):
     f.write_text('arch = "us_resnet_mini"\n[devices.a]\nbudget_ms = -1\n')
     with pytest.raises(ConfigError, match=r"fleet.toml:3: budget_ms -1 in \[devices.a\] is invalid"):
         load_fleet(f)
+
+
+def _fleet_with_deploy_paths(plan, folder: Path, paths: dict[str, Path]) -> Path:
+    """The plan's fleet file with ``deploy_path`` in the named devices' tables (moved to ``folder``)."""
+    text = plan["fleet"].read_text().replace('devices_file = "devices.toml"',
+                                              f'devices_file = "{plan["root"] / "devices.toml"}"')
+    for name, path in paths.items():
+        text = text.replace(f"[devices.{name}]\n", f'[devices.{name}]\ndeploy_path = "{path}"\n')
+    fleet = folder / "fleet.toml"
+    fleet.write_text(text)
+    return fleet
+
+
+def _cli_check(manifest: Path, devices: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "us3l.cli.main", "fleet", "check", str(manifest), "--threshold",
+                           "1000", "--devices-file", str(devices), *extra], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "400"}, timeout=300)
+
+
+def test_check_hashes_and_measures_the_deployed_file_on_each_device(plan, tmp_path, validate_manifest):
+    """deploy_path on the ssh device and on a local one: that very file is hashed on the device and
+    measured in place (the plan copy is neither uploaded nor read); a tampered or missing deployed file
+    is HASH naming the device and the path, and the other devices are still checked."""
+    out = tmp_path / "plan"
+    shutil.copytree(plan["out"], out)  # with its lookup table: the re-plan measures nothing
+    where = {"edge": tmp_path / "device" / "opt" / "edge.onnx", "cpu-1t": tmp_path / "device" / "cpu-1t.onnx"}
+    plan_fleet(FleetConfig(_fleet_with_deploy_paths(plan, tmp_path, where), out, plot=False))
+    data = validate_manifest(out / "manifest.json")
+    entries = {e["device"]: e for e in data["devices"]}
+    assert {n: entries[n]["artifact"].get("deploy_path") for n in ("cpu-1t", "cpu-2t", "edge")} == {
+        "cpu-1t": str(where["cpu-1t"]), "cpu-2t": None, "edge": str(where["edge"])}
+    assert str(where["edge"]) in (out / "fleet.csv").read_text()
+    for name, path in where.items():  # deployed by hand, as a deployment system would
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / entries[name]["artifact"]["file"], path)
+    devices = plan["root"] / "devices.toml"
+    manifest = out / "manifest.json"
+
+    # the deployed files are verified and measured even with their plan copies gone
+    gone = {entries[n]["artifact"]["file"] for n in where}
+    for rel in gone:
+        (out / rel).unlink()
+    by = {r["device"]: r for r in check_fleet(CheckConfig(manifest, threshold_pct=1000.0, devices_file=devices))}
+    for name in where:
+        assert by[name]["status"] == "OK" and by[name]["sha256_ok"] is True, by[name]
+        assert (by[name]["verified"], by[name]["deploy_path"]) == ("deployed", str(where[name]))
+        assert by[name]["message"].endswith(f"sha256 verified: {where[name]} on the device"), by[name]["message"]
+    two = by["cpu-2t"]
+    assert two["verified"] == "plan-copy" and two["deploy_path"] is None
+    assert two["status"] == ("HASH" if entries["cpu-2t"]["artifact"]["file"] in gone else "OK"), two
+    assert by["gone"]["status"] == "SKIPPED" and by["gone"]["verified"] is None
+    for rel in gone:
+        shutil.copyfile(plan["out"] / rel, out / rel)
+
+    # the deployed copy tampered on the ssh device, the local one deleted: HASH for both, exit 1
+    raw = bytearray(where["edge"].read_bytes())
+    raw[-1] ^= 0xFF
+    where["edge"].write_bytes(bytes(raw))
+    where["cpu-1t"].unlink()
+    res = _cli_check(manifest, devices)
+    assert res.returncode == 1, res.stdout + res.stderr[-2000:]
+    lines = {ln.split()[1].rstrip(":"): ln for ln in res.stdout.strip().splitlines()}
+    edge, cpu = lines["edge"], lines["cpu-1t"]
+    assert edge.startswith("HASH") and f"{where['edge']} on " in edge, edge
+    assert entries["edge"]["artifact"]["sha256"][:12] in edge and "on the device" in edge
+    assert cpu.startswith("HASH") and f"{where['cpu-1t']} is MISSING on localhost" in cpu, cpu
+    assert lines["cpu-2t"].startswith("OK") and "sha256 verified: the plan copy" in lines["cpu-2t"]
+    assert lines["gone"].startswith("SKIPPED")
+
+    # deleted on the ssh device: HASH (missing); --deployed names another place for cpu-1t, no re-plan
+    where["edge"].unlink()
+    elsewhere = tmp_path / "elsewhere.onnx"
+    shutil.copyfile(out / entries["cpu-1t"]["artifact"]["file"], elsewhere)
+    res = _cli_check(manifest, devices, "--deployed", f"cpu-1t={elsewhere}", "--json")
+    assert res.returncode == 1, res.stdout + res.stderr[-2000:]
+    by = {d["device"]: d for d in json.loads(res.stdout)["devices"]}
+    assert by["edge"]["status"] == "HASH" and by["edge"]["sha256_ok"] is False
+    assert f"{where['edge']} is MISSING on " in by["edge"]["message"] and by["edge"]["verified"] == "deployed"
+    assert by["cpu-1t"]["status"] == "OK" and (by["cpu-1t"]["verified"], by["cpu-1t"]["deploy_path"]) == (
+        "deployed", str(elsewhere))
+    assert by["cpu-2t"]["status"] == "OK" and by["cpu-2t"]["verified"] == "plan-copy"
+
+
+def test_a_bad_deploy_path_is_refused_in_one_line(tmp_path):
+    f = tmp_path / "fleet.toml"
+    f.write_text('arch = "us_resnet_mini"\n[devices.a]\nbudget_ms = 2\ndeploy_path = "opt/model.onnx"\n')
+    with pytest.raises(ConfigError, match=r"fleet.toml:4: deploy_path 'opt/model.onnx' in \[devices.a\] is invalid; "
+                                          r"valid: the absolute path"):
+        load_fleet(f)
+    with pytest.raises(ConfigError, match=r"--deployed a=model.onnx: 'model.onnx' is invalid; valid: the absolute"):
+        CheckConfig(tmp_path / "m.json", deployed=(("a", "model.onnx"),))

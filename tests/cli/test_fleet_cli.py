@@ -134,6 +134,8 @@ def test_check_one_line_per_device_and_exit_codes(planned, tmp_path):
     ('checkpoint = "missing.pt"\n[devices.a]\nbudget_ms = 2\n', "checkpoint 'missing.pt' not found"),
     ('arch = "us_resnet_mini"\n[devices.a]\nbudget_ms = 2\nswitchable = true\nprecisions = ["fp32", "int8"]\n', "switchable = true in [devices.a] needs one precision, fp32 or fp16"),
     ('arch = "us_resnet_mini"\n[devices.a\n', "invalid TOML"),
+    ('arch = "us_resnet_mini"\n[devices.a]\nbudget_ms = 2\ndeploy_path = "model.onnx"\n', "fleet.toml:4: deploy_path 'model.onnx' in [devices.a] is invalid; valid: the absolute path of the deployed file on that device"),
+    ('arch = "us_resnet_mini"\n[devices.a]\nbudget_ms = 2\ndeploy_path = 5\n', "fleet.toml:4: key 'deploy_path' in [devices.a] must be a string, got 5"),
 ])
 def test_bad_fleet_files_are_one_line_exit_2_and_write_nothing(tmp_path, text, line):
     (tmp_path / "fleet.toml").write_text(text)
@@ -153,6 +155,53 @@ def test_bad_check_input_is_one_line_exit_2(tmp_path):
         "'us3l fleet plan' writes"]
     res = run("fleet", "check", str(tmp_path / "m.json"), "--threshold", "0")
     assert res.returncode == 2 and "--threshold" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_check_deployed_hashes_and_measures_that_file(planned, tmp_path):
+    """--deployed NAME=PATH without a re-plan: that file is hashed and measured (the plan copy is not
+    read), JSON says what was verified; a tampered deployed copy is HASH naming the device, exit 1."""
+    import shutil
+
+    plan = tmp_path / "plan"
+    shutil.copytree(planned["plan"], plan)
+    data = json.loads((plan / "manifest.json").read_text())
+    one = next(d for d in data["devices"] if d["device"] == "one")
+    deployed = tmp_path / "device" / "model.onnx"
+    deployed.parent.mkdir()
+    shutil.copyfile(plan / one["artifact"]["file"], deployed)
+    res = run("fleet", "check", str(plan / "manifest.json"), "--threshold", "1000", "--json",
+              "--deployed", f"one={deployed}")
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    by = {d["device"]: d for d in json.loads(res.stdout)["devices"]}
+    assert (by["one"]["status"], by["one"]["verified"], by["one"]["deploy_path"]) == ("OK", "deployed", str(deployed))
+    assert by["one"]["message"].endswith(f"sha256 verified: {deployed} on the device")
+    assert (by["two"]["status"], by["two"]["verified"], by["two"]["deploy_path"]) == ("OK", "plan-copy", None)
+
+    raw = bytearray(deployed.read_bytes())
+    raw[-1] ^= 0xFF  # the deployed copy, not the plan copy
+    deployed.write_bytes(bytes(raw))
+    res = run("fleet", "check", str(plan / "manifest.json"), "--threshold", "1000", "--deployed", f"one={deployed}")
+    assert res.returncode == 1
+    lines = res.stdout.strip().splitlines()
+    assert lines[0].startswith("HASH") and f"one: {deployed} on localhost: sha256 " in lines[0], lines
+    assert one["artifact"]["sha256"][:12] in lines[0] and lines[1].startswith("OK") and "two:" in lines[1], lines
+
+
+@pytest.mark.parametrize("value,line", [
+    ("nope=/opt/m.onnx", "--deployed nope=...: no device 'nope' in "),
+    ("one=m.onnx", "--deployed one=m.onnx: 'm.onnx' is invalid; valid: the absolute path of the deployed file"),
+    ("one", "--deployed 'one' is invalid; valid: NAME=PATH"),
+])
+def test_bad_deployed_is_one_line_exit_2_and_writes_nothing(planned, tmp_path, value, line):
+    import shutil
+
+    plan = tmp_path / "plan"
+    shutil.copytree(planned["plan"], plan)
+    before = sorted((p.relative_to(plan), p.stat().st_mtime_ns) for p in plan.rglob("*"))
+    res = run("fleet", "check", str(plan / "manifest.json"), "--deployed", value)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and line in err[0], res.stderr
+    assert res.stdout == "" and sorted((p.relative_to(plan), p.stat().st_mtime_ns) for p in plan.rglob("*")) == before
 
 
 def test_ctrl_c_leaves_the_previous_manifest(planned, tmp_path):

@@ -8,6 +8,7 @@ built from what was written (``manifest.json``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -102,6 +103,10 @@ class DeviceCheck:
             planned). message: the one line. p50_ms / planned_p50_ms / drift_pct: the comparison.
         sha256_ok: the hash was verified on the device (``None``: not reached).
         fingerprint_changed: the runtime or machine facts differ from the plan's.
+        verified: what was hashed and measured: ``"deployed"`` (the file at ``deploy_path`` on the
+            device) or ``"plan-copy"`` (the plan folder's copy, uploaded to a remote device);
+            ``None`` for a device not planned.
+        deploy_path: the deployed file's path on the device (``None``: the plan copy was checked).
     """
 
     device: str
@@ -112,6 +117,8 @@ class DeviceCheck:
     drift_pct: float | None
     sha256_ok: bool | None
     fingerprint_changed: bool | None
+    verified: str | None = None
+    deploy_path: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -121,7 +128,8 @@ class DeviceCheck:
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "status": self.status, "ok": self.ok, "message": self.message,
                 "p50_ms": self.p50_ms, "planned_p50_ms": self.planned_p50_ms, "drift_pct": self.drift_pct,
-                "sha256_ok": self.sha256_ok, "fingerprint_changed": self.fingerprint_changed}
+                "sha256_ok": self.sha256_ok, "fingerprint_changed": self.fingerprint_changed,
+                "verified": self.verified, "deploy_path": self.deploy_path}
 
 
 @dataclass(frozen=True)
@@ -172,30 +180,42 @@ def fleet_plan(fleet_file: PathLike, out: PathLike = "plan", *, force: bool = Fa
 
 
 def fleet_check(manifest: PathLike, *, threshold_pct: float = 10.0, devices_file: PathLike | None = None,
-                accept_new_host_key: bool = False, progress: ProgressArg = None) -> FleetCheckResult:
+                accept_new_host_key: bool = False, deployed: Mapping[str, str] | None = None,
+                progress: ProgressArg = None) -> FleetCheckResult:
     """Re-measure each planned device's artifact, verify its sha256 on the device, compare the p50.
+
+    A device with a deploy path (``deployed``, else the fleet file's ``deploy_path`` recorded in the
+    manifest) has the file it holds there hashed on it and measured in place; the others have the
+    plan copy checked (uploaded to a remote device).
 
     Args:
         manifest: ``manifest.json`` of a plan folder.
         threshold_pct: largest p50 change in percent before a device counts as drifted.
         devices_file: device profiles (default ``~/.config/us3l/devices.toml``).
         accept_new_host_key: trust an unknown ssh host key on first contact.
+        deployed: ``{device: absolute path of its deployed file on that device}``, over the manifest's.
         progress: ``True`` for a bar, or ``fn(done, total, message)``.
 
     Returns:
         :class:`FleetCheckResult`; every device is checked whatever the others' outcome.
 
     Raises:
-        ConfigError: unreadable manifest or a bad threshold.
+        ConfigError: unreadable manifest, a bad threshold, or a ``deployed`` entry naming a device the
+            manifest lacks or a path that is not absolute.
+
+    Examples:
+        >>> us3l.fleet_check("plan/manifest.json", deployed={"edge": "/opt/app/model.onnx"})  # doctest: +SKIP
     """
     from us3l.benchmarks.fleet import CheckConfig, check_fleet
 
     cfg = CheckConfig(manifest=Path(manifest), threshold_pct=threshold_pct,
                       devices_file=Path(devices_file) if devices_file is not None else None,
-                      accept_new_host_key=accept_new_host_key)
+                      accept_new_host_key=accept_new_host_key,
+                      deployed=tuple((str(k), str(v)) for k, v in (deployed or {}).items()))
     with resolve_progress(progress, "checking the fleet") as report:
         records = check_fleet(cfg, progress=report)
     return FleetCheckResult(manifest=Path(manifest), threshold_pct=threshold_pct, devices=tuple(
         DeviceCheck(device=r["device"], status=r["status"], message=r["message"], p50_ms=r["p50_ms"],
                     planned_p50_ms=r["planned_p50_ms"], drift_pct=r["drift_pct"], sha256_ok=r["sha256_ok"],
-                    fingerprint_changed=r["fingerprint_changed"]) for r in records))
+                    fingerprint_changed=r["fingerprint_changed"], verified=r["verified"],
+                    deploy_path=r["deploy_path"]) for r in records))

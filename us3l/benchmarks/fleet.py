@@ -21,7 +21,8 @@ the previous manifest (or none), while the lookup table keeps what was measured.
 
 :func:`check_fleet` re-measures each planned device's artifact with the plan's methodology,
 verifies its sha256 on the device (after the upload, over ssh for a remote device) and compares
-the p50 with the manifest's.
+the p50 with the manifest's. A device with a ``deploy_path`` (the fleet file's, or ``--deployed``)
+has that very file hashed and measured on it, in place, rather than an uploaded plan copy.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ TIMING_KEYS: dict[str, tuple[type, ...]] = {
 #: ``[devices.NAME]``: one deployed device.
 DEVICE_KEYS: dict[str, tuple[type, ...]] = {
     "device": (str,), "budget_ms": (int, float), "percentile": (str,), "batch": (int,), "precisions": (list,),
-    "min_accuracy": (int, float), "switchable": (bool,), "threads": (int,), "runner": (str,),
+    "min_accuracy": (int, float), "switchable": (bool,), "threads": (int,), "runner": (str,), "deploy_path": (str,),
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -94,6 +95,8 @@ class FleetDevice:
             it (``None``: no floor). switchable: deploy the plan's switchable file (every width in one
             file, chosen by ``width_index``), measured as ``us3l bench FILE_switchable.onnx``.
         threads / runner: override the profile's.
+        deploy_path: where the chosen file is deployed on that device (an absolute path there; a
+            path on this machine for a local profile); ``fleet check`` hashes and measures that file.
     """
 
     name: str
@@ -106,6 +109,16 @@ class FleetDevice:
     switchable: bool = False
     threads: int | None = None
     runner: str | None = None
+    deploy_path: str | None = None
+
+
+def is_deploy_path(value: object) -> bool:
+    """``value`` can name a deployed file: an absolute POSIX path (the device's file system), not a folder."""
+    return (isinstance(value, str) and value.startswith("/") and not value.endswith("/")
+            and not any(c in value for c in "\0\n\r"))
+
+
+DEPLOY_PATH_VALID = 'the absolute path of the deployed file on that device, e.g. "/opt/app/model.onnx"'
 
 
 @dataclass(frozen=True)
@@ -221,11 +234,14 @@ def load_fleet(path: Path) -> FleetSpec:
         threads = entries.get("threads")
         if threads is not None and threads < 0:
             fail("threads", f"threads {threads} in [{table}] is invalid; valid: an integer >= 0 (0 = auto)")
+        deploy_path = entries.get("deploy_path")
+        if deploy_path is not None and not is_deploy_path(deploy_path):
+            fail("deploy_path", f"deploy_path {deploy_path!r} in [{table}] is invalid; valid: {DEPLOY_PATH_VALID}")
         devices.append(FleetDevice(name=name, device=entries.get("device", name), budget_ms=budget,
                                    percentile=percentile, batch=int(batch), precisions=tuple(dict.fromkeys(precisions)),
                                    min_accuracy=None if min_acc is None else float(min_acc),
                                    switchable=bool(entries.get("switchable", False)), threads=threads,
-                                   runner=entries.get("runner")))
+                                   runner=entries.get("runner"), deploy_path=deploy_path))
     widths = data.get("widths")
     if isinstance(widths, list):
         if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in widths):
@@ -615,6 +631,8 @@ def _entry(dev: FleetDevice, report: dict, run: Any, out: Path, base: dict,
                                                   "no measured accuracy") + f" < min_accuracy {dev.min_accuracy:g}")
         return {**base, "planned": False, "reason": why}, primary
     artifact = _copy_artifact(row, out)
+    if dev.deploy_path:
+        artifact["deploy_path"] = dev.deploy_path  # on the device: the one absolute path the manifest holds
     others = [r for r in primary if not (r["width"] == row["width"] and r.get("precision") == row.get("precision"))]
     runner_up = None
     if others:
@@ -718,7 +736,7 @@ FLEET_CSV_COLUMNS = ("device", "planned", "reason", "profile", "runner", "thread
                      "budget_ms", "percentile", "batch", "latency_ms", "p50_ms", "ci_low_ms", "ci_high_ms",
                      "accuracy", "artifact", "sha256", "width_index", "build_on_device", "runner_up_width",
                      "runner_up_precision", "runner_up_accuracy_margin", "runner_up_latency_margin_ms", "fingerprint",
-                     "runtime", "runtime_version", "cpu_isa", "gpu_arch", "power_mode")
+                     "runtime", "runtime_version", "cpu_isa", "gpu_arch", "power_mode", "deploy_path")
 
 
 def fleet_rows(entries: Sequence[dict]) -> list[dict[str, Any]]:
@@ -743,6 +761,7 @@ def fleet_rows(entries: Sequence[dict]) -> list[dict[str, Any]]:
             "runner_up_latency_margin_ms": ru.get("latency_margin_ms"), "fingerprint": fp.get("id"),
             "runtime": fp.get("runtime"), "runtime_version": fp.get("runtime_version"), "cpu_isa": fp.get("cpu_isa"),
             "gpu_arch": fp.get("gpu_arch"), "power_mode": fp.get("power_mode"),
+            "deploy_path": art.get("deploy_path"),
         })
     return rows
 
@@ -884,17 +903,42 @@ class CheckConfig:
         manifest: ``manifest.json`` of a plan folder (its artifacts are found beside it).
         threshold_pct: largest p50 change, in percent, before a device counts as drifted.
         devices_file: device profiles (``None``: the user's). accept_new_host_key: as ``us3l bench``.
+        deployed: ``(device, path)`` pairs: where each device holds its file, over the manifest's
+            ``artifact.deploy_path`` (``--deployed NAME=PATH``); :func:`check_fleet` refuses a name the
+            manifest lacks.
     """
 
     manifest: Path
     threshold_pct: float = DEFAULT_THRESHOLD_PCT
     devices_file: Path | None = None
     accept_new_host_key: bool = False
+    deployed: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         from us3l.core.checks import check_number
 
         check_number("--threshold", self.threshold_pct, minimum=0, exclusive=True)
+        for name, path in self.deployed:
+            if not is_deploy_path(path):
+                raise ConfigError(f"--deployed {name}={path}: {path!r} is invalid; valid: {DEPLOY_PATH_VALID}")
+
+
+def parse_deployed(items: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--deployed NAME=PATH`` values as ``(name, path)`` pairs (each device at most once).
+
+    Raises:
+        ConfigError: no ``=``, an empty name, or a device named twice.
+    """
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--deployed {item!r} is invalid; valid: NAME=PATH, e.g. "
+                              "--deployed edge=/opt/app/model.onnx")
+        if name.strip() in pairs:
+            raise ConfigError(f"--deployed names device {name.strip()!r} twice; valid: one NAME=PATH per device")
+        pairs[name.strip()] = path
+    return tuple(pairs.items())
 
 
 def read_manifest(path: Path) -> dict:
@@ -933,12 +977,39 @@ def _remote_sha256(ex: Any, remote: str) -> str:
     return words[0]
 
 
+def _device_sha256(ex: Any, path: str) -> str | None:
+    """sha256 of a file on a remote device, ``None`` when the device has no such file."""
+    if ex.run_shell(f"test -f {shlex.quote(path)}", check=False, timeout=60).returncode != 0:
+        return None
+    return _remote_sha256(ex, path)
+
+
+def _deployed_problem(ex: Any, remote: bool, deployed: str, sha256: str) -> str | None:
+    """Why the file deployed at ``deployed`` is not the manifest's (missing or another sha256), or ``None``."""
+    if remote:
+        got = _device_sha256(ex, deployed)
+    else:
+        got = sha256_file(Path(deployed)) if Path(deployed).is_file() else None
+    if got is None:
+        return (f"{deployed} is MISSING on {ex.describe()} (the deploy_path; copy the plan's artifact there, "
+                "or name its place with --deployed)")
+    if got != sha256:
+        return f"{deployed} on {ex.describe()}: sha256 {got[:12]} on the device, {sha256[:12]} in the manifest"
+    return None
+
+
 def check_device(entry: dict, plan_dir: Path, cfg: CheckConfig, timing: Any) -> dict[str, Any]:
     """Re-measure one planned device's artifact and verify its hash there.
 
+    With a deploy path (``cfg.deployed``, else the manifest's ``artifact.deploy_path``) the file the
+    device holds there is hashed on the device (``sha256sum`` over ssh for a remote one) and measured
+    in place; the plan copy is neither uploaded nor needed. Without one, the plan copy is hashed here
+    and, for a remote device, uploaded to a temp dir, hashed there and measured.
+
     Returns:
-        ``{"device", "status", "message", "p50_ms", "planned_p50_ms", "drift_pct", "sha256_ok", ...}``;
-        ``status`` is one of :data:`CHECK_STATUSES`.
+        ``{"device", "status", "message", "p50_ms", "planned_p50_ms", "drift_pct", "sha256_ok",
+        "verified", "deploy_path", ...}``; ``status`` is one of :data:`CHECK_STATUSES`, ``verified``
+        ``"deployed"`` or ``"plan-copy"`` (``None`` for a device not planned).
     """
     from .artifacts import BenchArtifact
     from .devices import get_device
@@ -951,22 +1022,27 @@ def check_device(entry: dict, plan_dir: Path, cfg: CheckConfig, timing: Any) -> 
     name = entry["device"]
     out: dict[str, Any] = {"device": name, "profile": entry.get("profile"), "status": "ERROR", "message": "",
                            "p50_ms": None, "planned_p50_ms": None, "drift_pct": None, "sha256_ok": None,
-                           "fingerprint_changed": None}
+                           "fingerprint_changed": None, "verified": None, "deploy_path": None}
     if not entry.get("planned"):
         out.update(status="SKIPPED", message=f"not planned: {entry.get('reason')}")
         return out
     art = entry["artifact"]
     path = plan_dir / art["file"]
+    deployed = dict(cfg.deployed).get(name) or art.get("deploy_path")
+    out.update(verified="deployed" if deployed else "plan-copy", deploy_path=deployed)
     planned_p50 = (entry.get("latency_ms") or {}).get("p50")
     out["planned_p50_ms"] = planned_p50
-    if not path.is_file():
-        out.update(status="HASH", sha256_ok=False, message=f"{art['file']} is missing from the plan folder")
-        return out
-    local_sha = sha256_file(path)
-    if local_sha != art["sha256"]:
-        out.update(status="HASH", sha256_ok=False,
-                   message=f"{art['file']}: sha256 {local_sha[:12]} here, {art['sha256'][:12]} in the manifest")
-        return out
+    if deployed is None:  # the plan copy is the file measured (and uploaded to a remote device)
+        if not path.is_file():
+            out.update(status="HASH", sha256_ok=False, message=f"{art['file']} is missing from the plan folder")
+            return out
+        local_sha = sha256_file(path)
+        if local_sha != art["sha256"]:
+            out.update(status="HASH", sha256_ok=False,
+                       message=f"{art['file']}: sha256 {local_sha[:12]} here, {art['sha256'][:12]} in the manifest")
+            return out
+    sha = art["sha256"] + (f"#{art['width_index']}" if art.get("width_index") is not None else "")
+    verified = "the plan copy"
     try:
         profile = get_device(entry["profile"], cfg.devices_file)
         runner_name = resolve_runner(entry["runner"] if entry["runner"] != "onnxruntime-agent" else "onnxruntime",
@@ -974,13 +1050,24 @@ def check_device(entry: dict, plan_dir: Path, cfg: CheckConfig, timing: Any) -> 
         runner_cls = get_runner(runner_name)
         needs_executor = runner_name not in IN_PROCESS
         with make_executor(profile, cfg.accept_new_host_key) as ex:
-            if profile.is_remote:  # the file the device holds is the one hashed and measured (uploaded once)
+            if deployed is not None:  # the file the device runs: hashed there, then measured in place
+                problem = _deployed_problem(ex, profile.is_remote, deployed, art["sha256"])
+                if problem:
+                    out.update(status="HASH", sha256_ok=False, message=problem)
+                    return out
+                # upload_once (the agent's key, trtexec's key for the plain ONNX) returns the deployed
+                # file, so nothing is uploaded; an in-process runner is given the path itself (below)
+                for key in (sha, f"{sha}:plain"):
+                    ex.uploaded[key] = deployed
+                verified = f"{deployed} on the device"
+            elif profile.is_remote:  # the plan copy, uploaded once, is the one hashed and measured there
                 remote = ex.upload_once(path, art["sha256"], f"model_{art['sha256'][:16]}.onnx")
                 device_sha = _remote_sha256(ex, remote)
                 if device_sha != art["sha256"]:
                     out.update(status="HASH", sha256_ok=False, message=f"sha256 on {ex.describe()} is "
                                f"{device_sha[:12]}, {art['sha256'][:12]} in the manifest")
                     return out
+                verified = "the plan copy uploaded to the device"
             out["sha256_ok"] = True
             extra = {"trtexec": profile.trtexec, "python": profile.python, "jetson": profile.jetson,
                      "tegrastats": profile.tegrastats if profile.jetson else None,
@@ -991,8 +1078,8 @@ def check_device(entry: dict, plan_dir: Path, cfg: CheckConfig, timing: Any) -> 
             env = runner_cls.environment(options)
             fp = fingerprint(env)
             out["fingerprint_changed"] = fp != (entry.get("fingerprint") or {}).get("id")
-            sha = art["sha256"] + (f"#{art['width_index']}" if art.get("width_index") is not None else "")
-            artifact = BenchArtifact(width=float(entry["width"]), path=path, sha256=sha,
+            measured = Path(deployed) if deployed is not None and not profile.is_remote else path
+            artifact = BenchArtifact(width=float(entry["width"]), path=measured, sha256=sha,
                                      input_shape=tuple(entry["input_shape"]), precision=entry["precision"],
                                      outputs=entry.get("outputs") or "features", width_index=art.get("width_index"))
             ctx = MeasureContext(runner_cls, runner_name, options, timing, None, fp, name, force=True)
@@ -1013,7 +1100,7 @@ def check_device(entry: dict, plan_dir: Path, cfg: CheckConfig, timing: Any) -> 
     ok = abs(drift) <= cfg.threshold_pct
     out["status"] = "OK" if ok else "DRIFT"
     out["message"] = (f"p50 {p50:.3f} ms vs {planned_p50:.3f} ms planned ({drift:+.1f} %, "
-                      f"threshold ±{cfg.threshold_pct:g} %)" + ("; sha256 verified" if ok else "")
+                      f"threshold ±{cfg.threshold_pct:g} %)" + (f"; sha256 verified: {verified}" if ok else "")
                       + ("; fingerprint changed since the plan" if out["fingerprint_changed"] else ""))
     return out
 
@@ -1025,15 +1112,21 @@ def check_fleet(cfg: CheckConfig, progress: ProgressFn | None = None) -> list[di
         One :func:`check_device` record per manifest device, in manifest order.
 
     Raises:
-        ConfigError: the manifest is unreadable or not a fleet manifest.
+        ConfigError: the manifest is unreadable or not a fleet manifest, or ``cfg.deployed`` names a
+            device it lacks.
     """
     from .runners import TimingConfig
 
     manifest = read_manifest(cfg.manifest)
+    names = [e["device"] for e in manifest["devices"]]
+    for name, _ in cfg.deployed:  # before anything is measured
+        if name not in names:
+            raise ConfigError(f"--deployed {name}=...: no device {name!r} in {cfg.manifest}; "
+                              f"valid: {', '.join(names)}")
     plan_dir = Path(cfg.manifest).parent
     recorded = (manifest.get("source") or {}).get("devices_file")
     if cfg.devices_file is None and recorded and (plan_dir / recorded).is_file():  # the plan's own profiles
-        cfg = CheckConfig(cfg.manifest, cfg.threshold_pct, plan_dir / recorded, cfg.accept_new_host_key)
+        cfg = dataclasses.replace(cfg, devices_file=plan_dir / recorded)
     t = manifest.get("timing") or {}
     timing = TimingConfig(warmup_ms=float(t.get("warmup_ms", 200.0)), duration_s=float(t.get("duration_s", 1.0)),
                           iterations=t.get("iterations"), rounds=int(t.get("rounds", 5)))
@@ -1054,5 +1147,6 @@ def schema() -> dict:
 
 
 __all__ = ["CHECK_STATUSES", "CheckConfig", "FleetConfig", "FleetDevice", "FleetPlan", "FleetSpec", "MANIFEST_FILE",
-           "MANIFEST_FORMAT", "bench_config", "check_device", "check_fleet", "fleet_rows", "load_fleet", "plan_fleet",
-           "read_manifest", "render_fleet_table", "schema", "write_fleet_csv", "write_fleet_plot"]
+           "MANIFEST_FORMAT", "bench_config", "check_device", "check_fleet", "fleet_rows", "is_deploy_path",
+           "load_fleet", "parse_deployed", "plan_fleet", "read_manifest", "render_fleet_table", "schema",
+           "write_fleet_csv", "write_fleet_plot"]

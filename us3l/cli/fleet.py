@@ -71,20 +71,27 @@ def register(app: typer.Typer) -> None:
         threshold: Annotated[float, typer.Option(help="Largest change of a device's p50 latency, in percent, before it counts as drifted.")] = 10.0,
         devices_file: Annotated[Optional[Path], typer.Option(help="Device profiles TOML.  [default: the plan's devices file, else ~/.config/us3l/devices.toml]")] = None,
         accept_new_host_key: Annotated[bool, typer.Option(help="Trust an unknown SSH host key on first contact (accept-new).")] = False,
+        deployed: Annotated[Optional[list[str]], typer.Option("--deployed", metavar="NAME=PATH", help="Where device NAME holds its file (absolute path there), over the manifest's deploy_path; repeatable.  [default: the manifest's]")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print each device's check as JSON.")] = False,
     ) -> None:
         """Re-measure each planned device's artifact and verify its sha256 on the device.
 
-        One line per device: OK, DRIFT (p50 beyond --threshold), HASH (the file differs), UNREACHABLE,
-        ERROR or SKIPPED (not planned). Exits 1 when any device is not OK; every device is still checked.
+        A device with a deploy path (deploy_path in the fleet file, or --deployed) has that very file
+        hashed and measured on it; the others have the plan copy checked (uploaded over ssh). One line
+        per device: OK, DRIFT (p50 beyond --threshold), HASH (the file differs or is missing),
+        UNREACHABLE, ERROR or SKIPPED (not planned). Exits 1 when any device is not OK; every device is
+        still checked.
         """
         from rich.markup import escape
 
+        from us3l.benchmarks.fleet import parse_deployed
+
         from ..api import fleet_check
 
+        where = dict(parse_deployed(deployed or []))
         with progress_bar("checking", transient=True) as progress:
             result = fleet_check(manifest, threshold_pct=threshold, devices_file=devices_file,
-                                 accept_new_host_key=accept_new_host_key, progress=progress)
+                                 accept_new_host_key=accept_new_host_key, deployed=where, progress=progress)
         if as_json:
             print_json(result.to_dict())
         else:
