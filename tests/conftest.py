@@ -35,7 +35,7 @@ def validate_manifest():
 
     import jsonschema
 
-    from us3l.benchmarks.fleet import schema
+    from us3l.fleet import schema
 
     validator = jsonschema.Draft202012Validator(schema())
 

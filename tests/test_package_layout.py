@@ -22,8 +22,9 @@ ALLOWED = {
     "trainer": {"core", "trainer"},
     "exporters": {"core", "exporters"},
     "benchmarks": {"core", "exporters", "benchmarks"},
-    "api": {"core", "trainer", "exporters", "benchmarks", "api"},
-    "cli": {"core", "trainer", "exporters", "benchmarks", "api", "cli"},
+    "fleet": {"core", "exporters", "benchmarks", "fleet"},
+    "api": {"core", "trainer", "exporters", "benchmarks", "fleet", "api"},
+    "cli": {"core", "trainer", "exporters", "benchmarks", "fleet", "api", "cli"},
 }
 
 

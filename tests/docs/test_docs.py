@@ -18,7 +18,7 @@ Convention (also in docs/DEVELOPING.md, "Docs are tested"):
   the later repeated option wins), and ``.venv/bin/us3l`` / ``.venv/bin/python`` become ``us3l`` /
   ``python``. Repository files are not there: a run-block must make what it uses.
 - ``toml`` blocks must load with the device-profile loader (us3l/benchmarks/devices.py), or as a fleet
-  file (``us3l.benchmarks.fleet.load_fleet``) when they name ``arch`` or ``checkpoint``.
+  file (``us3l.fleet.load_fleet``) when they name ``arch`` or ``checkpoint``.
 - ``<!-- doctest: skip -->`` before a block exempts it from checking (for deliberately wrong
   examples or non-profile TOML).
 """
@@ -61,7 +61,7 @@ def _fleet_problem(block: Block, path: Path) -> str | None:
     ``load_fleet``; files it names are stood in for by empty files. ``"not a fleet file"`` otherwise."""
     import tomllib
 
-    from us3l.benchmarks.fleet import load_fleet
+    from us3l.fleet import load_fleet
     from us3l.core.errors import US3LError
 
     try:

@@ -1,7 +1,7 @@
 """Fleet calls: ``fleet_plan`` (one manifest for a fleet of devices) and ``fleet_check`` (is it still true?).
 
-Each builds the benchmarks room's frozen config (:class:`us3l.benchmarks.fleet.FleetConfig`,
-:class:`~us3l.benchmarks.fleet.CheckConfig`), calls its entry point and returns a typed, torch-free result
+Each builds the benchmarks room's frozen config (:class:`us3l.fleet.FleetConfig`,
+:class:`~us3l.fleet.CheckConfig`), calls its entry point and returns a typed, torch-free result
 built from what was written (``manifest.json``).
 """
 
@@ -168,7 +168,7 @@ def fleet_plan(fleet_file: PathLike, out: PathLike = "plan", *, force: bool = Fa
     Raises:
         ConfigError, UnknownNameError: a bad fleet file or device, before anything is measured.
     """
-    from us3l.benchmarks.fleet import FleetConfig, plan_fleet
+    from us3l.fleet import FleetConfig, plan_fleet
 
     from .commands import _measure_accuracy
 
@@ -206,7 +206,7 @@ def fleet_check(manifest: PathLike, *, threshold_pct: float = 10.0, devices_file
     Examples:
         >>> us3l.fleet_check("plan/manifest.json", deployed={"edge": "/opt/app/model.onnx"})  # doctest: +SKIP
     """
-    from us3l.benchmarks.fleet import CheckConfig, check_fleet
+    from us3l.fleet import CheckConfig, check_fleet
 
     cfg = CheckConfig(manifest=Path(manifest), threshold_pct=threshold_pct,
                       devices_file=Path(devices_file) if devices_file is not None else None,

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         """
         from rich.markup import escape
 
-        from us3l.benchmarks.fleet import render_fleet_table
+        from us3l.fleet import render_fleet_table
 
         from ..api import fleet_plan
 
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         """
         from rich.markup import escape
 
-        from us3l.benchmarks.fleet import parse_deployed
+        from us3l.fleet import parse_deployed
 
         from ..api import fleet_check
 

@@ -1,6 +1,6 @@
 """``us3l fleet plan`` / ``check`` end to end on three real devices: this machine's CPU at one and at
 two threads (two profiles), and a device reached through the REAL sshd on 127.0.0.1 (the fixture of
-test_remote_ssh.py; the onnxruntime agent runs there with this venv's python), plus a fourth device
+tests/real_sshd.py; the onnxruntime agent runs there with this venv's python), plus a fourth device
 whose ssh port is closed (unreachable). Tiny settings: an untrained us_resnet_mini, two widths.
 
 The manifest's choice for each device must equal ``us3l bench --budget-ms`` on that device alone
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from test_remote_ssh import SSHD, free_port, sshd  # noqa: F401  (the real sshd fixture)
+from real_sshd import SSHD, free_port, sshd  # noqa: F401  (the real sshd fixture)
 
-from us3l.benchmarks.fleet import CheckConfig, FleetConfig, check_fleet, load_fleet, plan_fleet
+from us3l.fleet import CheckConfig, FleetConfig, check_fleet, load_fleet, plan_fleet
 from us3l.core.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(SSHD is None, reason="sshd not installed (Debian: apt-get install openssh-server)")

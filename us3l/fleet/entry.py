@@ -18,7 +18,7 @@ from typing import Any
 from us3l.core.files import atomic_write_bytes, sha256_file
 from us3l.core.width import format_width
 
-from ..stats import METRICS
+from us3l.benchmarks.stats import METRICS
 from .spec import FleetDevice
 
 
@@ -117,7 +117,7 @@ def _pair_summary(row: dict, metric: str) -> dict[str, Any]:
 def device_entry(dev: FleetDevice, report: dict, run: Any, out: Path, base: dict,
            untrained: bool = False) -> tuple[dict, list[dict]]:
     """The manifest entry of a measured device (``report``: its bench report, paths relative)."""
-    from ..choice import choose, pareto_front
+    from us3l.benchmarks.choice import choose, pareto_front
 
     metric = dev.percentile
     rows = report["results"]

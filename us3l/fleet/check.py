@@ -118,13 +118,13 @@ def check_device(entry: dict, plan_dir: Path, cfg: CheckConfig, timing: Any) -> 
         "verified", "deploy_path", ...}``; ``status`` is one of :data:`CHECK_STATUSES`, ``verified``
         ``"deployed"`` or ``"plan-copy"`` (``None`` for a device not planned).
     """
-    from ..artifacts import BenchArtifact
-    from ..devices import get_device
-    from ..environment import fingerprint
-    from ..remote.executor import make_executor
-    from ..run import IN_PROCESS, resolve_runner
-    from ..runners import RunnerOptions, get_runner
-    from ..sweep import MeasureContext, measure_rows
+    from us3l.benchmarks.artifacts import BenchArtifact
+    from us3l.benchmarks.devices import get_device
+    from us3l.benchmarks.environment import fingerprint
+    from us3l.benchmarks.remote.executor import make_executor
+    from us3l.benchmarks.run import IN_PROCESS, resolve_runner
+    from us3l.benchmarks.runners import RunnerOptions, get_runner
+    from us3l.benchmarks.sweep import MeasureContext, measure_rows
 
     name = entry["device"]
     out: dict[str, Any] = {"device": name, "profile": entry.get("profile"), "status": "ERROR", "message": "",
@@ -222,7 +222,7 @@ def check_fleet(cfg: CheckConfig, progress: ProgressFn | None = None) -> list[di
         ConfigError: the manifest is unreadable or not a fleet manifest, or ``cfg.deployed`` names a
             device it lacks.
     """
-    from ..runners import TimingConfig
+    from us3l.benchmarks.runners import TimingConfig
 
     manifest = read_manifest(cfg.manifest)
     names = [e["device"] for e in manifest["devices"]]

@@ -18,8 +18,8 @@ MANIFEST_FORMAT = "us3l-fleet-manifest/1"
 MANIFEST_FILE = "manifest.json"
 SCHEMA_FILE = Path(__file__).with_name("fleet-manifest.schema.json")
 
-#: ``fn(done, total, description)``: the per-device progress of :func:`~us3l.benchmarks.fleet.plan.plan_fleet`
-#: and :func:`~us3l.benchmarks.fleet.check.check_fleet`.
+#: ``fn(done, total, description)``: the per-device progress of :func:`~us3l.fleet.plan.plan_fleet`
+#: and :func:`~us3l.fleet.check.check_fleet`.
 ProgressFn = Callable[[int, int, str], None]
 
 

@@ -17,7 +17,7 @@ from us3l.core.errors import ConfigError, US3LError
 from us3l.core.precision import PRECISIONS, SWITCHABLE_PRECISIONS as SWITCHABLE
 from us3l.core.width import parse_widths
 
-from ..stats import METRICS
+from us3l.benchmarks.stats import METRICS
 
 #: Top-level keys of FLEET.toml and their types.
 FLEET_KEYS: dict[str, tuple[type, ...]] = {
@@ -109,7 +109,7 @@ def _type_name(types: tuple[type, ...]) -> str:
 
 def _check_keys(path: Path, text: str, table: str | None, entries: dict, valid: dict[str, tuple[type, ...]]) -> None:
     """Unknown keys and wrong types: one line with the file, the line and the valid keys."""
-    from ..devices import _line_of, _top_level_line
+    from us3l.benchmarks.devices import _line_of, _top_level_line
 
     where = f"[{table}]" if table else "the top level"
     for key, value in entries.items():
@@ -131,7 +131,7 @@ def load_fleet(path: Path) -> FleetSpec:
     """
     import tomllib
 
-    from ..devices import _line_of, _top_level_line
+    from us3l.benchmarks.devices import _line_of, _top_level_line
 
     path = Path(path)
     try:

@@ -69,8 +69,8 @@ def write_fleet_plot(path: Path, entries: Sequence[dict], rows_by_device: dict[s
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from ..choice import pareto_front
-    from ..report import COLORS, MARKERS
+    from us3l.benchmarks.choice import pareto_front
+    from us3l.benchmarks.report import COLORS, MARKERS
 
     n = max(1, len(entries))
     cols = min(3, n)

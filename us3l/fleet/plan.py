@@ -82,7 +82,7 @@ def bench_config(spec: FleetSpec, dev: FleetDevice, bench_dir: Path, force: bool
     Raises:
         ConfigError: a value ``us3l bench`` refuses.
     """
-    from ..config import BenchConfig
+    from us3l.benchmarks.config import BenchConfig
 
     t = spec.timing
     if dev.switchable:  # the file holds the model, its widths, precision and outputs
@@ -111,8 +111,8 @@ def bench_config(spec: FleetSpec, dev: FleetDevice, bench_dir: Path, force: bool
 
 def _check_device(spec: FleetSpec, dev: FleetDevice) -> None:
     """What can be refused before anything is measured: the profile exists, the runner suits it."""
-    from ..devices import get_device
-    from ..run import resolve_runner
+    from us3l.benchmarks.devices import get_device
+    from us3l.benchmarks.run import resolve_runner
 
     try:
         profile = get_device(dev.device, spec.devices_file)
@@ -225,7 +225,7 @@ def export_switchable(spec: FleetSpec, precision: str, bench_dir: Path, force: b
     """
     from us3l.exporters import ExportConfig, run_export
 
-    from ..artifacts import ModelSource
+    from us3l.benchmarks.artifacts import ModelSource
 
     outputs = spec.outputs
     if outputs is None:
@@ -260,8 +260,8 @@ def _plan_device(spec: FleetSpec, dev: FleetDevice, bcfg: Any, out: Path,
                  measure_accuracy: AccuracyMeasurer | None) -> tuple[dict, list[dict]]:
     """Run ``us3l bench --budget-ms`` for one device (the same :class:`BenchRun`), then its manifest entry.
     A failure of this device becomes its entry (``planned: false`` and the reason)."""
-    from ..report import write_csv, write_json
-    from ..run import BenchRun
+    from us3l.benchmarks.report import write_csv, write_json
+    from us3l.benchmarks.run import BenchRun
 
     base = {"device": dev.name, "profile": dev.device,
             "budget": {"ms": dev.budget_ms, "percentile": dev.percentile, "batch": dev.batch,
