@@ -210,7 +210,12 @@ def test_ctrl_c_leaves_the_previous_manifest(planned, tmp_path):
     plan = tmp_path / "plan"
     shutil.copytree(planned["plan"], plan)
     before = (plan / "manifest.json").read_bytes()
-    proc = subprocess.Popen([*US3L, "fleet", "plan", str(planned["fleet"]), "-o", str(plan), "--force"],
+    # the same fleet, timed long enough (2 s a point) that the second device is still measuring when
+    # the signal comes, however loaded the machine (at 0.05 s a point the plan could finish first)
+    shutil.copy(planned["root"] / "devices.toml", tmp_path / "devices.toml")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(planned["fleet"].read_text().replace("duration_s = 0.05", "duration_s = 2.0"))
+    proc = subprocess.Popen([*US3L, "fleet", "plan", str(fleet), "-o", str(plan), "--force"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     report = plan / "bench" / "devices" / "one" / "report.json"
     stamp = report.stat().st_mtime_ns

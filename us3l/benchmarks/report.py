@@ -157,7 +157,7 @@ def render_table(report: dict, max_width: int | None = None) -> Any:
         *([(f"{metric} ms", lambda r: f(r.get(f"{metric}_ms"), ".3f"))] if metric not in ("p50", "p95") else []),
         ("CI ±ms", lambda r: "" if r.get("ci_low_ms") is None else  # half-width of the budget metric's 95% CI
          f"{(r['ci_high_ms'] - r['ci_low_ms']) / 2:.2g}"),
-        ("CoV", lambda r: f(r.get("cov"), ".1%")), ("thr/s", lambda r: f(r.get("throughput"), ".1f")),
+        ("CoV", lambda r: f(r.get("cov_p99") if r.get("cov_p99") is not None else r.get("cov"), ".1%")), ("thr/s", lambda r: f(r.get("throughput"), ".1f")),
         ("batch", lambda r: str(r["batch"])), ("mJ/inf", lambda r: f(r.get("energy_mj"), ".3f")),
         ("mode", lambda r: f(r.get("power_mode"), "d")), ("cached", lambda r: "yes" if r.get("cached") else ""),
     ]
@@ -180,7 +180,8 @@ def render_table(report: dict, max_width: int | None = None) -> Any:
         is_chosen = chosen and r["width"] == chosen["width"] and r["batch"] == report["config"]["batches"][0] \
             and (r.get("precision") or "fp32") == (chosen.get("precision") or "fp32")
         table.add_row(*(fn(r) for _, fn in columns), style="bold green" if is_chosen else None)
-    table.caption = f"budget metric: {metric} (CI: its 95% bootstrap interval); acc ? = not measured on that file"
+    table.caption = (f"budget metric: {metric} (CI: its 95% bootstrap interval); CoV over the runs up to the p99; "
+                     "acc ? = not measured on that file")
     if dropped:
         table.caption += f"; not shown at this width: {', '.join(dropped)} (in report.json and latency.csv)"
     return table

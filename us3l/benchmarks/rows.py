@@ -15,7 +15,7 @@ from typing import Any
 
 CSV_COLUMNS = ("width", "precision", "outputs", "aliases", "channels", "macs", "params", "accuracy", "accuracy_source",
                "accuracy_protocol", "p50_ms",
-               "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "ci_low_ms", "ci_high_ms",
+               "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cov", "cov_p99", "ci_low_ms", "ci_high_ms",
                "n", "throughput", "batch", "runner", "device", "threads", "power_mode", "power_mw", "energy_mj",
                "gpu_compute_p50_ms", "int8_path", "source", "cached", "remeasured", "artifact", "sha256")
 # ci_low_ms / ci_high_ms: the 95 % bootstrap interval of the budget metric (--metric)
@@ -28,7 +28,7 @@ class BenchRow:
     Attributes:
         width / aliases / precision: the network (aliases: widths with the same channels).
         channels / macs / params: the artifact's facts.
-        n / p50_ms ... max_ms / cov / throughput: latency statistics (``None`` where a stdout
+        n / p50_ms ... max_ms / cov / cov_p99 / throughput: latency statistics (``None`` where a stdout
             summary lacks them); ci_ms: ``{metric: [low, high]}``, 95 % bootstrap intervals.
         source: ``raw`` (per-run timings) or ``stdout`` (a summary parsed from trtexec's log).
         gpu_compute_p50_ms / int8_path / power_mw / energy_mj: side measurements, when taken.
@@ -60,6 +60,7 @@ class BenchRow:
     min_ms: float | None = None
     max_ms: float | None = None
     cov: float | None = None
+    cov_p99: float | None = None
     throughput: float | None = None
     ci_ms: dict[str, list[float]] | None = None
     source: str | None = None

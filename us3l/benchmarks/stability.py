@@ -5,7 +5,7 @@ A narrow bootstrap interval does not mean a trustworthy point: on a shared CPU t
 take the cores for whole scheduler slices. Such a point describes the machine's load, not the
 network, and a choice made on it is the load's choice.
 
-:func:`noisy_rows` finds rows whose CoV exceeds :data:`MAX_COV` or whose p95/p50 exceeds
+:func:`noisy_rows` finds rows whose CoV (over the runs up to the p99) exceeds :data:`MAX_COV` or whose p95/p50 exceeds
 :data:`MAX_TAIL` (with at least :data:`MIN_RUNS` timed runs, fewer say nothing about the tail).
 ``us3l bench`` re-measures those rows once; what stays noisy is reported as :class:`Stability`:
 one line saying the machine looks busy and how noisy it was, ``report.json``'s ``stability``
@@ -28,9 +28,15 @@ MIN_RUNS = 20
 
 
 def spread(row: Any) -> tuple[float | None, float | None]:
-    """``(CoV, p95/p50)`` of a row (a :class:`~us3l.benchmarks.rows.BenchRow` or its dict)."""
+    """``(CoV, p95/p50)`` of a row (a :class:`~us3l.benchmarks.rows.BenchRow` or its dict). The CoV
+    is ``cov_p99``, over the runs up to the p99, where the row has it: a handful of isolated
+    spikes (a quiet shared VM gives some) says nothing about the load the p50 and p95 were taken
+    under, while a busy machine slows far more than 1 % of the runs. Older points (and trtexec
+    summaries) have only ``cov``."""
     get = row.get if isinstance(row, dict) else (lambda k: getattr(row, k, None))
-    cov, p50, p95 = get("cov"), get("p50_ms"), get("p95_ms")
+    cov, p50, p95 = get("cov_p99"), get("p50_ms"), get("p95_ms")
+    if cov is None:
+        cov = get("cov")
     tail = p95 / p50 if p50 and p95 is not None and p50 > 0 else None
     return (float(cov) if cov is not None else None), tail
 
