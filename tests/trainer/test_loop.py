@@ -51,6 +51,21 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["widths_per_iter"] for r in records] == [1.0, 3.0, 3.0, 3.0]
 
 
+def test_metrics_lost_between_checkpoint_and_log_come_back_on_resume(tmp_path):
+    # a kill right after the checkpoint of epoch 2 is written and before its metrics line is
+    cfg = TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 3})
+    Trainer(cfg).fit(until_epoch=2)
+    metrics = tmp_path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert [r["epoch"] for r in load_checkpoint(tmp_path / "checkpoint.pt").training["metrics"]] == [2]
+    metrics.write_text(lines[0] + "\n")
+    run_training(cfg.replace(resume=True))
+    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[1] == json.loads(lines[1])  # the very record, from the checkpoint
+
+
 def test_resume_refuses_changed_options(tmp_path):
     cfg = TrainConfig(out_dir=str(tmp_path), **{**TINY, "epochs": 1, "max_steps_per_epoch": 1})
     run_training(cfg)

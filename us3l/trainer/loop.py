@@ -171,6 +171,7 @@ class Trainer:
         # check_width_agreement verifies once per epoch that the ranks stayed in step.
         self.width_rng = random.Random(cfg.seed)
         self.start_epoch, self.global_step = 0, 0
+        self.restored_metrics: list[dict] = []  # metrics records a resumed checkpoint carries
         self.monitor: KnnMonitor | None = None
         if cfg.eval_every and self.dist.is_main:  # learning curves (rank 0 writes the metrics)
             lo, hi = self._probe_widths()[0], self._probe_widths()[-1]
@@ -185,7 +186,10 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
-    def _save(self, epoch: int) -> None:
+    def _save(self, epoch: int, records: list[dict] | None = None) -> None:
+        """Write the checkpoint of ``epoch``; ``records`` are the metrics of the epochs it covers
+        since the last one, kept inside it so a run killed between the checkpoint and its metrics
+        lines gets them back on ``--resume`` (:meth:`_MetricsWriter.restore`)."""
         rng_states = runtime.gather_rng_states(self.dist)  # collective: every rank takes part
         if not self.dist.is_main:
             return
@@ -199,6 +203,7 @@ class Trainer:
             "width_rng": runtime.python_rng_state(self.width_rng),
             "global_step": self.global_step,
             "world_size": self.dist.world,
+            "metrics": list(records or []),
         }
         ckpt = Checkpoint.from_model(self.raw_model.backbone, method=self.cfg.method, epoch=epoch,
                                      train_config=self.cfg.to_dict(), dataset=self.spec.to_dict(), training=training)
@@ -232,6 +237,7 @@ class Trainer:
                         self.dist.world, len(t["rng"]))
             runtime.seed_everything(self.cfg.seed + 7919 * ckpt.epoch + self.dist.rank)
         self.start_epoch, self.global_step = ckpt.epoch, int(t["global_step"])
+        self.restored_metrics = [r for r in t.get("metrics") or [] if isinstance(r, dict)]
         log.info("resumed from %s at epoch %d", self.checkpoint_path, ckpt.epoch)
 
     # ------------------------------------------------------------------ training
@@ -247,6 +253,8 @@ class Trainer:
         if cfg.overwrite and self.dist.is_main:
             clear_run(self.out_dir)
         writer = _MetricsWriter(self.out_dir, self.start_epoch, cfg.tensorboard) if self.dist.is_main else None
+        if writer is not None:
+            writer.restore(self.restored_metrics)
         pending: list[dict] = []  # records of epochs not yet covered by a written checkpoint
         total = cfg.epochs * self.steps_per_epoch
         try:
@@ -266,9 +274,10 @@ class Trainer:
                 pending.append(record)
                 if (epoch + 1) % cfg.save_every == 0 or epoch + 1 in (cfg.epochs, stop):
                     with stage("saving the checkpoint"):
-                        self._save(epoch + 1)
+                        self._save(epoch + 1, pending)
                     # metrics after the checkpoint: a record never names an epoch that no checkpoint
-                    # holds (a resumed run restarts after the checkpoint's epoch anyway)
+                    # holds (a resumed run restarts after the checkpoint's epoch anyway); the
+                    # checkpoint carries them too, for a kill between the two
                     if writer is not None:
                         for done in pending:
                             writer.write(done)
@@ -480,6 +489,19 @@ class _MetricsWriter:
             except ImportError:  # the default install has no tensorboard: metrics.jsonl is the log (said with -v)
                 log.info("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only",
                          self.path)
+
+    def restore(self, records: list[dict]) -> None:
+        """Append the records a resumed checkpoint carries whose epochs the file lacks (the run was
+        killed after writing that checkpoint and before its metrics lines)."""
+        have = set()
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError, AttributeError):
+                    have.add(json.loads(line).get("epoch"))
+        for record in sorted(records, key=lambda r: r.get("epoch", 0)):
+            if record.get("epoch") not in have:
+                log.info("metrics of epoch %s restored from the checkpoint", record.get("epoch"))
+                self.write(record)
 
     def write(self, record: dict) -> None:
         size = self.path.stat().st_size if self.path.exists() else 0
