@@ -95,20 +95,9 @@ def test_files_written_by_export_honour_the_umask(tmp_path):
 # ------------------------------------------------------------------ one convention per option
 
 def _commands() -> dict:
-    import typer.main
+    from cli_commands import all_commands
 
-    from us3l.cli.main import app
-
-    def flatten(group, prefix: str = "") -> dict:  # a sub-app's commands as "fleet plan", "fleet check"
-        out = {}
-        for name, cmd in group.commands.items():
-            if hasattr(cmd, "commands"):
-                out.update(flatten(cmd, f"{prefix}{name} "))
-            else:
-                out[f"{prefix}{name}"] = cmd
-        return out
-
-    return flatten(typer.main.get_command(app))
+    return all_commands()
 
 
 def _options(cmd) -> dict[str, object]:

@@ -13,21 +13,10 @@ from typer.testing import CliRunner
 from us3l.cli.common import EXAMPLE_PREFIX
 from us3l.cli.main import app
 
+from cli_commands import flatten
+
 ROOT = typer.main.get_command(app)
-
-
-def _flatten(group, prefix: str = "") -> dict:
-    """Every command by its full name: a sub-app's commands as ``"fleet plan"``, ``"fleet check"``."""
-    out = {}
-    for name, cmd in group.commands.items():
-        if hasattr(cmd, "commands"):
-            out.update(_flatten(cmd, f"{prefix}{name} "))
-        else:
-            out[f"{prefix}{name}"] = cmd
-    return out
-
-
-BY_NAME = _flatten(ROOT)
+BY_NAME = flatten(ROOT)
 COMMANDS = sorted(BY_NAME)
 GROUPS = sorted(name for name, cmd in ROOT.commands.items() if hasattr(cmd, "commands"))
 
