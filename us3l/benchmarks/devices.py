@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from us3l.core.errors import ConfigError, unknown_name
 from us3l.core.precision import PRECISIONS
@@ -142,21 +143,33 @@ def _top_level_line(text: str, name: str) -> int:
     return 0
 
 
+def read_toml_file(path: Path, what: str) -> tuple[str, dict[str, Any]]:
+    """``(text, parsed)`` of the TOML file ``path`` (a ``what``: "devices file", "fleet file"), whose
+    text the callers keep to name the line of a bad key (:func:`_line_of`).
+
+    Raises:
+        ConfigError: one line for an unreadable file, one that is not UTF-8 text, or invalid TOML.
+    """
+    import tomllib
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return text, tomllib.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; valid: a TOML {what}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
 def load_profiles(path: Path) -> dict[str, DeviceProfile]:
     """Parse a devices TOML file.
 
     Raises:
         ConfigError: unreadable/invalid TOML, unknown keys (file, line, valid keys) or wrong types.
     """
-    import tomllib
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = tomllib.loads(text)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read devices file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    text, data = read_toml_file(path, "devices file")
     extra_top = sorted(set(data) - {"devices"})
     if extra_top:
         line = _top_level_line(text, extra_top[0])

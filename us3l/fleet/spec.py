@@ -129,20 +129,10 @@ def load_fleet(path: Path) -> FleetSpec:
         ConfigError: unreadable file, invalid TOML, an unknown key or a wrong type (file, line and the
             valid keys), no devices, a bad value (budget, percentile, precision, batch, name).
     """
-    import tomllib
-
-    from us3l.benchmarks.devices import _line_of, _top_level_line
+    from us3l.benchmarks.devices import _line_of, _top_level_line, read_toml_file
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the fleet file ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; valid: a TOML fleet file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    text, data = read_toml_file(path, "fleet file")
     _check_keys(path, text, None, data, FLEET_KEYS)
     base = path.parent
     if ("checkpoint" in data) == ("arch" in data):
