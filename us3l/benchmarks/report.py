@@ -121,8 +121,15 @@ def write_plot(path: Path, rows: Sequence[dict], metric: str, chosen: dict | Non
         twin.set_ylabel("MMACs (dotted)", color="tab:gray")
     ax2.set_title("latency and MACs vs width", fontsize=9)
     fig.tight_layout()
+    return write_png(path, fig, dpi=110)
+
+
+def write_png(path: Path, fig: Any, dpi: int) -> Path:
+    """Render a matplotlib figure to PNG, write it atomically and close the figure."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 

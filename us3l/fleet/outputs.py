@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from us3l.core.files import atomic_write_bytes, atomic_write_text
+from us3l.core.files import atomic_write_text
 from us3l.core.width import format_width
 
 FLEET_CSV_COLUMNS = ("device", "planned", "reason", "profile", "runner", "threads", "width", "precision",
@@ -70,7 +70,7 @@ def write_fleet_plot(path: Path, entries: Sequence[dict], rows_by_device: dict[s
     import matplotlib.pyplot as plt
 
     from us3l.benchmarks.choice import pareto_front
-    from us3l.benchmarks.report import COLORS, MARKERS
+    from us3l.benchmarks.report import COLORS, MARKERS, write_png
 
     n = max(1, len(entries))
     cols = min(3, n)
@@ -113,10 +113,7 @@ def write_fleet_plot(path: Path, entries: Sequence[dict], rows_by_device: dict[s
             ax.legend(fontsize=6, loc="lower right")
     fig.suptitle("fleet plan: accuracy-latency front, budget and chosen point per device", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_png(path, fig, dpi=100)
 
 
 def render_fleet_table(entries: Sequence[dict], max_width: int | None = None) -> Any:
