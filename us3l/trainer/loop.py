@@ -30,7 +30,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -189,7 +189,7 @@ class Trainer:
     def _save(self, epoch: int, records: list[dict] | None = None) -> None:
         """Write the checkpoint of ``epoch``; ``records`` are the metrics of the epochs it covers
         since the last one, kept inside it so a run killed between the checkpoint and its metrics
-        lines gets them back on ``--resume`` (:meth:`_MetricsWriter.restore`)."""
+        lines gets them back on ``--resume`` (:class:`_MetricsWriter`)."""
         rng_states = runtime.gather_rng_states(self.dist)  # collective: every rank takes part
         if not self.dist.is_main:
             return
@@ -252,9 +252,8 @@ class Trainer:
         stop = cfg.epochs if until_epoch is None else min(int(until_epoch), cfg.epochs)
         if cfg.overwrite and self.dist.is_main:
             clear_run(self.out_dir)
-        writer = _MetricsWriter(self.out_dir, self.start_epoch, cfg.tensorboard) if self.dist.is_main else None
-        if writer is not None:
-            writer.restore(self.restored_metrics)
+        writer = (_MetricsWriter(self.out_dir, self.start_epoch, cfg.tensorboard, self.restored_metrics)
+                  if self.dist.is_main else None)
         pending: list[dict] = []  # records of epochs not yet covered by a written checkpoint
         total = cfg.epochs * self.steps_per_epoch
         try:
@@ -462,17 +461,26 @@ def resume_visibility(seen: list[bool], path: Path) -> bool:
 class _MetricsWriter:
     """Per-epoch records to ``metrics.jsonl`` (rewritten up to the resume epoch) and TensorBoard."""
 
-    def __init__(self, out_dir: Path, start_epoch: int, tensorboard: bool) -> None:
+    def __init__(self, out_dir: Path, start_epoch: int, tensorboard: bool, restored: Sequence[dict] = ()) -> None:
+        """``restored``: the records a resumed checkpoint carries; those whose epochs the file lacks
+        (a kill after the checkpoint, before its metrics lines) are written back."""
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / METRICS_NAME
-        kept = []
+        kept, have = [], set()
         if self.path.is_file():  # drop records of epochs the resumed run will redo
             for line in self.path.read_text().splitlines():
                 try:
-                    if json.loads(line).get("epoch", 0) <= start_epoch:
-                        kept.append(line)
-                except json.JSONDecodeError:
+                    epoch = json.loads(line).get("epoch", 0)
+                except (json.JSONDecodeError, AttributeError):
                     continue
+                if epoch <= start_epoch:
+                    kept.append(line)
+                    have.add(epoch)
+        missing = sorted((r for r in restored if r.get("epoch") not in have), key=lambda r: r.get("epoch", 0))
+        for record in missing:
+            log.info("metrics of epoch %s restored from the checkpoint", record.get("epoch"))
+            kept.append(json.dumps(record))
+        if self.path.is_file() or missing:
             atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         # else the file appears with the first record: a run that fails before its first
         # checkpoint leaves no metrics file (and so no "existing run" for the next one)
@@ -489,19 +497,6 @@ class _MetricsWriter:
             except ImportError:  # the default install has no tensorboard: metrics.jsonl is the log (said with -v)
                 log.info("tensorboard is not installed (pip install 'us3l-deploy[tensorboard]'); metrics go to %s only",
                          self.path)
-
-    def restore(self, records: list[dict]) -> None:
-        """Append the records a resumed checkpoint carries whose epochs the file lacks (the run was
-        killed after writing that checkpoint and before its metrics lines)."""
-        have = set()
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError, AttributeError):
-                    have.add(json.loads(line).get("epoch"))
-        for record in sorted(records, key=lambda r: r.get("epoch", 0)):
-            if record.get("epoch") not in have:
-                log.info("metrics of epoch %s restored from the checkpoint", record.get("epoch"))
-                self.write(record)
 
     def write(self, record: dict) -> None:
         size = self.path.stat().st_size if self.path.exists() else 0
